@@ -1,0 +1,183 @@
+//! The subcommands: each turns parsed arguments into calls on the library
+//! stages and prints the result. Returns the process exit code.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use crate::cli::{Cli, ColorChoice, Command, ParamArgs, PlanFormat, ValidateFormat};
+use crate::diagnostic::{Report, Style};
+use crate::exit;
+use crate::params::{ParamInput, ParamValues};
+use crate::plan::Plan;
+use crate::{render, validate};
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> u8 {
+    let style = report_style(cli.color);
+    match cli.command {
+        Command::Validate { files, output } => validate_files(&files, output, style),
+        Command::Plan {
+            file,
+            params,
+            output,
+            save,
+        } => plan(&file, &params, output, save.as_deref(), style),
+        Command::Schema => write_stdout(crate::schema::runbook_schema_json().as_bytes()),
+    }
+}
+
+fn report_style(choice: ColorChoice) -> Style {
+    let color = match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+        }
+    };
+    if color { Style::Fancy } else { Style::Plain }
+}
+
+/// Prints reports to stderr.
+fn print_reports(reports: &[Report], style: Style) {
+    let mut stderr = std::io::stderr().lock();
+    for report in reports {
+        let _ = stderr.write_all(report.render(style).as_bytes());
+    }
+}
+
+fn write_stdout(bytes: &[u8]) -> u8 {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => exit::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            exit::RUNTIME
+        }
+    }
+}
+
+fn validate_files(files: &[std::path::PathBuf], output: ValidateFormat, style: Style) -> u8 {
+    let mut reports = Vec::new();
+    let mut summaries = Vec::new();
+    for file in files {
+        match validate::load_file(file) {
+            Ok((runbook, _)) => summaries.push(format!(
+                "✓ {}: {} {} is valid ({} steps in {} waves, {} params)",
+                file.display(),
+                runbook.name,
+                runbook.version,
+                runbook.steps.len(),
+                runbook.graph.wave_count(),
+                runbook.params.len()
+            )),
+            Err(report) => reports.push(report),
+        }
+    }
+    match output {
+        ValidateFormat::Json => {
+            let records: Vec<_> = reports.iter().flat_map(Report::to_json).collect();
+            let mut text = serde_json::to_string_pretty(&records).unwrap_or_else(|_| "[]".into());
+            text.push('\n');
+            let code = write_stdout(text.as_bytes());
+            if code != exit::SUCCESS {
+                return code;
+            }
+        }
+        ValidateFormat::Text => {
+            print_reports(&reports, style);
+            let mut text = summaries.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            let code = write_stdout(text.as_bytes());
+            if code != exit::SUCCESS {
+                return code;
+            }
+            if !reports.is_empty() {
+                let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
+                eprintln!(
+                    "{} of {} file{} invalid ({problems} problem{})",
+                    reports.len(),
+                    files.len(),
+                    if files.len() == 1 { "" } else { "s" },
+                    if problems == 1 { "" } else { "s" }
+                );
+            }
+        }
+    }
+    if reports.is_empty() { exit::SUCCESS } else { exit::INVALID }
+}
+
+fn plan(file: &Path, params: &ParamArgs, output: PlanFormat, save: Option<&Path>, style: Style) -> u8 {
+    let (runbook, source) = match validate::load_file(file) {
+        Ok(loaded) => loaded,
+        Err(report) => {
+            print_reports(&[report], style);
+            return exit::INVALID;
+        }
+    };
+    let input = ParamInput {
+        cli: params.params.clone(),
+        file: params.params_file.clone(),
+    };
+    let values = match ParamValues::resolve(&runbook.params, &input) {
+        Ok(values) => values,
+        Err(report) => {
+            print_reports(&[report], style);
+            return exit::INVALID;
+        }
+    };
+    let plan = match Plan::build(&runbook, &source.name, &values) {
+        Ok(plan) => plan,
+        Err(report) => {
+            print_reports(&[report], style);
+            return exit::INVALID;
+        }
+    };
+    if let Some(path) = save
+        && let Err(e) = save_plan(&plan, path)
+    {
+        eprintln!("error: cannot save the plan to {}: {e}", path.display());
+        return exit::RUNTIME;
+    }
+    let mut buffer = Vec::with_capacity(plan.steps.len() * 256);
+    let written = match output {
+        PlanFormat::Text => render::text(&plan, &mut buffer),
+        PlanFormat::Json => serde_json::to_writer_pretty(&mut buffer, &plan)
+            .map_err(std::io::Error::other)
+            .and_then(|()| buffer.write_all(b"\n")),
+        PlanFormat::Markdown => render::markdown(&plan, &mut buffer),
+        PlanFormat::Mermaid => render::mermaid(&plan, &mut buffer),
+        PlanFormat::Dot => render::dot(&plan, &mut buffer),
+    };
+    if let Err(e) = written {
+        eprintln!("error: cannot render the plan: {e}");
+        return exit::RUNTIME;
+    }
+    let code = write_stdout(&buffer);
+    if code == exit::SUCCESS
+        && let Some(path) = save
+    {
+        eprintln!("Saved the pinned plan to {} (run it with `runbook run --plan {}`)", path.display(), path.display());
+    }
+    code
+}
+
+/// Writes the plan as JSON through a temporary file and a rename, so a
+/// reviewer never sees half a plan.
+fn save_plan(plan: &Plan, path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile_in(dir, path)?;
+    serde_json::to_writer_pretty(&mut tmp.1, plan).map_err(std::io::Error::other)?;
+    tmp.1.write_all(b"\n")?;
+    tmp.1.sync_all()?;
+    std::fs::rename(&tmp.0, path)
+}
+
+fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plan.json".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    Ok((tmp, file))
+}

@@ -1,0 +1,16 @@
+//! Entry point: tracing set-up, argument parsing, and mapping outcomes to
+//! the documented exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = runbook::cli::Cli::parse();
+    ExitCode::from(runbook::commands::dispatch(cli))
+}

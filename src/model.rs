@@ -1,0 +1,328 @@
+//! The validated runbook: what the rest of the program works with.
+//!
+//! A `Runbook` only comes out of `crate::validate`, so holding one means the
+//! file parsed, every reference resolves, durations parse, and the steps
+//! form an acyclic graph. Template strings are kept as written; they are
+//! rendered by the plan (with placeholders) and by the executor (with real
+//! outputs).
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+use crate::graph::StepGraph;
+use crate::spec::raw::{
+    ApplyAction, Backoff, CopyAction, ExecAction, ExportAction, ParamType, PatchAction,
+    RolloutAction, ScaleAction, WaitAction,
+};
+
+/// A validated runbook.
+#[derive(Debug, Clone)]
+pub struct Runbook {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.version`.
+    pub version: semver::Version,
+    /// `metadata.description`.
+    pub description: Option<String>,
+    /// Declared params, in file order.
+    pub params: IndexMap<String, ParamSpec>,
+    /// Steps in file order; indices are step numbers used by `graph`.
+    pub steps: Vec<Step>,
+    /// Dependency graph and waves.
+    pub graph: StepGraph,
+    /// `sha256:<hex>` of the file's bytes.
+    pub digest: String,
+}
+
+/// A declared param.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamSpec {
+    /// Value type.
+    #[serde(rename = "type")]
+    pub kind: ParamType,
+    /// Value used when none is given.
+    pub default: Option<ParamValue>,
+    /// A value must be given.
+    pub required: bool,
+    /// Allowed values (empty: any).
+    #[serde(rename = "enum", skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<ParamValue>,
+    /// Never shown or journaled.
+    pub secret: bool,
+    /// What it is for.
+    pub description: Option<String>,
+}
+
+/// A param value after type checking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    /// `string` and `path` params.
+    String(String),
+    /// `int` params.
+    Int(i64),
+    /// `bool` params.
+    Bool(bool),
+}
+
+impl std::fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamValue::String(s) => f.write_str(s),
+            ParamValue::Int(n) => write!(f, "{n}"),
+            ParamValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl ParamValue {
+    /// Parses command-line text as a value of `kind`.
+    pub fn parse(kind: ParamType, text: &str) -> Result<ParamValue, String> {
+        match kind {
+            ParamType::String | ParamType::Path => Ok(ParamValue::String(text.to_owned())),
+            ParamType::Int => text
+                .trim()
+                .parse()
+                .map(ParamValue::Int)
+                .map_err(|_| format!("`{text}` is not a whole number")),
+            ParamType::Bool => match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" | "on" => Ok(ParamValue::Bool(true)),
+                "false" | "no" | "0" | "off" => Ok(ParamValue::Bool(false)),
+                _ => Err(format!("`{text}` is not true or false")),
+            },
+        }
+    }
+
+    /// Converts a YAML/JSON value of a params file or a default to `kind`.
+    pub fn from_json(kind: ParamType, value: &serde_json::Value) -> Result<ParamValue, String> {
+        use serde_json::Value as J;
+        match (kind, value) {
+            (ParamType::String | ParamType::Path, J::String(s)) => Ok(ParamValue::String(s.clone())),
+            (ParamType::String | ParamType::Path, J::Number(n)) => Ok(ParamValue::String(n.to_string())),
+            (ParamType::String | ParamType::Path, J::Bool(b)) => Ok(ParamValue::String(b.to_string())),
+            (ParamType::Int, J::Number(n)) => n
+                .as_i64()
+                .map(ParamValue::Int)
+                .ok_or_else(|| format!("{n} is not a whole number")),
+            (ParamType::Int, J::String(s)) => ParamValue::parse(kind, s),
+            (ParamType::Bool, J::Bool(b)) => Ok(ParamValue::Bool(*b)),
+            (ParamType::Bool, J::String(s)) => ParamValue::parse(kind, s),
+            (_, other) => Err(format!(
+                "expected {}, found {}",
+                type_name(kind),
+                json_type_name(other)
+            )),
+        }
+    }
+
+    /// The value as a template value.
+    pub fn to_template(&self) -> minijinja::Value {
+        match self {
+            ParamValue::String(s) => minijinja::Value::from(s.clone()),
+            ParamValue::Int(n) => minijinja::Value::from(*n),
+            ParamValue::Bool(b) => minijinja::Value::from(*b),
+        }
+    }
+}
+
+/// "a string", "a whole number", ...
+pub fn type_name(kind: ParamType) -> &'static str {
+    match kind {
+        ParamType::String => "a string",
+        ParamType::Path => "a path",
+        ParamType::Int => "a whole number",
+        ParamType::Bool => "true or false",
+    }
+}
+
+fn json_type_name(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "a mapping",
+    }
+}
+
+/// How a step is retried.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryPolicy {
+    /// Total attempts (>= 1).
+    pub attempts: u32,
+    /// Wait before the second attempt.
+    #[serde(with = "humantime_serde_compat")]
+    pub delay: Duration,
+    /// Fixed or exponential.
+    pub backoff: Backoff,
+    /// Upper bound on the wait.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_delay: Duration,
+    /// Randomise waits between half and all of the computed delay.
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 1,
+            delay: Duration::from_secs(5),
+            backoff: Backoff::Fixed,
+            max_delay: Duration::from_secs(300),
+            jitter: false,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based), before jitter.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let delay = match self.backoff {
+            Backoff::Fixed => self.delay,
+            Backoff::Exponential => {
+                let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
+                self.delay.saturating_mul(factor)
+            }
+        };
+        delay.min(self.max_delay)
+    }
+
+    /// One line for plans: "3 attempts, exponential 5s..2m, jitter".
+    pub fn describe(&self) -> String {
+        if self.attempts <= 1 {
+            return "no retry".into();
+        }
+        let mut out = format!("{} attempts, ", self.attempts);
+        match self.backoff {
+            Backoff::Fixed => out.push_str(&format!("every {}", fmt_duration(self.delay))),
+            Backoff::Exponential => out.push_str(&format!(
+                "exponential {}..{}",
+                fmt_duration(self.delay),
+                fmt_duration(self.max_delay)
+            )),
+        }
+        if self.jitter {
+            out.push_str(", jitter");
+        }
+        out
+    }
+}
+
+/// `30s`, `10m`, `1h30m`.
+pub fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::fmt_duration(*d))
+    }
+}
+
+/// One validated step.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Unique id.
+    pub id: String,
+    /// Title (the id when none was given).
+    pub name: Option<String>,
+    /// Indices of the steps this one needs, in the order written.
+    pub needs: Vec<usize>,
+    /// Condition expression as written (without `{{ }}`), if any.
+    pub when: Option<String>,
+    /// Per-attempt timeout; `None` means no limit.
+    pub timeout: Option<Duration>,
+    /// Retry policy (defaults merged in).
+    pub retry: RetryPolicy,
+    /// Runs after its needs finished, whatever their outcome.
+    pub always: bool,
+    /// Safe to run again after an interruption.
+    pub idempotent: bool,
+    /// Shell check that the step already took effect.
+    pub done_if: Option<String>,
+    /// What the step does.
+    pub action: Action,
+}
+
+impl Step {
+    /// The name if given, else the id.
+    pub fn title(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// The one action of a step; one variant per action key.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Local shell command (`sh -c`).
+    Run {
+        /// The command template.
+        command: String,
+    },
+    /// Manual gate.
+    Pause {
+        /// What to check before approving.
+        message: Option<String>,
+    },
+    /// Set replicas of a workload.
+    Scale(ScaleAction),
+    /// Command in a pod.
+    Exec(ExecAction),
+    /// Files to/from a pod.
+    Copy(CopyAction),
+    /// Server-side apply.
+    Apply(ApplyAction),
+    /// Save resources as clean manifests.
+    Export(ExportAction),
+    /// Restart / roll out and wait.
+    Rollout(RolloutAction),
+    /// Wait for a condition.
+    Wait(WaitAction),
+    /// Patch a resource.
+    Patch(PatchAction),
+}
+
+impl Action {
+    /// The action key as written in the file.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Action::Run { .. } => "run",
+            Action::Pause { .. } => "pause",
+            Action::Scale(_) => "scale",
+            Action::Exec(_) => "exec",
+            Action::Copy(_) => "copy",
+            Action::Apply(_) => "apply",
+            Action::Export(_) => "export",
+            Action::Rollout(_) => "rollout",
+            Action::Wait(_) => "wait",
+            Action::Patch(_) => "patch",
+        }
+    }
+
+    /// Whether the action talks to a Kubernetes API server.
+    pub fn needs_cluster(&self) -> bool {
+        !matches!(self, Action::Run { .. } | Action::Pause { .. })
+    }
+
+    /// The action's fields as JSON, template strings unrendered.
+    pub fn spec(&self) -> serde_json::Value {
+        let spec = match self {
+            Action::Run { command } => Ok(serde_json::json!({ "command": command })),
+            Action::Pause { message } => Ok(serde_json::json!({ "message": message })),
+            Action::Scale(a) => serde_json::to_value(a),
+            Action::Exec(a) => serde_json::to_value(a),
+            Action::Copy(a) => serde_json::to_value(a),
+            Action::Apply(a) => serde_json::to_value(a),
+            Action::Export(a) => serde_json::to_value(a),
+            Action::Rollout(a) => serde_json::to_value(a),
+            Action::Wait(a) => serde_json::to_value(a),
+            Action::Patch(a) => serde_json::to_value(a),
+        };
+        spec.unwrap_or(serde_json::Value::Null)
+    }
+}

@@ -1,0 +1,322 @@
+//! Param values: collected from defaults, the environment
+//! (`RUNBOOK_PARAM_<NAME>`), `--params-file` and `-p KEY=VALUE`, type
+//! checked against the declarations, with every problem reported at once.
+//! Secret values never appear in messages.
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+use crate::diagnostic::{Problem, Report, did_you_mean};
+use crate::model::{ParamSpec, ParamValue, type_name};
+
+/// Where a value came from (later sources win: default < env < file < `-p`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParamSource {
+    /// The declaration's `default`.
+    Default,
+    /// `RUNBOOK_PARAM_<NAME>`.
+    Environment,
+    /// `--params-file`.
+    ParamsFile,
+    /// `-p KEY=VALUE`.
+    CommandLine,
+}
+
+/// One resolved param.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Its value.
+    pub value: ParamValue,
+    /// Whether it must be masked.
+    pub secret: bool,
+    /// Where it came from.
+    pub source: ParamSource,
+}
+
+/// All resolved params, in declaration order.
+#[derive(Debug, Clone, Default)]
+pub struct ParamValues {
+    /// Name to value.
+    pub values: IndexMap<String, Resolved>,
+}
+
+/// What the user passed.
+#[derive(Debug, Clone, Default)]
+pub struct ParamInput {
+    /// `-p KEY=VALUE` pairs, in order.
+    pub cli: Vec<String>,
+    /// `--params-file` path.
+    pub file: Option<std::path::PathBuf>,
+}
+
+/// Environment variable for a param: `RUNBOOK_PARAM_` + upper-case name.
+pub fn env_var_name(param: &str) -> String {
+    format!("RUNBOOK_PARAM_{}", param.to_ascii_uppercase())
+}
+
+impl ParamValues {
+    /// Resolves values for `declared` from `input` and the process environment.
+    pub fn resolve(declared: &IndexMap<String, ParamSpec>, input: &ParamInput) -> Result<ParamValues, Report> {
+        Self::resolve_with_env(declared, input, |name| std::env::var(name).ok())
+    }
+
+    /// Like `resolve`, with an injectable environment (for tests).
+    pub fn resolve_with_env(
+        declared: &IndexMap<String, ParamSpec>,
+        input: &ParamInput,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ParamValues, Report> {
+        let mut problems = Vec::new();
+        let mut raw: IndexMap<String, (RawInput, ParamSource)> = IndexMap::new();
+
+        for (name, _) in declared {
+            if let Some(value) = env(&env_var_name(name)) {
+                raw.insert(name.clone(), (RawInput::Text(value), ParamSource::Environment));
+            }
+        }
+        if let Some(path) = &input.file {
+            match read_params_file(path) {
+                Ok(map) => {
+                    for (name, value) in map {
+                        if !declared.contains_key(&name) {
+                            problems.push(unknown(&name, declared, &format!("in {}", path.display())));
+                            continue;
+                        }
+                        raw.insert(name, (RawInput::Json(value), ParamSource::ParamsFile));
+                    }
+                }
+                Err(problem) => problems.push(problem),
+            }
+        }
+        for pair in &input.cli {
+            let Some((name, value)) = pair.split_once('=') else {
+                problems.push(
+                    Problem::new("param::syntax", format!("`-p {pair}` is not KEY=VALUE"))
+                        .help(format!("write `-p {pair}=VALUE`")),
+                );
+                continue;
+            };
+            let name = name.trim();
+            if !declared.contains_key(name) {
+                problems.push(unknown(name, declared, "given with -p"));
+                continue;
+            }
+            raw.insert(name.to_owned(), (RawInput::Text(value.to_owned()), ParamSource::CommandLine));
+        }
+
+        let mut values = IndexMap::new();
+        let mut missing = Vec::new();
+        for (name, spec) in declared {
+            let (value, source) = match raw.shift_remove(name) {
+                Some((input, source)) => {
+                    let parsed = match &input {
+                        RawInput::Text(text) => ParamValue::parse(spec.kind, text),
+                        RawInput::Json(json) => ParamValue::from_json(spec.kind, json),
+                    };
+                    match parsed {
+                        Ok(v) => (v, source),
+                        Err(e) => {
+                            let detail = if spec.secret {
+                                format!("expected {}", type_name(spec.kind))
+                            } else {
+                                e
+                            };
+                            problems.push(
+                                Problem::new("param::type", format!("param `{name}` ({}): {detail}", source_text(source)))
+                                    .help(format!("`{name}` is {}", type_name(spec.kind))),
+                            );
+                            continue;
+                        }
+                    }
+                }
+                None => match &spec.default {
+                    Some(d) => (d.clone(), ParamSource::Default),
+                    None if spec.required => {
+                        missing.push(name.clone());
+                        continue;
+                    }
+                    // optional with no default: empty string / 0 / false
+                    None => (empty_value(spec), ParamSource::Default),
+                },
+            };
+            if !spec.allowed.is_empty() && !spec.allowed.contains(&value) {
+                let choices: Vec<String> = spec.allowed.iter().map(ToString::to_string).collect();
+                let shown = if spec.secret { "the value".to_owned() } else { format!("`{value}`") };
+                let mut problem = Problem::new(
+                    "param::enum",
+                    format!("param `{name}`: {shown} is not one of {}", choices.join(", ")),
+                );
+                let refs: Vec<&str> = choices.iter().map(String::as_str).collect();
+                if !spec.secret
+                    && let Some(best) = did_you_mean(&value.to_string(), refs.iter().copied())
+                {
+                    problem = problem.help(format!("did you mean `{best}`?"));
+                }
+                problems.push(problem);
+                continue;
+            }
+            values.insert(
+                name.clone(),
+                Resolved {
+                    value,
+                    secret: spec.secret,
+                    source,
+                },
+            );
+        }
+        for name in missing {
+            let spec = &declared[&name];
+            let what = spec.description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+            problems.push(
+                Problem::new("param::missing", format!("missing required param `{name}`{what}"))
+                    .help(format!(
+                        "pass it with `-p {name}=...`, in a `--params-file`, or as {}",
+                        env_var_name(&name)
+                    )),
+            );
+        }
+        if problems.is_empty() {
+            Ok(ParamValues { values })
+        } else {
+            let mut report = Report::new("params", None);
+            report.problems = problems;
+            Err(report)
+        }
+    }
+
+    /// Values as template values; secrets replaced by `***` when `mask`.
+    pub fn template_values(&self, mask: bool) -> IndexMap<String, minijinja::Value> {
+        self.values
+            .iter()
+            .map(|(k, r)| {
+                let v = if mask && r.secret {
+                    minijinja::Value::from(crate::template::MASK)
+                } else {
+                    r.value.to_template()
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
+    /// Values for display and journals: secrets as `***`.
+    pub fn masked(&self) -> IndexMap<String, serde_json::Value> {
+        self.values
+            .iter()
+            .map(|(k, r)| {
+                let v = if r.secret {
+                    serde_json::Value::from(crate::template::MASK)
+                } else {
+                    serde_json::to_value(&r.value).unwrap_or(serde_json::Value::Null)
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
+    /// Secret values (to scrub from any text shown to people).
+    pub fn secret_values(&self) -> Vec<String> {
+        self.values
+            .values()
+            .filter(|r| r.secret)
+            .map(|r| r.value.to_string())
+            .filter(|v| !v.is_empty())
+            .collect()
+    }
+}
+
+fn empty_value(spec: &ParamSpec) -> ParamValue {
+    match spec.kind {
+        crate::spec::raw::ParamType::Int => ParamValue::Int(0),
+        crate::spec::raw::ParamType::Bool => ParamValue::Bool(false),
+        _ => ParamValue::String(String::new()),
+    }
+}
+
+fn source_text(source: ParamSource) -> &'static str {
+    match source {
+        ParamSource::Default => "default",
+        ParamSource::Environment => "from the environment",
+        ParamSource::ParamsFile => "from --params-file",
+        ParamSource::CommandLine => "from -p",
+    }
+}
+
+enum RawInput {
+    Text(String),
+    Json(serde_json::Value),
+}
+
+fn unknown(name: &str, declared: &IndexMap<String, ParamSpec>, place: &str) -> Problem {
+    let names: Vec<&str> = declared.keys().map(String::as_str).collect();
+    let help = match did_you_mean(name, names.iter().copied()) {
+        Some(best) => format!("did you mean `{best}`?"),
+        None if names.is_empty() => "this runbook declares no params".into(),
+        None => format!("declared params: {}", names.join(", ")),
+    };
+    Problem::new("param::unknown", format!("unknown param `{name}` ({place})")).help(help)
+}
+
+fn read_params_file(path: &std::path::Path) -> Result<IndexMap<String, serde_json::Value>, Problem> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Problem::new("param::file", format!("cannot read params file {}: {e}", path.display()))
+    })?;
+    let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
+        // serde_yaml messages quote input; keep only the location
+        let place = e
+            .location()
+            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        Problem::new("param::file", format!("params file {} is not valid YAML or JSON{place}", path.display()))
+            .help("a params file is a mapping of name to value, e.g. `namespace: 3scale`")
+    })?;
+    let json: serde_json::Value = serde_json::to_value(&value).map_err(|_| {
+        Problem::new("param::file", format!("params file {} has values that are not plain data", path.display()))
+    })?;
+    match json {
+        serde_json::Value::Object(map) => Ok(map.into_iter().collect()),
+        serde_json::Value::Null => Ok(IndexMap::new()),
+        _ => Err(Problem::new("param::file", format!("params file {} must be a mapping of name to value", path.display()))
+            .help("e.g.\nnamespace: 3scale\nbackup_dir: /backups/2026-11-21")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::raw::ParamType;
+
+    fn spec(kind: ParamType, default: Option<ParamValue>, required: bool, secret: bool) -> ParamSpec {
+        ParamSpec {
+            kind,
+            default,
+            required,
+            allowed: Vec::new(),
+            secret,
+            description: None,
+        }
+    }
+
+    #[test]
+    fn cli_beats_env_beats_default_and_all_problems_are_reported() {
+        let mut declared = IndexMap::new();
+        declared.insert("ns".to_owned(), spec(ParamType::String, Some(ParamValue::String("a".into())), false, false));
+        declared.insert("n".to_owned(), spec(ParamType::Int, None, true, false));
+        declared.insert("token".to_owned(), spec(ParamType::Int, None, true, true));
+        let input = ParamInput {
+            cli: vec!["ns=b".into(), "n=x".into(), "nss=1".into()],
+            file: None,
+        };
+        let report = ParamValues::resolve_with_env(&declared, &input, |k| {
+            (k == "RUNBOOK_PARAM_TOKEN").then(|| "hunter2".to_owned())
+        })
+        .unwrap_err();
+        let text: Vec<String> = report.problems.iter().map(|p| p.message.clone()).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(text.iter().any(|t| t.contains("unknown param `nss`")));
+        assert!(text.iter().any(|t| t.contains("`x` is not a whole number")));
+        assert!(text.iter().any(|t| t.contains("param `token`")));
+        assert!(!text.iter().any(|t| t.contains("hunter2")));
+    }
+}

@@ -1,0 +1,462 @@
+//! The raw runbook format: serde types that mirror the YAML one to one.
+//!
+//! These types are the single source of truth for the file format: the JSON
+//! schema in `schemas/runbook.schema.json` is generated from them, and the
+//! loader deserializes each section of a file into them. Nothing here is
+//! validated beyond its shape; `crate::validate` turns a `RawRunbook` into a
+//! `crate::model::Runbook`.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A runbook file: an operational procedure as a graph of steps.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "runbook/v1 Runbook")]
+pub struct RawRunbook {
+    /// Format version. Always `runbook/v1`.
+    pub api_version: String,
+    /// Document kind. Always `Runbook`.
+    pub kind: String,
+    /// Name, version and description of the procedure.
+    pub metadata: RawMetadata,
+    /// Parameters the operator supplies with `-p KEY=VALUE` or `--params-file`.
+    #[serde(default)]
+    pub params: IndexMap<String, RawParam>,
+    /// Timeout and retry policy applied to steps that do not set their own.
+    #[serde(default)]
+    pub defaults: Option<RawDefaults>,
+    /// The steps of the procedure. Order in the file does not matter to
+    /// execution: only `needs` does.
+    pub steps: Vec<RawStep>,
+}
+
+/// Identity of a runbook, recorded in every plan and run.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetadata {
+    /// Short name, e.g. `3scale-backup`.
+    pub name: String,
+    /// Semantic version of this runbook, e.g. `1.2.0`.
+    pub version: String,
+    /// What the procedure does, for the person reviewing the plan.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Type of a parameter value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    /// Any text.
+    String,
+    /// A whole number.
+    Int,
+    /// `true` or `false`.
+    Bool,
+    /// A file or directory path on the machine running runbook.
+    Path,
+}
+
+/// A declared parameter.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawParam {
+    /// Value type; defaults to `string`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<ParamType>,
+    /// Value used when the operator gives none.
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
+    /// The run refuses to start without a value.
+    #[serde(default)]
+    pub required: bool,
+    /// The only values allowed.
+    #[serde(default, rename = "enum")]
+    pub allowed: Option<Vec<serde_json::Value>>,
+    /// Never printed, never written to the journal: shown as `***`.
+    #[serde(default)]
+    pub secret: bool,
+    /// Shown in plans and in `--help`-style listings.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Policy applied to steps that do not set their own.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    /// Per-attempt timeout, e.g. `30s`, `10m`, `1h30m`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+}
+
+/// How a failed attempt is retried.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Total attempts, including the first (1 = no retry).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// Wait before the second attempt, e.g. `5s`.
+    #[serde(default)]
+    pub delay: Option<String>,
+    /// `fixed` keeps `delay`; `exponential` doubles it after each attempt.
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    /// Upper bound on the wait between attempts.
+    #[serde(default)]
+    pub max_delay: Option<String>,
+    /// Randomise each wait between half and all of the computed delay.
+    #[serde(default)]
+    pub jitter: Option<bool>,
+}
+
+/// Growth of the delay between attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    /// The same delay between every attempt.
+    Fixed,
+    /// The delay doubles after each attempt, up to `max_delay`.
+    Exponential,
+}
+
+/// One step of the procedure. A step has exactly one action key
+/// (`run`, `pause`, `scale`, `exec`, `copy`, `apply`, `export`, `rollout`,
+/// `wait`, `patch`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    /// Unique id: lowercase letters, digits, `-` and `_`, starting with a
+    /// letter or digit. Used by `needs`, templates, `--rerun`.
+    pub id: String,
+    /// Human title shown in plans and progress.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Ids of steps that must succeed before this one starts.
+    #[serde(default)]
+    pub needs: Vec<String>,
+    /// Template expression; the step is skipped when it is false,
+    /// e.g. `params.database == 'mysql'`.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Per-attempt timeout, e.g. `30s`, `10m`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Retry policy; fields not given come from `defaults.retry`.
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+    /// Cleanup step: runs once its `needs` finished, even if they failed.
+    #[serde(default)]
+    pub always: bool,
+    /// Safe to run twice. `false` makes resume stop instead of re-running a
+    /// step that was interrupted mid-way.
+    #[serde(default)]
+    pub idempotent: Option<bool>,
+    /// Shell check (exit 0 = the step already took effect); resume runs it
+    /// before re-running an interrupted step.
+    #[serde(default)]
+    pub done_if: Option<String>,
+
+    /// Local shell command, run with `sh -c`.
+    #[serde(default)]
+    pub run: Option<String>,
+    /// Manual gate: the run stops here until `runbook approve`.
+    #[serde(default)]
+    pub pause: Option<PauseAction>,
+    /// Set the replica count of a workload.
+    #[serde(default)]
+    pub scale: Option<ScaleAction>,
+    /// Run a command in a pod, streaming stdin/stdout from/to local files.
+    #[serde(default)]
+    pub exec: Option<ExecAction>,
+    /// Copy files between a pod and the local machine (tar over exec).
+    #[serde(default)]
+    pub copy: Option<CopyAction>,
+    /// Server-side apply of manifests, stripped of server-owned fields.
+    #[serde(default)]
+    pub apply: Option<ApplyAction>,
+    /// Save resources as clean manifests.
+    #[serde(default)]
+    pub export: Option<ExportAction>,
+    /// Restart or roll out a workload and wait until it is done.
+    #[serde(default)]
+    pub rollout: Option<RolloutAction>,
+    /// Wait for a condition on a resource.
+    #[serde(default)]
+    pub wait: Option<WaitAction>,
+    /// Patch a resource, or edit a text key of a ConfigMap.
+    #[serde(default)]
+    pub patch: Option<PatchAction>,
+}
+
+/// The names of every action key, in the order they are documented.
+pub const ACTION_KEYS: [&str; 10] = [
+    "run", "pause", "scale", "exec", "copy", "apply", "export", "rollout", "wait", "patch",
+];
+
+/// `pause`: stop the run until an operator approves.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PauseAction {
+    /// What the operator must check before approving.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// A Kubernetes workload or resource addressed by kind and name.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleAction {
+    /// `Deployment`, `StatefulSet`, `DeploymentConfig`, `ReplicaSet`.
+    pub kind: String,
+    /// Workload name.
+    pub name: String,
+    /// Namespace; defaults to the kube context's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Desired replicas: a number or a template such as
+    /// `{{ steps['scale-down'].outputs.previous_replicas }}`.
+    pub replicas: IntOrString,
+}
+
+/// A number, or a template that renders to one.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum IntOrString {
+    /// A literal number.
+    Int(i64),
+    /// A template.
+    String(String),
+}
+
+impl Default for IntOrString {
+    fn default() -> Self {
+        IntOrString::Int(0)
+    }
+}
+
+/// Which pod an action runs in.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PodRef {
+    /// Exact pod name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Label selector, e.g. `deployment=system-mysql`; the first running pod is used.
+    #[serde(default)]
+    pub selector: Option<String>,
+}
+
+/// `exec`: run a command in a pod.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecAction {
+    /// The pod, by name or label selector.
+    pub pod: PodRef,
+    /// Container name when the pod has several.
+    #[serde(default)]
+    pub container: Option<String>,
+    /// Namespace; defaults to the kube context's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Command and arguments (no shell unless you call one).
+    pub command: Vec<String>,
+    /// Stream a local file to the command's stdin.
+    #[serde(default)]
+    pub stdin: Option<StreamSource>,
+    /// Stream the command's stdout to a local file.
+    #[serde(default)]
+    pub stdout: Option<StreamSink>,
+}
+
+/// A local file streamed into a command.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSource {
+    /// Local file path.
+    pub file: String,
+    /// Decompress with gzip while streaming.
+    #[serde(default)]
+    pub gunzip: bool,
+}
+
+/// A local file a command's output is streamed into.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSink {
+    /// Local file path (written atomically: a temp file renamed on success).
+    pub file: String,
+    /// Compress with gzip while streaming.
+    #[serde(default)]
+    pub gzip: bool,
+}
+
+/// Direction of a `copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyDirection {
+    /// From the pod to the local machine.
+    #[default]
+    FromPod,
+    /// From the local machine into the pod.
+    ToPod,
+}
+
+/// `copy`: files between a pod and the local machine.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CopyAction {
+    /// The pod, by name or label selector.
+    pub pod: PodRef,
+    /// Container name when the pod has several.
+    #[serde(default)]
+    pub container: Option<String>,
+    /// Namespace; defaults to the kube context's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `from-pod` (default) or `to-pod`.
+    #[serde(default)]
+    pub direction: CopyDirection,
+    /// Path inside the container.
+    pub remote: String,
+    /// Path on the local machine.
+    pub local: String,
+    /// Remove files at the destination that are not in the source (like `rsync --delete`).
+    #[serde(default)]
+    pub delete: bool,
+}
+
+/// `apply`: server-side apply of manifests.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyAction {
+    /// Manifest files or glob patterns (JSON or YAML).
+    pub files: Vec<String>,
+    /// Namespace for namespaced objects that do not set one.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Field manager name for server-side apply.
+    #[serde(default)]
+    pub field_manager: Option<String>,
+}
+
+/// `export`: save resources as clean manifests.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportAction {
+    /// Resource kind, e.g. `Secret`, `ConfigMap`, `APIManager`.
+    pub kind: String,
+    /// Names to export; all matching `selector` (or all) when empty.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Label selector.
+    #[serde(default)]
+    pub selector: Option<String>,
+    /// Namespace; defaults to the kube context's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Local directory: one `<kind>-<name>.json` file per resource.
+    pub to: String,
+}
+
+/// What `rollout` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutMode {
+    /// Restart the pods (`kubectl rollout restart`).
+    #[default]
+    Restart,
+    /// Trigger a new rollout of a DeploymentConfig (`oc rollout latest`).
+    Latest,
+    /// Only wait for the current rollout to finish.
+    Status,
+}
+
+/// `rollout`: restart or roll out a workload, and wait until it is done.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutAction {
+    /// `Deployment`, `StatefulSet`, `DeploymentConfig`.
+    pub kind: String,
+    /// Workload name.
+    pub name: String,
+    /// Namespace; defaults to the kube context's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `restart` (default), `latest` or `status`.
+    #[serde(default)]
+    pub mode: RolloutMode,
+}
+
+/// `wait`: until a condition holds on a resource.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitAction {
+    /// Resource kind.
+    pub kind: String,
+    /// Resource name (or use `selector`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Label selector: every matching resource must satisfy the condition.
+    #[serde(default)]
+    pub selector: Option<String>,
+    /// Namespace; defaults to the kube context's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `condition=Available`, `replicas=0`, `ready`, or `delete`.
+    #[serde(rename = "for")]
+    pub condition: String,
+}
+
+/// Kind of patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchType {
+    /// JSON merge patch (RFC 7386).
+    #[default]
+    Merge,
+    /// JSON patch (RFC 6902).
+    Json,
+    /// Kubernetes strategic merge patch.
+    Strategic,
+}
+
+/// `patch`: change a live resource.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchAction {
+    /// Resource kind.
+    pub kind: String,
+    /// Resource name.
+    pub name: String,
+    /// Namespace; defaults to the kube context's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `merge` (default), `json` or `strategic`.
+    #[serde(default, rename = "type")]
+    pub patch_type: PatchType,
+    /// The patch document (for `type: json`, a list of operations).
+    #[serde(default)]
+    pub patch: Option<serde_json::Value>,
+    /// Text edit of one ConfigMap data key, shown as a diff in the plan.
+    #[serde(default)]
+    pub edit: Option<TextEdit>,
+}
+
+/// A find-and-replace inside a ConfigMap's data key.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextEdit {
+    /// Key under `data`.
+    pub key: String,
+    /// Exact text to find (must occur).
+    pub find: String,
+    /// Replacement text.
+    pub replace: String,
+}

@@ -1,0 +1,452 @@
+//! Templates: the minijinja environment (strict undefined, the `quote`
+//! filter), static analysis of what a template refers to, and rendering with
+//! params, step outputs (known or placeholders) and run facts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use minijinja::machinery::Token;
+use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
+use minijinja::{Environment, UndefinedBehavior};
+
+/// Fields of the `run` template variable.
+pub const RUN_FIELDS: [&str; 3] = ["id", "dir", "started_at"];
+/// Top-level template variables.
+pub const TOP_LEVEL_VARS: [&str; 3] = ["params", "steps", "run"];
+/// What a secret value is replaced with wherever it would be shown.
+pub const MASK: &str = "***";
+
+/// Whether a string contains template syntax at all (fast path: most
+/// strings in large runbooks are plain text).
+pub fn is_template(text: &str) -> bool {
+    text.contains("{{") || text.contains("{%") || text.contains("{#")
+}
+
+/// The shared template environment.
+pub fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+    {
+        env.set_syntax(syntax);
+    }
+    env.set_recursion_limit(64);
+    env.set_fuel(Some(1_000_000));
+    env.add_filter("quote", quote_filter);
+    env
+}
+
+fn quote_filter(value: Value) -> String {
+    shell_quote(&value.to_string())
+}
+
+/// Quotes a string for POSIX `sh` so it is one word with no expansion.
+pub fn shell_quote(text: &str) -> String {
+    let safe = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:=@%+,-".contains(&b));
+    if safe {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+/// A name a template looks up, with its byte range in the template text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// `params.<name>` or `params['<name>']`.
+    Param(String),
+    /// `steps['<id>'].outputs...`; `field` is what follows the step (should be `outputs`).
+    StepOutput {
+        /// The step id.
+        step: String,
+        /// The attribute after the step (`outputs` when well-formed).
+        field: Option<String>,
+    },
+    /// `run.<field>`.
+    Run(String),
+    /// Any other top-level variable (always an error).
+    Unknown(String),
+}
+
+/// A reference and where in the template text it is.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// What is referenced.
+    pub reference: Reference,
+    /// Byte range in the template text.
+    pub range: std::ops::Range<usize>,
+}
+
+/// A template problem: message and byte range within the template text.
+#[derive(Debug, Clone)]
+pub struct TemplateError {
+    /// What is wrong.
+    pub message: String,
+    /// Where in the template, if known.
+    pub range: Option<std::ops::Range<usize>>,
+}
+
+fn syntax_error(err: &minijinja::Error) -> TemplateError {
+    let message = err
+        .detail()
+        .map_or_else(|| err.kind().to_string(), str::to_owned);
+    TemplateError {
+        message,
+        range: err.range(),
+    }
+}
+
+/// Checks a template's syntax and lists what it refers to.
+pub fn analyze(env: &Environment<'_>, text: &str) -> Result<Vec<Located>, TemplateError> {
+    let template = env.template_from_str(text).map_err(|e| syntax_error(&e))?;
+    let mut refs = scan_tokens(text, false);
+    let declared = template.undeclared_variables(false);
+    add_unknown_top_level(&mut refs, declared, text);
+    Ok(refs)
+}
+
+/// Checks that `text` is one expression (bare, or wrapped whole in `{{ }}`)
+/// and lists what it refers to. Returns the bare expression.
+pub fn analyze_expression(
+    env: &Environment<'_>,
+    text: &str,
+) -> Result<(String, usize, Vec<Located>), TemplateError> {
+    let (expr, offset) = bare_expression(text)?;
+    let compiled = env.compile_expression(expr).map_err(|e| {
+        let mut t = syntax_error(&e);
+        t.range = t.range.map(|r| r.start + offset..r.end + offset);
+        t
+    })?;
+    let mut refs = scan_tokens(expr, true);
+    for r in &mut refs {
+        r.range = r.range.start + offset..r.range.end + offset;
+    }
+    let declared = compiled.undeclared_variables(false);
+    add_unknown_top_level(&mut refs, declared, text);
+    Ok((expr.to_owned(), offset, refs))
+}
+
+/// Strips one `{{ ... }}` around a whole expression; refuses statements and text.
+pub fn bare_expression(text: &str) -> Result<(&str, usize), TemplateError> {
+    let trimmed_start = text.len() - text.trim_start().len();
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(TemplateError {
+            message: "the condition is empty".into(),
+            range: None,
+        });
+    }
+    if trimmed.contains("{%") || trimmed.contains("{#") {
+        return Err(TemplateError {
+            message: "a condition is one expression, not a template with `{% %}` blocks".into(),
+            range: text.find("{%").or_else(|| text.find("{#")).map(|i| i..i + 2),
+        });
+    }
+    if let Some(inner) = trimmed.strip_prefix("{{").and_then(|s| s.strip_suffix("}}")) {
+        if inner.contains("{{") || inner.contains("}}") {
+            return Err(TemplateError {
+                message: "a condition is one expression, but this has several `{{ }}` parts".into(),
+                range: None,
+            });
+        }
+        return Ok((inner, trimmed_start + 2));
+    }
+    if trimmed.contains("{{") {
+        return Err(TemplateError {
+            message: "a condition is one expression; this mixes text and `{{ }}`".into(),
+            range: text.find("{{").map(|i| i..i + 2),
+        });
+    }
+    Ok((trimmed, trimmed_start))
+}
+
+fn add_unknown_top_level(
+    refs: &mut Vec<Located>,
+    declared: std::collections::HashSet<String>,
+    text: &str,
+) {
+    const BUILTIN_FUNCTIONS: [&str; 7] = [
+        "range", "dict", "debug", "namespace", "lipsum", "cycler", "joiner",
+    ];
+    let mut unknown: Vec<String> = declared
+        .into_iter()
+        .filter(|name| {
+            !TOP_LEVEL_VARS.contains(&name.as_str()) && !BUILTIN_FUNCTIONS.contains(&name.as_str())
+        })
+        .collect();
+    unknown.sort();
+    for name in unknown {
+        let start = find_identifier(text, &name).unwrap_or(0);
+        refs.push(Located {
+            range: start..start + name.len(),
+            reference: Reference::Unknown(name),
+        });
+    }
+}
+
+fn find_identifier(text: &str, name: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    text.match_indices(name).map(|(i, _)| i).find(|&i| {
+        let before = i == 0 || !is_ident(bytes[i - 1]);
+        let end = i + name.len();
+        let after = end >= bytes.len() || !is_ident(bytes[end]);
+        before && after
+    })
+}
+
+/// Finds `params.x`, `steps['id'].outputs`, `run.x` lookups in the token
+/// stream (every branch of the template, unlike a render).
+fn scan_tokens(text: &str, in_expr: bool) -> Vec<Located> {
+    let tokens: Vec<(Token<'_>, minijinja::machinery::Span)> =
+        minijinja::machinery::tokenize(text, in_expr, Default::default())
+            .filter_map(Result::ok)
+            .collect();
+    let name_at = |i: usize| -> Option<(String, usize)> {
+        // `.name` or `['name']` starting at token i; returns name and tokens used
+        match tokens.get(i).map(|t| &t.0) {
+            Some(Token::Dot) => match tokens.get(i + 1).map(|t| &t.0) {
+                Some(Token::Ident(name)) => Some(((*name).to_owned(), 2)),
+                _ => None,
+            },
+            Some(Token::BracketOpen) => {
+                let name = match tokens.get(i + 1).map(|t| &t.0) {
+                    Some(Token::Str(s)) => (*s).to_owned(),
+                    Some(Token::String(s)) => s.to_string(),
+                    _ => return None,
+                };
+                matches!(tokens.get(i + 2).map(|t| &t.0), Some(Token::BracketClose))
+                    .then_some((name, 3))
+            }
+            _ => None,
+        }
+    };
+    let mut refs = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        let (token, span) = &tokens[i];
+        let after_dot = i > 0 && matches!(tokens[i - 1].0, Token::Dot);
+        if let (Token::Ident(var), false) = (token, after_dot) {
+            let start = span.start_offset as usize;
+            match *var {
+                "params" | "run" => {
+                    if let Some((name, used)) = name_at(i + 1) {
+                        let end = tokens[i + used].1.end_offset as usize;
+                        let reference = if *var == "params" {
+                            Reference::Param(name)
+                        } else {
+                            Reference::Run(name)
+                        };
+                        refs.push(Located {
+                            reference,
+                            range: start..end,
+                        });
+                        i += used;
+                    }
+                }
+                "steps" => {
+                    if let Some((step, used)) = name_at(i + 1) {
+                        let mut end = tokens[i + used].1.end_offset as usize;
+                        let field = name_at(i + 1 + used).map(|(field, more)| {
+                            end = tokens[i + used + more].1.end_offset as usize;
+                            field
+                        });
+                        refs.push(Located {
+                            reference: Reference::StepOutput { step, field },
+                            range: start..end,
+                        });
+                        i += used;
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    refs
+}
+
+/// A template map value from key/value pairs.
+fn map_value(entries: impl IntoIterator<Item = (String, Value)>) -> Value {
+    Value::from_object(entries.into_iter().collect::<std::collections::BTreeMap<String, Value>>())
+}
+
+/// Where step outputs come from when rendering.
+#[derive(Debug, Clone)]
+pub enum Outputs {
+    /// Not run yet: every output renders as a `<steps.id.outputs.key>` placeholder.
+    Placeholders,
+    /// Outputs of finished steps.
+    Known(Arc<HashMap<String, IndexMap<String, String>>>),
+}
+
+#[derive(Debug)]
+struct StepsView(Outputs);
+
+impl Object for StepsView {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let id = key.as_str()?;
+        let outputs = match &self.0 {
+            Outputs::Placeholders => Value::from_object(PlaceholderOutputs(id.to_owned())),
+            Outputs::Known(all) => {
+                let map = all.get(id)?;
+                map_value(map.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))))
+            }
+        };
+        Some(map_value([("outputs".to_owned(), outputs)]))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::NonEnumerable
+    }
+}
+
+#[derive(Debug)]
+struct PlaceholderOutputs(String);
+
+impl Object for PlaceholderOutputs {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        Some(Value::from(format!("<{}.outputs.{}>", self.0, key.as_str()?)))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::NonEnumerable
+    }
+}
+
+/// The values a template is rendered with.
+#[derive(Debug, Clone)]
+pub struct Context {
+    value: Value,
+}
+
+/// Facts about the current run (`run.id`, `run.dir`, `run.started_at`).
+#[derive(Debug, Clone)]
+pub struct RunFacts {
+    /// Run id.
+    pub id: String,
+    /// Run directory.
+    pub dir: String,
+    /// RFC 3339 start time.
+    pub started_at: String,
+}
+
+impl RunFacts {
+    /// Placeholders used by the dry-run plan.
+    pub fn placeholders() -> Self {
+        RunFacts {
+            id: "<run.id>".into(),
+            dir: "<run.dir>".into(),
+            started_at: "<run.started_at>".into(),
+        }
+    }
+}
+
+impl Context {
+    /// A context from param values (already masked where needed), outputs and run facts.
+    pub fn new(params: &IndexMap<String, Value>, outputs: Outputs, run: &RunFacts) -> Self {
+        let params = map_value(params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let run = map_value([
+            ("id".to_owned(), Value::from(run.id.clone())),
+            ("dir".to_owned(), Value::from(run.dir.clone())),
+            ("started_at".to_owned(), Value::from(run.started_at.clone())),
+        ]);
+        let value = map_value([
+            ("params".to_owned(), params),
+            ("steps".to_owned(), Value::from_object(StepsView(outputs))),
+            ("run".to_owned(), run),
+        ]);
+        Context { value }
+    }
+
+    /// Renders a template string (plain strings are returned as they are).
+    pub fn render(&self, env: &Environment<'_>, text: &str) -> Result<String, minijinja::Error> {
+        if !is_template(text) {
+            return Ok(text.to_owned());
+        }
+        env.render_str(text, self.value.clone())
+    }
+
+    /// Evaluates a condition (`when`) to true or false.
+    pub fn evaluate(&self, env: &Environment<'_>, text: &str) -> Result<bool, minijinja::Error> {
+        let expr = match bare_expression(text) {
+            Ok((expr, _)) => expr,
+            Err(e) => {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::SyntaxError,
+                    e.message,
+                ));
+            }
+        };
+        let compiled = env.compile_expression(expr)?;
+        Ok(compiled.eval(self.value.clone())?.is_true())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(text: &str) -> Vec<Reference> {
+        analyze(&environment(), text)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.reference)
+            .collect()
+    }
+
+    #[test]
+    fn finds_params_steps_and_run_in_every_branch() {
+        let found = refs(
+            "{% if params.a %}{{ steps['dump-db'].outputs.size | quote }}{% else %}{{ params['b'] }} {{ run.dir }}{% endif %}",
+        );
+        assert!(found.contains(&Reference::Param("a".into())));
+        assert!(found.contains(&Reference::Param("b".into())));
+        assert!(found.contains(&Reference::Run("dir".into())));
+        assert!(found.contains(&Reference::StepOutput {
+            step: "dump-db".into(),
+            field: Some("outputs".into())
+        }));
+    }
+
+    #[test]
+    fn unknown_top_level_names_are_reported_but_loop_variables_are_not() {
+        let found = refs("{{ parms.x }}{% for f in params.files %}{{ f }}{% endfor %}");
+        assert!(found.contains(&Reference::Unknown("parms".into())));
+        assert!(!found.contains(&Reference::Unknown("f".into())));
+    }
+
+    #[test]
+    fn quote_makes_one_shell_word() {
+        assert_eq!(shell_quote("simple/path-1.gz"), "simple/path-1.gz");
+        assert_eq!(shell_quote("it's a $HOME"), r"'it'\''s a $HOME'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn conditions_accept_bare_or_wrapped_expressions_only() {
+        assert_eq!(bare_expression("{{ params.a == 'x' }}").unwrap().0.trim(), "params.a == 'x'");
+        assert_eq!(bare_expression("params.a").unwrap().0, "params.a");
+        assert!(bare_expression("{% if x %}y{% endif %}").is_err());
+        assert!(bare_expression("{{ a }} and {{ b }}").is_err());
+    }
+
+    #[test]
+    fn placeholders_render_for_unknown_outputs() {
+        let ctx = Context::new(&IndexMap::new(), Outputs::Placeholders, &RunFacts::placeholders());
+        let out = ctx
+            .render(&environment(), "n={{ steps['scale-down'].outputs.previous_replicas }}")
+            .unwrap();
+        assert_eq!(out, "n=<scale-down.outputs.previous_replicas>");
+    }
+}

@@ -1,0 +1,824 @@
+//! Semantic validation: turns a parsed `RawRunbook` into a `Runbook`,
+//! collecting every problem (ids, references, durations, semver, params,
+//! templates, cycles) with its place in the file.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use sha2::{Digest, Sha256};
+
+use crate::diagnostic::{Problem, Report, did_you_mean, suggestion};
+use crate::graph::StepGraph;
+use crate::model::{Action, ParamSpec, ParamValue, RetryPolicy, Runbook, Step, type_name};
+use crate::spec::raw::{ACTION_KEYS, ParamType, RawRetry, RawStep};
+use crate::spec::yaml::{Node, NodeValue, Span};
+use crate::spec::{self, Parsed, SourceFile};
+use crate::template::{self, Reference, RUN_FIELDS, TOP_LEVEL_VARS};
+
+/// Reads, parses and validates a runbook file.
+pub fn load_file(path: &std::path::Path) -> Result<(Runbook, SourceFile), Report> {
+    let source = spec::read_source(path)?;
+    let runbook = validate_source(&source)?;
+    Ok((runbook, source))
+}
+
+/// Parses and validates runbook text; the report holds every problem found.
+pub fn validate_source(source: &SourceFile) -> Result<Runbook, Report> {
+    let (parsed, mut problems) = spec::parse(source);
+    let runbook = parsed.and_then(|parsed| {
+        let mut checker = Checker {
+            problems: &mut problems,
+            source: source.text.clone(),
+            env: template::environment(),
+        };
+        checker.runbook(parsed, source)
+    });
+    match runbook {
+        Some(runbook) if problems.is_empty() => Ok(runbook),
+        _ => {
+            let mut report = Report::new(source.name.clone(), Some(source.text.clone()));
+            report.problems = problems;
+            report.sort();
+            Err(report)
+        }
+    }
+}
+
+/// Parses a duration in the compact form `90s`, `10m`, `1h30m`, `500ms`, `2d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!("`{text}` is not a duration"));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{text}` is too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &rest[..unit_len];
+        let seconds = match unit {
+            "ms" => {
+                total += Duration::from_millis(number);
+                rest = &rest[unit_len..];
+                continue;
+            }
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            "" => return Err(format!("`{text}` has a number without a unit")),
+            other => return Err(format!("`{other}` is not a duration unit")),
+        };
+        total += Duration::from_secs(number.saturating_mul(seconds));
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+const DURATION_HELP: &str = "write durations like `30s`, `10m`, `1h30m` (units: ms, s, m, h, d)";
+
+/// Whether `id` is a valid step id: `[a-z0-9][a-z0-9-_]*`.
+pub fn is_valid_step_id(id: &str) -> bool {
+    let mut bytes = id.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn is_valid_param_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A template reference to step outputs, checked once the graph exists.
+struct OutputUse {
+    user: usize,
+    step: String,
+    span: Span,
+}
+
+struct Checker<'a> {
+    problems: &'a mut Vec<Problem>,
+    source: std::sync::Arc<str>,
+    env: minijinja::Environment<'static>,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, problem: Problem) {
+        self.problems.push(problem);
+    }
+
+    fn runbook(&mut self, parsed: Parsed, source: &SourceFile) -> Option<Runbook> {
+        let Parsed {
+            raw,
+            step_nodes,
+            step_damaged,
+            broken_step_ids,
+            root,
+        } = parsed;
+        let metadata_node = root.get("metadata");
+        let field_span = |name: &str| {
+            metadata_node
+                .and_then(|m| m.get(name))
+                .map_or(Span::default(), |n| n.span)
+        };
+
+        if raw.metadata.name.trim().is_empty() {
+            self.push(
+                Problem::new("metadata::name", "`metadata.name` is empty")
+                    .at(field_span("name"))
+                    .help("name the procedure, e.g. `name: 3scale-backup`"),
+            );
+        }
+        let version = match semver::Version::parse(raw.metadata.version.trim()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let text = raw.metadata.version.trim();
+                let help = if let Some(stripped) = text.strip_prefix('v') {
+                    format!("drop the `v`: `version: {stripped}`")
+                } else if text.split('.').count() < 3 {
+                    let mut parts: Vec<&str> = text.split('.').collect();
+                    while parts.len() < 3 {
+                        parts.push("0");
+                    }
+                    format!("semantic versions have three parts: `version: \"{}\"`", parts.join("."))
+                } else {
+                    "use a semantic version such as `1.2.0` (see semver.org)".into()
+                };
+                self.push(
+                    Problem::new("metadata::version", format!("`{text}` is not a semantic version: {e}"))
+                        .at_labeled(field_span("version"), "not MAJOR.MINOR.PATCH")
+                        .help(help),
+                );
+                None
+            }
+        };
+
+        let params = self.params(&raw.params, root.get("params"));
+        let defaults_node = root.get("defaults");
+        let default_timeout = raw.defaults.as_ref().and_then(|d| d.timeout.as_deref()).and_then(|t| {
+            self.duration(t, defaults_node.and_then(|d| d.get("timeout")))
+        });
+        let default_retry = match raw.defaults.as_ref().and_then(|d| d.retry.as_ref()) {
+            Some(r) => self.retry(r, &RetryPolicy::default(), defaults_node.and_then(|d| d.get("retry"))),
+            None => RetryPolicy::default(),
+        };
+
+        // ids
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(raw.steps.len());
+        for (i, step) in raw.steps.iter().enumerate() {
+            let id_span = step_nodes[i].get("id").map_or(step_nodes[i].span, |n| n.span);
+            if !is_valid_step_id(&step.id) {
+                let suggested: String = step
+                    .id
+                    .trim()
+                    .to_ascii_lowercase()
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+                    .collect();
+                let mut problem = Problem::new("step::invalid-id", format!("invalid step id `{}`", step.id))
+                    .at_labeled(id_span, "ids use lowercase letters, digits, `-` and `_`");
+                if is_valid_step_id(&suggested) {
+                    problem = problem.help(format!("rename it, e.g. `id: {suggested}`"));
+                } else {
+                    problem = problem.help("an id starts with a lowercase letter or digit, then lowercase letters, digits, `-` or `_`");
+                }
+                self.push(problem);
+            }
+            if let Some(&first) = index.get(step.id.as_str()) {
+                let first_span = step_nodes[first].get("id").map_or(Span::default(), |n| n.span);
+                self.push(
+                    Problem::new("step::duplicate-id", format!("duplicate step id `{}`", step.id))
+                        .at_labeled(id_span, "defined again here")
+                        .also(first_span, "first defined here")
+                        .help("step ids must be unique; rename one of them"),
+                );
+            } else {
+                index.insert(step.id.as_str(), i);
+            }
+        }
+
+        // needs
+        let mut needs: Vec<Vec<usize>> = Vec::with_capacity(raw.steps.len());
+        let mut needs_ok = true;
+        for (i, step) in raw.steps.iter().enumerate() {
+            let needs_nodes = step_nodes[i].get("needs").and_then(Node::as_seq).unwrap_or(&[]);
+            let mut deps = Vec::with_capacity(step.needs.len());
+            for (j, need) in step.needs.iter().enumerate() {
+                let span = needs_nodes.get(j).map_or(step_nodes[i].span, |n| n.span);
+                match index.get(need.as_str()) {
+                    Some(&dep) if dep == i => {
+                        needs_ok = false;
+                        self.push(
+                            Problem::new("step::needs-itself", format!("step `{}` needs itself", step.id))
+                                .at_labeled(span, "a step cannot wait for itself")
+                                .help("remove it from `needs`"),
+                        );
+                    }
+                    Some(&dep) => {
+                        if !deps.contains(&dep) {
+                            deps.push(dep);
+                        }
+                    }
+                    None if broken_step_ids.iter().any(|b| b == need) => needs_ok = false,
+                    None => {
+                        needs_ok = false;
+                        let mut problem = Problem::new(
+                            "step::unknown-need",
+                            format!("step `{}` needs `{need}`, which is not a step of this runbook", step.id),
+                        )
+                        .at_labeled(span, "unknown step");
+                        problem = match did_you_mean(need, index.keys().copied()) {
+                            Some(best) => problem.help(format!("did you mean `{best}`?")),
+                            None => problem.help("`needs` lists ids of other steps in this file"),
+                        };
+                        self.push(problem);
+                    }
+                }
+            }
+            needs.push(deps);
+        }
+
+        // steps
+        let mut steps = Vec::with_capacity(raw.steps.len());
+        let mut output_uses = Vec::new();
+        for (i, raw_step) in raw.steps.iter().enumerate() {
+            let node = &step_nodes[i];
+            if let Some(step) = self.step(
+                raw_step,
+                node,
+                step_damaged[i],
+                StepContext {
+                    index: i,
+                    needs: needs[i].clone(),
+                    params: &params,
+                    steps: &index,
+                    broken: &broken_step_ids,
+                    default_timeout,
+                    default_retry: &default_retry,
+                },
+                &mut output_uses,
+            ) {
+                steps.push(step);
+            }
+        }
+
+        let graph = if needs_ok {
+            match StepGraph::build(&needs) {
+                Ok(graph) => Some(graph),
+                Err(cycles) => {
+                    for cycle in cycles {
+                        self.cycle(&cycle.0, &raw.steps, &step_nodes);
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        if let Some(graph) = &graph {
+            for used in output_uses {
+                let Some(&target) = index.get(used.step.as_str()) else { continue };
+                if !graph.is_upstream(target, used.user) {
+                    let user = &raw.steps[used.user].id;
+                    self.push(
+                        Problem::new(
+                            "template::not-upstream",
+                            format!("step `{user}` uses outputs of `{}`, which does not run before it", used.step),
+                        )
+                        .at_labeled(used.span, format!("`{}` is not upstream of `{user}`", used.step))
+                        .help(format!("add `{}` to the `needs` of `{user}` (directly or through another step)", used.step)),
+                    );
+                }
+            }
+        }
+
+        let (Some(version), Some(graph)) = (version, graph) else {
+            return None;
+        };
+        if !self.problems.is_empty() || steps.len() != raw.steps.len() {
+            return None;
+        }
+        Some(Runbook {
+            name: raw.metadata.name.trim().to_owned(),
+            version,
+            description: raw.metadata.description.clone(),
+            params,
+            steps,
+            graph,
+            digest: digest(source.text.as_bytes()),
+        })
+    }
+
+    fn cycle(&mut self, cycle: &[usize], steps: &[RawStep], nodes: &[Node]) {
+        let names: Vec<&str> = cycle.iter().map(|&i| steps[i].id.as_str()).collect();
+        let mut path = names.join(" → ");
+        path.push_str(&format!(" → {}", names[0]));
+        // point at the `needs` entry of the first step that closes the cycle
+        let first = cycle[0];
+        let last = *cycle.last().unwrap_or(&first);
+        let span = nodes[first]
+            .get("needs")
+            .and_then(Node::as_seq)
+            .and_then(|items| items.iter().find(|n| n.as_str() == Some(steps[last].id.as_str())))
+            .map_or(nodes[first].span, |n| n.span);
+        let message = if cycle.len() == 1 {
+            format!("dependency cycle: step `{}` needs itself", names[0])
+        } else {
+            format!("dependency cycle: {path}")
+        };
+        let mut problem = Problem::new("graph::cycle", message)
+            .at_labeled(span, format!("`{}` needs `{}` here, closing the cycle", names[0], steps[last].id))
+            .help("each step on the cycle waits for the next; remove one of these `needs`");
+        for &i in cycle.iter().skip(1) {
+            if let Some(n) = nodes[i].get("id") {
+                problem = problem.also(n.span, "on the cycle");
+            }
+        }
+        self.push(problem);
+    }
+
+    fn duration(&mut self, text: &str, node: Option<&Node>) -> Option<Duration> {
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.push(
+                    Problem::new("duration::invalid", format!("duration `{text}` is zero"))
+                        .at(node.map_or(Span::default(), |n| n.span))
+                        .help("leave the field out for no limit, or give a positive duration"),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.push(
+                    Problem::new("duration::invalid", format!("invalid duration: {e}"))
+                        .at_labeled(node.map_or(Span::default(), |n| n.span), "not a duration")
+                        .help(DURATION_HELP),
+                );
+                None
+            }
+        }
+    }
+
+    fn retry(&mut self, raw: &RawRetry, base: &RetryPolicy, node: Option<&Node>) -> RetryPolicy {
+        let field = |name: &str| node.and_then(|n| n.get(name));
+        let mut policy = base.clone();
+        if let Some(attempts) = raw.attempts {
+            if attempts == 0 {
+                self.push(
+                    Problem::new("retry::attempts", "`retry.attempts` is 0; it counts every try, including the first")
+                        .at(field("attempts").map_or(Span::default(), |n| n.span))
+                        .help("use `attempts: 1` for no retry, or more to retry"),
+                );
+            } else {
+                policy.attempts = attempts;
+            }
+        }
+        if let Some(delay) = &raw.delay
+            && let Some(d) = self.duration(delay, field("delay"))
+        {
+            policy.delay = d;
+        }
+        if let Some(max) = &raw.max_delay
+            && let Some(d) = self.duration(max, field("max_delay"))
+        {
+            policy.max_delay = d;
+        }
+        if let Some(backoff) = raw.backoff {
+            policy.backoff = backoff;
+        }
+        if let Some(jitter) = raw.jitter {
+            policy.jitter = jitter;
+        }
+        if policy.max_delay < policy.delay && raw.max_delay.is_some() {
+            self.push(
+                Problem::new("retry::max-delay", "`max_delay` is shorter than `delay`")
+                    .at(field("max_delay").map_or(Span::default(), |n| n.span))
+                    .help("make `max_delay` at least as long as `delay`"),
+            );
+        }
+        policy
+    }
+
+    fn params(
+        &mut self,
+        raw: &IndexMap<String, crate::spec::raw::RawParam>,
+        node: Option<&Node>,
+    ) -> IndexMap<String, ParamSpec> {
+        let mut out = IndexMap::new();
+        for (name, param) in raw {
+            let entry = node.and_then(|n| n.entry(name));
+            let key_span = entry.map_or(Span::default(), |(k, _)| k.span);
+            let field = |f: &str| entry.and_then(|(_, v)| v.get(f)).map_or(key_span, |n| n.span);
+            let kind = param.kind.unwrap_or(ParamType::String);
+            let mut ok = true;
+            if !is_valid_param_name(name) {
+                ok = false;
+                self.push(
+                    Problem::new("param::invalid-name", format!("invalid param name `{name}`"))
+                        .at_labeled(key_span, "templates could not refer to this name")
+                        .help(format!("use letters, digits and `_`, e.g. `{}`", name.replace(['-', ' ', '.'], "_"))),
+                );
+            }
+            let mut allowed = Vec::new();
+            for value in param.allowed.iter().flatten() {
+                match ParamValue::from_json(kind, value) {
+                    Ok(v) => allowed.push(v),
+                    Err(e) => {
+                        ok = false;
+                        self.push(
+                            Problem::new("param::enum", format!("param `{name}`: enum value {e}"))
+                                .at(field("enum"))
+                                .help(format!("every `enum` value must be {}", type_name(kind))),
+                        );
+                    }
+                }
+            }
+            let default = match &param.default {
+                None | Some(serde_json::Value::Null) => None,
+                Some(value) => match ParamValue::from_json(kind, value) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        ok = false;
+                        self.push(
+                            Problem::new("param::default", format!("param `{name}`: default {e}"))
+                                .at_labeled(field("default"), format!("not {}", type_name(kind)))
+                                .help(format!("give a default that is {}, or change `type`", type_name(kind))),
+                        );
+                        None
+                    }
+                },
+            };
+            if let Some(d) = &default {
+                if !allowed.is_empty() && !allowed.contains(d) {
+                    ok = false;
+                    let choices: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+                    let refs: Vec<&str> = choices.iter().map(String::as_str).collect();
+                    self.push(
+                        Problem::new("param::default", format!("param `{name}`: default `{d}` is not one of its enum values"))
+                            .at_labeled(field("default"), "not in `enum`")
+                            .help(suggestion(&d.to_string(), &refs, "values")),
+                    );
+                }
+                if param.required {
+                    ok = false;
+                    self.push(
+                        Problem::new("param::required-default", format!("param `{name}` is required but has a default"))
+                            .at_labeled(field("required"), "required")
+                            .also(field("default"), "yet has a default")
+                            .help("a param with a default is never missing: drop `required: true` or the default"),
+                    );
+                }
+                if param.secret {
+                    ok = false;
+                    self.push(
+                        Problem::new("param::secret-default", format!("secret param `{name}` has a default written in the runbook"))
+                            .at_labeled(field("default"), "secret values do not belong in a versioned file")
+                            .help(format!(
+                                "remove the default; pass it at run time with `-p {name}=...`, `--params-file`, or RUNBOOK_PARAM_{}",
+                                name.to_ascii_uppercase()
+                            )),
+                    );
+                }
+            }
+            if ok {
+                out.insert(
+                    name.clone(),
+                    ParamSpec {
+                        kind,
+                        default,
+                        required: param.required,
+                        allowed,
+                        secret: param.secret,
+                        description: param.description.clone(),
+                    },
+                );
+            }
+        }
+        // keep declared-but-invalid params known to templates to avoid follow-on errors
+        for (name, param) in raw {
+            if !out.contains_key(name) {
+                out.insert(
+                    name.clone(),
+                    ParamSpec {
+                        kind: param.kind.unwrap_or(ParamType::String),
+                        default: None,
+                        required: false,
+                        allowed: Vec::new(),
+                        secret: param.secret,
+                        description: None,
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    fn step(
+        &mut self,
+        raw: &RawStep,
+        node: &Node,
+        damaged: bool,
+        ctx: StepContext<'_>,
+        output_uses: &mut Vec<OutputUse>,
+    ) -> Option<Step> {
+        let field = |name: &str| node.get(name);
+        let present: Vec<&str> = ACTION_KEYS
+            .iter()
+            .copied()
+            .filter(|key| node.get(key).is_some())
+            .collect();
+        let id_span = field("id").map_or(node.span, |n| n.span);
+        let action = match present.as_slice() {
+            [] if damaged => None,
+            [] => {
+                self.push(
+                    Problem::new("step::no-action", format!("step `{}` has no action", raw.id))
+                        .at_labeled(id_span, "this step does nothing")
+                        .help(format!("give it exactly one of: {}", ACTION_KEYS.join(", "))),
+                );
+                None
+            }
+            [_] => action_of(raw),
+            [first, rest @ ..] => {
+                let mut problem = Problem::new(
+                    "step::several-actions",
+                    format!("step `{}` has {} actions ({}); a step does exactly one thing", raw.id, present.len(), present.join(", ")),
+                )
+                .at_labeled(node.entry(first).map_or(id_span, |(k, _)| k.span), "first action");
+                for key in rest {
+                    if let Some((k, _)) = node.entry(key) {
+                        problem = problem.also(k.span, "another action");
+                    }
+                }
+                self.push(problem.help("split it into separate steps and order them with `needs`"));
+                None
+            }
+        };
+
+        let timeout = match &raw.timeout {
+            Some(t) => self.duration(t, field("timeout")),
+            None => ctx.default_timeout,
+        };
+        let retry = match &raw.retry {
+            Some(r) => self.retry(r, ctx.default_retry, field("retry")),
+            None => ctx.default_retry.clone(),
+        };
+
+        // templates: `when`, `done_if`, and every string inside the action
+        let mut when = None;
+        if let Some(text) = &raw.when {
+            let when_node = field("when");
+            match template::analyze_expression(&self.env, text) {
+                Ok((expr, _, refs)) => {
+                    when = Some(expr.trim().to_owned());
+                    self.references(&refs, text, when_node, &raw.id, &ctx, output_uses);
+                }
+                Err(e) => {
+                    let span = when_node.map_or(id_span, |n| n.span);
+                    self.push(
+                        Problem::new("when::not-expression", format!("step `{}`: `when` is not a valid condition: {}", raw.id, e.message))
+                            .at_labeled(span, "expected one expression")
+                            .help("write one expression, e.g. `when: params.database == 'mysql'` (the `{{ }}` are optional)"),
+                    );
+                }
+            }
+        }
+        if let Some(text) = &raw.done_if {
+            self.template(text, field("done_if"), &raw.id, &ctx, output_uses);
+        }
+        for key in &present {
+            if let Some(action_node) = node.get(key) {
+                self.templates_in(action_node, &raw.id, &ctx, output_uses);
+            }
+        }
+
+        Some(Step {
+            id: raw.id.clone(),
+            name: raw.name.clone(),
+            needs: ctx.needs,
+            when,
+            timeout,
+            retry,
+            always: raw.always,
+            idempotent: raw.idempotent.unwrap_or(true),
+            done_if: raw.done_if.clone(),
+            action: action?,
+        })
+    }
+
+    fn templates_in(&mut self, node: &Node, step: &str, ctx: &StepContext<'_>, uses: &mut Vec<OutputUse>) {
+        match &node.value {
+            NodeValue::Scalar { text, .. } => {
+                if template::is_template(text) {
+                    self.template(text, Some(node), step, ctx, uses);
+                }
+            }
+            NodeValue::Seq(items) => {
+                for item in items {
+                    self.templates_in(item, step, ctx, uses);
+                }
+            }
+            NodeValue::Map(entries) => {
+                for (_, value) in entries {
+                    self.templates_in(value, step, ctx, uses);
+                }
+            }
+            NodeValue::Null => {}
+        }
+    }
+
+    fn template(&mut self, text: &str, node: Option<&Node>, step: &str, ctx: &StepContext<'_>, uses: &mut Vec<OutputUse>) {
+        if !template::is_template(text) {
+            return;
+        }
+        match template::analyze(&self.env, text) {
+            Ok(refs) => self.references(&refs, text, node, step, ctx, uses),
+            Err(e) => {
+                let span = locate_in_node(&self.source, node, text, e.range.clone());
+                self.push(
+                    Problem::new("template::syntax", format!("step `{step}`: template syntax error: {}", e.message))
+                        .at_labeled(span, "here")
+                        .help("templates use Jinja syntax: `{{ params.name | quote }}`, `{% if ... %}...{% endif %}`"),
+                );
+            }
+        }
+    }
+
+    fn references(
+        &mut self,
+        refs: &[template::Located],
+        text: &str,
+        node: Option<&Node>,
+        step: &str,
+        ctx: &StepContext<'_>,
+        uses: &mut Vec<OutputUse>,
+    ) {
+        for located in refs {
+            let span = locate_in_node(&self.source, node, text, Some(located.range.clone()));
+            match &located.reference {
+                Reference::Param(name) => {
+                    if !ctx.params.contains_key(name) {
+                        let declared: Vec<&str> = ctx.params.keys().map(String::as_str).collect();
+                        let help = match did_you_mean(name, declared.iter().copied()) {
+                            Some(best) => format!("did you mean `params.{best}`?"),
+                            None if declared.is_empty() => format!("declare it under `params:`, e.g. `{name}: {{ type: string }}`"),
+                            None => format!("declared params: {}; or declare `{name}` under `params:`", declared.join(", ")),
+                        };
+                        self.push(
+                            Problem::new("template::undeclared-param", format!("step `{step}` uses `params.{name}`, which is not declared"))
+                                .at_labeled(span, "undeclared param")
+                                .help(help),
+                        );
+                    }
+                }
+                Reference::StepOutput { step: target, field } => {
+                    if field.as_deref() != Some("outputs") {
+                        self.push(
+                            Problem::new("template::step-field", format!("step `{step}`: `steps['{target}']` only has `outputs`"))
+                                .at(span)
+                                .help(format!("write `steps['{target}'].outputs.<key>`")),
+                        );
+                    }
+                    if ctx.broken.iter().any(|b| b == target) {
+                        continue;
+                    }
+                    match ctx.steps.get(target.as_str()) {
+                        None => {
+                            let help = match did_you_mean(target, ctx.steps.keys().copied()) {
+                                Some(best) => format!("did you mean `steps['{best}']`?"),
+                                None => "refer to the id of a step that runs before this one".into(),
+                            };
+                            self.push(
+                                Problem::new("template::unknown-step", format!("step `{step}` uses outputs of `{target}`, which is not a step of this runbook"))
+                                    .at_labeled(span, "unknown step")
+                                    .help(help),
+                            );
+                        }
+                        Some(_) => uses.push(OutputUse {
+                            user: ctx.index,
+                            step: target.clone(),
+                            span,
+                        }),
+                    }
+                }
+                Reference::Run(field) => {
+                    if !RUN_FIELDS.contains(&field.as_str()) {
+                        self.push(
+                            Problem::new("template::unknown-variable", format!("step `{step}` uses `run.{field}`, which does not exist"))
+                                .at(span)
+                                .help(suggestion(field, &RUN_FIELDS, "fields of `run`")),
+                        );
+                    }
+                }
+                Reference::Unknown(name) => {
+                    self.push(
+                        Problem::new("template::unknown-variable", format!("step `{step}` uses `{name}`, which is not defined"))
+                            .at_labeled(span, "undefined")
+                            .help(suggestion(name, &TOP_LEVEL_VARS, "variables")),
+                    );
+                }
+            }
+        }
+    }
+}
+
+struct StepContext<'a> {
+    index: usize,
+    needs: Vec<usize>,
+    params: &'a IndexMap<String, ParamSpec>,
+    steps: &'a HashMap<&'a str, usize>,
+    broken: &'a [String],
+    default_timeout: Option<Duration>,
+    default_retry: &'a RetryPolicy,
+}
+
+fn action_of(raw: &RawStep) -> Option<Action> {
+    Some(if let Some(command) = &raw.run {
+        Action::Run {
+            command: command.clone(),
+        }
+    } else if let Some(p) = &raw.pause {
+        Action::Pause {
+            message: p.message.clone(),
+        }
+    } else if let Some(a) = &raw.scale {
+        Action::Scale(a.clone())
+    } else if let Some(a) = &raw.exec {
+        Action::Exec(a.clone())
+    } else if let Some(a) = &raw.copy {
+        Action::Copy(a.clone())
+    } else if let Some(a) = &raw.apply {
+        Action::Apply(a.clone())
+    } else if let Some(a) = &raw.export {
+        Action::Export(a.clone())
+    } else if let Some(a) = &raw.rollout {
+        Action::Rollout(a.clone())
+    } else if let Some(a) = &raw.wait {
+        Action::Wait(a.clone())
+    } else if let Some(a) = &raw.patch {
+        Action::Patch(a.clone())
+    } else {
+        return None;
+    })
+}
+
+/// Maps a byte range inside a scalar's text to a span of the file: finds the
+/// same fragment in the source after the node's start (block and quoted
+/// scalars do not map offset for offset).
+fn locate_in_node(source: &str, node: Option<&Node>, text: &str, range: Option<std::ops::Range<usize>>) -> Span {
+    let Some(node) = node else {
+        return Span::default();
+    };
+    let Some(range) = range.filter(|r| r.end <= text.len() && r.start < r.end) else {
+        return node.span;
+    };
+    let Some(needle) = text.get(range.clone()) else {
+        return node.span;
+    };
+    let nth = text[..range.start].matches(needle).count();
+    let from = node.span.offset.min(source.len());
+    source[from..]
+        .match_indices(needle)
+        .nth(nth)
+        .map_or(node.span, |(pos, _)| Span::new(from + pos, needle.len()))
+}
+
+/// SHA-256 digest as `sha256:<hex>`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_compact_and_strict() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("10 minutes").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn step_ids_follow_the_documented_pattern() {
+        assert!(is_valid_step_id("scale-api_down2"));
+        assert!(is_valid_step_id("3scale"));
+        assert!(!is_valid_step_id("Scale API"));
+        assert!(!is_valid_step_id("-x"));
+        assert!(!is_valid_step_id(""));
+    }
+}
