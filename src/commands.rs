@@ -31,7 +31,8 @@ fn report_style(choice: ColorChoice) -> Style {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
         ColorChoice::Auto => {
-            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::stderr().is_terminal()
         }
     };
     if color { Style::Fancy } else { Style::Plain }
@@ -106,10 +107,20 @@ fn validate_files(files: &[std::path::PathBuf], output: ValidateFormat, style: S
             }
         }
     }
-    if reports.is_empty() { exit::SUCCESS } else { exit::INVALID }
+    if reports.is_empty() {
+        exit::SUCCESS
+    } else {
+        exit::INVALID
+    }
 }
 
-fn plan(file: &Path, params: &ParamArgs, output: PlanFormat, save: Option<&Path>, style: Style) -> u8 {
+fn plan(
+    file: &Path,
+    params: &ParamArgs,
+    output: PlanFormat,
+    save: Option<&Path>,
+    style: Style,
+) -> u8 {
     let (runbook, source) = match validate::load_file(file) {
         Ok(loaded) => loaded,
         Err(report) => {
@@ -141,25 +152,34 @@ fn plan(file: &Path, params: &ParamArgs, output: PlanFormat, save: Option<&Path>
         eprintln!("error: cannot save the plan to {}: {e}", path.display());
         return exit::RUNTIME;
     }
-    let mut buffer = Vec::with_capacity(plan.steps.len() * 256);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let written = match output {
-        PlanFormat::Text => render::text(&plan, &mut buffer),
-        PlanFormat::Json => serde_json::to_writer_pretty(&mut buffer, &plan)
+        PlanFormat::Text => render::text(&plan, &mut out),
+        PlanFormat::Json => serde_json::to_writer_pretty(&mut out, &plan)
             .map_err(std::io::Error::other)
-            .and_then(|()| buffer.write_all(b"\n")),
-        PlanFormat::Markdown => render::markdown(&plan, &mut buffer),
-        PlanFormat::Mermaid => render::mermaid(&plan, &mut buffer),
-        PlanFormat::Dot => render::dot(&plan, &mut buffer),
-    };
-    if let Err(e) = written {
-        eprintln!("error: cannot render the plan: {e}");
-        return exit::RUNTIME;
+            .and_then(|()| out.write_all(b"\n")),
+        PlanFormat::Markdown => render::markdown(&plan, &mut out),
+        PlanFormat::Mermaid => render::mermaid(&plan, &mut out),
+        PlanFormat::Dot => render::dot(&plan, &mut out),
     }
-    let code = write_stdout(&buffer);
+    .and_then(|()| out.flush());
+    let code = match written {
+        Ok(()) => exit::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the plan: {e}");
+            return exit::RUNTIME;
+        }
+    };
     if code == exit::SUCCESS
         && let Some(path) = save
     {
-        eprintln!("Saved the pinned plan to {} (run it with `runbook run --plan {}`)", path.display(), path.display());
+        eprintln!(
+            "Saved the pinned plan to {} (run it with `runbook run --plan {}`)",
+            path.display(),
+            path.display()
+        );
     }
     code
 }
@@ -167,7 +187,10 @@ fn plan(file: &Path, params: &ParamArgs, output: PlanFormat, save: Option<&Path>
 /// Writes the plan as JSON through a temporary file and a rename, so a
 /// reviewer never sees half a plan.
 fn save_plan(plan: &Plan, path: &Path) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile_in(dir, path)?;
     serde_json::to_writer_pretty(&mut tmp.1, plan).map_err(std::io::Error::other)?;
     tmp.1.write_all(b"\n")?;
@@ -176,8 +199,15 @@ fn save_plan(plan: &Plan, path: &Path) -> std::io::Result<()> {
 }
 
 fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plan.json".into());
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plan.json".into());
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
     Ok((tmp, file))
 }

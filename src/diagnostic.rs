@@ -140,6 +140,9 @@ impl Diagnostic for Located<'_> {
     }
 }
 
+/// Lines longer than this are not shown as a snippet, only located.
+const MAX_SNIPPET_LINE: usize = 400;
+
 /// Whether rendered reports use colour and Unicode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
@@ -170,6 +173,18 @@ impl Report {
             .sort_by_key(|p| p.span.map_or(usize::MAX, |s| s.offset));
     }
 
+    fn line_len_at(&self, offset: usize) -> usize {
+        let Some(source) = self.source.as_deref() else {
+            return 0;
+        };
+        let offset = offset.min(source.len());
+        let start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let end = source[offset..]
+            .find('\n')
+            .map_or(source.len(), |i| offset + i);
+        end - start
+    }
+
     /// 1-based line and column of a byte offset.
     pub fn line_col(&self, offset: usize) -> Option<(usize, usize)> {
         let source = self.source.as_deref()?;
@@ -195,11 +210,19 @@ impl Report {
             .map(|s| NamedSource::new(&self.name, s.clone()).with_language("yaml"));
         let mut out = String::new();
         for problem in &self.problems {
+            // a snippet of a line thousands of characters long helps nobody
+            let long_line = problem
+                .span
+                .is_some_and(|s| self.line_len_at(s.offset) > MAX_SNIPPET_LINE);
             let located = Located {
                 problem,
-                source: named.clone(),
+                source: if long_line { None } else { named.clone() },
             };
-            if problem.span.is_none() || named.is_none() {
+            if long_line {
+                if let Some((line, col)) = problem.span.and_then(|s| self.line_col(s.offset)) {
+                    out.push_str(&format!("{}:{line}:{col}: ", self.name));
+                }
+            } else if problem.span.is_none() || named.is_none() {
                 out.push_str(&format!("{}: ", self.name));
             }
             if handler.render_report(&mut out, &located).is_err() {
@@ -256,7 +279,10 @@ pub struct ProblemRecord {
 }
 
 /// The closest candidate to `word`, if any is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -268,7 +294,10 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
 /// "did you mean `x`?" or a list of the valid choices.
 pub fn suggestion(word: &str, candidates: &[&str], what: &str) -> String {
     match did_you_mean(word, candidates.iter().copied()) {
-        Some(best) => format!("did you mean `{best}`? valid {what}: {}", candidates.join(", ")),
+        Some(best) => format!(
+            "did you mean `{best}`? valid {what}: {}",
+            candidates.join(", ")
+        ),
         None if candidates.is_empty() => format!("there are no {what}"),
         None => format!("valid {what}: {}", candidates.join(", ")),
     }

@@ -43,7 +43,11 @@ impl StepGraph {
         }
         // Kahn's algorithm, computing waves on the way.
         let mut indegree: Vec<usize> = (0..n)
-            .map(|i| graph.neighbors_directed(NodeIndex::new(i), Direction::Incoming).count())
+            .map(|i| {
+                graph
+                    .neighbors_directed(NodeIndex::new(i), Direction::Incoming)
+                    .count()
+            })
             .collect();
         let mut waves = vec![0usize; n];
         let mut order = Vec::with_capacity(n);

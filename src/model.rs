@@ -99,9 +99,15 @@ impl ParamValue {
     pub fn from_json(kind: ParamType, value: &serde_json::Value) -> Result<ParamValue, String> {
         use serde_json::Value as J;
         match (kind, value) {
-            (ParamType::String | ParamType::Path, J::String(s)) => Ok(ParamValue::String(s.clone())),
-            (ParamType::String | ParamType::Path, J::Number(n)) => Ok(ParamValue::String(n.to_string())),
-            (ParamType::String | ParamType::Path, J::Bool(b)) => Ok(ParamValue::String(b.to_string())),
+            (ParamType::String | ParamType::Path, J::String(s)) => {
+                Ok(ParamValue::String(s.clone()))
+            }
+            (ParamType::String | ParamType::Path, J::Number(n)) => {
+                Ok(ParamValue::String(n.to_string()))
+            }
+            (ParamType::String | ParamType::Path, J::Bool(b)) => {
+                Ok(ParamValue::String(b.to_string()))
+            }
             (ParamType::Int, J::Number(n)) => n
                 .as_i64()
                 .map(ParamValue::Int)
@@ -270,21 +276,21 @@ pub enum Action {
         message: Option<String>,
     },
     /// Set replicas of a workload.
-    Scale(ScaleAction),
+    Scale(Box<ScaleAction>),
     /// Command in a pod.
-    Exec(ExecAction),
+    Exec(Box<ExecAction>),
     /// Files to/from a pod.
-    Copy(CopyAction),
+    Copy(Box<CopyAction>),
     /// Server-side apply.
-    Apply(ApplyAction),
+    Apply(Box<ApplyAction>),
     /// Save resources as clean manifests.
-    Export(ExportAction),
+    Export(Box<ExportAction>),
     /// Restart / roll out and wait.
-    Rollout(RolloutAction),
+    Rollout(Box<RolloutAction>),
     /// Wait for a condition.
-    Wait(WaitAction),
+    Wait(Box<WaitAction>),
     /// Patch a resource.
-    Patch(PatchAction),
+    Patch(Box<PatchAction>),
 }
 
 impl Action {

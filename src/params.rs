@@ -57,7 +57,10 @@ pub fn env_var_name(param: &str) -> String {
 
 impl ParamValues {
     /// Resolves values for `declared` from `input` and the process environment.
-    pub fn resolve(declared: &IndexMap<String, ParamSpec>, input: &ParamInput) -> Result<ParamValues, Report> {
+    pub fn resolve(
+        declared: &IndexMap<String, ParamSpec>,
+        input: &ParamInput,
+    ) -> Result<ParamValues, Report> {
         Self::resolve_with_env(declared, input, |name| std::env::var(name).ok())
     }
 
@@ -72,7 +75,10 @@ impl ParamValues {
 
         for (name, _) in declared {
             if let Some(value) = env(&env_var_name(name)) {
-                raw.insert(name.clone(), (RawInput::Text(value), ParamSource::Environment));
+                raw.insert(
+                    name.clone(),
+                    (RawInput::Text(value), ParamSource::Environment),
+                );
             }
         }
         if let Some(path) = &input.file {
@@ -80,7 +86,11 @@ impl ParamValues {
                 Ok(map) => {
                     for (name, value) in map {
                         if !declared.contains_key(&name) {
-                            problems.push(unknown(&name, declared, &format!("in {}", path.display())));
+                            problems.push(unknown(
+                                &name,
+                                declared,
+                                &format!("in {}", path.display()),
+                            ));
                             continue;
                         }
                         raw.insert(name, (RawInput::Json(value), ParamSource::ParamsFile));
@@ -102,7 +112,10 @@ impl ParamValues {
                 problems.push(unknown(name, declared, "given with -p"));
                 continue;
             }
-            raw.insert(name.to_owned(), (RawInput::Text(value.to_owned()), ParamSource::CommandLine));
+            raw.insert(
+                name.to_owned(),
+                (RawInput::Text(value.to_owned()), ParamSource::CommandLine),
+            );
         }
 
         let mut values = IndexMap::new();
@@ -123,8 +136,11 @@ impl ParamValues {
                                 e
                             };
                             problems.push(
-                                Problem::new("param::type", format!("param `{name}` ({}): {detail}", source_text(source)))
-                                    .help(format!("`{name}` is {}", type_name(spec.kind))),
+                                Problem::new(
+                                    "param::type",
+                                    format!("param `{name}` ({}): {detail}", source_text(source)),
+                                )
+                                .help(format!("`{name}` is {}", type_name(spec.kind))),
                             );
                             continue;
                         }
@@ -142,10 +158,17 @@ impl ParamValues {
             };
             if !spec.allowed.is_empty() && !spec.allowed.contains(&value) {
                 let choices: Vec<String> = spec.allowed.iter().map(ToString::to_string).collect();
-                let shown = if spec.secret { "the value".to_owned() } else { format!("`{value}`") };
+                let shown = if spec.secret {
+                    "the value".to_owned()
+                } else {
+                    format!("`{value}`")
+                };
                 let mut problem = Problem::new(
                     "param::enum",
-                    format!("param `{name}`: {shown} is not one of {}", choices.join(", ")),
+                    format!(
+                        "param `{name}`: {shown} is not one of {}",
+                        choices.join(", ")
+                    ),
                 );
                 let refs: Vec<&str> = choices.iter().map(String::as_str).collect();
                 if !spec.secret
@@ -167,13 +190,20 @@ impl ParamValues {
         }
         for name in missing {
             let spec = &declared[&name];
-            let what = spec.description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+            let what = spec
+                .description
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
             problems.push(
-                Problem::new("param::missing", format!("missing required param `{name}`{what}"))
-                    .help(format!(
-                        "pass it with `-p {name}=...`, in a `--params-file`, or as {}",
-                        env_var_name(&name)
-                    )),
+                Problem::new(
+                    "param::missing",
+                    format!("missing required param `{name}`{what}"),
+                )
+                .help(format!(
+                    "pass it with `-p {name}=...`, in a `--params-file`, or as {}",
+                    env_var_name(&name)
+                )),
             );
         }
         if problems.is_empty() {
@@ -255,12 +285,21 @@ fn unknown(name: &str, declared: &IndexMap<String, ParamSpec>, place: &str) -> P
         None if names.is_empty() => "this runbook declares no params".into(),
         None => format!("declared params: {}", names.join(", ")),
     };
-    Problem::new("param::unknown", format!("unknown param `{name}` ({place})")).help(help)
+    Problem::new(
+        "param::unknown",
+        format!("unknown param `{name}` ({place})"),
+    )
+    .help(help)
 }
 
-fn read_params_file(path: &std::path::Path) -> Result<IndexMap<String, serde_json::Value>, Problem> {
+fn read_params_file(
+    path: &std::path::Path,
+) -> Result<IndexMap<String, serde_json::Value>, Problem> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Problem::new("param::file", format!("cannot read params file {}: {e}", path.display()))
+        Problem::new(
+            "param::file",
+            format!("cannot read params file {}: {e}", path.display()),
+        )
     })?;
     let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
         // serde_yaml messages quote input; keep only the location
@@ -268,17 +307,35 @@ fn read_params_file(path: &std::path::Path) -> Result<IndexMap<String, serde_jso
             .location()
             .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
             .unwrap_or_default();
-        Problem::new("param::file", format!("params file {} is not valid YAML or JSON{place}", path.display()))
-            .help("a params file is a mapping of name to value, e.g. `namespace: 3scale`")
+        Problem::new(
+            "param::file",
+            format!(
+                "params file {} is not valid YAML or JSON{place}",
+                path.display()
+            ),
+        )
+        .help("a params file is a mapping of name to value, e.g. `namespace: 3scale`")
     })?;
     let json: serde_json::Value = serde_json::to_value(&value).map_err(|_| {
-        Problem::new("param::file", format!("params file {} has values that are not plain data", path.display()))
+        Problem::new(
+            "param::file",
+            format!(
+                "params file {} has values that are not plain data",
+                path.display()
+            ),
+        )
     })?;
     match json {
         serde_json::Value::Object(map) => Ok(map.into_iter().collect()),
         serde_json::Value::Null => Ok(IndexMap::new()),
-        _ => Err(Problem::new("param::file", format!("params file {} must be a mapping of name to value", path.display()))
-            .help("e.g.\nnamespace: 3scale\nbackup_dir: /backups/2026-11-21")),
+        _ => Err(Problem::new(
+            "param::file",
+            format!(
+                "params file {} must be a mapping of name to value",
+                path.display()
+            ),
+        )
+        .help("e.g.\nnamespace: 3scale\nbackup_dir: /backups/2026-11-21")),
     }
 }
 
@@ -287,7 +344,12 @@ mod tests {
     use super::*;
     use crate::spec::raw::ParamType;
 
-    fn spec(kind: ParamType, default: Option<ParamValue>, required: bool, secret: bool) -> ParamSpec {
+    fn spec(
+        kind: ParamType,
+        default: Option<ParamValue>,
+        required: bool,
+        secret: bool,
+    ) -> ParamSpec {
         ParamSpec {
             kind,
             default,
@@ -301,7 +363,15 @@ mod tests {
     #[test]
     fn cli_beats_env_beats_default_and_all_problems_are_reported() {
         let mut declared = IndexMap::new();
-        declared.insert("ns".to_owned(), spec(ParamType::String, Some(ParamValue::String("a".into())), false, false));
+        declared.insert(
+            "ns".to_owned(),
+            spec(
+                ParamType::String,
+                Some(ParamValue::String("a".into())),
+                false,
+                false,
+            ),
+        );
         declared.insert("n".to_owned(), spec(ParamType::Int, None, true, false));
         declared.insert("token".to_owned(), spec(ParamType::Int, None, true, true));
         let input = ParamInput {

@@ -11,7 +11,7 @@ use crate::diagnostic::{Problem, Report};
 use crate::model::{Action, Runbook, fmt_duration};
 use crate::params::{ParamSource, ParamValues};
 use crate::spec::raw::ParamType;
-use crate::template::{self, Context, Outputs, RunFacts};
+use crate::template::{self, Context, Outputs, Reference, RunFacts};
 use crate::validate::digest;
 
 /// Identifier of this plan format, written as `format` in the JSON.
@@ -140,7 +140,11 @@ impl Plan {
     /// rendered.
     pub fn build(runbook: &Runbook, file: &str, params: &ParamValues) -> Result<Plan, Report> {
         let env = template::environment();
-        let context = Context::new(&params.template_values(true), Outputs::Placeholders, &RunFacts::placeholders());
+        let context = Context::new(
+            &params.template_values(true),
+            Outputs::Placeholders,
+            &RunFacts::placeholders(),
+        );
         let secret_names: Vec<&str> = params
             .values
             .iter()
@@ -164,8 +168,13 @@ impl Plan {
                 let action = render_action(&step.action, &mut render);
                 let done_if = step.done_if.as_deref().and_then(&mut render);
                 let when = step.when.as_ref().map(|expr| {
-                    let runtime = expr.contains("steps")
-                        || secret_names.iter().any(|s| expr.contains(s));
+                    let runtime =
+                        template::analyze_expression(&env, expr).map_or(true, |(_, _, refs)| {
+                            refs.iter().any(|r| match &r.reference {
+                                Reference::Param(name) => secret_names.contains(&name.as_str()),
+                                _ => true,
+                            })
+                        });
                     let value = if runtime {
                         None
                     } else {
@@ -184,14 +193,22 @@ impl Plan {
                 });
                 let disposition = match &when {
                     None => Disposition::Run,
-                    Some(PlannedCondition { value: Some(true), .. }) => Disposition::Run,
-                    Some(PlannedCondition { value: Some(false), .. }) => Disposition::Skip,
+                    Some(PlannedCondition {
+                        value: Some(true), ..
+                    }) => Disposition::Run,
+                    Some(PlannedCondition {
+                        value: Some(false), ..
+                    }) => Disposition::Skip,
                     Some(PlannedCondition { value: None, .. }) => Disposition::DecidedAtRunTime,
                 };
                 steps.push(PlannedStep {
                     id: step.id.clone(),
                     name: step.name.clone(),
-                    needs: step.needs.iter().map(|&i| runbook.steps[i].id.clone()).collect(),
+                    needs: step
+                        .needs
+                        .iter()
+                        .map(|&i| runbook.steps[i].id.clone())
+                        .collect(),
                     wave: runbook.graph.waves[index] + 1,
                     disposition,
                     when,
@@ -220,8 +237,15 @@ impl Plan {
             .iter()
             .map(|(name, r)| PlannedParam {
                 name: name.clone(),
-                kind: runbook.params.get(name).map_or(ParamType::String, |p| p.kind),
-                value: params.masked().get(name).cloned().unwrap_or(serde_json::Value::Null),
+                kind: runbook
+                    .params
+                    .get(name)
+                    .map_or(ParamType::String, |p| p.kind),
+                value: params
+                    .masked()
+                    .get(name)
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
                 secret: r.secret,
                 source: r.source,
             })
@@ -244,7 +268,10 @@ impl Plan {
 
     /// Number of steps that will certainly run.
     pub fn count(&self, disposition: Disposition) -> usize {
-        self.steps.iter().filter(|s| s.disposition == disposition).count()
+        self.steps
+            .iter()
+            .filter(|s| s.disposition == disposition)
+            .count()
     }
 }
 
@@ -257,14 +284,19 @@ pub fn params_digest(params: &ParamValues) -> String {
 }
 
 fn render_problem(step: &str, error: &minijinja::Error) -> Problem {
-    let detail = error.detail().map_or_else(|| error.kind().to_string(), str::to_owned);
+    let detail = error
+        .detail()
+        .map_or_else(|| error.kind().to_string(), str::to_owned);
     Problem::new("plan::render", format!("step `{step}`: cannot render: {detail}"))
         .help("check the template against the param values; outputs of earlier steps render as <step.outputs.key> placeholders in a plan")
 }
 
 /// Renders every string of an action's fields, adds `type` and, for
 /// Kubernetes actions, the equivalent kubectl command line.
-fn render_action(action: &Action, render: &mut impl FnMut(&str) -> Option<String>) -> Option<serde_json::Value> {
+fn render_action(
+    action: &Action,
+    render: &mut impl FnMut(&str) -> Option<String>,
+) -> Option<serde_json::Value> {
     let mut spec = action.spec();
     let ok = render_strings(&mut spec, render);
     let mut out = serde_json::Map::new();
@@ -282,7 +314,10 @@ fn render_action(action: &Action, render: &mut impl FnMut(&str) -> Option<String
     ok.then_some(serde_json::Value::Object(out))
 }
 
-fn render_strings(value: &mut serde_json::Value, render: &mut impl FnMut(&str) -> Option<String>) -> bool {
+fn render_strings(
+    value: &mut serde_json::Value,
+    render: &mut impl FnMut(&str) -> Option<String>,
+) -> bool {
     match value {
         serde_json::Value::String(s) => {
             if template::is_template(s) {
@@ -299,7 +334,10 @@ fn render_strings(value: &mut serde_json::Value, render: &mut impl FnMut(&str) -
     }
 }
 
-fn field<'a>(fields: &'a serde_json::Map<String, serde_json::Value>, name: &str) -> Option<&'a str> {
+fn field<'a>(
+    fields: &'a serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Option<&'a str> {
     fields.get(name).and_then(serde_json::Value::as_str)
 }
 
@@ -314,23 +352,35 @@ fn scalar(fields: &serde_json::Map<String, serde_json::Value>, name: &str) -> St
 /// The kubectl line a reviewer would have typed for a Kubernetes action.
 fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
     use template::shell_quote as q;
-    let ns = field(f, "namespace").map(|n| format!(" -n {}", q(n))).unwrap_or_default();
+    let ns = field(f, "namespace")
+        .map(|n| format!(" -n {}", q(n)))
+        .unwrap_or_default();
     let kind = field(f, "kind").unwrap_or("").to_ascii_lowercase();
     let target = format!("{kind}/{}", field(f, "name").unwrap_or(""));
     let pod = |f: &serde_json::Map<String, serde_json::Value>| -> String {
         let pod = f.get("pod");
         match (
-            pod.and_then(|p| p.get("name")).and_then(serde_json::Value::as_str),
-            pod.and_then(|p| p.get("selector")).and_then(serde_json::Value::as_str),
+            pod.and_then(|p| p.get("name"))
+                .and_then(serde_json::Value::as_str),
+            pod.and_then(|p| p.get("selector"))
+                .and_then(serde_json::Value::as_str),
         ) {
             (Some(name), _) => q(name),
-            (None, Some(selector)) => format!("$(kubectl get pod{ns} -l {} -o name | head -1)", q(selector)),
+            (None, Some(selector)) => format!(
+                "$(kubectl get pod{ns} -l {} -o name | head -1)",
+                q(selector)
+            ),
             _ => "<pod>".into(),
         }
     };
-    let container = field(f, "container").map(|c| format!(" -c {}", q(c))).unwrap_or_default();
+    let container = field(f, "container")
+        .map(|c| format!(" -c {}", q(c)))
+        .unwrap_or_default();
     Some(match key {
-        "scale" => format!("kubectl scale {target} --replicas={}{ns}", q(&scalar(f, "replicas"))),
+        "scale" => format!(
+            "kubectl scale {target} --replicas={}{ns}",
+            q(&scalar(f, "replicas"))
+        ),
         "exec" => {
             let command: Vec<String> = f
                 .get("command")
@@ -340,9 +390,19 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
             let stdin = f.get("stdin");
             let stdout = f.get("stdout");
             let mut line = String::new();
-            if let Some(src) = stdin.and_then(|s| s.get("file")).and_then(serde_json::Value::as_str) {
-                let gunzip = stdin.and_then(|s| s.get("gunzip")).and_then(serde_json::Value::as_bool) == Some(true);
-                line.push_str(&if gunzip { format!("gunzip -c {} | ", q(src)) } else { format!("cat {} | ", q(src)) });
+            if let Some(src) = stdin
+                .and_then(|s| s.get("file"))
+                .and_then(serde_json::Value::as_str)
+            {
+                let gunzip = stdin
+                    .and_then(|s| s.get("gunzip"))
+                    .and_then(serde_json::Value::as_bool)
+                    == Some(true);
+                line.push_str(&if gunzip {
+                    format!("gunzip -c {} | ", q(src))
+                } else {
+                    format!("cat {} | ", q(src))
+                });
             }
             line.push_str(&format!(
                 "kubectl exec{} {}{ns}{container} -- {}",
@@ -350,16 +410,30 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
                 pod(f),
                 command.join(" ")
             ));
-            if let Some(dst) = stdout.and_then(|s| s.get("file")).and_then(serde_json::Value::as_str) {
-                let gzip = stdout.and_then(|s| s.get("gzip")).and_then(serde_json::Value::as_bool) == Some(true);
-                line.push_str(&if gzip { format!(" | gzip > {}", q(dst)) } else { format!(" > {}", q(dst)) });
+            if let Some(dst) = stdout
+                .and_then(|s| s.get("file"))
+                .and_then(serde_json::Value::as_str)
+            {
+                let gzip = stdout
+                    .and_then(|s| s.get("gzip"))
+                    .and_then(serde_json::Value::as_bool)
+                    == Some(true);
+                line.push_str(&if gzip {
+                    format!(" | gzip > {}", q(dst))
+                } else {
+                    format!(" > {}", q(dst))
+                });
             }
             line
         }
         "copy" => {
             let remote = format!("{}:{}", pod(f), scalar(f, "remote"));
             let local = q(&scalar(f, "local"));
-            let delete = if f.get("delete").and_then(serde_json::Value::as_bool) == Some(true) { "  # --delete: remove extra files at the destination" } else { "" };
+            let delete = if f.get("delete").and_then(serde_json::Value::as_bool) == Some(true) {
+                "  # --delete: remove extra files at the destination"
+            } else {
+                ""
+            };
             if field(f, "direction") == Some("to-pod") {
                 format!("kubectl cp{ns}{container} {local} {remote}{delete}")
             } else {
@@ -370,7 +444,11 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
             let files: Vec<String> = f
                 .get("files")
                 .and_then(serde_json::Value::as_array)
-                .map(|a| a.iter().map(|v| format!(" -f {}", v.as_str().unwrap_or(""))).collect())
+                .map(|a| {
+                    a.iter()
+                        .map(|v| format!(" -f {}", v.as_str().unwrap_or("")))
+                        .collect()
+                })
                 .unwrap_or_default();
             format!("kubectl apply --server-side{ns}{}", files.concat())
         }
@@ -380,17 +458,25 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
                 .and_then(serde_json::Value::as_array)
                 .map(|a| a.iter().map(|v| q(v.as_str().unwrap_or(""))).collect())
                 .unwrap_or_default();
-            let selector = field(f, "selector").map(|s| format!(" -l {}", q(s))).unwrap_or_default();
+            let selector = field(f, "selector")
+                .map(|s| format!(" -l {}", q(s)))
+                .unwrap_or_default();
             format!(
                 "kubectl get {kind}{}{selector}{ns} -o json  # cleaned, saved to {}",
-                if names.is_empty() { String::new() } else { format!(" {}", names.join(" ")) },
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", names.join(" "))
+                },
                 scalar(f, "to")
             )
         }
         "rollout" => match field(f, "mode").unwrap_or("restart") {
             "latest" => format!("oc rollout latest {target}{ns} && oc rollout status {target}{ns}"),
             "status" => format!("kubectl rollout status {target}{ns}"),
-            _ => format!("kubectl rollout restart {target}{ns} && kubectl rollout status {target}{ns}"),
+            _ => format!(
+                "kubectl rollout restart {target}{ns} && kubectl rollout status {target}{ns}"
+            ),
         },
         "wait" => {
             let what = match (field(f, "name"), field(f, "selector")) {
@@ -401,7 +487,10 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
             let condition = scalar(f, "for");
             let condition = match condition.as_str() {
                 "delete" => "delete".to_owned(),
-                c if c.starts_with("replicas=") => format!("jsonpath='{{.status.readyReplicas}}'={}", &c["replicas=".len()..]),
+                c if c.starts_with("replicas=") => format!(
+                    "jsonpath='{{.status.readyReplicas}}'={}",
+                    &c["replicas=".len()..]
+                ),
                 c => c.to_owned(),
             };
             format!("kubectl wait {what} --for={condition}{ns}")
@@ -409,9 +498,15 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
         "patch" => match f.get("edit") {
             Some(edit) => format!(
                 "kubectl edit {target}{ns}  # in data.{}: replace {:?} with {:?}",
-                edit.get("key").and_then(serde_json::Value::as_str).unwrap_or(""),
-                edit.get("find").and_then(serde_json::Value::as_str).unwrap_or(""),
-                edit.get("replace").and_then(serde_json::Value::as_str).unwrap_or("")
+                edit.get("key")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or(""),
+                edit.get("find")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or(""),
+                edit.get("replace")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("")
             ),
             None => format!(
                 "kubectl patch {target}{ns} --type={} -p {}",

@@ -21,6 +21,10 @@ pub fn command_line(step: &PlannedStep) -> String {
     }
 }
 
+fn is_pause(step: &PlannedStep) -> bool {
+    step.action.get("type").and_then(serde_json::Value::as_str) == Some("pause")
+}
+
 fn policy_line(step: &PlannedStep) -> String {
     let mut parts = Vec::new();
     parts.push(match &step.timeout {
@@ -35,14 +39,22 @@ fn policy_line(step: &PlannedStep) -> String {
                 "{} attempts every {}{}",
                 step.retry.attempts,
                 step.retry.delay,
-                if step.retry.jitter { " with jitter" } else { "" }
+                if step.retry.jitter {
+                    " with jitter"
+                } else {
+                    ""
+                }
             ),
             crate::spec::raw::Backoff::Exponential => format!(
                 "{} attempts, backoff {}..{}{}",
                 step.retry.attempts,
                 step.retry.delay,
                 step.retry.max_delay,
-                if step.retry.jitter { " with jitter" } else { "" }
+                if step.retry.jitter {
+                    " with jitter"
+                } else {
+                    ""
+                }
             ),
         }
     });
@@ -78,7 +90,11 @@ fn params_summary(plan: &Plan) -> Vec<String> {
                 crate::params::ParamSource::ParamsFile => "params file",
                 crate::params::ParamSource::CommandLine => "-p",
             };
-            format!("{} = {value}  ({source}{})", p.name, if p.secret { ", secret" } else { "" })
+            format!(
+                "{} = {value}  ({source}{})",
+                p.name,
+                if p.secret { ", secret" } else { "" }
+            )
         })
         .collect()
 }
@@ -93,7 +109,12 @@ pub fn text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "  file:   {} ({})", r.file, r.digest)?;
     let skipped = plan.count(Disposition::Skip);
     let later = plan.count(Disposition::DecidedAtRunTime);
-    write!(out, "  steps:  {} in {} waves", plan.steps.len(), plan.waves)?;
+    write!(
+        out,
+        "  steps:  {} in {} waves",
+        plan.steps.len(),
+        plan.waves
+    )?;
     if skipped > 0 {
         write!(out, ", {skipped} skipped by `when`")?;
     }
@@ -136,11 +157,14 @@ pub fn text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         if let Some(check) = &step.done_if {
             writeln!(out, "      done if: {}", check.trim())?;
         }
-        let mut lines = command_line(step).lines().map(str::to_owned).collect::<Vec<_>>();
+        let mut lines = command_line(step)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
         if lines.is_empty() {
             lines.push(String::new());
         }
-        let prompt = if step.action.get("type").and_then(|t| t.as_str()) == Some("pause") { "" } else { "$ " };
+        let prompt = if is_pause(step) { "" } else { "$ " };
         for (i, line) in lines.iter().enumerate() {
             if i == 0 {
                 writeln!(out, "      {prompt}{line}")?;
@@ -148,7 +172,9 @@ pub fn text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
                 writeln!(out, "      {}{line}", " ".repeat(prompt.len()))?;
             }
         }
-        writeln!(out, "      {}", policy_line(step))?;
+        if !is_pause(step) {
+            writeln!(out, "      {}", policy_line(step))?;
+        }
     }
     writeln!(out)?;
     writeln!(
@@ -176,7 +202,12 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "| Runbook | `{}` |", md_escape(&r.file))?;
     writeln!(out, "| Digest | `{}` |", r.digest)?;
     writeln!(out, "| Params digest | `{}` |", plan.params_digest)?;
-    writeln!(out, "| Steps | {} in {} waves |", plan.steps.len(), plan.waves)?;
+    writeln!(
+        out,
+        "| Steps | {} in {} waves |",
+        plan.steps.len(),
+        plan.waves
+    )?;
     writeln!(out)?;
     if !plan.params.is_empty() {
         writeln!(out, "## Params")?;
@@ -211,8 +242,16 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             writeln!(out, "### Wave {wave}")?;
             writeln!(out)?;
         }
-        let title = step.name.as_deref().map(|n| format!(": {}", md_escape(n))).unwrap_or_default();
-        let skipped = if step.disposition == Disposition::Skip { " *(skipped by `when`)*" } else { "" };
+        let title = step
+            .name
+            .as_deref()
+            .map(|n| format!(": {}", md_escape(n)))
+            .unwrap_or_default();
+        let skipped = if step.disposition == Disposition::Skip {
+            " *(skipped by `when`)*"
+        } else {
+            ""
+        };
         writeln!(out, "- [ ] **`{}`**{title}{skipped}", step.id)?;
         if !step.needs.is_empty() {
             let needs: Vec<String> = step.needs.iter().map(|n| format!("`{n}`")).collect();
@@ -224,7 +263,9 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         if let Some(check) = &step.done_if {
             writeln!(out, "  - done if `{}`", md_escape(check.trim()))?;
         }
-        writeln!(out, "  - {}", policy_line(step))?;
+        if !is_pause(step) {
+            writeln!(out, "  - {}", policy_line(step))?;
+        }
         writeln!(out)?;
         writeln!(out, "  ```sh")?;
         for line in command_line(step).lines() {
@@ -245,12 +286,14 @@ fn label(step: &PlannedStep) -> String {
 /// Mermaid flowchart (renders in GitHub, GitLab and most wikis).
 pub fn mermaid(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "flowchart TD")?;
-    let index: std::collections::HashMap<&str, usize> =
-        plan.steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let index: std::collections::HashMap<&str, usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
     for (i, step) in plan.steps.iter().enumerate() {
-        let text = label(step)
-            .replace('"', "#quot;")
-            .replace('\n', "<br/>");
+        let text = label(step).replace('"', "#quot;").replace('\n', "<br/>");
         let (open, close) = match step.action.get("type").and_then(|t| t.as_str()) {
             Some("pause") => ("{{", "}}"),
             _ if step.always => ("([", "])"),
@@ -272,7 +315,9 @@ pub fn mermaid(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
 }
 
 fn dot_escape(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Graphviz DOT (`dot -Tsvg`).

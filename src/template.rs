@@ -145,10 +145,16 @@ pub fn bare_expression(text: &str) -> Result<(&str, usize), TemplateError> {
     if trimmed.contains("{%") || trimmed.contains("{#") {
         return Err(TemplateError {
             message: "a condition is one expression, not a template with `{% %}` blocks".into(),
-            range: text.find("{%").or_else(|| text.find("{#")).map(|i| i..i + 2),
+            range: text
+                .find("{%")
+                .or_else(|| text.find("{#"))
+                .map(|i| i..i + 2),
         });
     }
-    if let Some(inner) = trimmed.strip_prefix("{{").and_then(|s| s.strip_suffix("}}")) {
+    if let Some(inner) = trimmed
+        .strip_prefix("{{")
+        .and_then(|s| s.strip_suffix("}}"))
+    {
         if inner.contains("{{") || inner.contains("}}") {
             return Err(TemplateError {
                 message: "a condition is one expression, but this has several `{{ }}` parts".into(),
@@ -172,7 +178,13 @@ fn add_unknown_top_level(
     text: &str,
 ) {
     const BUILTIN_FUNCTIONS: [&str; 7] = [
-        "range", "dict", "debug", "namespace", "lipsum", "cycler", "joiner",
+        "range",
+        "dict",
+        "debug",
+        "namespace",
+        "lipsum",
+        "cycler",
+        "joiner",
     ];
     let mut unknown: Vec<String> = declared
         .into_iter()
@@ -274,7 +286,11 @@ fn scan_tokens(text: &str, in_expr: bool) -> Vec<Located> {
 
 /// A template map value from key/value pairs.
 fn map_value(entries: impl IntoIterator<Item = (String, Value)>) -> Value {
-    Value::from_object(entries.into_iter().collect::<std::collections::BTreeMap<String, Value>>())
+    Value::from_object(
+        entries
+            .into_iter()
+            .collect::<std::collections::BTreeMap<String, Value>>(),
+    )
 }
 
 /// Where step outputs come from when rendering.
@@ -316,7 +332,11 @@ impl Object for PlaceholderOutputs {
     }
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        Some(Value::from(format!("<{}.outputs.{}>", self.0, key.as_str()?)))
+        Some(Value::from(format!(
+            "<{}.outputs.{}>",
+            self.0,
+            key.as_str()?
+        )))
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
@@ -435,7 +455,10 @@ mod tests {
 
     #[test]
     fn conditions_accept_bare_or_wrapped_expressions_only() {
-        assert_eq!(bare_expression("{{ params.a == 'x' }}").unwrap().0.trim(), "params.a == 'x'");
+        assert_eq!(
+            bare_expression("{{ params.a == 'x' }}").unwrap().0.trim(),
+            "params.a == 'x'"
+        );
         assert_eq!(bare_expression("params.a").unwrap().0, "params.a");
         assert!(bare_expression("{% if x %}y{% endif %}").is_err());
         assert!(bare_expression("{{ a }} and {{ b }}").is_err());
@@ -443,9 +466,16 @@ mod tests {
 
     #[test]
     fn placeholders_render_for_unknown_outputs() {
-        let ctx = Context::new(&IndexMap::new(), Outputs::Placeholders, &RunFacts::placeholders());
+        let ctx = Context::new(
+            &IndexMap::new(),
+            Outputs::Placeholders,
+            &RunFacts::placeholders(),
+        );
         let out = ctx
-            .render(&environment(), "n={{ steps['scale-down'].outputs.previous_replicas }}")
+            .render(
+                &environment(),
+                "n={{ steps['scale-down'].outputs.previous_replicas }}",
+            )
             .unwrap();
         assert_eq!(out, "n=<scale-down.outputs.previous_replicas>");
     }

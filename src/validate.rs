@@ -14,7 +14,7 @@ use crate::model::{Action, ParamSpec, ParamValue, RetryPolicy, Runbook, Step, ty
 use crate::spec::raw::{ACTION_KEYS, ParamType, RawRetry, RawStep};
 use crate::spec::yaml::{Node, NodeValue, Span};
 use crate::spec::{self, Parsed, SourceFile};
-use crate::template::{self, Reference, RUN_FIELDS, TOP_LEVEL_VARS};
+use crate::template::{self, RUN_FIELDS, Reference, TOP_LEVEL_VARS};
 
 /// Reads, parses and validates a runbook file.
 pub fn load_file(path: &std::path::Path) -> Result<(Runbook, SourceFile), Report> {
@@ -117,13 +117,14 @@ impl Checker<'_> {
     }
 
     fn runbook(&mut self, parsed: Parsed, source: &SourceFile) -> Option<Runbook> {
+        let step_nodes = parsed.step_nodes();
         let Parsed {
             raw,
-            step_nodes,
             step_damaged,
             broken_step_ids,
             root,
-        } = parsed;
+            ..
+        } = &parsed;
         let metadata_node = root.get("metadata");
         let field_span = |name: &str| {
             metadata_node
@@ -149,14 +150,20 @@ impl Checker<'_> {
                     while parts.len() < 3 {
                         parts.push("0");
                     }
-                    format!("semantic versions have three parts: `version: \"{}\"`", parts.join("."))
+                    format!(
+                        "semantic versions have three parts: `version: \"{}\"`",
+                        parts.join(".")
+                    )
                 } else {
                     "use a semantic version such as `1.2.0` (see semver.org)".into()
                 };
                 self.push(
-                    Problem::new("metadata::version", format!("`{text}` is not a semantic version: {e}"))
-                        .at_labeled(field_span("version"), "not MAJOR.MINOR.PATCH")
-                        .help(help),
+                    Problem::new(
+                        "metadata::version",
+                        format!("`{text}` is not a semantic version: {e}"),
+                    )
+                    .at_labeled(field_span("version"), "not MAJOR.MINOR.PATCH")
+                    .help(help),
                 );
                 None
             }
@@ -164,28 +171,43 @@ impl Checker<'_> {
 
         let params = self.params(&raw.params, root.get("params"));
         let defaults_node = root.get("defaults");
-        let default_timeout = raw.defaults.as_ref().and_then(|d| d.timeout.as_deref()).and_then(|t| {
-            self.duration(t, defaults_node.and_then(|d| d.get("timeout")))
-        });
+        let default_timeout = raw
+            .defaults
+            .as_ref()
+            .and_then(|d| d.timeout.as_deref())
+            .and_then(|t| self.duration(t, defaults_node.and_then(|d| d.get("timeout"))));
         let default_retry = match raw.defaults.as_ref().and_then(|d| d.retry.as_ref()) {
-            Some(r) => self.retry(r, &RetryPolicy::default(), defaults_node.and_then(|d| d.get("retry"))),
+            Some(r) => self.retry(
+                r,
+                &RetryPolicy::default(),
+                defaults_node.and_then(|d| d.get("retry")),
+            ),
             None => RetryPolicy::default(),
         };
 
         // ids
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(raw.steps.len());
         for (i, step) in raw.steps.iter().enumerate() {
-            let id_span = step_nodes[i].get("id").map_or(step_nodes[i].span, |n| n.span);
+            let id_span = step_nodes[i]
+                .get("id")
+                .map_or(step_nodes[i].span, |n| n.span);
             if !is_valid_step_id(&step.id) {
                 let suggested: String = step
                     .id
                     .trim()
                     .to_ascii_lowercase()
                     .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
                     .collect();
-                let mut problem = Problem::new("step::invalid-id", format!("invalid step id `{}`", step.id))
-                    .at_labeled(id_span, "ids use lowercase letters, digits, `-` and `_`");
+                let mut problem =
+                    Problem::new("step::invalid-id", format!("invalid step id `{}`", step.id))
+                        .at_labeled(id_span, "ids use lowercase letters, digits, `-` and `_`");
                 if is_valid_step_id(&suggested) {
                     problem = problem.help(format!("rename it, e.g. `id: {suggested}`"));
                 } else {
@@ -194,12 +216,17 @@ impl Checker<'_> {
                 self.push(problem);
             }
             if let Some(&first) = index.get(step.id.as_str()) {
-                let first_span = step_nodes[first].get("id").map_or(Span::default(), |n| n.span);
+                let first_span = step_nodes[first]
+                    .get("id")
+                    .map_or(Span::default(), |n| n.span);
                 self.push(
-                    Problem::new("step::duplicate-id", format!("duplicate step id `{}`", step.id))
-                        .at_labeled(id_span, "defined again here")
-                        .also(first_span, "first defined here")
-                        .help("step ids must be unique; rename one of them"),
+                    Problem::new(
+                        "step::duplicate-id",
+                        format!("duplicate step id `{}`", step.id),
+                    )
+                    .at_labeled(id_span, "defined again here")
+                    .also(first_span, "first defined here")
+                    .help("step ids must be unique; rename one of them"),
                 );
             } else {
                 index.insert(step.id.as_str(), i);
@@ -208,19 +235,23 @@ impl Checker<'_> {
 
         // needs
         let mut needs: Vec<Vec<usize>> = Vec::with_capacity(raw.steps.len());
-        let mut needs_ok = true;
         for (i, step) in raw.steps.iter().enumerate() {
-            let needs_nodes = step_nodes[i].get("needs").and_then(Node::as_seq).unwrap_or(&[]);
+            let needs_nodes = step_nodes[i]
+                .get("needs")
+                .and_then(Node::as_seq)
+                .unwrap_or(&[]);
             let mut deps = Vec::with_capacity(step.needs.len());
             for (j, need) in step.needs.iter().enumerate() {
                 let span = needs_nodes.get(j).map_or(step_nodes[i].span, |n| n.span);
                 match index.get(need.as_str()) {
                     Some(&dep) if dep == i => {
-                        needs_ok = false;
                         self.push(
-                            Problem::new("step::needs-itself", format!("step `{}` needs itself", step.id))
-                                .at_labeled(span, "a step cannot wait for itself")
-                                .help("remove it from `needs`"),
+                            Problem::new(
+                                "step::needs-itself",
+                                format!("step `{}` needs itself", step.id),
+                            )
+                            .at_labeled(span, "a step cannot wait for itself")
+                            .help("remove it from `needs`"),
                         );
                     }
                     Some(&dep) => {
@@ -228,12 +259,14 @@ impl Checker<'_> {
                             deps.push(dep);
                         }
                     }
-                    None if broken_step_ids.iter().any(|b| b == need) => needs_ok = false,
+                    None if broken_step_ids.iter().any(|b| b == need) => {}
                     None => {
-                        needs_ok = false;
                         let mut problem = Problem::new(
                             "step::unknown-need",
-                            format!("step `{}` needs `{need}`, which is not a step of this runbook", step.id),
+                            format!(
+                                "step `{}` needs `{need}`, which is not a step of this runbook",
+                                step.id
+                            ),
                         )
                         .at_labeled(span, "unknown step");
                         problem = match did_you_mean(need, index.keys().copied()) {
@@ -271,23 +304,23 @@ impl Checker<'_> {
             }
         }
 
-        let graph = if needs_ok {
-            match StepGraph::build(&needs) {
-                Ok(graph) => Some(graph),
-                Err(cycles) => {
-                    for cycle in cycles {
-                        self.cycle(&cycle.0, &raw.steps, &step_nodes);
-                    }
-                    None
+        // Unknown and self needs are already reported and left out of the
+        // edges, so cycles among the remaining edges are still found.
+        let graph = match StepGraph::build(&needs) {
+            Ok(graph) => Some(graph),
+            Err(cycles) => {
+                for cycle in cycles {
+                    self.cycle(&cycle.0, &raw.steps, &step_nodes);
                 }
+                None
             }
-        } else {
-            None
         };
 
         if let Some(graph) = &graph {
             for used in output_uses {
-                let Some(&target) = index.get(used.step.as_str()) else { continue };
+                let Some(&target) = index.get(used.step.as_str()) else {
+                    continue;
+                };
                 if !graph.is_upstream(target, used.user) {
                     let user = &raw.steps[used.user].id;
                     self.push(
@@ -319,7 +352,7 @@ impl Checker<'_> {
         })
     }
 
-    fn cycle(&mut self, cycle: &[usize], steps: &[RawStep], nodes: &[Node]) {
+    fn cycle(&mut self, cycle: &[usize], steps: &[RawStep], nodes: &[&Node]) {
         let names: Vec<&str> = cycle.iter().map(|&i| steps[i].id.as_str()).collect();
         let mut path = names.join(" → ");
         path.push_str(&format!(" → {}", names[0]));
@@ -329,7 +362,11 @@ impl Checker<'_> {
         let span = nodes[first]
             .get("needs")
             .and_then(Node::as_seq)
-            .and_then(|items| items.iter().find(|n| n.as_str() == Some(steps[last].id.as_str())))
+            .and_then(|items| {
+                items
+                    .iter()
+                    .find(|n| n.as_str() == Some(steps[last].id.as_str()))
+            })
             .map_or(nodes[first].span, |n| n.span);
         let message = if cycle.len() == 1 {
             format!("dependency cycle: step `{}` needs itself", names[0])
@@ -337,7 +374,13 @@ impl Checker<'_> {
             format!("dependency cycle: {path}")
         };
         let mut problem = Problem::new("graph::cycle", message)
-            .at_labeled(span, format!("`{}` needs `{}` here, closing the cycle", names[0], steps[last].id))
+            .at_labeled(
+                span,
+                format!(
+                    "`{}` needs `{}` here, closing the cycle",
+                    names[0], steps[last].id
+                ),
+            )
             .help("each step on the cycle waits for the next; remove one of these `needs`");
         for &i in cycle.iter().skip(1) {
             if let Some(n) = nodes[i].get("id") {
@@ -375,9 +418,12 @@ impl Checker<'_> {
         if let Some(attempts) = raw.attempts {
             if attempts == 0 {
                 self.push(
-                    Problem::new("retry::attempts", "`retry.attempts` is 0; it counts every try, including the first")
-                        .at(field("attempts").map_or(Span::default(), |n| n.span))
-                        .help("use `attempts: 1` for no retry, or more to retry"),
+                    Problem::new(
+                        "retry::attempts",
+                        "`retry.attempts` is 0; it counts every try, including the first",
+                    )
+                    .at(field("attempts").map_or(Span::default(), |n| n.span))
+                    .help("use `attempts: 1` for no retry, or more to retry"),
                 );
             } else {
                 policy.attempts = attempts;
@@ -418,15 +464,25 @@ impl Checker<'_> {
         for (name, param) in raw {
             let entry = node.and_then(|n| n.entry(name));
             let key_span = entry.map_or(Span::default(), |(k, _)| k.span);
-            let field = |f: &str| entry.and_then(|(_, v)| v.get(f)).map_or(key_span, |n| n.span);
+            let field = |f: &str| {
+                entry
+                    .and_then(|(_, v)| v.get(f))
+                    .map_or(key_span, |n| n.span)
+            };
             let kind = param.kind.unwrap_or(ParamType::String);
             let mut ok = true;
             if !is_valid_param_name(name) {
                 ok = false;
                 self.push(
-                    Problem::new("param::invalid-name", format!("invalid param name `{name}`"))
-                        .at_labeled(key_span, "templates could not refer to this name")
-                        .help(format!("use letters, digits and `_`, e.g. `{}`", name.replace(['-', ' ', '.'], "_"))),
+                    Problem::new(
+                        "param::invalid-name",
+                        format!("invalid param name `{name}`"),
+                    )
+                    .at_labeled(key_span, "templates could not refer to this name")
+                    .help(format!(
+                        "use letters, digits and `_`, e.g. `{}`",
+                        name.replace(['-', ' ', '.'], "_")
+                    )),
                 );
             }
             let mut allowed = Vec::new();
@@ -452,7 +508,10 @@ impl Checker<'_> {
                         self.push(
                             Problem::new("param::default", format!("param `{name}`: default {e}"))
                                 .at_labeled(field("default"), format!("not {}", type_name(kind)))
-                                .help(format!("give a default that is {}, or change `type`", type_name(kind))),
+                                .help(format!(
+                                    "give a default that is {}, or change `type`",
+                                    type_name(kind)
+                                )),
                         );
                         None
                     }
@@ -464,9 +523,12 @@ impl Checker<'_> {
                     let choices: Vec<String> = allowed.iter().map(ToString::to_string).collect();
                     let refs: Vec<&str> = choices.iter().map(String::as_str).collect();
                     self.push(
-                        Problem::new("param::default", format!("param `{name}`: default `{d}` is not one of its enum values"))
-                            .at_labeled(field("default"), "not in `enum`")
-                            .help(suggestion(&d.to_string(), &refs, "values")),
+                        Problem::new(
+                            "param::default",
+                            format!("param `{name}`: default `{d}` is not one of its enum values"),
+                        )
+                        .at_labeled(field("default"), "not in `enum`")
+                        .help(suggestion(&d.to_string(), &refs, "values")),
                     );
                 }
                 if param.required {
@@ -542,9 +604,15 @@ impl Checker<'_> {
             [] if damaged => None,
             [] => {
                 self.push(
-                    Problem::new("step::no-action", format!("step `{}` has no action", raw.id))
-                        .at_labeled(id_span, "this step does nothing")
-                        .help(format!("give it exactly one of: {}", ACTION_KEYS.join(", "))),
+                    Problem::new(
+                        "step::no-action",
+                        format!("step `{}` has no action", raw.id),
+                    )
+                    .at_labeled(id_span, "this step does nothing")
+                    .help(format!(
+                        "give it exactly one of: {}",
+                        ACTION_KEYS.join(", ")
+                    )),
                 );
                 None
             }
@@ -552,9 +620,17 @@ impl Checker<'_> {
             [first, rest @ ..] => {
                 let mut problem = Problem::new(
                     "step::several-actions",
-                    format!("step `{}` has {} actions ({}); a step does exactly one thing", raw.id, present.len(), present.join(", ")),
+                    format!(
+                        "step `{}` has {} actions ({}); a step does exactly one thing",
+                        raw.id,
+                        present.len(),
+                        present.join(", ")
+                    ),
                 )
-                .at_labeled(node.entry(first).map_or(id_span, |(k, _)| k.span), "first action");
+                .at_labeled(
+                    node.entry(first).map_or(id_span, |(k, _)| k.span),
+                    "first action",
+                );
                 for key in rest {
                     if let Some((k, _)) = node.entry(key) {
                         problem = problem.also(k.span, "another action");
@@ -616,7 +692,13 @@ impl Checker<'_> {
         })
     }
 
-    fn templates_in(&mut self, node: &Node, step: &str, ctx: &StepContext<'_>, uses: &mut Vec<OutputUse>) {
+    fn templates_in(
+        &mut self,
+        node: &Node,
+        step: &str,
+        ctx: &StepContext<'_>,
+        uses: &mut Vec<OutputUse>,
+    ) {
         match &node.value {
             NodeValue::Scalar { text, .. } => {
                 if template::is_template(text) {
@@ -637,7 +719,14 @@ impl Checker<'_> {
         }
     }
 
-    fn template(&mut self, text: &str, node: Option<&Node>, step: &str, ctx: &StepContext<'_>, uses: &mut Vec<OutputUse>) {
+    fn template(
+        &mut self,
+        text: &str,
+        node: Option<&Node>,
+        step: &str,
+        ctx: &StepContext<'_>,
+        uses: &mut Vec<OutputUse>,
+    ) {
         if !template::is_template(text) {
             return;
         }
@@ -671,22 +760,38 @@ impl Checker<'_> {
                         let declared: Vec<&str> = ctx.params.keys().map(String::as_str).collect();
                         let help = match did_you_mean(name, declared.iter().copied()) {
                             Some(best) => format!("did you mean `params.{best}`?"),
-                            None if declared.is_empty() => format!("declare it under `params:`, e.g. `{name}: {{ type: string }}`"),
-                            None => format!("declared params: {}; or declare `{name}` under `params:`", declared.join(", ")),
+                            None if declared.is_empty() => format!(
+                                "declare it under `params:`, e.g. `{name}: {{ type: string }}`"
+                            ),
+                            None => format!(
+                                "declared params: {}; or declare `{name}` under `params:`",
+                                declared.join(", ")
+                            ),
                         };
                         self.push(
-                            Problem::new("template::undeclared-param", format!("step `{step}` uses `params.{name}`, which is not declared"))
-                                .at_labeled(span, "undeclared param")
-                                .help(help),
+                            Problem::new(
+                                "template::undeclared-param",
+                                format!(
+                                    "step `{step}` uses `params.{name}`, which is not declared"
+                                ),
+                            )
+                            .at_labeled(span, "undeclared param")
+                            .help(help),
                         );
                     }
                 }
-                Reference::StepOutput { step: target, field } => {
+                Reference::StepOutput {
+                    step: target,
+                    field,
+                } => {
                     if field.as_deref() != Some("outputs") {
                         self.push(
-                            Problem::new("template::step-field", format!("step `{step}`: `steps['{target}']` only has `outputs`"))
-                                .at(span)
-                                .help(format!("write `steps['{target}'].outputs.<key>`")),
+                            Problem::new(
+                                "template::step-field",
+                                format!("step `{step}`: `steps['{target}']` only has `outputs`"),
+                            )
+                            .at(span)
+                            .help(format!("write `steps['{target}'].outputs.<key>`")),
                         );
                     }
                     if ctx.broken.iter().any(|b| b == target) {
@@ -696,7 +801,9 @@ impl Checker<'_> {
                         None => {
                             let help = match did_you_mean(target, ctx.steps.keys().copied()) {
                                 Some(best) => format!("did you mean `steps['{best}']`?"),
-                                None => "refer to the id of a step that runs before this one".into(),
+                                None => {
+                                    "refer to the id of a step that runs before this one".into()
+                                }
                             };
                             self.push(
                                 Problem::new("template::unknown-step", format!("step `{step}` uses outputs of `{target}`, which is not a step of this runbook"))
@@ -714,17 +821,31 @@ impl Checker<'_> {
                 Reference::Run(field) => {
                     if !RUN_FIELDS.contains(&field.as_str()) {
                         self.push(
-                            Problem::new("template::unknown-variable", format!("step `{step}` uses `run.{field}`, which does not exist"))
-                                .at(span)
-                                .help(suggestion(field, &RUN_FIELDS, "fields of `run`")),
+                            Problem::new(
+                                "template::unknown-variable",
+                                format!("step `{step}` uses `run.{field}`, which does not exist"),
+                            )
+                            .at(span)
+                            .help(suggestion(
+                                field,
+                                &RUN_FIELDS,
+                                "fields of `run`",
+                            )),
                         );
                     }
                 }
                 Reference::Unknown(name) => {
                     self.push(
-                        Problem::new("template::unknown-variable", format!("step `{step}` uses `{name}`, which is not defined"))
-                            .at_labeled(span, "undefined")
-                            .help(suggestion(name, &TOP_LEVEL_VARS, "variables")),
+                        Problem::new(
+                            "template::unknown-variable",
+                            format!("step `{step}` uses `{name}`, which is not defined"),
+                        )
+                        .at_labeled(span, "undefined")
+                        .help(suggestion(
+                            name,
+                            &TOP_LEVEL_VARS,
+                            "variables",
+                        )),
                     );
                 }
             }
@@ -775,7 +896,12 @@ fn action_of(raw: &RawStep) -> Option<Action> {
 /// Maps a byte range inside a scalar's text to a span of the file: finds the
 /// same fragment in the source after the node's start (block and quoted
 /// scalars do not map offset for offset).
-fn locate_in_node(source: &str, node: Option<&Node>, text: &str, range: Option<std::ops::Range<usize>>) -> Span {
+fn locate_in_node(
+    source: &str,
+    node: Option<&Node>,
+    text: &str,
+    range: Option<std::ops::Range<usize>>,
+) -> Span {
     let Some(node) = node else {
         return Span::default();
     };

@@ -21,7 +21,14 @@ use yaml::{Node, NodeValue, Span};
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The top-level keys of a runbook, in documented order.
-pub const TOP_LEVEL_KEYS: [&str; 6] = ["apiVersion", "kind", "metadata", "params", "defaults", "steps"];
+pub const TOP_LEVEL_KEYS: [&str; 6] = [
+    "apiVersion",
+    "kind",
+    "metadata",
+    "params",
+    "defaults",
+    "steps",
+];
 
 /// A runbook file's text and name.
 #[derive(Debug, Clone)]
@@ -38,8 +45,8 @@ pub struct SourceFile {
 pub struct Parsed {
     /// The sections that deserialized (a step that could not is absent).
     pub raw: RawRunbook,
-    /// For each entry of `raw.steps`, its node in the file.
-    pub step_nodes: Vec<Node>,
+    /// For each entry of `raw.steps`, its index in the `steps` sequence of `root`.
+    pub step_items: Vec<usize>,
     /// For each entry of `raw.steps`, whether some field was dropped
     /// because it was malformed (later checks avoid follow-on errors).
     pub step_damaged: Vec<bool>,
@@ -59,13 +66,18 @@ pub fn read_source(path: &Path) -> Result<SourceFile, Report> {
         report
     };
     let meta = std::fs::metadata(path).map_err(|e| {
-        fail(Problem::new("file::unreadable", format!("cannot read {name}: {e}"))
-            .help("check the path; runbooks usually live in runbooks/*.yaml"))
+        fail(
+            Problem::new("file::unreadable", format!("cannot read {name}: {e}"))
+                .help("check the path; runbooks usually live in runbooks/*.yaml"),
+        )
     })?;
     if meta.is_dir() {
         return Err(fail(
-            Problem::new("file::unreadable", format!("{name} is a directory, not a runbook file"))
-                .help("pass the YAML file itself, e.g. runbooks/local-backup.yaml"),
+            Problem::new(
+                "file::unreadable",
+                format!("{name} is a directory, not a runbook file"),
+            )
+            .help("pass the YAML file itself, e.g. runbooks/local-backup.yaml"),
         ));
     }
     if meta.len() > MAX_FILE_BYTES {
@@ -82,7 +94,10 @@ pub fn read_source(path: &Path) -> Result<SourceFile, Report> {
         ));
     }
     let bytes = std::fs::read(path).map_err(|e| {
-        fail(Problem::new("file::unreadable", format!("cannot read {name}: {e}")))
+        fail(Problem::new(
+            "file::unreadable",
+            format!("cannot read {name}: {e}"),
+        ))
     })?;
     text_from_bytes(name, bytes)
 }
@@ -115,7 +130,10 @@ pub fn text_from_bytes(name: String, bytes: Vec<u8>) -> Result<SourceFile, Repor
             .help("save the runbook as UTF-8; check that you passed the right path"),
         )
     })?;
-    let text = text.strip_prefix('\u{feff}').map(str::to_owned).unwrap_or(text);
+    let text = text
+        .strip_prefix('\u{feff}')
+        .map(str::to_owned)
+        .unwrap_or(text);
     Ok(SourceFile {
         name,
         text: Arc::from(text),
@@ -161,9 +179,12 @@ pub fn parse(source: &SourceFile) -> (Option<Parsed>, Vec<Problem>) {
         let name = key.as_str().unwrap_or("");
         if !TOP_LEVEL_KEYS.contains(&name) {
             problems.push(
-                Problem::new("schema::unknown-field", format!("unknown top-level field `{name}`"))
-                    .at_labeled(key.span, "not a runbook field")
-                    .help(suggestion(name, &TOP_LEVEL_KEYS, "fields")),
+                Problem::new(
+                    "schema::unknown-field",
+                    format!("unknown top-level field `{name}`"),
+                )
+                .at_labeled(key.span, "not a runbook field")
+                .help(suggestion(name, &TOP_LEVEL_KEYS, "fields")),
             );
         }
     }
@@ -171,13 +192,24 @@ pub fn parse(source: &SourceFile) -> (Option<Parsed>, Vec<Problem>) {
     check_constant(&root, "apiVersion", "runbook/v1", &mut problems);
     check_constant(&root, "kind", "Runbook", &mut problems);
 
+    // A broken metadata section is reported, and the rest is still checked
+    // against a stand-in (the problems already make the file invalid).
     let metadata = match root.entry("metadata") {
         Some((_, node)) => section::<RawMetadata>(node, "metadata", &mut problems),
         None => {
-            problems.push(missing_top_level("metadata", &root, "metadata:\n  name: my-procedure\n  version: 1.0.0"));
+            problems.push(missing_top_level(
+                "metadata",
+                &root,
+                "metadata:\n  name: my-procedure\n  version: 1.0.0",
+            ));
             None
         }
-    };
+    }
+    .unwrap_or_else(|| RawMetadata {
+        name: "unnamed".into(),
+        version: "0.0.0".into(),
+        description: None,
+    });
 
     let mut params = indexmap::IndexMap::new();
     if let Some((_, node)) = root.entry("params") {
@@ -186,18 +218,29 @@ pub fn parse(source: &SourceFile) -> (Option<Parsed>, Vec<Problem>) {
             NodeValue::Map(entries) => {
                 for (key, value) in entries {
                     let Some(name) = key.as_str() else {
-                        problems.push(Problem::new("schema::type", "a parameter name must be text").at(key.span));
+                        problems.push(
+                            Problem::new("schema::type", "a parameter name must be text")
+                                .at(key.span),
+                        );
                         continue;
                     };
-                    if let Some(param) = section::<RawParam>(value, &format!("param `{name}`"), &mut problems) {
+                    if let Some(param) =
+                        section::<RawParam>(value, &format!("param `{name}`"), &mut problems)
+                    {
                         params.insert(name.to_owned(), param);
                     }
                 }
             }
             _ => problems.push(
-                Problem::new("schema::type", format!("`params` must be a mapping of name to declaration, found {}", node.type_name()))
-                    .at(node.span)
-                    .help("params:\n  namespace: { type: string, default: 3scale }"),
+                Problem::new(
+                    "schema::type",
+                    format!(
+                        "`params` must be a mapping of name to declaration, found {}",
+                        node.type_name()
+                    ),
+                )
+                .at(node.span)
+                .help("params:\n  namespace: { type: string, default: 3scale }"),
             ),
         }
     }
@@ -210,16 +253,23 @@ pub fn parse(source: &SourceFile) -> (Option<Parsed>, Vec<Problem>) {
     };
 
     let mut steps = Vec::new();
-    let mut step_nodes = Vec::new();
+    let mut step_items = Vec::new();
     let mut step_damaged = Vec::new();
     let mut broken_step_ids = Vec::new();
     match root.entry("steps") {
-        None => problems.push(missing_top_level("steps", &root, "steps:\n  - id: first-step\n    run: echo hello")),
+        None => problems.push(missing_top_level(
+            "steps",
+            &root,
+            "steps:\n  - id: first-step\n    run: echo hello",
+        )),
         Some((key, node)) => match &node.value {
             NodeValue::Seq(items) if items.is_empty() => problems.push(
-                Problem::new("runbook::no-steps", "`steps` is empty: a runbook needs at least one step")
-                    .at(key.span)
-                    .help("steps:\n  - id: first-step\n    run: echo hello"),
+                Problem::new(
+                    "runbook::no-steps",
+                    "`steps` is empty: a runbook needs at least one step",
+                )
+                .at(key.span)
+                .help("steps:\n  - id: first-step\n    run: echo hello"),
             ),
             NodeValue::Seq(items) => {
                 for (index, item) in items.iter().enumerate() {
@@ -231,7 +281,7 @@ pub fn parse(source: &SourceFile) -> (Option<Parsed>, Vec<Problem>) {
                     match section::<RawStep>(item, &what, &mut problems) {
                         Some(step) => {
                             steps.push(step);
-                            step_nodes.push(item.clone());
+                            step_items.push(index);
                             step_damaged.push(problems.len() > before);
                         }
                         None => {
@@ -243,16 +293,30 @@ pub fn parse(source: &SourceFile) -> (Option<Parsed>, Vec<Problem>) {
                 }
             }
             _ => problems.push(
-                Problem::new("schema::type", format!("`steps` must be a list of steps, found {}", node.type_name()))
-                    .at(node.span)
-                    .help("steps:\n  - id: first-step\n    run: echo hello"),
+                Problem::new(
+                    "schema::type",
+                    format!(
+                        "`steps` must be a list of steps, found {}",
+                        node.type_name()
+                    ),
+                )
+                .at(node.span)
+                .help("steps:\n  - id: first-step\n    run: echo hello"),
             ),
         },
     }
 
-    let api_version = root.get("apiVersion").and_then(Node::as_str).unwrap_or_default().to_owned();
-    let kind = root.get("kind").and_then(Node::as_str).unwrap_or_default().to_owned();
-    let parsed = metadata.map(|metadata| Parsed {
+    let api_version = root
+        .get("apiVersion")
+        .and_then(Node::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let kind = root
+        .get("kind")
+        .and_then(Node::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let parsed = Some(Parsed {
         raw: RawRunbook {
             api_version,
             kind,
@@ -261,7 +325,7 @@ pub fn parse(source: &SourceFile) -> (Option<Parsed>, Vec<Problem>) {
             defaults,
             steps,
         },
-        step_nodes,
+        step_items,
         step_damaged,
         broken_step_ids,
         root,
@@ -271,33 +335,65 @@ pub fn parse(source: &SourceFile) -> (Option<Parsed>, Vec<Problem>) {
 
 fn missing_top_level(field: &str, root: &Node, example: &str) -> Problem {
     Problem::new("schema::missing-field", format!("missing `{field}`"))
-        .at_labeled(Span::new(root.span.offset, 0), format!("this runbook has no `{field}`"))
+        .at_labeled(
+            Span::new(root.span.offset, 0),
+            format!("this runbook has no `{field}`"),
+        )
         .help(format!("add it, for example:\n{example}"))
 }
 
 fn check_constant(root: &Node, key: &str, expected: &str, problems: &mut Vec<Problem>) {
     match root.get(key) {
         None => problems.push(
-            Problem::new("schema::missing-field", format!("missing `{key}: {expected}`"))
-                .at_labeled(Span::new(root.span.offset, 0), format!("add `{key}: {expected}`"))
-                .help(format!("every runbook starts with `apiVersion: runbook/v1` and `kind: Runbook`")),
+            Problem::new(
+                "schema::missing-field",
+                format!("missing `{key}: {expected}`"),
+            )
+            .at_labeled(
+                Span::new(root.span.offset, 0),
+                format!("add `{key}: {expected}`"),
+            )
+            .help(format!(
+                "every runbook starts with `apiVersion: runbook/v1` and `kind: Runbook`"
+            )),
         ),
         Some(node) if node.as_str() == Some(expected) => {}
         Some(node) => {
-            let found = node.as_str().map_or_else(|| node.type_name().to_owned(), |s| format!("`{s}`"));
+            let found = node
+                .as_str()
+                .map_or_else(|| node.type_name().to_owned(), |s| format!("`{s}`"));
             problems.push(
-                Problem::new("runbook::unsupported", format!("`{key}` is {found}; this version of runbook reads `{expected}`"))
-                    .at_labeled(node.span, format!("expected `{expected}`"))
-                    .help(format!("set `{key}: {expected}`")),
+                Problem::new(
+                    "runbook::unsupported",
+                    format!("`{key}` is {found}; this version of runbook reads `{expected}`"),
+                )
+                .at_labeled(node.span, format!("expected `{expected}`"))
+                .help(format!("set `{key}: {expected}`")),
             );
         }
     }
 }
 
+impl Parsed {
+    /// The YAML nodes of `raw.steps`, in the same order.
+    pub fn step_nodes(&self) -> Vec<&Node> {
+        let items = self.root.get("steps").and_then(Node::as_seq).unwrap_or(&[]);
+        self.step_items
+            .iter()
+            .filter_map(|&i| items.get(i))
+            .collect()
+    }
+}
+
 /// Deserializes one section, reporting and dropping each malformed field in
 /// turn so that every problem of the section is found.
-pub fn section<T: DeserializeOwned>(node: &Node, what: &str, problems: &mut Vec<Problem>) -> Option<T> {
+pub fn section<T: DeserializeOwned>(
+    node: &Node,
+    what: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
     let mut value = node.to_value();
+    let mut dropped: Vec<String> = Vec::new();
     for _ in 0..64 {
         let error = match serde_path_to_error::deserialize::<_, T>(&value) {
             Ok(parsed) => return Some(parsed),
@@ -314,6 +410,19 @@ pub fn section<T: DeserializeOwned>(node: &Node, what: &str, problems: &mut Vec<
             .collect();
         let message = error.into_inner().to_string();
         let (problem, removal) = describe(node, &path, &message, what);
+        // a required field dropped for a bad value is not also "missing"
+        let cascade = message.starts_with("missing field")
+            && backticked(&message).is_some_and(|f| {
+                dropped
+                    .iter()
+                    .any(|d| d == &format!("{}{f}", path_prefix(&path)))
+            });
+        if cascade {
+            return None;
+        }
+        if let Some(removal) = &removal {
+            dropped.push(path_text(removal));
+        }
         problems.push(problem);
         match removal {
             Some(removal) if remove_at(&mut value, &removal) => {}
@@ -352,6 +461,15 @@ fn locate<'a>(node: &'a Node, path: &[Segment]) -> (&'a Node, Option<&'a Node>) 
     (current, key)
 }
 
+fn path_prefix(path: &[Segment]) -> String {
+    let text = path_text(path);
+    if text.is_empty() {
+        text
+    } else {
+        format!("{text}.")
+    }
+}
+
 fn path_text(path: &[Segment]) -> String {
     let mut out = String::new();
     for segment in path {
@@ -373,11 +491,7 @@ fn expected_names(message: &str) -> Vec<&str> {
     let Some(start) = message.find("expected ") else {
         return Vec::new();
     };
-    message[start..]
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .collect()
+    message[start..].split('`').skip(1).step_by(2).collect()
 }
 
 fn backticked(message: &str) -> Option<&str> {
@@ -386,10 +500,26 @@ fn backticked(message: &str) -> Option<&str> {
 
 /// Turns a serde error at `path` into a located problem and the path of the
 /// field to drop before trying again.
-fn describe(root: &Node, path: &[Segment], message: &str, what: &str) -> (Problem, Option<Vec<Segment>>) {
+fn describe(
+    root: &Node,
+    path: &[Segment],
+    message: &str,
+    what: &str,
+) -> (Problem, Option<Vec<Segment>>) {
+    // serde_path_to_error includes an unknown key itself in the path
+    let path = match (message.starts_with("unknown field"), path.last()) {
+        (true, Some(Segment::Key(last))) if Some(last.as_str()) == backticked(message) => {
+            &path[..path.len() - 1]
+        }
+        _ => path,
+    };
     let (node, key) = locate(root, path);
     let field = path_text(path);
-    let in_field = if field.is_empty() { String::new() } else { format!(" `{field}`") };
+    let in_field = if field.is_empty() {
+        String::new()
+    } else {
+        format!(" `{field}`")
+    };
 
     if message.starts_with("unknown field") {
         let name = backticked(message).unwrap_or("");
@@ -400,10 +530,17 @@ fn describe(root: &Node, path: &[Segment], message: &str, what: &str) -> (Proble
         let span = key_node.map_or(holder.span, |k| k.span);
         let mut removal = path.to_vec();
         removal.push(Segment::Key(name.to_owned()));
-        let place = if field.is_empty() { what.to_owned() } else { format!("{what}, in `{field}`") };
-        let problem = Problem::new("schema::unknown-field", format!("unknown field `{name}` in {place}"))
-            .at_labeled(span, "unknown field")
-            .help(suggestion(name, &valid, "fields"));
+        let place = if field.is_empty() {
+            what.to_owned()
+        } else {
+            format!("{what}, in `{field}`")
+        };
+        let problem = Problem::new(
+            "schema::unknown-field",
+            format!("unknown field `{name}` in {place}"),
+        )
+        .at_labeled(span, "unknown field")
+        .help(suggestion(name, &valid, "fields"));
         return (problem, Some(removal));
     }
     if message.starts_with("missing field") {
@@ -411,21 +548,45 @@ fn describe(root: &Node, path: &[Segment], message: &str, what: &str) -> (Proble
         let span = key.map_or(node.span, |k| k.span);
         let problem = Problem::new(
             "schema::missing-field",
-            format!("{what}{}: missing required field `{name}`", if field.is_empty() { String::new() } else { format!(", in `{field}`") }),
+            format!(
+                "{what}{}: missing required field `{name}`",
+                if field.is_empty() {
+                    String::new()
+                } else {
+                    format!(", in `{field}`")
+                }
+            ),
         )
         .at_labeled(span, format!("`{name}` is required here"))
         .help(missing_field_hint(name));
         // the holder itself is dropped (unless it is the section root)
-        let removal = if path.is_empty() { None } else { Some(path.to_vec()) };
+        let removal = if path.is_empty() {
+            None
+        } else {
+            Some(path.to_vec())
+        };
         return (problem, removal);
     }
     if message.starts_with("unknown variant") {
         let name = backticked(message).unwrap_or("");
         let valid = expected_names(message);
-        let problem = Problem::new("schema::invalid-value", format!("{what}:{in_field} `{name}` is not one of {}", valid.join(", ")))
-            .at_labeled(node.span, "not allowed here")
-            .help(suggestion(name, &valid, "values"));
-        return (problem, if path.is_empty() { None } else { Some(path.to_vec()) });
+        let problem = Problem::new(
+            "schema::invalid-value",
+            format!(
+                "{what}:{in_field} `{name}` is not one of {}",
+                valid.join(", ")
+            ),
+        )
+        .at_labeled(node.span, "not allowed here")
+        .help(suggestion(name, &valid, "values"));
+        return (
+            problem,
+            if path.is_empty() {
+                None
+            } else {
+                Some(path.to_vec())
+            },
+        );
     }
     // type mismatch and other value errors
     let found = node.type_name();
@@ -440,7 +601,14 @@ fn describe(root: &Node, path: &[Segment], message: &str, what: &str) -> (Proble
     let problem = Problem::new("schema::type", format!("{what}:{in_field}: {text}"))
         .at_labeled(key.map_or(node.span, |_| node.span), label)
         .help(type_hint(path.last(), message));
-    (problem, if path.is_empty() { None } else { Some(path.to_vec()) })
+    (
+        problem,
+        if path.is_empty() {
+            None
+        } else {
+            Some(path.to_vec())
+        },
+    )
 }
 
 fn missing_field_hint(field: &str) -> String {
@@ -459,15 +627,21 @@ fn type_hint(last: Option<&Segment>, message: &str) -> String {
         _ => "",
     };
     match field {
-        "timeout" | "delay" | "max_delay" => "durations are text such as `30s`, `10m` or `1h30m`".into(),
-        "needs" => "`needs` is a list of step ids, e.g. `needs: [scale-api-down]`".into(),
-        "always" | "idempotent" | "secret" | "required" | "jitter" | "gzip" | "gunzip" | "delete" => {
-            "write `true` or `false`".into()
+        "timeout" | "delay" | "max_delay" => {
+            "durations are text such as `30s`, `10m` or `1h30m`".into()
         }
-        "attempts" => "`attempts` is the total number of tries, a whole number of at least 1".into(),
-        "command" => "`command` is a list of arguments, e.g. `command: [bash, -c, 'pg_dump db']`".into(),
+        "needs" => "`needs` is a list of step ids, e.g. `needs: [scale-api-down]`".into(),
+        "always" | "idempotent" | "secret" | "required" | "jitter" | "gzip" | "gunzip"
+        | "delete" => "write `true` or `false`".into(),
+        "attempts" => {
+            "`attempts` is the total number of tries, a whole number of at least 1".into()
+        }
+        "command" => {
+            "`command` is a list of arguments, e.g. `command: [bash, -c, 'pg_dump db']`".into()
+        }
         "files" | "names" => format!("`{field}` is a list, e.g. `{field}: [a, b]`"),
         "replicas" => "a whole number, or a template that renders to one".into(),
+        "version" => "write the version as text with three parts, e.g. `version: \"1.2.0\"`".into(),
         _ if message.contains("expected a string") => "quote the value to make it text".into(),
         _ => "see docs/format.md or schemas/runbook.schema.json for this field".into(),
     }
@@ -498,4 +672,3 @@ fn remove_at(value: &mut serde_yaml::Value, path: &[Segment]) -> bool {
         _ => false,
     }
 }
-

@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 #[schemars(title = "runbook/v1 Runbook")]
 pub struct RawRunbook {
     /// Format version. Always `runbook/v1`.
+    #[schemars(extend("const" = "runbook/v1"))]
     pub api_version: String,
     /// Document kind. Always `Runbook`.
+    #[schemars(extend("const" = "Runbook"))]
     pub kind: String,
     /// Name, version and description of the procedure.
     pub metadata: RawMetadata,
@@ -39,6 +41,7 @@ pub struct RawMetadata {
     /// Short name, e.g. `3scale-backup`.
     pub name: String,
     /// Semantic version of this runbook, e.g. `1.2.0`.
+    #[schemars(regex(pattern = r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"))]
     pub version: String,
     /// What the procedure does, for the person reviewing the plan.
     #[serde(default)]
@@ -89,6 +92,7 @@ pub struct RawParam {
 pub struct RawDefaults {
     /// Per-attempt timeout, e.g. `30s`, `10m`, `1h30m`.
     #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub timeout: Option<String>,
     /// Retry policy.
     #[serde(default)]
@@ -101,15 +105,18 @@ pub struct RawDefaults {
 pub struct RawRetry {
     /// Total attempts, including the first (1 = no retry).
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub attempts: Option<u32>,
     /// Wait before the second attempt, e.g. `5s`.
     #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub delay: Option<String>,
     /// `fixed` keeps `delay`; `exponential` doubles it after each attempt.
     #[serde(default)]
     pub backoff: Option<Backoff>,
     /// Upper bound on the wait between attempts.
     #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub max_delay: Option<String>,
     /// Randomise each wait between half and all of the computed delay.
     #[serde(default)]
@@ -131,9 +138,16 @@ pub enum Backoff {
 /// `wait`, `patch`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["run"]}, {"required": ["pause"]}, {"required": ["scale"]},
+    {"required": ["exec"]}, {"required": ["copy"]}, {"required": ["apply"]},
+    {"required": ["export"]}, {"required": ["rollout"]}, {"required": ["wait"]},
+    {"required": ["patch"]}
+]))]
 pub struct RawStep {
     /// Unique id: lowercase letters, digits, `-` and `_`, starting with a
     /// letter or digit. Used by `needs`, templates, `--rerun`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
     pub id: String,
     /// Human title shown in plans and progress.
     #[serde(default)]
@@ -147,6 +161,7 @@ pub struct RawStep {
     pub when: Option<String>,
     /// Per-attempt timeout, e.g. `30s`, `10m`.
     #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub timeout: Option<String>,
     /// Retry policy; fields not given come from `defaults.retry`.
     #[serde(default)]
@@ -163,36 +178,38 @@ pub struct RawStep {
     #[serde(default)]
     pub done_if: Option<String>,
 
+    // Actions are boxed: a step holds one, and 50,000 steps of inline
+    // action structs would cost ~65 MB.
     /// Local shell command, run with `sh -c`.
     #[serde(default)]
     pub run: Option<String>,
     /// Manual gate: the run stops here until `runbook approve`.
     #[serde(default)]
-    pub pause: Option<PauseAction>,
+    pub pause: Option<Box<PauseAction>>,
     /// Set the replica count of a workload.
     #[serde(default)]
-    pub scale: Option<ScaleAction>,
+    pub scale: Option<Box<ScaleAction>>,
     /// Run a command in a pod, streaming stdin/stdout from/to local files.
     #[serde(default)]
-    pub exec: Option<ExecAction>,
+    pub exec: Option<Box<ExecAction>>,
     /// Copy files between a pod and the local machine (tar over exec).
     #[serde(default)]
-    pub copy: Option<CopyAction>,
+    pub copy: Option<Box<CopyAction>>,
     /// Server-side apply of manifests, stripped of server-owned fields.
     #[serde(default)]
-    pub apply: Option<ApplyAction>,
+    pub apply: Option<Box<ApplyAction>>,
     /// Save resources as clean manifests.
     #[serde(default)]
-    pub export: Option<ExportAction>,
+    pub export: Option<Box<ExportAction>>,
     /// Restart or roll out a workload and wait until it is done.
     #[serde(default)]
-    pub rollout: Option<RolloutAction>,
+    pub rollout: Option<Box<RolloutAction>>,
     /// Wait for a condition on a resource.
     #[serde(default)]
-    pub wait: Option<WaitAction>,
+    pub wait: Option<Box<WaitAction>>,
     /// Patch a resource, or edit a text key of a ConfigMap.
     #[serde(default)]
-    pub patch: Option<PatchAction>,
+    pub patch: Option<Box<PatchAction>>,
 }
 
 /// The names of every action key, in the order they are documented.

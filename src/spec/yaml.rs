@@ -14,8 +14,10 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// Deepest nesting accepted; real runbooks stay under 20.
 pub const MAX_DEPTH: usize = 128;
-/// Most nodes a document may expand to (aliases included).
+/// Most nodes a document may hold (a 16 MiB file holds fewer).
 pub const MAX_NODES: usize = 5_000_000;
+/// Most nodes aliases may add by copying anchored nodes ("billion laughs").
+pub const MAX_ALIAS_NODES: usize = 100_000;
 
 /// A byte range in the source text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -296,6 +298,7 @@ struct TreeBuilder<'a> {
     anchors: HashMap<usize, Node>,
     documents: Vec<Node>,
     nodes: usize,
+    alias_nodes: usize,
     error: Option<YamlError>,
 }
 
@@ -455,6 +458,14 @@ impl MarkedEventReceiver for TreeBuilder<'_> {
                     self.fail("alias to an unknown anchor".into(), span);
                     return;
                 };
+                self.alias_nodes = self.alias_nodes.saturating_add(size);
+                if self.alias_nodes > MAX_ALIAS_NODES {
+                    self.fail(
+                        format!("aliases expand to more than {MAX_ALIAS_NODES} nodes (alias expansion bomb?)"),
+                        span,
+                    );
+                    return;
+                }
                 if !self.count(size, span) {
                     return;
                 }
@@ -506,6 +517,7 @@ pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
         anchors: HashMap::new(),
         documents: Vec::new(),
         nodes: 0,
+        alias_nodes: 0,
         error: None,
     };
     let mut parser = Parser::new_from_str(source);
@@ -516,6 +528,9 @@ pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
     if let Err(scan) = result {
         let offset = builder.index.marker_offset(scan.marker());
         let mut message = scan.info().to_owned();
+        if message.contains("recursion limit") {
+            message = format!("nesting too deep ({message})");
+        }
         if message.contains("tab") || source_has_tab_indent(source, offset) {
             message.push_str(" (YAML does not allow tabs for indentation)");
         }
@@ -528,8 +543,9 @@ pub fn parse(source: &str) -> Result<Option<Node>, YamlError> {
     if documents.len() > 1 {
         let second = documents[1].span;
         return Err(YamlError {
-            message: "the file holds several YAML documents (`---`); a runbook file holds exactly one"
-                .into(),
+            message:
+                "the file holds several YAML documents (`---`); a runbook file holds exactly one"
+                    .into(),
             span: second,
         });
     }
@@ -567,7 +583,9 @@ mod tests {
 
     #[test]
     fn plain_scalars_resolve_like_yaml_1_2() {
-        let root = parse("a: 1\nb: true\nc: '1'\nd: 1.5\ne: ~\nf: 10m\n").unwrap().unwrap();
+        let root = parse("a: 1\nb: true\nc: '1'\nd: 1.5\ne: ~\nf: 10m\n")
+            .unwrap()
+            .unwrap();
         let v = root.to_value();
         assert_eq!(v["a"], serde_yaml::Value::Number(1.into()));
         assert_eq!(v["b"], serde_yaml::Value::Bool(true));
@@ -586,7 +604,12 @@ mod tests {
                 "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
             ));
         }
-        assert!(parse(&bomb).unwrap_err().message.contains("nodes"));
+        assert!(
+            parse(&bomb)
+                .unwrap_err()
+                .message
+                .contains("alias expansion")
+        );
         let deep = "[".repeat(10_000);
         assert!(parse(&deep).is_err());
     }

@@ -1,0 +1,295 @@
+//! `runbook plan`: snapshots of every output format, secret masking across
+//! all outputs, pinned plans, and param errors.
+
+mod common;
+
+use common::{repo_root, runbook};
+
+const FIXTURE: &str = "tests/fixtures/plan/restore.yaml";
+const SECRET: &str = "S3cr3t-T0ken-4242";
+
+fn plan(format: &str) -> std::process::Output {
+    runbook()
+        .args([
+            "plan",
+            FIXTURE,
+            "-o",
+            format,
+            "-p",
+            "backup_dir=/backups/2026-11-21",
+        ])
+        .arg(format!("-p=admin_token={SECRET}"))
+        .output()
+        .unwrap()
+}
+
+fn stdout_of(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "plan failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn text_plan_snapshot() {
+    insta::assert_snapshot!(stdout_of(&plan("text")));
+}
+
+#[test]
+fn json_plan_snapshot() {
+    let text = stdout_of(&plan("json"));
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(value["format"], "runbook-plan/v1");
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn markdown_plan_snapshot() {
+    insta::assert_snapshot!(stdout_of(&plan("markdown")));
+}
+
+#[test]
+fn mermaid_plan_snapshot() {
+    insta::assert_snapshot!(stdout_of(&plan("mermaid")));
+}
+
+#[test]
+fn dot_plan_snapshot() {
+    insta::assert_snapshot!(stdout_of(&plan("dot")));
+}
+
+#[test]
+fn json_plan_has_the_documented_structure() {
+    let value: serde_json::Value = serde_json::from_str(&stdout_of(&plan("json"))).unwrap();
+    assert_eq!(value["runbook"]["name"], "plan-fixture");
+    assert_eq!(value["runbook"]["version"], "2.1.0");
+    assert!(
+        value["runbook"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(
+        value["params_digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    let steps = value["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 9);
+    for step in steps {
+        for key in [
+            "id",
+            "needs",
+            "wave",
+            "action",
+            "disposition",
+            "retry",
+            "timeout",
+        ] {
+            assert!(step.get(key).is_some(), "step lacks `{key}`: {step}");
+        }
+    }
+    // waves respect needs: every step's wave is after the waves of its needs
+    let wave_of = |id: &str| {
+        steps.iter().find(|s| s["id"] == id).unwrap()["wave"]
+            .as_u64()
+            .unwrap()
+    };
+    for step in steps {
+        for need in step["needs"].as_array().unwrap() {
+            assert!(wave_of(need.as_str().unwrap()) < step["wave"].as_u64().unwrap());
+        }
+    }
+    let check = &steps[0];
+    assert_eq!(
+        check["action"]["command"],
+        "test -s /backups/2026-11-21/db.sql.gz"
+    );
+    let postgres = steps
+        .iter()
+        .find(|s| s["id"] == "restore-postgresql")
+        .unwrap();
+    assert_eq!(postgres["disposition"], "skip");
+    let report = steps.iter().find(|s| s["id"] == "report").unwrap();
+    assert_eq!(report["disposition"], "decided-at-run-time");
+    assert!(
+        report["action"]["command"]
+            .as_str()
+            .unwrap()
+            .contains("<scale-api-up.outputs.previous_replicas>")
+    );
+}
+
+/// The secret value appears in no output format, on stdout or stderr, nor
+/// in a saved plan, whichever way it was passed.
+#[test]
+fn secret_values_appear_in_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let params_file = tmp.path().join("params.yaml");
+    std::fs::write(
+        &params_file,
+        format!("admin_token: {SECRET}\nbackup_dir: /b\n"),
+    )
+    .unwrap();
+    for format in ["text", "json", "markdown", "mermaid", "dot"] {
+        let saved = tmp.path().join(format!("plan-{format}.json"));
+        let runs = [
+            runbook()
+                .args(["plan", FIXTURE, "-o", format, "-p", "backup_dir=/b"])
+                .arg(format!("-p=admin_token={SECRET}"))
+                .arg("--save")
+                .arg(&saved)
+                .output()
+                .unwrap(),
+            runbook()
+                .args(["plan", FIXTURE, "-o", format, "--params-file"])
+                .arg(&params_file)
+                .output()
+                .unwrap(),
+            runbook()
+                .args(["plan", FIXTURE, "-o", format, "-p", "backup_dir=/b"])
+                .env("RUNBOOK_PARAM_ADMIN_TOKEN", SECRET)
+                .output()
+                .unwrap(),
+        ];
+        for out in runs {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let all = [out.stdout, out.stderr].concat();
+            let text = String::from_utf8_lossy(&all);
+            assert!(
+                !text.contains(SECRET),
+                "secret leaked in {format} output:\n{text}"
+            );
+        }
+        let saved_text = std::fs::read_to_string(&saved).unwrap();
+        assert!(
+            !saved_text.contains(SECRET),
+            "secret leaked into the saved plan"
+        );
+        assert!(saved_text.contains("***"));
+    }
+    // nor in error messages about the secret
+    let out = runbook()
+        .args(["plan", "tests/fixtures/plan/secret-int.yaml"])
+        .arg(format!("-p=pin={SECRET}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("param `pin`"), "{text}");
+    assert!(!text.contains(SECRET), "secret leaked in an error:\n{text}");
+}
+
+#[test]
+fn saved_plan_pins_digests_and_rendered_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let saved = tmp.path().join("plan.json");
+    let out = runbook()
+        .args([
+            "plan",
+            FIXTURE,
+            "-o",
+            "json",
+            "-p",
+            "backup_dir=/b",
+            "-p",
+            "admin_token=x",
+            "--save",
+        ])
+        .arg(&saved)
+        .output()
+        .unwrap();
+    let printed = stdout_of(&out);
+    let saved_text = std::fs::read_to_string(&saved).unwrap();
+    assert_eq!(printed, saved_text, "--save writes the same JSON plan");
+    let file_bytes = std::fs::read(repo_root().join(FIXTURE)).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&saved_text).unwrap();
+    let expected = format!("sha256:{}", sha256_hex(&file_bytes));
+    assert_eq!(value["runbook"]["digest"], expected);
+    // different params give a different params digest
+    let other = runbook()
+        .args([
+            "plan",
+            FIXTURE,
+            "-o",
+            "json",
+            "-p",
+            "backup_dir=/c",
+            "-p",
+            "admin_token=x",
+        ])
+        .output()
+        .unwrap();
+    let other: serde_json::Value = serde_json::from_str(&stdout_of(&other)).unwrap();
+    assert_ne!(other["params_digest"], value["params_digest"]);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn missing_unknown_and_mistyped_params_are_all_reported() {
+    let out = runbook()
+        .args([
+            "plan",
+            FIXTURE,
+            "-p",
+            "replicas=two",
+            "-p",
+            "databse=mysql",
+            "-p",
+            "database=oracle",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    insta::assert_snapshot!(String::from_utf8(out.stderr).unwrap());
+}
+
+#[test]
+fn plan_refuses_an_invalid_runbook() {
+    let out = runbook()
+        .args(["plan", "tests/fixtures/invalid/31-cycle-two-steps.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dependency cycle"));
+}
+
+#[test]
+fn help_teaches_the_flow() {
+    let out = runbook().arg("--help").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in ["validate", "plan", "Exit codes", "RUST_LOG"] {
+        assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
+    }
+    let out = runbook().args(["plan", "--help"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in ["--params-file", "--save", "markdown", "Examples"] {
+        assert!(text.contains(needle), "plan --help lacks {needle}:\n{text}");
+    }
+}

@@ -1,0 +1,189 @@
+//! `runbook validate` on the shipped runbooks, the broken-runbook corpus
+//! (snapshots of the located messages) and hostile non-runbook files.
+
+mod common;
+
+use std::path::Path;
+
+use common::{repo_root, runbook};
+
+#[test]
+fn every_shipped_runbook_is_valid_and_names_its_schema() {
+    let dir = repo_root().join("runbooks");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 3,
+        "expected the example runbooks in {}",
+        dir.display()
+    );
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(
+            text.starts_with("# yaml-language-server: $schema=../schemas/runbook.schema.json"),
+            "{} must start with the yaml-language-server schema line",
+            file.display()
+        );
+    }
+    let out = runbook().arg("validate").args(&files).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "validate failed:\n{}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with('✓')).count(),
+        files.len()
+    );
+}
+
+/// Each broken runbook is rejected with exit code 2 and its located
+/// messages, compared with the reviewed snapshot.
+#[test]
+fn broken_runbooks_are_rejected_with_located_messages() {
+    let mut count = 0;
+    insta::glob!("fixtures/invalid/*.yaml", |path| {
+        count += 1;
+        let rel = path.strip_prefix(repo_root()).unwrap();
+        let out = runbook().arg("validate").arg(rel).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", rel.display());
+        assert!(
+            out.stdout.is_empty(),
+            "nothing on stdout for an invalid file"
+        );
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        if text
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        {
+            // a file with content gets file:line:column locations
+            let located = format!("[{}:", rel.display());
+            assert!(
+                stderr.contains(&located),
+                "{} has no location:\n{stderr}",
+                rel.display()
+            );
+        }
+        assert!(
+            stderr.contains("help:"),
+            "{} has no hint:\n{stderr}",
+            rel.display()
+        );
+        insta::assert_snapshot!(stderr);
+    });
+    assert!(
+        count >= 30,
+        "the corpus should hold at least 30 broken runbooks, found {count}"
+    );
+}
+
+#[test]
+fn all_problems_of_all_files_are_reported_in_one_run() {
+    let files = [
+        "tests/fixtures/invalid/52-multi-unknown-fields.yaml",
+        "tests/fixtures/invalid/54-multi-many-errors.yaml",
+        "runbooks/local-backup.yaml",
+    ];
+    let out = runbook().arg("validate").args(files).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("52-multi-unknown-fields.yaml: 3 problems"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("54-multi-many-errors.yaml: 7 problems"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("2 of 3 files invalid (10 problems)"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("✓ runbooks/local-backup.yaml"));
+}
+
+#[test]
+fn json_output_lists_problems_with_line_and_column() {
+    let out = runbook()
+        .args([
+            "validate",
+            "-o",
+            "json",
+            "tests/fixtures/invalid/29-needs-unknown-step.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let problems: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(problems[0]["code"], "step::unknown-need");
+    assert_eq!(problems[0]["line"], 11);
+    assert_eq!(problems[0]["column"], 13);
+    assert_eq!(problems[0]["help"], "did you mean `scale-down`?");
+}
+
+fn edge_cases(dir: &Path) {
+    let status = std::process::Command::new("sh")
+        .arg(repo_root().join("tests/fixtures/make_edge_cases.sh"))
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Files that are not runbooks at all get one clear error, never a panic
+/// or a hang.
+#[test]
+fn hostile_files_get_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    edge_cases(tmp.path());
+    let cases = [
+        ("binary.yaml", "is not a text file"),
+        ("huge.yaml", "runbook files are limited to 16 MiB"),
+        ("deep.yaml", "nesting too deep"),
+        ("bomb.yaml", "alias expansion"),
+    ];
+    for (name, expected) in cases {
+        let out = runbook()
+            .arg("validate")
+            .arg(tmp.path().join(name))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{name}: expected `{expected}` in:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{name} panicked:\n{stderr}");
+    }
+    // a directory and a missing file
+    let out = runbook().arg("validate").arg(tmp.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
+    let out = runbook()
+        .arg("validate")
+        .arg(tmp.path().join("missing.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn the_committed_schema_matches_the_rust_types() {
+    let out = runbook().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let committed =
+        std::fs::read_to_string(repo_root().join("schemas/runbook.schema.json")).unwrap();
+    assert!(
+        committed == String::from_utf8(out.stdout).unwrap(),
+        "schemas/runbook.schema.json is stale: run `cargo run -- schema > schemas/runbook.schema.json`"
+    );
+}
