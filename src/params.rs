@@ -96,7 +96,7 @@ impl ParamValues {
                         raw.insert(name, (RawInput::Json(value), ParamSource::ParamsFile));
                     }
                 }
-                Err(problem) => problems.push(problem),
+                Err(problem) => problems.push(*problem),
             }
         }
         for pair in &input.cli {
@@ -294,48 +294,53 @@ fn unknown(name: &str, declared: &IndexMap<String, ParamSpec>, place: &str) -> P
 
 fn read_params_file(
     path: &std::path::Path,
-) -> Result<IndexMap<String, serde_json::Value>, Problem> {
+) -> Result<IndexMap<String, serde_json::Value>, Box<Problem>> {
+    let fail = |message: String, help: Option<&str>| {
+        let problem = Problem::new("param::file", message);
+        Box::new(match help {
+            Some(h) => problem.help(h),
+            None => problem,
+        })
+    };
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Problem::new(
-            "param::file",
+        fail(
             format!("cannot read params file {}: {e}", path.display()),
+            None,
         )
     })?;
+    // serde_yaml messages quote the input (maybe a secret): keep only the place
     let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
-        // serde_yaml messages quote input; keep only the location
         let place = e
             .location()
             .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
             .unwrap_or_default();
-        Problem::new(
-            "param::file",
+        fail(
             format!(
                 "params file {} is not valid YAML or JSON{place}",
                 path.display()
             ),
+            Some("a params file is a mapping of name to value, e.g. `namespace: 3scale`"),
         )
-        .help("a params file is a mapping of name to value, e.g. `namespace: 3scale`")
     })?;
     let json: serde_json::Value = serde_json::to_value(&value).map_err(|_| {
-        Problem::new(
-            "param::file",
+        fail(
             format!(
                 "params file {} has values that are not plain data",
                 path.display()
             ),
+            None,
         )
     })?;
     match json {
         serde_json::Value::Object(map) => Ok(map.into_iter().collect()),
         serde_json::Value::Null => Ok(IndexMap::new()),
-        _ => Err(Problem::new(
-            "param::file",
+        _ => Err(fail(
             format!(
                 "params file {} must be a mapping of name to value",
                 path.display()
             ),
-        )
-        .help("e.g.\nnamespace: 3scale\nbackup_dir: /backups/2026-11-21")),
+            Some("e.g.\nnamespace: 3scale\nbackup_dir: /backups/2026-11-21"),
+        )),
     }
 }
 

@@ -294,7 +294,7 @@ impl Checker<'_> {
                     needs: needs[i].clone(),
                     params: &params,
                     steps: &index,
-                    broken: &broken_step_ids,
+                    broken: broken_step_ids,
                     default_timeout,
                     default_retry: &default_retry,
                 },

@@ -353,9 +353,7 @@ fn check_constant(root: &Node, key: &str, expected: &str, problems: &mut Vec<Pro
                 Span::new(root.span.offset, 0),
                 format!("add `{key}: {expected}`"),
             )
-            .help(format!(
-                "every runbook starts with `apiVersion: runbook/v1` and `kind: Runbook`"
-            )),
+            .help("every runbook starts with `apiVersion: runbook/v1` and `kind: Runbook`"),
         ),
         Some(node) if node.as_str() == Some(expected) => {}
         Some(node) => {
