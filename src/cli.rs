@@ -88,8 +88,153 @@ runbook plan FILE --save plan.json      # pin what was reviewed"
         save: Option<PathBuf>,
     },
 
+    /// Run a runbook: steps in dependency order, in parallel where they can be,
+    /// with retries, timeouts and a durable journal.
+    #[command(
+        long_about = "Run a runbook. Steps start when everything they need has succeeded, at \
+most -j at a time; each step's output goes to its own log in the run directory. Every \
+transition is written to the run's journal, so an interrupted run (Ctrl-C, lost terminal, \
+kill -9, reboot) continues with `runbook resume`.\n\n\
+Ctrl-C once: start nothing new, let running steps finish, checkpoint, exit 130. \
+Ctrl-C twice: also terminate running steps (SIGTERM, then SIGKILL).",
+        after_help = "Examples:\n  runbook run runbooks/local-backup.yaml -p backup_dir=/tmp/bk\n  \
+runbook plan FILE --save plan.json && runbook run --plan plan.json\n  \
+runbook run FILE -j 8 --fail-fast --log-format json\n\n\
+Exit codes: 0 all steps succeeded or were skipped, 1 a step failed, 2 invalid input or a \
+drifted plan, 3 paused at a gate (approve, then resume), 4 runtime error, 130 interrupted."
+    )]
+    Run {
+        /// The runbook file (not needed with --plan).
+        #[arg(value_name = "FILE", required_unless_present = "plan")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        params: ParamArgs,
+        /// Run exactly this saved plan (from `plan --save`); refuses if the
+        /// runbook file or params changed since it was reviewed.
+        #[arg(long, value_name = "PLAN.json", conflicts_with = "file")]
+        plan: Option<PathBuf>,
+        #[command(flatten)]
+        exec: ExecArgs,
+        /// Stop everything at the first failed step (default: a failure stops
+        /// only the steps that need it; other branches finish).
+        #[arg(long)]
+        fail_fast: bool,
+    },
+
+    /// Continue an interrupted, failed or paused run where it stopped.
+    #[command(
+        long_about = "Continue a run. Succeeded steps are never run again. A step that was running \
+when the run stopped is checked with its `done_if` (skipped when it holds), re-run if it is \
+idempotent, and otherwise stops the resume: choose --rerun STEP or --mark-done STEP --reason TEXT. \
+Leftover processes of the interrupted run are terminated first. Secret params are not stored: \
+pass them again (-p, --params-file or RUNBOOK_PARAM_<NAME>).",
+        after_help = "Examples:\n  runbook resume                       # the most recent unfinished run\n  \
+runbook resume 20261121T0815Z-3scale-restore-1a2b -p admin_token=...\n  \
+runbook resume RUN --mark-done restore-db --reason 'verified row counts by hand'\n  \
+runbook resume RUN --approve confirm-overwrite"
+    )]
+    Resume {
+        /// Run id (default: the most recent unfinished run).
+        #[arg(value_name = "RUN_ID")]
+        run_id: Option<String>,
+        #[command(flatten)]
+        params: ParamArgs,
+        #[command(flatten)]
+        exec: ExecArgs,
+        /// Run this step again even if it is not idempotent or already succeeded. Repeatable.
+        #[arg(long, value_name = "STEP")]
+        rerun: Vec<String>,
+        /// Record this step as done without running it (needs --reason). Repeatable.
+        #[arg(long, value_name = "STEP", requires = "reason")]
+        mark_done: Vec<String>,
+        /// Why the steps given with --mark-done are done (journaled, shown by `status`).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Approve these `pause` gates before continuing. Repeatable.
+        #[arg(long, value_name = "STEP")]
+        approve: Vec<String>,
+        /// Proceed although the runbook file changed since the run started;
+        /// changed steps that had not succeeded run in their new form.
+        #[arg(long)]
+        allow_changed: bool,
+        /// Stop everything at the first failed step.
+        #[arg(long)]
+        fail_fast: bool,
+    },
+
+    /// Show the state of a run: each step's state, attempts, duration and log.
+    Status {
+        /// Run id (default: the most recent run).
+        #[arg(value_name = "RUN_ID")]
+        run_id: Option<String>,
+        /// State directory (default: $RUNBOOK_STATE_DIR, else $XDG_STATE_HOME/runbook).
+        #[arg(long, env = "RUNBOOK_STATE_DIR", value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Text)]
+        output: ListFormat,
+    },
+
+    /// List runs, newest first.
+    Runs {
+        /// State directory (default: $RUNBOOK_STATE_DIR, else $XDG_STATE_HOME/runbook).
+        #[arg(long, env = "RUNBOOK_STATE_DIR", value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Text)]
+        output: ListFormat,
+    },
+
+    /// Approve a `pause` gate of a paused run; then `runbook resume` continues.
+    Approve {
+        /// Run id.
+        #[arg(value_name = "RUN_ID")]
+        run_id: String,
+        /// The `pause` step to approve.
+        #[arg(value_name = "STEP")]
+        step: String,
+        /// State directory (default: $RUNBOOK_STATE_DIR, else $XDG_STATE_HOME/runbook).
+        #[arg(long, env = "RUNBOOK_STATE_DIR", value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+
     /// Print the JSON schema of the runbook format (for editors and CI).
     Schema,
+}
+
+/// Options shared by `run` and `resume`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Most steps running at once.
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub jobs: u32,
+    /// State directory holding runs (default: $RUNBOOK_STATE_DIR, else
+    /// $XDG_STATE_HOME/runbook, else ~/.local/state/runbook).
+    #[arg(long, env = "RUNBOOK_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Progress format on stdout: `human` (live progress on a terminal,
+    /// plain lines otherwise) or `json` (one event per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Human,
+    /// JSON Lines, one event per line (docs/events.md).
+    Json,
+}
+
+/// `-o` for status and runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// A table.
+    Text,
+    /// JSON (docs/state-format.md).
+    Json,
 }
 
 /// Param inputs shared by `plan` and `run`.

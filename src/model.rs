@@ -253,6 +253,9 @@ pub struct Step {
     pub done_if: Option<String>,
     /// What the step does.
     pub action: Action,
+    /// `sha256:` of the step's content (canonical JSON of its fields), to
+    /// tell which steps changed between two versions of a file.
+    pub digest: String,
 }
 
 impl Step {

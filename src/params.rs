@@ -34,6 +34,16 @@ pub struct Resolved {
     pub source: ParamSource,
 }
 
+impl Resolved {
+    fn value_kind(&self) -> crate::spec::raw::ParamType {
+        match self.value {
+            ParamValue::Int(_) => crate::spec::raw::ParamType::Int,
+            ParamValue::Bool(_) => crate::spec::raw::ParamType::Bool,
+            ParamValue::String(_) => crate::spec::raw::ParamType::String,
+        }
+    }
+}
+
 /// All resolved params, in declaration order.
 #[derive(Debug, Clone, Default)]
 pub struct ParamValues {
@@ -208,6 +218,58 @@ impl ParamValues {
         }
         if problems.is_empty() {
             Ok(ParamValues { values })
+        } else {
+            let mut report = Report::new("params", None);
+            report.problems = problems;
+            Err(report)
+        }
+    }
+
+    /// Values for resuming a run: non-secret params keep the values recorded
+    /// when the run started (giving a different one is an error); secret
+    /// params, never stored, come again from `input` and the environment.
+    pub fn for_resume(
+        declared: &IndexMap<String, ParamSpec>,
+        recorded: &IndexMap<String, serde_json::Value>,
+        input: &ParamInput,
+    ) -> Result<ParamValues, Report> {
+        let mut fixed = declared.clone();
+        for (name, spec) in fixed.iter_mut() {
+            if spec.secret {
+                continue;
+            }
+            if let Some(value) = recorded.get(name)
+                && let Ok(v) = ParamValue::from_json(spec.kind, value)
+            {
+                spec.default = Some(v);
+                spec.required = false;
+            }
+        }
+        let mut values = Self::resolve(&fixed, input)?;
+        let mut problems = Vec::new();
+        for (name, resolved) in values.values.iter_mut() {
+            if resolved.secret {
+                continue;
+            }
+            let explicit = matches!(resolved.source, ParamSource::CommandLine | ParamSource::ParamsFile);
+            let recorded_value = recorded.get(name).and_then(|v| ParamValue::from_json(resolved.value_kind(), v).ok());
+            match recorded_value {
+                Some(old) if explicit && old != resolved.value => problems.push(
+                    Problem::new(
+                        "param::fixed",
+                        format!("param `{name}` was `{old}` when this run started; a run keeps its params"),
+                    )
+                    .help("drop it from the command line, or start a new run with `runbook run`"),
+                ),
+                Some(old) => {
+                    resolved.value = old;
+                    resolved.source = ParamSource::Default;
+                }
+                None => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(values)
         } else {
             let mut report = Report::new("params", None);
             report.problems = problems;

@@ -689,6 +689,7 @@ impl Checker<'_> {
             idempotent: raw.idempotent.unwrap_or(true),
             done_if: raw.done_if.clone(),
             action: action?,
+            digest: digest(&serde_json::to_vec(raw).unwrap_or_default()),
         })
     }
 

@@ -1,6 +1,9 @@
 //! The subcommands: each turns parsed arguments into calls on the library
 //! stages and prints the result. Returns the process exit code.
 
+mod execute;
+mod inspect;
+
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
@@ -23,6 +26,43 @@ pub fn dispatch(cli: Cli) -> u8 {
             save,
         } => plan(&file, &params, output, save.as_deref(), style),
         Command::Schema => write_stdout(crate::schema::runbook_schema_json().as_bytes()),
+        Command::Run {
+            file,
+            params,
+            plan,
+            exec,
+            fail_fast,
+        } => execute::run(file.as_deref(), &params, plan.as_deref(), &exec, fail_fast, style),
+        Command::Resume {
+            run_id,
+            params,
+            exec,
+            rerun,
+            mark_done,
+            reason,
+            approve,
+            allow_changed,
+            fail_fast,
+        } => execute::resume(
+            crate::runner::ResumeRequest {
+                run_id,
+                params: ParamInput {
+                    cli: params.params,
+                    file: params.params_file,
+                },
+                rerun,
+                mark_done,
+                reason,
+                approve,
+                allow_changed,
+            },
+            &exec,
+            fail_fast,
+            style,
+        ),
+        Command::Approve { run_id, step, state_dir } => execute::approve(&run_id, &step, state_dir.as_deref()),
+        Command::Status { run_id, state_dir, output } => inspect::status(run_id.as_deref(), state_dir.as_deref(), output),
+        Command::Runs { state_dir, output } => inspect::runs(state_dir.as_deref(), output),
     }
 }
 
@@ -39,14 +79,14 @@ fn report_style(choice: ColorChoice) -> Style {
 }
 
 /// Prints reports to stderr.
-fn print_reports(reports: &[Report], style: Style) {
+pub(crate) fn print_reports(reports: &[Report], style: Style) {
     let mut stderr = std::io::stderr().lock();
     for report in reports {
         let _ = stderr.write_all(report.render(style).as_bytes());
     }
 }
 
-fn write_stdout(bytes: &[u8]) -> u8 {
+pub(crate) fn write_stdout(bytes: &[u8]) -> u8 {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Ok(()) => exit::SUCCESS,

@@ -1,0 +1,275 @@
+//! `run`, `resume` and `approve`: prepare through `runner`, execute on a
+//! single-threaded tokio runtime (step processes get a parent-death signal
+//! tied to the spawning thread, so that thread must live as long as the
+//! run), print the ending and the command to continue.
+
+use std::path::Path;
+
+use crate::cli::{ExecArgs, LogFormat, ParamArgs};
+use crate::diagnostic::{Problem, Report, Style};
+use crate::events::{RunEvent, RunOutcome};
+use crate::exit;
+use crate::journal::{self, StepStatus};
+use crate::params::{ParamInput, ParamValues};
+use crate::plan::Plan;
+use crate::report::{human::Human, json::JsonLines};
+use crate::runner::{self, ExecOptions, Prepared, ResumeRequest, RunError};
+use crate::state;
+use crate::validate;
+
+use super::print_reports;
+
+fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            exit::RUNTIME
+        })
+}
+
+fn options(exec: &ExecArgs, fail_fast: bool) -> Result<ExecOptions, u8> {
+    let state_dir = state::state_dir(exec.state_dir.as_deref()).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::RUNTIME
+    })?;
+    Ok(ExecOptions {
+        jobs: exec.jobs,
+        fail_fast,
+        state_dir,
+    })
+}
+
+fn report_error(error: RunError, style: Style) -> u8 {
+    match error {
+        RunError::Invalid(reports) => {
+            print_reports(&reports, style);
+            exit::INVALID
+        }
+        RunError::Refused { message, help } => {
+            eprintln!("error: {message}\n  help: {help}");
+            exit::INVALID
+        }
+        RunError::State(e) => {
+            eprintln!("error: {e}");
+            exit::RUNTIME
+        }
+        RunError::Journal(e) => {
+            eprintln!("error: {e}");
+            exit::RUNTIME
+        }
+    }
+}
+
+/// `runbook run`.
+pub fn run(
+    file: Option<&Path>,
+    params: &ParamArgs,
+    plan: Option<&Path>,
+    exec: &ExecArgs,
+    fail_fast: bool,
+    style: Style,
+) -> u8 {
+    let options = match options(exec, fail_fast) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let saved = match plan.map(read_plan).transpose() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let path = match (&saved, file) {
+        (Some(p), _) => std::path::PathBuf::from(&p.runbook.file),
+        (None, Some(f)) => f.to_owned(),
+        (None, None) => {
+            eprintln!("error: give a runbook FILE or --plan PLAN.json");
+            return exit::INVALID;
+        }
+    };
+    let (runbook, source) = match validate::load_file(&path) {
+        Ok(loaded) => loaded,
+        Err(report) => {
+            print_reports(&[report], style);
+            return exit::INVALID;
+        }
+    };
+    let input = ParamInput {
+        cli: params.params.clone(),
+        file: params.params_file.clone(),
+    };
+    let values = match ParamValues::resolve(&runbook.params, &input) {
+        Ok(v) => v,
+        Err(report) => {
+            print_reports(&[report], style);
+            return exit::INVALID;
+        }
+    };
+    if let Some(saved) = &saved
+        && let Err(e) = runner::check_plan(saved, &runbook, &source, &values)
+    {
+        return report_error(e, style);
+    }
+    let prepared = match runner::start(runbook, &source, &path, values, &options) {
+        Ok(p) => p,
+        Err(e) => return report_error(e, style),
+    };
+    let Ok(rt) = runtime() else { return exit::RUNTIME };
+    finish(rt, prepared, &options, exec.log_format, exec.state_dir.is_some())
+}
+
+fn read_plan(path: &Path) -> Result<Plan, u8> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("error: cannot read the plan {}: {e}", path.display());
+        exit::INVALID
+    })?;
+    let plan: Plan = serde_json::from_str(&text).map_err(|e| {
+        eprintln!(
+            "error: {} is not a saved plan ({e})\n  help: write one with `runbook plan FILE --save PLAN.json`",
+            path.display()
+        );
+        exit::INVALID
+    })?;
+    if plan.format != crate::plan::PLAN_FORMAT {
+        eprintln!(
+            "error: {} has plan format `{}`; this runbook reads `{}`",
+            path.display(),
+            plan.format,
+            crate::plan::PLAN_FORMAT
+        );
+        return Err(exit::INVALID);
+    }
+    Ok(plan)
+}
+
+/// `runbook resume`.
+pub fn resume(request: ResumeRequest, exec: &ExecArgs, fail_fast: bool, style: Style) -> u8 {
+    let options = match options(exec, fail_fast) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let Ok(rt) = runtime() else { return exit::RUNTIME };
+    let prepared = match rt.block_on(runner::resume(&request, &options)) {
+        Ok(p) => p,
+        Err(e) => return report_error(e, style),
+    };
+    finish(rt, prepared, &options, exec.log_format, exec.state_dir.is_some())
+}
+
+fn finish(
+    rt: tokio::runtime::Runtime,
+    prepared: Prepared,
+    options: &ExecOptions,
+    format: LogFormat,
+    explicit_state_dir: bool,
+) -> u8 {
+    let run_id = prepared.ctx.facts.id.clone();
+    let total = prepared.ctx.runbook.steps.len();
+    let logs = prepared.ctx.run_dir.path.join("logs");
+    let reporter: Box<dyn crate::events::EventSink> = match format {
+        LogFormat::Human => Box::new(Human::new(total, prepared.already_done, logs)),
+        LogFormat::Json => Box::new(JsonLines),
+    };
+    // a lost terminal (SIGHUP) must not stop a restore half-way
+    // SAFETY: setting a signal disposition to SIG_IGN.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    let (outcome, ctx) = rt.block_on(runner::execute(prepared, options, vec![reporter]));
+    let state_flag = if explicit_state_dir {
+        format!(" --state-dir {}", options.state_dir.display())
+    } else {
+        String::new()
+    };
+    let journal_path = ctx.run_dir.journal();
+    let failed: Vec<String> = journal::load_state(&journal_path)
+        .map(|(s, _)| {
+            s.steps
+                .iter()
+                .filter(|(_, st)| st.status == StepStatus::Failed)
+                .map(|(id, _)| id.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let paused: Vec<String> = journal::load_state(&journal_path)
+        .map(|(s, _)| {
+            s.steps
+                .iter()
+                .filter(|(_, st)| st.status == StepStatus::Paused)
+                .map(|(id, _)| id.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let message = match outcome {
+        RunOutcome::Succeeded => format!("Run {run_id} succeeded."),
+        RunOutcome::Failed => format!(
+            "Run {run_id} failed: {}.\n  Logs: {}\n  After fixing the cause, continue with: runbook resume {run_id}{state_flag}",
+            if failed.is_empty() { "see the log".to_owned() } else { failed.join(", ") },
+            ctx.run_dir.path.join("logs").display()
+        ),
+        RunOutcome::Paused => {
+            let gate = paused.first().cloned().unwrap_or_else(|| "STEP".into());
+            format!(
+                "Run {run_id} is paused at `{gate}`.\n  When it is safe to continue: runbook resume {run_id} --approve {gate}{state_flag}\n  (or: runbook approve {run_id} {gate}{state_flag} && runbook resume {run_id}{state_flag})"
+            )
+        }
+        RunOutcome::Interrupted => format!(
+            "Run {run_id} was interrupted; every finished step is checkpointed.\n  Continue with: runbook resume {run_id}{state_flag}"
+        ),
+    };
+    match format {
+        LogFormat::Human => println!("{message}"),
+        LogFormat::Json => eprintln!("{message}"),
+    }
+    match outcome {
+        RunOutcome::Succeeded => exit::SUCCESS,
+        RunOutcome::Failed => exit::FAILED,
+        RunOutcome::Paused => exit::PAUSED,
+        RunOutcome::Interrupted => exit::INTERRUPTED,
+    }
+}
+
+/// `runbook approve RUN_ID STEP`.
+pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
+    let outcome = (|| -> Result<String, String> {
+        let state_dir = state::state_dir(state_dir).map_err(|e| e.to_string())?;
+        let run = state::find_run(&state_dir, run_id).map_err(|e| e.to_string())?;
+        let _lock = run.lock().map_err(|e| e.to_string())?;
+        let (run_state, read) = journal::load_state(&run.journal()).map_err(|e| e.to_string())?;
+        let (runbook, _) = validate::load_file(&run.runbook_copy())
+            .map_err(|r| format!("cannot read the run's runbook copy: {}", r.render(Style::Plain)))?;
+        let Some(found) = runbook.steps.iter().find(|s| s.id == step) else {
+            let hint = crate::diagnostic::did_you_mean(step, runbook.steps.iter().map(|s| s.id.as_str()))
+                .map(|b| format!(" (did you mean `{b}`?)"))
+                .unwrap_or_default();
+            return Err(format!("run {run_id} has no step `{step}`{hint}"));
+        };
+        if !matches!(found.action, crate::model::Action::Pause { .. }) {
+            return Err(format!(
+                "`{step}` is not a `pause` step; to record another step as done use `runbook resume {run_id} --mark-done {step} --reason TEXT`"
+            ));
+        }
+        if run_state.steps.get(step).is_some_and(|s| s.status == StepStatus::Succeeded) {
+            return Ok(format!("`{step}` is already approved."));
+        }
+        let writer = journal::JournalWriter::open(&run.journal(), Some(read.valid_len)).map_err(|e| e.to_string())?;
+        writer.append(&RunEvent::StepApproved {
+            step: step.to_owned(),
+            by: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        });
+        writer.close().map_err(|e| e.to_string())?;
+        Ok(format!("Approved `{step}`. Continue with: runbook resume {run_id}"))
+    })();
+    match outcome {
+        Ok(message) => {
+            println!("{message}");
+            exit::SUCCESS
+        }
+        Err(message) => {
+            let mut report = Report::new("approve", None);
+            report.problems.push(Problem::new("approve", message));
+            eprintln!("error: {}", report.problems[0].message);
+            exit::INVALID
+        }
+    }
+}

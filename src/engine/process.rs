@@ -1,0 +1,411 @@
+//! Step processes: `sh -c` in its own process group with a parent-death
+//! signal, output streamed to the step log through a secret scrubber (never
+//! buffered whole), group termination (SIGTERM, grace, SIGKILL), and finding
+//! processes left behind by an earlier runner of the same run.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+/// Environment variable naming the run in every step process (and, by
+/// inheritance, its descendants), used to find leftovers on resume.
+pub const RUN_MARKER: &str = "RUNBOOK_RUN_ID";
+
+/// Starts `sh -c command` in a new process group, stdin from /dev/null and
+/// stdout/stderr piped.
+pub fn spawn_shell(command: &str, env: &[(String, String)], cwd: &Path) -> std::io::Result<Child> {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(command)
+        .current_dir(cwd)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    let parent = std::process::id() as libc::pid_t;
+    if std::env::var_os("RB_EXPERIMENT_NOPDS").is_some() { return cmd.spawn(); }
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // die with the runner; descendants stay in the process group
+            // (recorded in the journal) and are cleaned up on resume
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Whether any process of group `pgid` still exists.
+pub fn group_alive(pgid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence.
+    unsafe { libc::kill(-pgid, 0) == 0 }
+}
+
+fn signal_group(pgid: i32, signal: libc::c_int) {
+    if pgid > 1 {
+        // SAFETY: sends a signal to a process group we created.
+        unsafe {
+            libc::kill(-pgid, signal);
+        }
+    }
+}
+
+/// Terminates a process group: SIGTERM, up to `grace` for it to exit, then
+/// SIGKILL. Returns once the group is gone (or after a last SIGKILL).
+pub async fn terminate_group(pgid: i32, grace: Duration) {
+    if !group_alive(pgid) {
+        return;
+    }
+    signal_group(pgid, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !group_alive(pgid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal_group(pgid, libc::SIGKILL);
+    for _ in 0..50 {
+        if !group_alive(pgid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Replaces secret values in a byte stream, holding back just enough bytes
+/// to catch a secret split across reads.
+#[derive(Debug)]
+pub struct Scrubber {
+    secrets: Vec<Vec<u8>>,
+    hold: usize,
+    carry: Vec<u8>,
+}
+
+/// What replaces a secret in logs.
+pub const MASK: &[u8] = b"***";
+
+impl Scrubber {
+    /// A scrubber for these secret values (empty ones are ignored).
+    pub fn new(secrets: &[String]) -> Scrubber {
+        let mut secrets: Vec<Vec<u8>> = secrets
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        // longest first, so a secret containing another is masked whole
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let hold = secrets.iter().map(Vec::len).max().unwrap_or(1).saturating_sub(1);
+        Scrubber {
+            secrets,
+            hold,
+            carry: Vec::new(),
+        }
+    }
+
+    /// Feeds bytes; returns what can be written now.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        if self.secrets.is_empty() {
+            return chunk.to_vec();
+        }
+        self.carry.extend_from_slice(chunk);
+        let replaced = self.replace(&self.carry);
+        let keep = self.hold.min(replaced.len());
+        let emit_len = replaced.len() - keep;
+        self.carry = replaced[emit_len..].to_vec();
+        replaced[..emit_len].to_vec()
+    }
+
+    /// Whatever is still held back, at the end of the stream.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.carry);
+        self.replace(&rest)
+    }
+
+    fn replace(&self, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len());
+        let mut i = 0;
+        'outer: while i < data.len() {
+            for secret in &self.secrets {
+                if data[i..].starts_with(secret) {
+                    out.extend_from_slice(MASK);
+                    i += secret.len();
+                    continue 'outer;
+                }
+            }
+            out.push(data[i]);
+            i += 1;
+        }
+        out
+    }
+
+    /// Masks secrets in a whole string.
+    pub fn mask(&self, text: &str) -> String {
+        String::from_utf8_lossy(&self.replace(text.as_bytes())).into_owned()
+    }
+}
+
+/// A step's log file, created (0600, appending) only when there is
+/// something to write: a step that prints nothing leaves no file, which
+/// keeps runs of thousands of quiet steps cheap.
+#[derive(Debug)]
+pub struct StepLog {
+    path: std::path::PathBuf,
+    header: Option<String>,
+    file: Option<std::fs::File>,
+}
+
+impl StepLog {
+    /// A log at `path`, not yet created.
+    pub fn new(path: std::path::PathBuf) -> StepLog {
+        StepLog {
+            path,
+            header: None,
+            file: None,
+        }
+    }
+
+    /// Text written before the next output (the attempt's banner).
+    pub fn set_header(&mut self, header: String) {
+        self.header = Some(header);
+    }
+
+    /// Appends bytes, creating the file (and writing the header) first.
+    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&self.path)?;
+            self.file = Some(file);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        if let Some(header) = self.header.take() {
+            file.write_all(header.as_bytes())?;
+        }
+        file.write_all(bytes)
+    }
+
+    /// Writes a line even if the step printed nothing (e.g. a failure note).
+    pub fn note(&mut self, line: &str) -> std::io::Result<()> {
+        self.write(format!("{line}\n").as_bytes())
+    }
+}
+
+/// Streams one pipe into the log, remembering its latest line.
+pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    mut reader: R,
+    log: std::sync::Arc<std::sync::Mutex<StepLog>>,
+    secrets: Vec<String>,
+    mut on_line: impl FnMut(&str),
+) -> std::io::Result<u64> {
+    let mut scrubber = Scrubber::new(&secrets);
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    let mut last_report = Instant::now() - Duration::from_secs(1);
+    let mut partial_line: Vec<u8> = Vec::new();
+    loop {
+        let n = reader.read(&mut buffer).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        let clean = scrubber.feed(&buffer[..n]);
+        if let Ok(mut file) = log.lock() {
+            file.write(&clean)?;
+        }
+        // remember the latest complete line for live progress, cheaply
+        const CAP: usize = 4096;
+        match clean.iter().rposition(|&b| b == b'\n') {
+            Some(last_nl) => {
+                let line: Vec<u8> = match clean[..last_nl].iter().rposition(|&b| b == b'\n') {
+                    Some(start) => clean[start + 1..last_nl].to_vec(),
+                    None => {
+                        let mut l = std::mem::take(&mut partial_line);
+                        l.extend_from_slice(&clean[..last_nl.min(CAP)]);
+                        l
+                    }
+                };
+                if last_report.elapsed() >= Duration::from_millis(250) {
+                    let text = String::from_utf8_lossy(&line[..line.len().min(200)]);
+                    let text = text.trim();
+                    if !text.is_empty() {
+                        on_line(text);
+                        last_report = Instant::now();
+                    }
+                }
+                partial_line.clear();
+                let rest = &clean[last_nl + 1..];
+                partial_line.extend_from_slice(&rest[..rest.len().min(CAP)]);
+            }
+            None if partial_line.len() < CAP => {
+                let room = CAP - partial_line.len();
+                partial_line.extend_from_slice(&clean[..clean.len().min(room)]);
+            }
+            None => {}
+        }
+    }
+    let rest = scrubber.finish();
+    if let Ok(mut file) = log.lock() {
+        file.write(&rest)?;
+    }
+    Ok(total)
+}
+
+/// Parses a `$RUNBOOK_OUTPUT` file: `key=value` lines (blank lines and `#`
+/// comments ignored). Later keys win.
+pub fn read_outputs(path: &Path) -> Result<indexmap::IndexMap<String, String>, String> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(format!("cannot read outputs {}: {e}", path.display())),
+    };
+    if text.len() > 1024 * 1024 {
+        return Err(format!("outputs file {} is larger than 1 MiB", path.display()));
+    }
+    let text = String::from_utf8_lossy(&text);
+    let mut outputs = indexmap::IndexMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((key, value)) if is_output_key(key.trim()) => {
+                outputs.insert(key.trim().to_owned(), value.to_owned());
+            }
+            _ => {
+                return Err(format!(
+                    "line {} of $RUNBOOK_OUTPUT is not `key=value` (keys: letters, digits, `_`, `-`)",
+                    n + 1
+                ));
+            }
+        }
+    }
+    Ok(outputs)
+}
+
+fn is_output_key(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A process of this run still alive from an earlier runner.
+#[derive(Debug, Clone)]
+pub struct Leftover {
+    /// Its pid.
+    pub pid: i32,
+    /// The step it belongs to (`RUNBOOK_STEP`).
+    pub step: Option<String>,
+}
+
+/// Finds live processes whose environment names `run_id` (started by the
+/// steps of this run, and their descendants), other than this process.
+pub fn find_leftovers(run_id: &str) -> Vec<Leftover> {
+    let marker = format!("{RUN_MARKER}={run_id}");
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let mut matched = false;
+        let mut step = None;
+        for var in environ.split(|&b| b == 0) {
+            if var == marker.as_bytes() {
+                matched = true;
+            } else if let Some(s) = var.strip_prefix(b"RUNBOOK_STEP=") {
+                step = Some(String::from_utf8_lossy(s).into_owned());
+            }
+        }
+        if matched && !is_zombie(pid) {
+            found.push(Leftover { pid, step });
+        }
+    }
+    found
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Terminates leftover processes: SIGTERM, up to `grace`, then SIGKILL.
+pub async fn terminate_leftovers(leftovers: &[Leftover], grace: Duration) {
+    for l in leftovers {
+        // SAFETY: signalling a process found by its run marker.
+        unsafe {
+            libc::kill(l.pid, libc::SIGTERM);
+        }
+    }
+    let alive = |pid: i32| unsafe { libc::kill(pid, 0) == 0 } && !is_zombie(pid);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && leftovers.iter().any(|l| alive(l.pid)) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for l in leftovers {
+        if alive(l.pid) {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(l.pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubber_masks_secrets_split_across_chunks() {
+        let mut s = Scrubber::new(&["hunter2".to_owned()]);
+        let mut out = Vec::new();
+        for chunk in [&b"pass=hun"[..], b"ter2 and hunter", b"2!"] {
+            out.extend(s.feed(chunk));
+        }
+        out.extend(s.finish());
+        assert_eq!(String::from_utf8(out).unwrap(), "pass=*** and ***!");
+    }
+
+    #[test]
+    fn outputs_are_key_value_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.env");
+        std::fs::write(&path, "a=1\n# note\n\nb=x=y\n").unwrap();
+        let out = read_outputs(&path).unwrap();
+        assert_eq!(out["a"], "1");
+        assert_eq!(out["b"], "x=y");
+        std::fs::write(&path, "not a pair\n").unwrap();
+        assert!(read_outputs(&path).is_err());
+    }
+}

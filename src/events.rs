@@ -1,0 +1,293 @@
+//! `RunEvent`: the only thing the engine produces. The journal, the terminal
+//! reporter and the JSON-lines reporter all consume the same events.
+//!
+//! Serialized as JSON objects tagged by `event`; the journal and
+//! `--log-format json` wrap each in `{"v": 1, "at": "<RFC 3339>", ...}`.
+//! See docs/events.md.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+/// Version of the event/journal record format.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Which runbook a run executes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunbookRef {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.version`.
+    pub version: String,
+    /// `sha256:` of the file's bytes.
+    pub digest: String,
+    /// Absolute path of the file when the run started.
+    pub file: String,
+}
+
+/// How a step came to count as succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuccessVia {
+    /// Its action ran and succeeded.
+    Run,
+    /// Its `done_if` check held on resume.
+    DoneIf,
+    /// An operator approved the `pause` gate.
+    Approval,
+    /// An operator marked it done (`resume --mark-done --reason`).
+    MarkedDone,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunOutcome {
+    /// Every step succeeded or was skipped by its `when`.
+    Succeeded,
+    /// At least one step failed (others may not have run).
+    Failed,
+    /// Stopped at a `pause` gate awaiting approval.
+    Paused,
+    /// Stopped by Ctrl-C / SIGTERM.
+    Interrupted,
+}
+
+/// Something that happened in a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// A new run began.
+    RunStarted {
+        /// Run id.
+        run_id: String,
+        /// The runbook.
+        runbook: RunbookRef,
+        /// Param values, secrets as `***`.
+        params: IndexMap<String, serde_json::Value>,
+        /// Names of secret params (their values are never stored).
+        secret_params: Vec<String>,
+        /// Per-step content digests, to detect changed steps on resume.
+        step_digests: IndexMap<String, String>,
+        /// `-j`.
+        jobs: u32,
+        /// `--fail-fast`.
+        fail_fast: bool,
+        /// Process id of the runner.
+        pid: u32,
+    },
+    /// A `resume` took over the run.
+    RunResumed {
+        /// Process id of the runner.
+        pid: u32,
+        /// Whether `--allow-changed` was given.
+        allow_changed: bool,
+        /// Steps whose content changed since the run started.
+        changed_steps: Vec<String>,
+        /// The runbook as now used (digest may differ with --allow-changed).
+        runbook: RunbookRef,
+    },
+    /// An attempt of a step is about to start.
+    StepStarted {
+        /// Step id.
+        step: String,
+        /// Attempt number, from 1 (continues across resumes).
+        attempt: u32,
+        /// The command as shown to people (secrets masked).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command: Option<String>,
+    },
+    /// The attempt's process exists.
+    AttemptSpawned {
+        /// Step id.
+        step: String,
+        /// Attempt number.
+        attempt: u32,
+        /// Process id of `sh`.
+        pid: i32,
+        /// Its process group (the whole tree of the step).
+        pgid: i32,
+    },
+    /// An attempt failed and the step will be retried.
+    AttemptFailed {
+        /// Step id.
+        step: String,
+        /// Attempt number.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// Exit code, when the process exited.
+        exit_code: Option<i32>,
+        /// Time the attempt took.
+        duration_ms: u64,
+        /// Wait before the next attempt.
+        retry_in_ms: u64,
+    },
+    /// The running attempt was stopped by an interrupt (Ctrl-C twice); the
+    /// step is treated as interrupted mid-way on resume.
+    AttemptInterrupted {
+        /// Step id.
+        step: String,
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// A step succeeded.
+    StepSucceeded {
+        /// Step id.
+        step: String,
+        /// Attempt that succeeded (0 when not run: done_if, approval, mark).
+        attempt: u32,
+        /// How.
+        via: SuccessVia,
+        /// Time the successful attempt took.
+        duration_ms: u64,
+        /// Outputs from `$RUNBOOK_OUTPUT` (values equal to secrets masked).
+        #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+        outputs: IndexMap<String, String>,
+    },
+    /// A step failed for good (all attempts used).
+    StepFailed {
+        /// Step id.
+        step: String,
+        /// Last attempt.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// Exit code, when the process exited.
+        exit_code: Option<i32>,
+        /// Time the last attempt took.
+        duration_ms: u64,
+    },
+    /// A step's `when` was false.
+    StepSkipped {
+        /// Step id.
+        step: String,
+        /// Why.
+        reason: String,
+    },
+    /// A step was not started because a step it needs failed (not journaled:
+    /// it is simply still pending).
+    StepBlocked {
+        /// Step id.
+        step: String,
+        /// The failed or blocked need.
+        because: String,
+    },
+    /// A `pause` gate was reached.
+    StepPaused {
+        /// Step id.
+        step: String,
+        /// What to check before approving.
+        message: Option<String>,
+    },
+    /// An operator approved a `pause` gate.
+    StepApproved {
+        /// Step id.
+        step: String,
+        /// `$USER` of the approver.
+        by: String,
+    },
+    /// An operator marked a step done.
+    StepMarkedDone {
+        /// Step id.
+        step: String,
+        /// Why it is done.
+        reason: String,
+        /// `$USER` of the operator.
+        by: String,
+    },
+    /// An operator asked for a step to run again.
+    RerunRequested {
+        /// Step id.
+        step: String,
+    },
+    /// Processes left by an earlier runner were terminated on resume.
+    LeftoverTerminated {
+        /// Step they belonged to, when known.
+        step: Option<String>,
+        /// Their pids.
+        pids: Vec<i32>,
+    },
+    /// The latest line a running step printed (reporters only; rate-limited).
+    StepOutput {
+        /// Step id.
+        step: String,
+        /// The line (secrets masked).
+        line: String,
+    },
+    /// Ctrl-C or SIGTERM: no new steps start.
+    RunInterrupting {
+        /// 1 for the first signal, 2 once running steps are being terminated.
+        level: u8,
+    },
+    /// The runner stopped.
+    RunFinished {
+        /// Why.
+        outcome: RunOutcome,
+    },
+}
+
+impl RunEvent {
+    /// Whether the event belongs in the journal (live-only events do not).
+    pub fn is_journaled(&self) -> bool {
+        !matches!(
+            self,
+            RunEvent::StepOutput { .. } | RunEvent::StepBlocked { .. } | RunEvent::RunInterrupting { .. }
+        )
+    }
+
+    /// The step the event is about, if any.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            RunEvent::StepStarted { step, .. }
+            | RunEvent::AttemptSpawned { step, .. }
+            | RunEvent::AttemptFailed { step, .. }
+            | RunEvent::AttemptInterrupted { step, .. }
+            | RunEvent::StepSucceeded { step, .. }
+            | RunEvent::StepFailed { step, .. }
+            | RunEvent::StepSkipped { step, .. }
+            | RunEvent::StepBlocked { step, .. }
+            | RunEvent::StepPaused { step, .. }
+            | RunEvent::StepApproved { step, .. }
+            | RunEvent::StepMarkedDone { step, .. }
+            | RunEvent::RerunRequested { step }
+            | RunEvent::StepOutput { step, .. } => Some(step),
+            RunEvent::LeftoverTerminated { step, .. } => step.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// An event with its format version and time, as written to the journal and
+/// by `--log-format json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// Format version (`1`).
+    pub v: u32,
+    /// RFC 3339 UTC time with milliseconds.
+    pub at: String,
+    /// The event.
+    #[serde(flatten)]
+    pub event: RunEvent,
+}
+
+impl Record {
+    /// Stamps an event with the current time.
+    pub fn now(event: RunEvent) -> Record {
+        Record {
+            v: FORMAT_VERSION,
+            at: now_rfc3339(),
+            event,
+        }
+    }
+}
+
+/// Current UTC time, RFC 3339 with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Receives every event of a run, in order.
+pub trait EventSink: Send + Sync {
+    /// Handles one event.
+    fn emit(&self, event: &RunEvent);
+}

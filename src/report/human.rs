@@ -1,0 +1,230 @@
+//! The terminal reporter: a line per step transition, and on a terminal a
+//! live status line (running steps, elapsed time, latest output) redrawn in
+//! place. Plain lines without colour when stdout is not a terminal or
+//! NO_COLOR is set. Write errors are ignored: a lost terminal must not stop
+//! the run.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::events::{EventSink, RunEvent, SuccessVia};
+use crate::model::fmt_duration;
+
+struct Live {
+    started: Instant,
+    running: BTreeMap<String, (Instant, Option<String>)>,
+    done: usize,
+    total: usize,
+    status_shown: bool,
+}
+
+/// Prints a run for people.
+pub struct Human {
+    live: Arc<Mutex<Live>>,
+    tty: bool,
+    color: bool,
+    logs: PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Human {
+    /// A reporter for a run of `total` steps whose logs are in `logs`.
+    pub fn new(total: usize, already_done: usize, logs: PathBuf) -> Human {
+        let tty = std::io::stdout().is_terminal();
+        let color = tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let live = Arc::new(Mutex::new(Live {
+            started: Instant::now(),
+            running: BTreeMap::new(),
+            done: already_done,
+            total,
+            status_shown: false,
+        }));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if tty {
+            let live = live.clone();
+            let stop = stop.clone();
+            let _ = std::thread::Builder::new().name("progress".into()).spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(500));
+                    if let Ok(mut live) = live.lock() {
+                        redraw(&mut live, color);
+                    }
+                }
+            });
+        }
+        Human {
+            live,
+            tty,
+            color,
+            logs,
+            stop,
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn line(&self, live: &mut Live, text: String) {
+        let mut out = std::io::stdout().lock();
+        if live.status_shown {
+            let _ = out.write_all(b"\r\x1b[2K");
+            live.status_shown = false;
+        }
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+        drop(out);
+        if self.tty {
+            redraw(live, self.color);
+        }
+    }
+
+    fn log_path(&self, step: &str) -> String {
+        self.logs.join(format!("{step}.log")).display().to_string()
+    }
+}
+
+impl Drop for Human {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut live) = self.live.lock()
+            && live.status_shown
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(b"\r\x1b[2K");
+            let _ = out.flush();
+            live.status_shown = false;
+        }
+    }
+}
+
+fn redraw(live: &mut Live, color: bool) {
+    let mut out = std::io::stdout().lock();
+    let mut text = format!(
+        "[{}/{}] {}",
+        live.done,
+        live.total,
+        fmt_duration(Duration::from_secs(live.started.elapsed().as_secs()))
+    );
+    if !live.running.is_empty() {
+        let names: Vec<String> = live
+            .running
+            .iter()
+            .take(4)
+            .map(|(id, (since, _))| format!("{id} {}", fmt_duration(Duration::from_secs(since.elapsed().as_secs()))))
+            .collect();
+        text.push_str(&format!("  running: {}", names.join(", ")));
+        if live.running.len() > 4 {
+            text.push_str(&format!(" +{}", live.running.len() - 4));
+        }
+        if let Some((_, (_, Some(last)))) = live.running.iter().rev().find(|(_, (_, l))| l.is_some()) {
+            text.push_str(&format!("  › {last}"));
+        }
+    }
+    let width = terminal_width();
+    let text: String = text.chars().take(width.saturating_sub(1)).collect();
+    let text = if color { format!("\x1b[2m{text}\x1b[0m") } else { text };
+    let _ = write!(out, "\r\x1b[2K{text}");
+    let _ = out.flush();
+    live.status_shown = true;
+}
+
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100)
+}
+
+impl EventSink for Human {
+    fn emit(&self, event: &RunEvent) {
+        let Ok(mut live) = self.live.lock() else { return };
+        let text = match event {
+            RunEvent::RunStarted { run_id, runbook, .. } => {
+                format!("Run {run_id}: {} {} ({} steps)", runbook.name, runbook.version, live.total)
+            }
+            RunEvent::RunResumed { changed_steps, .. } => {
+                let mut t = format!("Resuming ({} of {} steps done)", live.done, live.total);
+                if !changed_steps.is_empty() {
+                    t.push_str(&format!("; changed steps: {}", changed_steps.join(", ")));
+                }
+                t
+            }
+            RunEvent::StepStarted { step, attempt, command } => {
+                live.running.insert(step.clone(), (Instant::now(), None));
+                let attempt = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+                let command = command.as_deref().map(|c| format!("  $ {c}")).unwrap_or_default();
+                format!("{} {step}{attempt}{}", self.paint("36", "▶"), self.paint("2", &command))
+            }
+            RunEvent::StepOutput { step, line } => {
+                if let Some(entry) = live.running.get_mut(step) {
+                    entry.1 = Some(line.clone());
+                }
+                return;
+            }
+            RunEvent::AttemptFailed { step, attempt, error, retry_in_ms, .. } => format!(
+                "{} {step} attempt {attempt} failed: {error}; retrying in {}",
+                self.paint("33", "↻"),
+                fmt_duration(Duration::from_millis(*retry_in_ms))
+            ),
+            RunEvent::StepSucceeded { step, via, duration_ms, .. } => {
+                live.running.remove(step);
+                live.done += 1;
+                match via {
+                    SuccessVia::Run => format!(
+                        "{} {step}  {}",
+                        self.paint("32", "✓"),
+                        fmt_duration(Duration::from_millis(*duration_ms))
+                    ),
+                    SuccessVia::DoneIf => format!("{} {step}  already done (done_if holds)", self.paint("32", "✓")),
+                    SuccessVia::Approval => format!("{} {step}  approved", self.paint("32", "✓")),
+                    SuccessVia::MarkedDone => format!("{} {step}  marked done", self.paint("32", "✓")),
+                }
+            }
+            RunEvent::StepFailed { step, error, attempt, .. } => {
+                live.running.remove(step);
+                format!(
+                    "{} {step} failed after {attempt} attempt{}: {error}\n    log: {}",
+                    self.paint("31", "✗"),
+                    if *attempt == 1 { "" } else { "s" },
+                    self.log_path(step)
+                )
+            }
+            RunEvent::StepSkipped { step, reason } => {
+                live.done += 1;
+                format!("{} {step}  skipped: {reason}", self.paint("2", "○"))
+            }
+            RunEvent::StepBlocked { step, because } => {
+                format!("{} {step}  not run: `{because}` did not succeed", self.paint("2", "⊘"))
+            }
+            RunEvent::StepPaused { step, message } => format!(
+                "{} {step}  paused{}",
+                self.paint("35", "⏸"),
+                message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+            ),
+            RunEvent::AttemptInterrupted { step, .. } => {
+                live.running.remove(step);
+                format!("{} {step}  terminated", self.paint("31", "■"))
+            }
+            RunEvent::LeftoverTerminated { step, pids } => format!(
+                "Terminated {} leftover process{} of the earlier runner{}",
+                pids.len(),
+                if pids.len() == 1 { "" } else { "es" },
+                step.as_deref().map(|s| format!(" (step {s})")).unwrap_or_default()
+            ),
+            RunEvent::RunInterrupting { level: 1 } => {
+                "Interrupt: starting no new steps; waiting for running steps to finish (Ctrl-C again to terminate them)".into()
+            }
+            RunEvent::RunInterrupting { .. } => "Interrupt: terminating running steps".into(),
+            RunEvent::StepApproved { step, by } => format!("Approved {step} (by {by})"),
+            RunEvent::StepMarkedDone { step, reason, .. } => format!("Marked {step} done: {reason}"),
+            RunEvent::RerunRequested { step } => format!("{step} will run again"),
+            RunEvent::AttemptSpawned { .. } | RunEvent::RunFinished { .. } => return,
+        };
+        self.line(&mut live, text);
+    }
+}

@@ -1,0 +1,272 @@
+//! Where runs live: the state directory, one directory per run, run ids,
+//! private file creation (0600) and the per-run lock.
+//!
+//! Layout:
+//! ```text
+//! <state-dir>/runs/<run-id>/
+//!     journal.jsonl      append-only event log (the run's state is its fold)
+//!     runbook.yaml       exact copy of the runbook file as run
+//!     params.json        non-secret param values
+//!     lock               flock'ed by the process running the run; holds its pid
+//!     logs/<step>.log    output of each step, all attempts
+//!     outputs/<step>.<attempt>.env   $RUNBOOK_OUTPUT files
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Errors about the state directory and run directories.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// No state directory could be determined.
+    #[error("no state directory: set --state-dir, RUNBOOK_STATE_DIR, XDG_STATE_HOME or HOME")]
+    NoStateDir,
+    /// An I/O error on a path.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Another process holds the run.
+    #[error("run {run_id} is in use by another runbook process (pid {pid}); wait for it to finish or stop it first")]
+    Locked {
+        /// The run.
+        run_id: String,
+        /// The holder's pid, as written in the lock file.
+        pid: String,
+    },
+    /// No such run.
+    #[error("no run `{run_id}` in {dir}")]
+    UnknownRun {
+        /// The id asked for.
+        run_id: String,
+        /// Where runs were looked for.
+        dir: PathBuf,
+    },
+    /// No runs at all.
+    #[error("no runs in {0}")]
+    NoRuns(PathBuf),
+}
+
+/// Wraps an I/O error with what was done to which path.
+pub fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The state directory: `--state-dir`, else `RUNBOOK_STATE_DIR` (both
+/// arrive through clap), else `$XDG_STATE_HOME/runbook`, else
+/// `~/.local/state/runbook`.
+pub fn state_dir(explicit: Option<&Path>) -> Result<PathBuf, StateError> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_owned());
+    }
+    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("runbook"));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/state/runbook")),
+        None => Err(StateError::NoStateDir),
+    }
+}
+
+/// Creates a directory (and parents) readable only by the owner.
+pub fn create_private_dir(path: &Path) -> Result<(), StateError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io_err("cannot create directory", path))
+}
+
+/// Opens a file for appending, creating it 0600.
+pub fn open_private_append(path: &Path) -> Result<File, StateError> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("cannot open", path))
+}
+
+/// Writes a whole file atomically (temp file, fsync, rename), 0600.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let tmp = path.with_extension("tmp");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("cannot create", &tmp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err("cannot write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("cannot rename into", path))
+}
+
+/// A new run id: UTC time, runbook name, 4 random hex digits, e.g.
+/// `20261121T081500Z-local-backup-3f9a`. Sorts by start time.
+pub fn new_run_id(runbook_name: &str) -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let stamp: String = now.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let name: String = runbook_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .take(48)
+        .collect();
+    format!("{stamp}-{name}-{:04x}", random_u16())
+}
+
+fn random_u16() -> u16 {
+    let mut bytes = [0u8; 2];
+    if File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        return (nanos ^ std::process::id()) as u16;
+    }
+    u16::from_le_bytes(bytes)
+}
+
+/// Paths of one run.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    /// The run id.
+    pub id: String,
+    /// `<state>/runs/<id>`.
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// The run `id` under `state`.
+    pub fn new(state: &Path, id: &str) -> RunDir {
+        RunDir {
+            id: id.to_owned(),
+            path: state.join("runs").join(id),
+        }
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> PathBuf {
+        self.path.join("journal.jsonl")
+    }
+
+    /// The copy of the runbook.
+    pub fn runbook_copy(&self) -> PathBuf {
+        self.path.join("runbook.yaml")
+    }
+
+    /// Non-secret params.
+    pub fn params(&self) -> PathBuf {
+        self.path.join("params.json")
+    }
+
+    /// Log of a step.
+    pub fn log(&self, step: &str) -> PathBuf {
+        self.path.join("logs").join(format!("{step}.log"))
+    }
+
+    /// `$RUNBOOK_OUTPUT` of one attempt.
+    pub fn output_file(&self, step: &str, attempt: u32) -> PathBuf {
+        self.path.join("outputs").join(format!("{step}.{attempt}.env"))
+    }
+
+    /// Creates the directory tree of a new run.
+    pub fn create(&self) -> Result<(), StateError> {
+        create_private_dir(&self.path.join("logs"))?;
+        create_private_dir(&self.path.join("outputs"))
+    }
+
+    /// Takes the run's lock, or fails at once naming the holder's pid.
+    pub fn lock(&self) -> Result<RunLock, StateError> {
+        let path = self.path.join("lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("cannot open", &path))?;
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(StateError::Locked {
+                    run_id: self.id.clone(),
+                    pid: if pid.trim().is_empty() { "unknown".into() } else { pid.trim().to_owned() },
+                });
+            }
+            return Err(StateError::Io {
+                action: "cannot lock",
+                path,
+                source: err,
+            });
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .and_then(|()| file.sync_data())
+            .map_err(io_err("cannot write", &path))?;
+        Ok(RunLock { _file: file })
+    }
+}
+
+/// Held while a process runs or changes a run; released on drop (and by
+/// the kernel if the process dies).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+/// Ids of all runs in the state dir, oldest first.
+pub fn list_runs(state: &Path) -> Result<Vec<String>, StateError> {
+    let dir = state.join("runs");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StateError::Io {
+            action: "cannot list",
+            path: dir,
+            source: e,
+        }),
+    };
+    let mut ids: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("journal.jsonl").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// The run with `id`, checking it exists.
+pub fn find_run(state: &Path, id: &str) -> Result<RunDir, StateError> {
+    let run = RunDir::new(state, id);
+    if id.contains('/') || !run.journal().exists() {
+        return Err(StateError::UnknownRun {
+            run_id: id.to_owned(),
+            dir: state.join("runs"),
+        });
+    }
+    Ok(run)
+}
