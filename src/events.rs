@@ -86,7 +86,10 @@ pub enum RunEvent {
         /// The runbook as now used (digest may differ with --allow-changed).
         runbook: RunbookRef,
     },
-    /// An attempt of a step is about to start.
+    /// An attempt of a step started. For idempotent steps this is written
+    /// once the process exists and carries its process group; a step with
+    /// `idempotent: false` is written (and fsynced) before its process is
+    /// created, and `attempt_spawned` follows with the group.
     StepStarted {
         /// Step id.
         step: String,
@@ -95,6 +98,9 @@ pub enum RunEvent {
         /// The command as shown to people (secrets masked).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         command: Option<String>,
+        /// Process group of the attempt, when already known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pgid: Option<i32>,
     },
     /// The attempt's process exists.
     AttemptSpawned {
@@ -231,7 +237,9 @@ impl RunEvent {
     pub fn is_journaled(&self) -> bool {
         !matches!(
             self,
-            RunEvent::StepOutput { .. } | RunEvent::StepBlocked { .. } | RunEvent::RunInterrupting { .. }
+            RunEvent::StepOutput { .. }
+                | RunEvent::StepBlocked { .. }
+                | RunEvent::RunInterrupting { .. }
         )
     }
 

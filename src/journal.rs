@@ -19,7 +19,7 @@ use indexmap::IndexMap;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::events::{Record, RunEvent, RunOutcome, RunbookRef, SuccessVia, FORMAT_VERSION};
+use crate::events::{FORMAT_VERSION, Record, RunEvent, RunOutcome, RunbookRef, SuccessVia};
 use crate::state::{StateError, open_private_append};
 
 /// Problems reading a journal.
@@ -44,7 +44,9 @@ pub enum JournalError {
         detail: String,
     },
     /// Written by a newer runbook.
-    #[error("journal {path} line {line} has format version {version}; this runbook reads version {FORMAT_VERSION}")]
+    #[error(
+        "journal {path} line {line} has format version {version}; this runbook reads version {FORMAT_VERSION}"
+    )]
     Version {
         /// The journal.
         path: PathBuf,
@@ -109,7 +111,11 @@ pub fn read(path: &Path) -> Result<ReadJournal, JournalError> {
         }
         offset += n as u64;
         let complete = line.last() == Some(&b'\n');
-        let body = if complete { &line[..line.len() - 1] } else { &line[..] };
+        let body = if complete {
+            &line[..line.len() - 1]
+        } else {
+            &line[..]
+        };
         if body.iter().all(u8::is_ascii_whitespace) {
             if complete {
                 valid_len = offset;
@@ -176,8 +182,10 @@ impl JournalWriter {
         if let Some(len) = valid_len
             && file.metadata().map(|m| m.len() != len).unwrap_or(false)
         {
-            file.set_len(len)
-                .map_err(crate::state::io_err("cannot truncate the torn tail of", path))?;
+            file.set_len(len).map_err(crate::state::io_err(
+                "cannot truncate the torn tail of",
+                path,
+            ))?;
         }
         let (sender, receiver) = mpsc::channel::<Message>();
         let failed = Arc::new(Mutex::new(None));
@@ -185,7 +193,10 @@ impl JournalWriter {
         let thread = std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || writer_loop(file, receiver, failed_in_thread))
-            .map_err(crate::state::io_err("cannot start the journal writer for", path))?;
+            .map_err(crate::state::io_err(
+                "cannot start the journal writer for",
+                path,
+            ))?;
         Ok(JournalWriter {
             sender,
             failed,
@@ -217,7 +228,9 @@ impl JournalWriter {
         match self.flush().blocking_recv() {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(JournalError::Write(e)),
-            Err(_) => Err(JournalError::Write(self.error().unwrap_or_else(|| "writer stopped".into()))),
+            Err(_) => Err(JournalError::Write(
+                self.error().unwrap_or_else(|| "writer stopped".into()),
+            )),
         }
     }
 
@@ -244,7 +257,11 @@ fn encode(event: &RunEvent) -> Vec<u8> {
     line
 }
 
-fn writer_loop(mut file: File, receiver: mpsc::Receiver<Message>, failed: Arc<Mutex<Option<String>>>) {
+fn writer_loop(
+    mut file: File,
+    receiver: mpsc::Receiver<Message>,
+    failed: Arc<Mutex<Option<String>>>,
+) {
     let mut buffer = Vec::with_capacity(1 << 14);
     let mut acks: Vec<Ack> = Vec::new();
     while let Ok(first) = receiver.recv() {
@@ -441,7 +458,10 @@ impl RunState {
         };
         for record in &records[1..] {
             state.updated_at.clone_from(&record.at);
-            let step = record.event.step().map(|s| steps.entry(s.to_owned()).or_default());
+            let step = record
+                .event
+                .step()
+                .map(|s| steps.entry(s.to_owned()).or_default());
             match (&record.event, step) {
                 (RunEvent::RunResumed { runbook, .. }, _) => {
                     state.resumes += 1;
@@ -449,20 +469,39 @@ impl RunState {
                     state.runbook = runbook.clone();
                 }
                 (RunEvent::RunFinished { outcome }, _) => state.outcome = Some(*outcome),
-                (RunEvent::StepStarted { attempt, .. }, Some(s)) => {
+                (RunEvent::StepStarted { attempt, pgid, .. }, Some(s)) => {
+                    s.pgids.extend(pgid);
                     s.status = StepStatus::Running;
                     s.attempts = s.attempts.max(*attempt);
                     s.started_at = Some(record.at.clone());
                     s.error = None;
                 }
                 (RunEvent::AttemptSpawned { pgid, .. }, Some(s)) => s.pgids.push(*pgid),
-                (RunEvent::AttemptFailed { error, exit_code, duration_ms, .. }, Some(s)) => {
+                (
+                    RunEvent::AttemptFailed {
+                        error,
+                        exit_code,
+                        duration_ms,
+                        ..
+                    },
+                    Some(s),
+                ) => {
                     s.error = Some(error.clone());
                     s.exit_code = *exit_code;
                     s.duration_ms = Some(*duration_ms);
                 }
-                (RunEvent::AttemptInterrupted { .. }, Some(s)) => s.status = StepStatus::Interrupted,
-                (RunEvent::StepSucceeded { via, duration_ms, outputs, .. }, Some(s)) => {
+                (RunEvent::AttemptInterrupted { .. }, Some(s)) => {
+                    s.status = StepStatus::Interrupted
+                }
+                (
+                    RunEvent::StepSucceeded {
+                        via,
+                        duration_ms,
+                        outputs,
+                        ..
+                    },
+                    Some(s),
+                ) => {
                     s.status = StepStatus::Succeeded;
                     s.via = Some(*via);
                     if *via == SuccessVia::Run {
@@ -472,7 +511,15 @@ impl RunState {
                     s.outputs = outputs.clone();
                     s.error = None;
                 }
-                (RunEvent::StepFailed { error, exit_code, duration_ms, .. }, Some(s)) => {
+                (
+                    RunEvent::StepFailed {
+                        error,
+                        exit_code,
+                        duration_ms,
+                        ..
+                    },
+                    Some(s),
+                ) => {
                     s.status = StepStatus::Failed;
                     s.error = Some(error.clone());
                     s.exit_code = *exit_code;
@@ -498,7 +545,9 @@ impl RunState {
                     s.status = StepStatus::Pending;
                     s.via = None;
                 }
-                (RunEvent::LeftoverTerminated { pids, .. }, _) => state.leftovers_terminated += pids.len(),
+                (RunEvent::LeftoverTerminated { pids, .. }, _) => {
+                    state.leftovers_terminated += pids.len()
+                }
                 _ => {}
             }
         }
@@ -572,6 +621,7 @@ mod tests {
             step: "a".into(),
             attempt: 1,
             command: None,
+            pgid: Some(42),
         });
         writer.close().unwrap();
         let good = std::fs::read(&path).unwrap();

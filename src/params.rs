@@ -251,8 +251,13 @@ impl ParamValues {
             if resolved.secret {
                 continue;
             }
-            let explicit = matches!(resolved.source, ParamSource::CommandLine | ParamSource::ParamsFile);
-            let recorded_value = recorded.get(name).and_then(|v| ParamValue::from_json(resolved.value_kind(), v).ok());
+            let explicit = matches!(
+                resolved.source,
+                ParamSource::CommandLine | ParamSource::ParamsFile
+            );
+            let recorded_value = recorded
+                .get(name)
+                .and_then(|v| ParamValue::from_json(resolved.value_kind(), v).ok());
             match recorded_value {
                 Some(old) if explicit && old != resolved.value => problems.push(
                     Problem::new(

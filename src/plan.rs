@@ -157,7 +157,7 @@ impl Plan {
             for index in wave {
                 let step = &runbook.steps[index];
                 let mut render = |text: &str| -> Option<String> {
-                    match context.render(&env, text) {
+                    match context.render(env, text) {
                         Ok(s) => Some(s),
                         Err(e) => {
                             problems.push(render_problem(&step.id, &e));
@@ -169,7 +169,7 @@ impl Plan {
                 let done_if = step.done_if.as_deref().and_then(&mut render);
                 let when = step.when.as_ref().map(|expr| {
                     let runtime =
-                        template::analyze_expression(&env, expr).map_or(true, |(_, _, refs)| {
+                        template::analyze_expression(env, expr).map_or(true, |(_, _, refs)| {
                             refs.iter().any(|r| match &r.reference {
                                 Reference::Param(name) => secret_names.contains(&name.as_str()),
                                 _ => true,
@@ -178,7 +178,7 @@ impl Plan {
                     let value = if runtime {
                         None
                     } else {
-                        match context.evaluate(&env, expr) {
+                        match context.evaluate(env, expr) {
                             Ok(v) => Some(v),
                             Err(e) => {
                                 problems.push(render_problem(&step.id, &e));

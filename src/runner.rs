@@ -95,7 +95,11 @@ fn runbook_ref(runbook: &Runbook, file: &Path) -> RunbookRef {
 }
 
 fn step_digests(runbook: &Runbook) -> IndexMap<String, String> {
-    runbook.steps.iter().map(|s| (s.id.clone(), s.digest.clone())).collect()
+    runbook
+        .steps
+        .iter()
+        .map(|s| (s.id.clone(), s.digest.clone()))
+        .collect()
 }
 
 /// Refuses runbooks with actions this version cannot execute.
@@ -114,13 +118,19 @@ fn check_supported(runbook: &Runbook) -> Result<(), RunError> {
             "this version of runbook runs `run` and `pause` steps only; these steps use Kubernetes actions: {}",
             unsupported.join(", ")
         ),
-        help: "review it with `runbook plan` meanwhile; Kubernetes actions run in a later version".into(),
+        help: "review it with `runbook plan` meanwhile; Kubernetes actions run in a later version"
+            .into(),
     })
 }
 
 /// Checks a saved plan against the runbook and params as they are now;
 /// refuses, naming every difference, when they drifted.
-pub fn check_plan(saved: &Plan, runbook: &Runbook, source: &SourceFile, params: &ParamValues) -> Result<(), RunError> {
+pub fn check_plan(
+    saved: &Plan,
+    runbook: &Runbook,
+    source: &SourceFile,
+    params: &ParamValues,
+) -> Result<(), RunError> {
     let mut changes = Vec::new();
     if saved.runbook.digest != runbook.digest {
         changes.push(format!(
@@ -139,7 +149,10 @@ pub fn check_plan(saved: &Plan, runbook: &Runbook, source: &SourceFile, params: 
         let now = params.masked();
         for p in &saved.params {
             match now.get(&p.name) {
-                Some(v) if *v != p.value => changes.push(format!("param `{}`: reviewed {}, now {}", p.name, p.value, v)),
+                Some(v) if *v != p.value => changes.push(format!(
+                    "param `{}`: reviewed {}, now {}",
+                    p.name, p.value, v
+                )),
                 None => changes.push(format!("param `{}` no longer exists", p.name)),
                 _ => {}
             }
@@ -205,14 +218,21 @@ pub fn start(
     let masked = params.masked();
     state::write_private(
         &run_dir.params(),
-        serde_json::to_string_pretty(&masked).unwrap_or_default().as_bytes(),
+        serde_json::to_string_pretty(&masked)
+            .unwrap_or_default()
+            .as_bytes(),
     )?;
     let journal = JournalWriter::open(&run_dir.journal(), None)?;
     let opening = RunEvent::RunStarted {
         run_id: run_id.clone(),
         runbook: runbook_ref(&runbook, file),
         params: masked,
-        secret_params: params.values.iter().filter(|(_, r)| r.secret).map(|(k, _)| k.clone()).collect(),
+        secret_params: params
+            .values
+            .iter()
+            .filter(|(_, r)| r.secret)
+            .map(|(k, _)| k.clone())
+            .collect(),
         step_digests: step_digests(&runbook),
         jobs: options.jobs,
         fail_fast: options.fail_fast,
@@ -273,7 +293,10 @@ pub fn latest_unfinished(state_dir: &Path) -> Result<String, RunError> {
         return Err(StateError::NoRuns(state_dir.join("runs")).into());
     }
     Err(RunError::Refused {
-        message: format!("every run in {} has succeeded; there is nothing to resume", state_dir.join("runs").display()),
+        message: format!(
+            "every run in {} has succeeded; there is nothing to resume",
+            state_dir.join("runs").display()
+        ),
         help: "`runbook runs` lists them; `runbook run FILE` starts a new one".into(),
     })
 }
@@ -345,16 +368,26 @@ fn runbook_for_resume(
 }
 
 fn check_step(runbook: &Runbook, id: &str, flag: &str) -> Result<usize, RunError> {
-    runbook.steps.iter().position(|s| s.id == id).ok_or_else(|| {
-        let hint = did_you_mean(id, runbook.steps.iter().map(|s| s.id.as_str()))
-            .map(|b| format!("did you mean `{b}`?"))
-            .unwrap_or_else(|| "`runbook status RUN_ID` lists the steps".into());
-        RunError::Invalid(vec![{
-            let mut r = Report::new(flag.to_owned(), None);
-            r.problems.push(Problem::new("resume::unknown-step", format!("{flag} {id}: no such step in this runbook")).help(hint));
-            r
-        }])
-    })
+    runbook
+        .steps
+        .iter()
+        .position(|s| s.id == id)
+        .ok_or_else(|| {
+            let hint = did_you_mean(id, runbook.steps.iter().map(|s| s.id.as_str()))
+                .map(|b| format!("did you mean `{b}`?"))
+                .unwrap_or_else(|| "`runbook status RUN_ID` lists the steps".into());
+            RunError::Invalid(vec![{
+                let mut r = Report::new(flag.to_owned(), None);
+                r.problems.push(
+                    Problem::new(
+                        "resume::unknown-step",
+                        format!("{flag} {id}: no such step in this runbook"),
+                    )
+                    .help(hint),
+                );
+                r
+            }])
+        })
 }
 
 /// Prepares a resume: lock, fold, drift, operator decisions, leftovers,
@@ -367,7 +400,8 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     let run_dir = state::find_run(&options.state_dir, &run_id)?;
     let lock = run_dir.lock()?;
     let (mut run_state, read) = journal::load_state(&run_dir.journal())?;
-    let (runbook, _source, path, changed) = runbook_for_resume(&run_dir, &run_state, request.allow_changed)?;
+    let (runbook, _source, path, changed) =
+        runbook_for_resume(&run_dir, &run_state, request.allow_changed)?;
     check_supported(&runbook)?;
     let params = ParamValues::for_resume(&runbook.params, &run_state.params, &request.params)?;
 
@@ -395,7 +429,10 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     let by = user();
     let mut emitted = Vec::new();
     for id in &request.approve {
-        emitted.push(RunEvent::StepApproved { step: id.clone(), by: by.clone() });
+        emitted.push(RunEvent::StepApproved {
+            step: id.clone(),
+            by: by.clone(),
+        });
     }
     for id in &request.mark_done {
         emitted.push(RunEvent::StepMarkedDone {
@@ -410,7 +447,10 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     for event in &emitted {
         journal.append(event);
     }
-    let mut records: Vec<crate::events::Record> = emitted.into_iter().map(crate::events::Record::now).collect();
+    let mut records: Vec<crate::events::Record> = emitted
+        .into_iter()
+        .map(crate::events::Record::now)
+        .collect();
     let mut all = read.records;
     all.append(&mut records);
     run_state = RunState::fold(&run_dir.journal(), &all)?;
@@ -437,7 +477,8 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     let env = template::environment();
     let mut initial = Vec::with_capacity(runbook.steps.len());
     let mut undecided = Vec::new();
-    let mut done_outputs: std::collections::HashMap<String, IndexMap<String, String>> = Default::default();
+    let mut done_outputs: std::collections::HashMap<String, IndexMap<String, String>> =
+        Default::default();
     for (id, s) in &run_state.steps {
         if s.status == StepStatus::Succeeded && !s.outputs.is_empty() {
             done_outputs.insert(id.clone(), s.outputs.clone());
@@ -450,12 +491,18 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         let attempts = state.map_or(0, |s| s.attempts);
         let status = state.map_or(StepStatus::Pending, |s| s.status);
         let init = match status {
-            StepStatus::Succeeded => Initial::Done(state.map(|s| s.outputs.clone()).unwrap_or_default()),
+            StepStatus::Succeeded => {
+                Initial::Done(state.map(|s| s.outputs.clone()).unwrap_or_default())
+            }
             StepStatus::Skipped => Initial::Skipped,
             StepStatus::Running | StepStatus::Interrupted => {
                 if let Some(check) = &step.done_if {
-                    let ctx = Context::new(&params.template_values(false), Outputs::Known(done_outputs.clone()), &facts);
-                    let held = match ctx.render(&env, check) {
+                    let ctx = Context::new(
+                        &params.template_values(false),
+                        Outputs::Known(done_outputs.clone()),
+                        &facts,
+                    );
+                    let held = match ctx.render(env, check) {
                         Ok(script) => run_check(&script, &run_dir, &step.id).await,
                         Err(_) => false,
                     };
@@ -469,19 +516,29 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                         });
                         Initial::Done(IndexMap::new())
                     } else if step.idempotent {
-                        Initial::Pending { next_attempt: attempts + 1 }
+                        Initial::Pending {
+                            next_attempt: attempts + 1,
+                        }
                     } else {
                         undecided.push(step.id.clone());
-                        Initial::Pending { next_attempt: attempts + 1 }
+                        Initial::Pending {
+                            next_attempt: attempts + 1,
+                        }
                     }
                 } else if step.idempotent {
-                    Initial::Pending { next_attempt: attempts + 1 }
+                    Initial::Pending {
+                        next_attempt: attempts + 1,
+                    }
                 } else {
                     undecided.push(step.id.clone());
-                    Initial::Pending { next_attempt: attempts + 1 }
+                    Initial::Pending {
+                        next_attempt: attempts + 1,
+                    }
                 }
             }
-            _ => Initial::Pending { next_attempt: attempts + 1 },
+            _ => Initial::Pending {
+                next_attempt: attempts + 1,
+            },
         };
         if matches!(init, Initial::Done(_) | Initial::Skipped) {
             already_done += 1;
@@ -490,7 +547,11 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     }
     if !undecided.is_empty() {
         let _ = journal.flush().await;
-        let list = undecided.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+        let list = undecided
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let first = &undecided[0];
         return Err(RunError::Refused {
             message: format!(
@@ -530,9 +591,14 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
 async fn run_check(script: &str, run_dir: &RunDir, step: &str) -> bool {
     let env = vec![("RUNBOOK_STEP".to_owned(), step.to_owned())];
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let log = Arc::new(std::sync::Mutex::new(engine::process::StepLog::new(run_dir.log(step))));
+    let log = Arc::new(std::sync::Mutex::new(engine::process::StepLog::new(
+        run_dir.log(step),
+    )));
     if let Ok(mut f) = log.lock() {
-        let _ = f.note(&format!("--- runbook: done_if check of {step} at {}", crate::events::now_rfc3339()));
+        let _ = f.note(&format!(
+            "--- runbook: done_if check of {step} at {}",
+            crate::events::now_rfc3339()
+        ));
     }
     let Ok(mut child) = engine::process::spawn_shell(script, &env, &cwd) else {
         return false;
@@ -553,13 +619,24 @@ async fn run_check(script: &str, run_dir: &RunDir, step: &str) -> bool {
     let (status, (), ()) = tokio::join!(child.wait(), pump_out, pump_err);
     let held = matches!(status, Ok(s) if s.success());
     if let Ok(mut f) = log.lock() {
-        let _ = f.note(&format!("--- runbook: done_if {}", if held { "holds: the step already took effect" } else { "does not hold" }));
+        let _ = f.note(&format!(
+            "--- runbook: done_if {}",
+            if held {
+                "holds: the step already took effect"
+            } else {
+                "does not hold"
+            }
+        ));
     }
     held
 }
 
 /// Runs a prepared run to its end with the given reporters.
-pub async fn execute(prepared: Prepared, options: &ExecOptions, reporters: Vec<Box<dyn crate::events::EventSink>>) -> (RunOutcome, Arc<RunContext>) {
+pub async fn execute(
+    prepared: Prepared,
+    options: &ExecOptions,
+    reporters: Vec<Box<dyn crate::events::EventSink>>,
+) -> (RunOutcome, Arc<RunContext>) {
     let Prepared {
         ctx,
         initial,

@@ -37,7 +37,9 @@ pub enum StateError {
         source: io::Error,
     },
     /// Another process holds the run.
-    #[error("run {run_id} is in use by another runbook process (pid {pid}); wait for it to finish or stop it first")]
+    #[error(
+        "run {run_id} is in use by another runbook process (pid {pid}); wait for it to finish or stop it first"
+    )]
     Locked {
         /// The run.
         run_id: String,
@@ -58,7 +60,10 @@ pub enum StateError {
 }
 
 /// Wraps an I/O error with what was done to which path.
-pub fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+pub fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StateError + 'a {
     move |source| StateError::Io {
         action,
         path: path.to_owned(),
@@ -124,7 +129,13 @@ pub fn new_run_id(runbook_name: &str) -> String {
     let stamp: String = now.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let name: String = runbook_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(48)
         .collect();
     format!("{stamp}-{name}-{:04x}", random_u16())
@@ -184,7 +195,9 @@ impl RunDir {
 
     /// `$RUNBOOK_OUTPUT` of one attempt.
     pub fn output_file(&self, step: &str, attempt: u32) -> PathBuf {
-        self.path.join("outputs").join(format!("{step}.{attempt}.env"))
+        self.path
+            .join("outputs")
+            .join(format!("{step}.{attempt}.env"))
     }
 
     /// Creates the directory tree of a new run.
@@ -213,7 +226,11 @@ impl RunDir {
                 let _ = file.read_to_string(&mut pid);
                 return Err(StateError::Locked {
                     run_id: self.id.clone(),
-                    pid: if pid.trim().is_empty() { "unknown".into() } else { pid.trim().to_owned() },
+                    pid: if pid.trim().is_empty() {
+                        "unknown".into()
+                    } else {
+                        pid.trim().to_owned()
+                    },
                 });
             }
             return Err(StateError::Io {
@@ -238,25 +255,48 @@ pub struct RunLock {
     _file: File,
 }
 
-/// Ids of all runs in the state dir, oldest first.
+/// Ids of all runs in the state dir, oldest first (by the time in the first
+/// journal record; ids sort by second only).
 pub fn list_runs(state: &Path) -> Result<Vec<String>, StateError> {
     let dir = state.join("runs");
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StateError::Io {
-            action: "cannot list",
-            path: dir,
-            source: e,
-        }),
+        Err(e) => {
+            return Err(StateError::Io {
+                action: "cannot list",
+                path: dir,
+                source: e,
+            });
+        }
     };
-    let mut ids: Vec<String> = entries
+    let mut runs: Vec<(String, String)> = entries
         .filter_map(Result::ok)
-        .filter(|e| e.path().join("journal.jsonl").exists())
-        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|e| {
+            let id = e.file_name().into_string().ok()?;
+            let started = first_record_time(&e.path().join("journal.jsonl"))?;
+            Some((started, id))
+        })
         .collect();
-    ids.sort();
-    Ok(ids)
+    runs.sort();
+    Ok(runs.into_iter().map(|(_, id)| id).collect())
+}
+
+/// The `at` of a journal's first record, read without loading the journal.
+fn first_record_time(journal: &Path) -> Option<String> {
+    use std::io::BufRead;
+    let file = File::open(journal).ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(file).read_line(&mut line).ok()?;
+    #[derive(serde::Deserialize)]
+    struct At {
+        at: String,
+    }
+    Some(
+        serde_json::from_str::<At>(&line)
+            .map(|a| a.at)
+            .unwrap_or_default(),
+    )
 }
 
 /// The run with `id`, checking it exists.

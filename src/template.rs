@@ -23,8 +23,13 @@ pub fn is_template(text: &str) -> bool {
     text.contains("{{") || text.contains("{%") || text.contains("{#")
 }
 
-/// The shared template environment.
-pub fn environment() -> Environment<'static> {
+/// The shared template environment (built once).
+pub fn environment() -> &'static Environment<'static> {
+    static ENV: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    ENV.get_or_init(build_environment)
+}
+
+fn build_environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
@@ -418,7 +423,7 @@ mod tests {
     use super::*;
 
     fn refs(text: &str) -> Vec<Reference> {
-        analyze(&environment(), text)
+        analyze(environment(), text)
             .unwrap()
             .into_iter()
             .map(|l| l.reference)
@@ -473,7 +478,7 @@ mod tests {
         );
         let out = ctx
             .render(
-                &environment(),
+                environment(),
                 "n={{ steps['scale-down'].outputs.previous_replicas }}",
             )
             .unwrap();

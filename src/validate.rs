@@ -108,7 +108,7 @@ struct OutputUse {
 struct Checker<'a> {
     problems: &'a mut Vec<Problem>,
     source: std::sync::Arc<str>,
-    env: minijinja::Environment<'static>,
+    env: &'static minijinja::Environment<'static>,
 }
 
 impl Checker<'_> {
@@ -654,7 +654,7 @@ impl Checker<'_> {
         let mut when = None;
         if let Some(text) = &raw.when {
             let when_node = field("when");
-            match template::analyze_expression(&self.env, text) {
+            match template::analyze_expression(self.env, text) {
                 Ok((expr, _, refs)) => {
                     when = Some(expr.trim().to_owned());
                     self.references(&refs, text, when_node, &raw.id, &ctx, output_uses);
@@ -731,7 +731,7 @@ impl Checker<'_> {
         if !template::is_template(text) {
             return;
         }
-        match template::analyze(&self.env, text) {
+        match template::analyze(self.env, text) {
             Ok(refs) => self.references(&refs, text, node, step, ctx, uses),
             Err(e) => {
                 let span = locate_in_node(&self.source, node, text, e.range.clone());

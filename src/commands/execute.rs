@@ -114,8 +114,16 @@ pub fn run(
         Ok(p) => p,
         Err(e) => return report_error(e, style),
     };
-    let Ok(rt) = runtime() else { return exit::RUNTIME };
-    finish(rt, prepared, &options, exec.log_format, exec.state_dir.is_some())
+    let Ok(rt) = runtime() else {
+        return exit::RUNTIME;
+    };
+    finish(
+        rt,
+        prepared,
+        &options,
+        exec.log_format,
+        exec.state_dir.is_some(),
+    )
 }
 
 fn read_plan(path: &Path) -> Result<Plan, u8> {
@@ -148,12 +156,20 @@ pub fn resume(request: ResumeRequest, exec: &ExecArgs, fail_fast: bool, style: S
         Ok(o) => o,
         Err(code) => return code,
     };
-    let Ok(rt) = runtime() else { return exit::RUNTIME };
+    let Ok(rt) = runtime() else {
+        return exit::RUNTIME;
+    };
     let prepared = match rt.block_on(runner::resume(&request, &options)) {
         Ok(p) => p,
         Err(e) => return report_error(e, style),
     };
-    finish(rt, prepared, &options, exec.log_format, exec.state_dir.is_some())
+    finish(
+        rt,
+        prepared,
+        &options,
+        exec.log_format,
+        exec.state_dir.is_some(),
+    )
 }
 
 fn finish(
@@ -204,7 +220,11 @@ fn finish(
         RunOutcome::Succeeded => format!("Run {run_id} succeeded."),
         RunOutcome::Failed => format!(
             "Run {run_id} failed: {}.\n  Logs: {}\n  After fixing the cause, continue with: runbook resume {run_id}{state_flag}",
-            if failed.is_empty() { "see the log".to_owned() } else { failed.join(", ") },
+            if failed.is_empty() {
+                "see the log".to_owned()
+            } else {
+                failed.join(", ")
+            },
             ctx.run_dir.path.join("logs").display()
         ),
         RunOutcome::Paused => {
@@ -236,12 +256,17 @@ pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
         let run = state::find_run(&state_dir, run_id).map_err(|e| e.to_string())?;
         let _lock = run.lock().map_err(|e| e.to_string())?;
         let (run_state, read) = journal::load_state(&run.journal()).map_err(|e| e.to_string())?;
-        let (runbook, _) = validate::load_file(&run.runbook_copy())
-            .map_err(|r| format!("cannot read the run's runbook copy: {}", r.render(Style::Plain)))?;
+        let (runbook, _) = validate::load_file(&run.runbook_copy()).map_err(|r| {
+            format!(
+                "cannot read the run's runbook copy: {}",
+                r.render(Style::Plain)
+            )
+        })?;
         let Some(found) = runbook.steps.iter().find(|s| s.id == step) else {
-            let hint = crate::diagnostic::did_you_mean(step, runbook.steps.iter().map(|s| s.id.as_str()))
-                .map(|b| format!(" (did you mean `{b}`?)"))
-                .unwrap_or_default();
+            let hint =
+                crate::diagnostic::did_you_mean(step, runbook.steps.iter().map(|s| s.id.as_str()))
+                    .map(|b| format!(" (did you mean `{b}`?)"))
+                    .unwrap_or_default();
             return Err(format!("run {run_id} has no step `{step}`{hint}"));
         };
         if !matches!(found.action, crate::model::Action::Pause { .. }) {
@@ -249,16 +274,23 @@ pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
                 "`{step}` is not a `pause` step; to record another step as done use `runbook resume {run_id} --mark-done {step} --reason TEXT`"
             ));
         }
-        if run_state.steps.get(step).is_some_and(|s| s.status == StepStatus::Succeeded) {
+        if run_state
+            .steps
+            .get(step)
+            .is_some_and(|s| s.status == StepStatus::Succeeded)
+        {
             return Ok(format!("`{step}` is already approved."));
         }
-        let writer = journal::JournalWriter::open(&run.journal(), Some(read.valid_len)).map_err(|e| e.to_string())?;
+        let writer = journal::JournalWriter::open(&run.journal(), Some(read.valid_len))
+            .map_err(|e| e.to_string())?;
         writer.append(&RunEvent::StepApproved {
             step: step.to_owned(),
             by: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
         });
         writer.close().map_err(|e| e.to_string())?;
-        Ok(format!("Approved `{step}`. Continue with: runbook resume {run_id}"))
+        Ok(format!(
+            "Approved `{step}`. Continue with: runbook resume {run_id}"
+        ))
     })();
     match outcome {
         Ok(message) => {

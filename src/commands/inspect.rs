@@ -17,7 +17,11 @@ use super::write_stdout;
 /// Whether a runner process holds the run now (the pid in its lock file is
 /// alive and is a runbook process).
 fn is_running(run: &RunDir) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(run.path.join("lock")).ok()?.trim().parse().ok()?;
+    let pid: u32 = std::fs::read_to_string(run.path.join("lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     comm.trim().starts_with("runbook").then_some(pid)
 }
@@ -93,16 +97,31 @@ pub fn status(run_id: Option<&str>, state_dir: Option<&Path>, output: ListFormat
         ListFormat::Text => {
             let mut out = String::new();
             out.push_str(&format!("Run      {}\n", state.run_id));
-            out.push_str(&format!("Runbook  {} {}  ({})\n", state.runbook.name, state.runbook.version, state.runbook.file));
+            out.push_str(&format!(
+                "Runbook  {} {}  ({})\n",
+                state.runbook.name, state.runbook.version, state.runbook.file
+            ));
             out.push_str(&format!("State    {label}\n"));
-            out.push_str(&format!("Started  {}   updated {}", state.started_at, state.updated_at));
+            out.push_str(&format!(
+                "Started  {}   updated {}",
+                state.started_at, state.updated_at
+            ));
             if state.resumes > 0 {
                 out.push_str(&format!("   resumed {}x", state.resumes));
             }
             out.push('\n');
             out.push_str(&format!("Dir      {}\n\n", run.path.display()));
-            let width = state.steps.keys().map(String::len).max().unwrap_or(4).max(4);
-            out.push_str(&format!("{:<width$}  {:<11}  {:>8}  {:>9}  NOTE\n", "STEP", "STATE", "ATTEMPTS", "DURATION"));
+            let width = state
+                .steps
+                .keys()
+                .map(String::len)
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            out.push_str(&format!(
+                "{:<width$}  {:<11}  {:>8}  {:>9}  NOTE\n",
+                "STEP", "STATE", "ATTEMPTS", "DURATION"
+            ));
             for (id, s) in &state.steps {
                 let status = match s.status {
                     StepStatus::Pending => "pending",
@@ -113,21 +132,36 @@ pub fn status(run_id: Option<&str>, state_dir: Option<&Path>, output: ListFormat
                     StepStatus::Skipped => "skipped",
                     StepStatus::Paused => "paused",
                 };
-                let duration = s.duration_ms.map(|ms| fmt_duration(Duration::from_millis(ms))).unwrap_or_default();
+                let duration = s
+                    .duration_ms
+                    .map(|ms| fmt_duration(Duration::from_millis(ms)))
+                    .unwrap_or_default();
                 let note = match (s.status, s.via) {
-                    (StepStatus::Succeeded, Some(crate::events::SuccessVia::MarkedDone)) => format!(
-                        "marked done by {}: {}",
-                        s.by.as_deref().unwrap_or("?"),
-                        s.reason.as_deref().unwrap_or("")
-                    ),
+                    (StepStatus::Succeeded, Some(crate::events::SuccessVia::MarkedDone)) => {
+                        format!(
+                            "marked done by {}: {}",
+                            s.by.as_deref().unwrap_or("?"),
+                            s.reason.as_deref().unwrap_or("")
+                        )
+                    }
                     (StepStatus::Succeeded, Some(crate::events::SuccessVia::Approval)) => {
                         format!("approved by {}", s.by.as_deref().unwrap_or("?"))
                     }
-                    (StepStatus::Succeeded, Some(crate::events::SuccessVia::DoneIf)) => "done_if held on resume".into(),
-                    (StepStatus::Skipped, _) => s.skipped_because.clone().unwrap_or_default(),
-                    (StepStatus::Failed | StepStatus::Pending | StepStatus::Running | StepStatus::Interrupted, _) => {
-                        s.error.clone().map(|e| format!("{e}  log: {}", run.log(id).display())).unwrap_or_default()
+                    (StepStatus::Succeeded, Some(crate::events::SuccessVia::DoneIf)) => {
+                        "done_if held on resume".into()
                     }
+                    (StepStatus::Skipped, _) => s.skipped_because.clone().unwrap_or_default(),
+                    (
+                        StepStatus::Failed
+                        | StepStatus::Pending
+                        | StepStatus::Running
+                        | StepStatus::Interrupted,
+                        _,
+                    ) => s
+                        .error
+                        .clone()
+                        .map(|e| format!("{e}  log: {}", run.log(id).display()))
+                        .unwrap_or_default(),
                     _ => String::new(),
                 };
                 out.push_str(&format!(
@@ -210,10 +244,20 @@ pub fn runs(state_dir: Option<&Path>, output: ListFormat) -> u8 {
         }
         ListFormat::Text => {
             if rows.is_empty() {
-                return write_stdout(format!("No runs in {}\n", dir.join("runs").display()).as_bytes());
+                return write_stdout(
+                    format!("No runs in {}\n", dir.join("runs").display()).as_bytes(),
+                );
             }
-            let w = rows.iter().map(|r| r.run_id.len()).max().unwrap_or(6).max(6);
-            let mut out = format!("{:<w$}  {:<24}  {:<10}  {:<24}  {:>9}  STATE\n", "RUN", "RUNBOOK", "VERSION", "STARTED", "DONE");
+            let w = rows
+                .iter()
+                .map(|r| r.run_id.len())
+                .max()
+                .unwrap_or(6)
+                .max(6);
+            let mut out = format!(
+                "{:<w$}  {:<24}  {:<10}  {:<24}  {:>9}  STATE\n",
+                "RUN", "RUNBOOK", "VERSION", "STARTED", "DONE"
+            );
             for r in rows {
                 out.push_str(&format!(
                     "{:<w$}  {:<24}  {:<10}  {:<24}  {:>9}  {}\n",

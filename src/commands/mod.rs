@@ -32,7 +32,14 @@ pub fn dispatch(cli: Cli) -> u8 {
             plan,
             exec,
             fail_fast,
-        } => execute::run(file.as_deref(), &params, plan.as_deref(), &exec, fail_fast, style),
+        } => execute::run(
+            file.as_deref(),
+            &params,
+            plan.as_deref(),
+            &exec,
+            fail_fast,
+            style,
+        ),
         Command::Resume {
             run_id,
             params,
@@ -60,8 +67,16 @@ pub fn dispatch(cli: Cli) -> u8 {
             fail_fast,
             style,
         ),
-        Command::Approve { run_id, step, state_dir } => execute::approve(&run_id, &step, state_dir.as_deref()),
-        Command::Status { run_id, state_dir, output } => inspect::status(run_id.as_deref(), state_dir.as_deref(), output),
+        Command::Approve {
+            run_id,
+            step,
+            state_dir,
+        } => execute::approve(&run_id, &step, state_dir.as_deref()),
+        Command::Status {
+            run_id,
+            state_dir,
+            output,
+        } => inspect::status(run_id.as_deref(), state_dir.as_deref(), output),
         Command::Runs { state_dir, output } => inspect::runs(state_dir.as_deref(), output),
     }
 }

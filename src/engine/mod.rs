@@ -78,7 +78,10 @@ impl Dispatch {
         }
         match done.await {
             Ok(result) => result,
-            Err(_) => Err(self.journal.error().unwrap_or_else(|| "journal writer stopped".into())),
+            Err(_) => Err(self
+                .journal
+                .error()
+                .unwrap_or_else(|| "journal writer stopped".into())),
         }
     }
 }
@@ -190,9 +193,13 @@ pub async fn execute(
             let step = &runbook.steps[i];
             if let Action::Pause { message } = &step.action {
                 let message = message.as_ref().map(|m| {
-                    Context::new(&ctx.params.template_values(true), Outputs::Known(outputs.clone()), &ctx.facts)
-                        .render(&template::environment(), m)
-                        .unwrap_or_else(|_| m.clone())
+                    Context::new(
+                        &ctx.params.template_values(true),
+                        Outputs::Known(outputs.clone()),
+                        &ctx.facts,
+                    )
+                    .render(template::environment(), m)
+                    .unwrap_or_else(|_| m.clone())
                 });
                 dispatch.emit(RunEvent::StepPaused {
                     step: step.id.clone(),
@@ -267,7 +274,10 @@ pub async fn execute(
         RunOutcome::Failed
     } else if paused {
         RunOutcome::Paused
-    } else if finish.iter().all(|f| matches!(f, Some(Finish::Succeeded | Finish::Skipped))) {
+    } else if finish
+        .iter()
+        .all(|f| matches!(f, Some(Finish::Succeeded | Finish::Skipped)))
+    {
         RunOutcome::Succeeded
     } else {
         RunOutcome::Failed
@@ -289,7 +299,9 @@ fn interrupt(
     if level >= 2 {
         let _ = kill.send(true);
     }
-    dispatch.emit(RunEvent::RunInterrupting { level: level.min(2) });
+    dispatch.emit(RunEvent::RunInterrupting {
+        level: level.min(2),
+    });
 }
 
 /// After step `i` finished: release dependents whose needs are all finished,
@@ -323,7 +335,11 @@ fn settle(
                 Some(_) if step.always => {
                     // cleanup runs once its needs finished, however they did,
                     // but not past a pause gate or an interrupted step
-                    if step.needs.iter().any(|&n| matches!(finish[n], Some(Finish::Paused | Finish::Interrupted))) {
+                    if step
+                        .needs
+                        .iter()
+                        .any(|&n| matches!(finish[n], Some(Finish::Paused | Finish::Interrupted)))
+                    {
                         continue;
                     }
                     ready.push_back(d);
@@ -357,7 +373,13 @@ struct StepTask {
 }
 
 impl StepTask {
-    fn fail(&self, attempt: u32, error: String, exit_code: Option<i32>, duration: Duration) -> StepResult {
+    fn fail(
+        &self,
+        attempt: u32,
+        error: String,
+        exit_code: Option<i32>,
+        duration: Duration,
+    ) -> StepResult {
         self.dispatch.emit(RunEvent::StepFailed {
             step: self.id().to_owned(),
             attempt,
@@ -377,11 +399,27 @@ impl StepTask {
         let step = &ctx.runbook.steps[self.index];
         let env = template::environment();
         let known = Outputs::Known(self.outputs.clone());
-        let real = Context::new(&ctx.params.template_values(false), known.clone(), &ctx.facts);
+        // most steps in large runbooks are plain commands: build the
+        // template context only for steps that need one
+        let templated = step.when.is_some()
+            || matches!(&step.action, Action::Run { command } if template::is_template(command));
+        let real = if templated {
+            Context::new(
+                &ctx.params.template_values(false),
+                known.clone(),
+                &ctx.facts,
+            )
+        } else {
+            Context::new(
+                &indexmap::IndexMap::new(),
+                Outputs::Placeholders,
+                &ctx.facts,
+            )
+        };
         let scrub = process::Scrubber::new(&ctx.params.secret_values());
 
         if let Some(when) = &step.when {
-            match real.evaluate(&env, when) {
+            match real.evaluate(env, when) {
                 Ok(true) => {}
                 Ok(false) => {
                     self.dispatch.emit(RunEvent::StepSkipped {
@@ -392,7 +430,12 @@ impl StepTask {
                 }
                 Err(e) => {
                     let msg = scrub.mask(&render_error(&e));
-                    return self.fail(self.first_attempt, format!("cannot evaluate `when`: {msg}"), None, Duration::ZERO);
+                    return self.fail(
+                        self.first_attempt,
+                        format!("cannot evaluate `when`: {msg}"),
+                        None,
+                        Duration::ZERO,
+                    );
                 }
             }
         }
@@ -407,42 +450,62 @@ impl StepTask {
                 Duration::ZERO,
             );
         };
-        let script = match real.render(&env, command) {
+        let script = match real.render(env, command) {
             Ok(s) => s,
             Err(e) => {
                 let msg = scrub.mask(&render_error(&e));
-                return self.fail(self.first_attempt, format!("cannot render the command: {msg}"), None, Duration::ZERO);
+                return self.fail(
+                    self.first_attempt,
+                    format!("cannot render the command: {msg}"),
+                    None,
+                    Duration::ZERO,
+                );
             }
         };
         let shown = scrub.mask(&script);
 
-        let log = Arc::new(std::sync::Mutex::new(process::StepLog::new(ctx.run_dir.log(&step.id))));
+        let log = Arc::new(std::sync::Mutex::new(process::StepLog::new(
+            ctx.run_dir.log(&step.id),
+        )));
         let policy = &step.retry;
         let last_attempt = self.first_attempt + policy.attempts - 1;
         let mut attempt = self.first_attempt;
         loop {
-            let started = RunEvent::StepStarted {
-                step: step.id.clone(),
-                attempt,
-                command: Some(first_line(&shown)),
-            };
-            // a step unsafe to repeat must be on record before it starts
-            if step.idempotent {
-                self.dispatch.emit(started);
-            } else if let Err(e) = self.dispatch.emit_durable(started).await {
-                return self.fail(attempt, format!("cannot write the journal: {e}"), None, Duration::ZERO);
+            // a step unsafe to repeat must be on record before it starts;
+            // others are recorded once their process exists (with its group)
+            if !step.idempotent {
+                let started = RunEvent::StepStarted {
+                    step: step.id.clone(),
+                    attempt,
+                    command: Some(first_line(&shown)),
+                    pgid: None,
+                };
+                if let Err(e) = self.dispatch.emit_durable(started).await {
+                    return self.fail(
+                        attempt,
+                        format!("cannot write the journal: {e}"),
+                        None,
+                        Duration::ZERO,
+                    );
+                }
             }
             let began = Instant::now();
             let outcome = self.attempt(attempt, &script, &shown, &log).await;
             let elapsed = began.elapsed();
             match outcome {
                 Attempt::Succeeded => {
-                    let outputs = match process::read_outputs(&ctx.run_dir.output_file(&step.id, attempt)) {
+                    let output_file = ctx.run_dir.output_file(&step.id, attempt);
+                    let read = process::read_outputs(&output_file);
+                    // the journal keeps the (masked) outputs; the raw file may hold secrets
+                    let _ = std::fs::remove_file(&output_file);
+                    let outputs = match read {
                         Ok(out) => out,
                         Err(e) => return self.fail(attempt, e, Some(0), elapsed),
                     };
-                    let outputs: IndexMap<String, String> =
-                        outputs.into_iter().map(|(k, v)| (k, scrub.mask(&v))).collect();
+                    let outputs: IndexMap<String, String> = outputs
+                        .into_iter()
+                        .map(|(k, v)| (k, scrub.mask(&v)))
+                        .collect();
                     self.dispatch.emit(RunEvent::StepSucceeded {
                         step: step.id.clone(),
                         attempt,
@@ -464,9 +527,17 @@ impl StepTask {
                         return self.fail(attempt, error, exit_code, elapsed);
                     }
                     if *self.stop.borrow() {
-                        return self.fail(attempt, format!("{error}; not retried: the run is stopping"), exit_code, elapsed);
+                        return self.fail(
+                            attempt,
+                            format!("{error}; not retried: the run is stopping"),
+                            exit_code,
+                            elapsed,
+                        );
                     }
-                    let delay = jittered(policy.delay_after(attempt - self.first_attempt + 1), policy.jitter);
+                    let delay = jittered(
+                        policy.delay_after(attempt - self.first_attempt + 1),
+                        policy.jitter,
+                    );
                     self.dispatch.emit(RunEvent::AttemptFailed {
                         step: step.id.clone(),
                         attempt,
@@ -481,7 +552,12 @@ impl StepTask {
                         _ = stop.wait_for(|s| *s) => true,
                     };
                     if interrupted {
-                        return self.fail(attempt, format!("{error}; not retried: the run was interrupted"), exit_code, elapsed);
+                        return self.fail(
+                            attempt,
+                            format!("{error}; not retried: the run was interrupted"),
+                            exit_code,
+                            elapsed,
+                        );
                     }
                     attempt += 1;
                 }
@@ -499,7 +575,6 @@ impl StepTask {
         let ctx = self.ctx.clone();
         let step = &ctx.runbook.steps[self.index];
         let output_file = ctx.run_dir.output_file(&step.id, attempt);
-        let _ = std::fs::remove_file(&output_file);
         if let Ok(mut f) = log.lock() {
             f.set_header(format!(
                 "--- runbook: step {} attempt {attempt} at {}\n--- $ {}\n",
@@ -521,19 +596,36 @@ impl StepTask {
         let mut child = match process::spawn_shell(script, &env, &self.cwd) {
             Ok(child) => child,
             Err(e) => {
+                if step.idempotent {
+                    self.dispatch.emit(RunEvent::StepStarted {
+                        step: step.id.clone(),
+                        attempt,
+                        command: Some(first_line(shown)),
+                        pgid: None,
+                    });
+                }
                 return Attempt::Failed {
                     error: format!("cannot start /bin/sh: {e}"),
                     exit_code: None,
                 };
             }
         };
-        let pid = child.id().map_or(0, |p| p as i32);
-        self.dispatch.emit(RunEvent::AttemptSpawned {
-            step: step.id.clone(),
-            attempt,
-            pid,
-            pgid: pid,
-        });
+        let pid = child.pid;
+        if step.idempotent {
+            self.dispatch.emit(RunEvent::StepStarted {
+                step: step.id.clone(),
+                attempt,
+                command: Some(first_line(shown)),
+                pgid: Some(pid),
+            });
+        } else {
+            self.dispatch.emit(RunEvent::AttemptSpawned {
+                step: step.id.clone(),
+                attempt,
+                pid,
+                pgid: pid,
+            });
+        }
         let secrets = ctx.params.secret_values();
         let pumps = {
             let stdout = child.stdout.take();
@@ -545,7 +637,10 @@ impl StepTask {
             let out = tokio::spawn(async move {
                 match stdout {
                     Some(r) => process::pump(r, log1, s1, |line| {
-                        d1.emit(RunEvent::StepOutput { step: id1.clone(), line: line.to_owned() })
+                        d1.emit(RunEvent::StepOutput {
+                            step: id1.clone(),
+                            line: line.to_owned(),
+                        })
                     })
                     .await
                     .map(|_| ()),
@@ -555,7 +650,10 @@ impl StepTask {
             let err = tokio::spawn(async move {
                 match stderr {
                     Some(r) => process::pump(r, log2, s2, |line| {
-                        d2.emit(RunEvent::StepOutput { step: id2.clone(), line: line.to_owned() })
+                        d2.emit(RunEvent::StepOutput {
+                            step: id2.clone(),
+                            line: line.to_owned(),
+                        })
                     })
                     .await
                     .map(|_| ()),
@@ -586,6 +684,9 @@ impl StepTask {
             }
         };
         let (timed_out, killed) = (matches!(wake, Wake::TimedOut), matches!(wake, Wake::Killed));
+        let remove_outputs = || {
+            let _ = std::fs::remove_file(&output_file);
+        };
         let status = match wake {
             Wake::Exited(status) => status,
             Wake::TimedOut | Wake::Killed => {
@@ -599,6 +700,7 @@ impl StepTask {
         let _ = out.await;
         let _ = err.await;
         if killed {
+            remove_outputs();
             return Attempt::Interrupted;
         }
         let status = match status {
@@ -611,6 +713,7 @@ impl StepTask {
             }
         };
         if timed_out {
+            remove_outputs();
             return Attempt::Failed {
                 error: format!(
                     "timed out after {}",
@@ -620,6 +723,9 @@ impl StepTask {
             };
         }
         use std::os::unix::process::ExitStatusExt;
+        if !status.success() {
+            remove_outputs();
+        }
         match (status.code(), status.signal()) {
             (Some(0), _) => Attempt::Succeeded,
             (Some(code), _) => Attempt::Failed {
@@ -640,7 +746,10 @@ impl StepTask {
 
 enum Attempt {
     Succeeded,
-    Failed { error: String, exit_code: Option<i32> },
+    Failed {
+        error: String,
+        exit_code: Option<i32>,
+    },
     Interrupted,
 }
 
@@ -654,7 +763,8 @@ fn first_line(text: &str) -> String {
 }
 
 fn render_error(e: &minijinja::Error) -> String {
-    e.detail().map_or_else(|| e.kind().to_string(), str::to_owned)
+    e.detail()
+        .map_or_else(|| e.kind().to_string(), str::to_owned)
 }
 
 /// Applies jitter: uniformly between half and all of `delay`.

@@ -6,46 +6,263 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
 
 /// Environment variable naming the run in every step process (and, by
 /// inheritance, its descendants), used to find leftovers on resume.
 pub const RUN_MARKER: &str = "RUNBOOK_RUN_ID";
 
-/// Starts `sh -c command` in a new process group, stdin from /dev/null and
-/// stdout/stderr piped.
-pub fn spawn_shell(command: &str, env: &[(String, String)], cwd: &Path) -> std::io::Result<Child> {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(command)
-        .current_dir(cwd)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    let parent = std::process::id() as libc::pid_t;
-    if std::env::var_os("RB_EXPERIMENT_NOPDS").is_some() { return cmd.spawn(); }
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // die with the runner; descendants stay in the process group
-            // (recorded in the journal) and are cleaned up on resume
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+/// A running step process: `sh -c` in its own process group.
+#[derive(Debug)]
+pub struct StepProcess {
+    /// Pid of `sh`, also the process group id.
+    pub pid: i32,
+    /// Its stdout.
+    pub stdout: Option<tokio::net::unix::pipe::Receiver>,
+    /// Its stderr.
+    pub stderr: Option<tokio::net::unix::pipe::Receiver>,
+    pidfd: tokio::io::unix::AsyncFd<OwnedFd>,
+    status: Option<std::process::ExitStatus>,
+}
+
+impl StepProcess {
+    /// Waits for `sh` to exit and reaps it.
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        loop {
+            let mut guard = self.pidfd.readable().await?;
+            let mut raw = 0;
+            // SAFETY: waiting for our own child.
+            let rc = unsafe { libc::waitpid(self.pid, &mut raw, libc::WNOHANG) };
+            if rc == self.pid {
+                let status = std::process::ExitStatus::from_raw(raw);
+                self.status = Some(status);
+                return Ok(status);
+            }
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if libc::getppid() != parent {
-                libc::_exit(137);
-            }
-            Ok(())
-        });
+            guard.clear_ready();
+        }
     }
-    cmd.spawn()
+}
+
+/// What the child needs, prepared before the clone (the child may not
+/// allocate: it shares the parent's memory until it execs).
+struct ChildArgs {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    stdin: libc::c_int,
+    stdout: libc::c_int,
+    stderr: libc::c_int,
+    parent: libc::pid_t,
+    mask: libc::sigset_t,
+    errno: libc::c_int,
+    stage: libc::c_int,
+}
+
+/// Runs in the cloned child until exec: only raw system calls.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points at the parent's ChildArgs, alive and untouched
+    // by the parent until this child execs or exits (CLONE_VFORK).
+    unsafe {
+        let a = &mut *(arg as *mut ChildArgs);
+        let fail = |a: &mut ChildArgs, stage: libc::c_int| -> libc::c_int {
+            a.errno = *libc::__errno_location();
+            a.stage = stage;
+            libc::_exit(127)
+        };
+        // default dispositions: no parent handler may run in the child,
+        // and ignored signals (SIGPIPE, SIGHUP) are not inherited
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        // standard signals only: nothing in runbook handles real-time ones
+        for sig in 1..32 {
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &a.mask, std::ptr::null_mut());
+        // die with the runner; descendants stay in the group (in the journal)
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return fail(a, 1);
+        }
+        if libc::getppid() != a.parent {
+            libc::_exit(137);
+        }
+        if libc::setpgid(0, 0) != 0 {
+            return fail(a, 2);
+        }
+        if libc::dup2(a.stdin, 0) < 0 || libc::dup2(a.stdout, 1) < 0 || libc::dup2(a.stderr, 2) < 0
+        {
+            return fail(a, 3);
+        }
+        if libc::chdir(a.cwd) != 0 {
+            return fail(a, 4);
+        }
+        libc::execve(a.path, a.argv, a.envp);
+        fail(a, 5)
+    }
+}
+
+fn cstring(text: &str) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(text)
+        .map_err(|_| std::io::Error::other("NUL byte in a command, path or environment variable"))
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two new descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both are new descriptors we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Starts `sh -c command` in a new process group with a parent-death
+/// signal, stdin from /dev/null, stdout and stderr piped.
+///
+/// The child is created with `clone(CLONE_VM | CLONE_VFORK)`, as
+/// `posix_spawn` does, rather than `fork`: copying the runner's page tables
+/// for every step was the largest cost of running thousands of short steps.
+/// `posix_spawn` itself cannot set the parent-death signal.
+pub fn spawn_shell(
+    command: &str,
+    env: &[(String, String)],
+    cwd: &Path,
+) -> std::io::Result<StepProcess> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = cstring("/bin/sh")?;
+    let args = [cstring("sh")?, cstring("-c")?, cstring(command)?];
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut vars = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        if env.iter().any(|(k, _)| k.as_bytes() == key.as_bytes()) {
+            continue;
+        }
+        let mut entry = key.as_bytes().to_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        if let Ok(c) = std::ffi::CString::new(entry) {
+            vars.push(c);
+        }
+    }
+    for (k, v) in env {
+        vars.push(cstring(&format!("{k}={v}"))?);
+    }
+    let mut envp: Vec<*const libc::c_char> = vars.iter().map(|v| v.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let cwd = std::ffi::CString::new(cwd.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("NUL byte in the working directory"))?;
+    static DEVNULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    let devnull = match DEVNULL.get() {
+        Some(f) => f,
+        None => {
+            let f = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
+            DEVNULL.get_or_init(|| f)
+        }
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+
+    // SAFETY: sigset operations on local values.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigfillset(&mut all);
+    }
+    let mut child = ChildArgs {
+        path: path.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        cwd: cwd.as_ptr(),
+        stdin: devnull.as_raw_fd(),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        parent: std::process::id() as libc::pid_t,
+        mask: old,
+        errno: 0,
+        stage: 0,
+    };
+    let mut stack = vec![0u8; 32 * 1024];
+    // SAFETY: the stack top is inside `stack` and 16-byte aligned; signals
+    // are blocked around the clone so no handler runs in the child before
+    // it resets them; the parent does not run until the child execs or
+    // exits (CLONE_VFORK), so `child`, `stack` and the C strings stay valid.
+    let pid = unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        child.mask = old;
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = (top as usize & !15) as *mut libc::c_void;
+        let pid = libc::clone(
+            child_main,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &mut child as *mut ChildArgs as *mut libc::c_void,
+        );
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        pid
+    };
+    drop(stack);
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if child.stage != 0 {
+        let mut raw = 0;
+        // SAFETY: reaping the child that failed before exec.
+        unsafe {
+            libc::waitpid(pid, &mut raw, 0);
+        }
+        let what = [
+            "",
+            "set the parent-death signal",
+            "create a process group",
+            "set up stdio",
+            "enter the working directory",
+            "execute /bin/sh",
+        ];
+        return Err(std::io::Error::new(
+            std::io::Error::from_raw_os_error(child.errno).kind(),
+            format!(
+                "cannot {}: {}",
+                what.get(child.stage as usize).unwrap_or(&"start"),
+                std::io::Error::from_raw_os_error(child.errno)
+            ),
+        ));
+    }
+    drop((out_w, err_w));
+    // SAFETY: pidfd_open on our child's pid.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        let err = std::io::Error::last_os_error();
+        // SAFETY: do not leave the child unsupervised.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(err);
+    }
+    // SAFETY: a new descriptor we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as libc::c_int) };
+    Ok(StepProcess {
+        pid,
+        stdout: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?),
+        stderr: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)?),
+        // SAFETY: the AsyncFd owns the pidfd and nothing else closes it.
+        pidfd: unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)?
+        },
+        status: None,
+    })
 }
 
 /// Whether any process of group `pgid` still exists.
@@ -108,7 +325,12 @@ impl Scrubber {
             .collect();
         // longest first, so a secret containing another is masked whole
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        let hold = secrets.iter().map(Vec::len).max().unwrap_or(1).saturating_sub(1);
+        let hold = secrets
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1);
         Scrubber {
             secrets,
             hold,
@@ -219,7 +441,8 @@ pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
     mut on_line: impl FnMut(&str),
 ) -> std::io::Result<u64> {
     let mut scrubber = Scrubber::new(&secrets);
-    let mut buffer = vec![0u8; 64 * 1024];
+    // small at first: most steps print little; grows for chatty ones
+    let mut buffer = vec![0u8; 4 * 1024];
     let mut total = 0u64;
     let mut last_report = Instant::now() - Duration::from_secs(1);
     let mut partial_line: Vec<u8> = Vec::new();
@@ -229,6 +452,9 @@ pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
             break;
         }
         total += n as u64;
+        if n == buffer.len() && buffer.len() < 64 * 1024 {
+            buffer.resize(64 * 1024, 0);
+        }
         let clean = scrubber.feed(&buffer[..n]);
         if let Ok(mut file) = log.lock() {
             file.write(&clean)?;
@@ -280,7 +506,10 @@ pub fn read_outputs(path: &Path) -> Result<indexmap::IndexMap<String, String>, S
         Err(e) => return Err(format!("cannot read outputs {}: {e}", path.display())),
     };
     if text.len() > 1024 * 1024 {
-        return Err(format!("outputs file {} is larger than 1 MiB", path.display()));
+        return Err(format!(
+            "outputs file {} is larger than 1 MiB",
+            path.display()
+        ));
     }
     let text = String::from_utf8_lossy(&text);
     let mut outputs = indexmap::IndexMap::new();
@@ -305,7 +534,10 @@ pub fn read_outputs(path: &Path) -> Result<indexmap::IndexMap<String, String>, S
 }
 
 fn is_output_key(key: &str) -> bool {
-    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A process of this run still alive from an earlier runner.
@@ -327,7 +559,11 @@ pub fn find_leftovers(run_id: &str) -> Vec<Leftover> {
     };
     let mut found = Vec::new();
     for entry in entries.filter_map(Result::ok) {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid == me {
@@ -355,7 +591,10 @@ pub fn find_leftovers(run_id: &str) -> Vec<Leftover> {
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 

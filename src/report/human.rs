@@ -46,14 +46,16 @@ impl Human {
         if tty {
             let live = live.clone();
             let stop = stop.clone();
-            let _ = std::thread::Builder::new().name("progress".into()).spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(500));
-                    if let Ok(mut live) = live.lock() {
-                        redraw(&mut live, color);
+            let _ = std::thread::Builder::new()
+                .name("progress".into())
+                .spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(500));
+                        if let Ok(mut live) = live.lock() {
+                            redraw(&mut live, color);
+                        }
                     }
-                }
-            });
+                });
         }
         Human {
             live,
@@ -118,31 +120,47 @@ fn redraw(live: &mut Live, color: bool) {
             .running
             .iter()
             .take(4)
-            .map(|(id, (since, _))| format!("{id} {}", fmt_duration(Duration::from_secs(since.elapsed().as_secs()))))
+            .map(|(id, (since, _))| {
+                format!(
+                    "{id} {}",
+                    fmt_duration(Duration::from_secs(since.elapsed().as_secs()))
+                )
+            })
             .collect();
         text.push_str(&format!("  running: {}", names.join(", ")));
         if live.running.len() > 4 {
             text.push_str(&format!(" +{}", live.running.len() - 4));
         }
-        if let Some((_, (_, Some(last)))) = live.running.iter().rev().find(|(_, (_, l))| l.is_some()) {
+        if let Some((_, (_, Some(last)))) =
+            live.running.iter().rev().find(|(_, (_, l))| l.is_some())
+        {
             text.push_str(&format!("  › {last}"));
         }
     }
     let width = terminal_width();
     let text: String = text.chars().take(width.saturating_sub(1)).collect();
-    let text = if color { format!("\x1b[2m{text}\x1b[0m") } else { text };
+    let text = if color {
+        format!("\x1b[2m{text}\x1b[0m")
+    } else {
+        text
+    };
     let _ = write!(out, "\r\x1b[2K{text}");
     let _ = out.flush();
     live.status_shown = true;
 }
 
 fn terminal_width() -> usize {
-    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100)
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100)
 }
 
 impl EventSink for Human {
     fn emit(&self, event: &RunEvent) {
-        let Ok(mut live) = self.live.lock() else { return };
+        let Ok(mut live) = self.live.lock() else {
+            return;
+        };
         let text = match event {
             RunEvent::RunStarted { run_id, runbook, .. } => {
                 format!("Run {run_id}: {} {} ({} steps)", runbook.name, runbook.version, live.total)
@@ -154,7 +172,7 @@ impl EventSink for Human {
                 }
                 t
             }
-            RunEvent::StepStarted { step, attempt, command } => {
+            RunEvent::StepStarted { step, attempt, command, .. } => {
                 live.running.insert(step.clone(), (Instant::now(), None));
                 let attempt = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
                 let command = command.as_deref().map(|c| format!("  $ {c}")).unwrap_or_default();

@@ -25,3 +25,20 @@ pub fn runbook() -> assert_cmd::Command {
     }
     cmd
 }
+
+/// The `runbook` binary as a plain `std::process::Command` (for tests that
+/// spawn it as a child to signal or kill it), with the same clean
+/// environment as [`runbook`], in the repository root.
+pub fn runbook_process() -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("runbook"));
+    cmd.current_dir(repo_root())
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .env("COLUMNS", "100");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RUNBOOK_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
