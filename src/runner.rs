@@ -285,8 +285,9 @@ pub fn latest_unfinished(state_dir: &Path) -> Result<String, RunError> {
         let run = RunDir::new(state_dir, id);
         match journal::load_state(&run.journal()) {
             Ok((state, _)) if state.outcome == Some(RunOutcome::Succeeded) => continue,
-            Ok(_) => return Ok(id.clone()),
-            Err(_) => return Ok(id.clone()),
+            Err(JournalError::NoStart(_)) => continue,
+            // unfinished, or damaged: resume reports the damage precisely
+            _ => return Ok(id.clone()),
         }
     }
     if ids.is_empty() {

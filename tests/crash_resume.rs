@@ -391,7 +391,7 @@ struct Snapshot {
 #[test]
 fn sigkill_at_many_points_then_resume_runs_every_step_once_it_finished() {
     const STEPS: usize = 300;
-    const KILLS: usize = 10;
+    const KILLS: usize = 12;
     let seed: u64 = std::env::var("CRASH_RESUME_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -437,14 +437,18 @@ fn sigkill_at_many_points_then_resume_runs_every_step_once_it_finished() {
         // alternate kills at a random moment (start-up, leftover clean-up,
         // mid-run) with kills just after steps made progress
         let before = lines(&ran).len();
-        if cycle % 2 == 0 {
-            sleep(Duration::from_millis(5 + rng.below(146) as u64));
+        let how = if cycle % 3 == 0 {
+            let delay = 5 + rng.below(146) as u64;
+            sleep(Duration::from_millis(delay));
+            format!("{delay} ms after start")
         } else {
             wait_until("progress of the run", PATIENCE, || {
                 lines(&ran).len() > before || proc.exited()
             });
-            sleep(Duration::from_millis(rng.below(50) as u64));
-        }
+            let delay = rng.below(15) as u64;
+            sleep(Duration::from_millis(delay));
+            format!("{delay} ms after the first new step")
+        };
         if let Some(status) = proc.kill9() {
             assert!(
                 status.success(),
@@ -473,7 +477,7 @@ fn sigkill_at_many_points_then_resume_runs_every_step_once_it_finished() {
             }
         }
         eprintln!(
-            "kill {cycle}: {} succeeded, {} in flight, {} lines in ran.txt",
+            "kill {cycle} ({how}): {} succeeded, {} in flight, {} lines in ran.txt",
             succeeded.len(),
             in_flight.len(),
             counts.values().sum::<usize>()

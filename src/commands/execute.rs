@@ -197,25 +197,21 @@ fn finish(
     } else {
         String::new()
     };
-    let journal_path = ctx.run_dir.journal();
-    let failed: Vec<String> = journal::load_state(&journal_path)
-        .map(|(s, _)| {
-            s.steps
-                .iter()
-                .filter(|(_, st)| st.status == StepStatus::Failed)
-                .map(|(id, _)| id.clone())
-                .collect()
-        })
-        .unwrap_or_default();
-    let paused: Vec<String> = journal::load_state(&journal_path)
-        .map(|(s, _)| {
-            s.steps
-                .iter()
-                .filter(|(_, st)| st.status == StepStatus::Paused)
-                .map(|(id, _)| id.clone())
-                .collect()
-        })
-        .unwrap_or_default();
+    let (failed, paused): (Vec<String>, Vec<String>) =
+        match journal::load_state(&ctx.run_dir.journal()) {
+            Ok((state, _)) => {
+                let with = |wanted: StepStatus| -> Vec<String> {
+                    state
+                        .steps
+                        .iter()
+                        .filter(|(_, st)| st.status == wanted)
+                        .map(|(id, _)| id.clone())
+                        .collect()
+                };
+                (with(StepStatus::Failed), with(StepStatus::Paused))
+            }
+            Err(_) => (Vec::new(), Vec::new()),
+        };
     let message = match outcome {
         RunOutcome::Succeeded => format!("Run {run_id} succeeded."),
         RunOutcome::Failed => format!(

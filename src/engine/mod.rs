@@ -689,10 +689,7 @@ impl StepTask {
         };
         let status = match wake {
             Wake::Exited(status) => status,
-            Wake::TimedOut | Wake::Killed => {
-                process::terminate_group(pid, self.grace).await;
-                child.wait().await
-            }
+            Wake::TimedOut | Wake::Killed => process::terminate_step(&mut child, self.grace).await,
         };
         // whatever the step left behind in its group goes too
         process::terminate_group(pid, Duration::from_millis(500)).await;
@@ -753,12 +750,19 @@ enum Attempt {
     Interrupted,
 }
 
+/// The line shown for a starting step: the first line of its command that
+/// says something (not `set -e...`, not a comment), marked when more follow.
 fn first_line(text: &str) -> String {
-    let line = text.trim().lines().next().unwrap_or("");
-    if text.trim().lines().count() > 1 {
-        format!("{line} …")
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("set -"));
+    let first = lines.next().unwrap_or("");
+    let first: String = first.chars().take(120).collect();
+    if lines.next().is_some() {
+        format!("{first} …")
     } else {
-        line.to_owned()
+        first
     }
 }
 

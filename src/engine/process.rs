@@ -265,10 +265,40 @@ pub fn spawn_shell(
     })
 }
 
-/// Whether any process of group `pgid` still exists.
+/// Whether any live (non-zombie) process of group `pgid` still exists.
 pub fn group_alive(pgid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence.
-    unsafe { libc::kill(-pgid, 0) == 0 }
+    if unsafe { libc::kill(-pgid, 0) } != 0 {
+        return false;
+    }
+    // zombies count for kill(2) until reaped (an orphan's reaper may be
+    // slow): look for a member that is still running
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // after "(comm)": state ppid pgrp ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+        if pgrp == Some(pgid) && state != "Z" && state != "X" {
+            return true;
+        }
+    }
+    false
 }
 
 fn signal_group(pgid: i32, signal: libc::c_int) {
@@ -280,8 +310,42 @@ fn signal_group(pgid: i32, signal: libc::c_int) {
     }
 }
 
-/// Terminates a process group: SIGTERM, up to `grace` for it to exit, then
-/// SIGKILL. Returns once the group is gone (or after a last SIGKILL).
+/// Terminates a step: SIGTERM to its process group, up to `grace` for the
+/// step and everything in its group to exit, then SIGKILL. Reaps the step.
+pub async fn terminate_step(
+    child: &mut StepProcess,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    let pgid = child.pid;
+    signal_group(pgid, libc::SIGTERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut status = None;
+    loop {
+        if status.is_none() {
+            tokio::select! {
+                s = child.wait() => status = Some(s),
+                () = tokio::time::sleep_until(deadline) => {}
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if status.is_some() && !group_alive(pgid) {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            signal_group(pgid, libc::SIGKILL);
+            break;
+        }
+    }
+    match status {
+        Some(s) => s,
+        None => child.wait().await,
+    }
+}
+
+/// Terminates whatever is left in a process group after its leader exited:
+/// SIGTERM, up to `grace`, then SIGKILL.
 pub async fn terminate_group(pgid: i32, grace: Duration) {
     if !group_alive(pgid) {
         return;
@@ -295,12 +359,6 @@ pub async fn terminate_group(pgid: i32, grace: Duration) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     signal_group(pgid, libc::SIGKILL);
-    for _ in 0..50 {
-        if !group_alive(pgid) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Replaces secret values in a byte stream, holding back just enough bytes
