@@ -149,6 +149,10 @@ pub fn read(path: &Path) -> Result<ReadJournal, JournalError> {
     })
 }
 
+/// Longest a record waits for company before its fsync when no one is
+/// waiting for it to be durable.
+const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+
 type Ack = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// Resolves once a record (or a flush) is on disk.
@@ -264,18 +268,30 @@ fn writer_loop(
 ) {
     let mut buffer = Vec::with_capacity(1 << 14);
     let mut acks: Vec<Ack> = Vec::new();
+    let take = |message: Message, buffer: &mut Vec<u8>, acks: &mut Vec<Ack>| match message {
+        Message::Line(line, ack) => {
+            buffer.extend_from_slice(&line);
+            acks.extend(ack);
+        }
+        Message::Flush(ack) => acks.push(ack),
+    };
     while let Ok(first) = receiver.recv() {
-        let mut next = Some(first);
+        take(first, &mut buffer, &mut acks);
         // take everything already queued: one write, one fsync
-        while let Some(message) = next {
-            match message {
-                Message::Line(line, ack) => {
-                    buffer.extend_from_slice(&line);
-                    acks.extend(ack);
+        while let Ok(message) = receiver.try_recv() {
+            take(message, &mut buffer, &mut acks);
+        }
+        // nobody is waiting for these records: let a few more join them
+        // (short steps finish every few hundred microseconds)
+        if acks.is_empty() {
+            let deadline = std::time::Instant::now() + GROUP_COMMIT_WINDOW;
+            while acks.is_empty() {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match receiver.recv_timeout(left) {
+                    Ok(message) => take(message, &mut buffer, &mut acks),
+                    Err(_) => break,
                 }
-                Message::Flush(ack) => acks.push(ack),
             }
-            next = receiver.try_recv().ok();
         }
         let previous = failed.lock().ok().and_then(|f| f.clone());
         let result = match previous {

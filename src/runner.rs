@@ -604,20 +604,14 @@ async fn run_check(script: &str, run_dir: &RunDir, step: &str) -> bool {
     let Ok(mut child) = engine::process::spawn_shell(script, &env, &cwd) else {
         return false;
     };
-    let out = child.stdout.take();
-    let err = child.stderr.take();
-    let (l1, l2) = (log.clone(), log.clone());
-    let pump_out = async move {
-        if let Some(r) = out {
-            let _ = engine::process::pump(r, l1, Vec::new(), |_| {}).await;
+    let output = child.output.take();
+    let pump_log = log.clone();
+    let pump = async move {
+        if let Some(r) = output {
+            let _ = engine::process::pump(r, pump_log, Vec::new(), |_| {}).await;
         }
     };
-    let pump_err = async move {
-        if let Some(r) = err {
-            let _ = engine::process::pump(r, l2, Vec::new(), |_| {}).await;
-        }
-    };
-    let (status, (), ()) = tokio::join!(child.wait(), pump_out, pump_err);
+    let (status, ()) = tokio::join!(child.wait(), pump);
     let held = matches!(status, Ok(s) if s.success());
     if let Ok(mut f) = log.lock() {
         let _ = f.note(&format!(

@@ -177,7 +177,10 @@ pub async fn execute(
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
     ) {
-        (Ok(a), Ok(b)) => (a, b),
+        (Ok(a), Ok(b)) => {
+            process::note_signal_dispositions();
+            (a, b)
+        }
         _ => {
             dispatch.emit(RunEvent::RunFinished {
                 outcome: RunOutcome::Failed,
@@ -627,18 +630,16 @@ impl StepTask {
             });
         }
         let secrets = ctx.params.secret_values();
-        let pumps = {
-            let stdout = child.stdout.take();
-            let stderr = child.stderr.take();
-            let (d1, d2) = (self.dispatch.clone(), self.dispatch.clone());
-            let (id1, id2) = (step.id.clone(), step.id.clone());
-            let (log1, log2) = (log.clone(), log.clone());
-            let (s1, s2) = (secrets.clone(), secrets);
-            let out = tokio::spawn(async move {
-                match stdout {
-                    Some(r) => process::pump(r, log1, s1, |line| {
-                        d1.emit(RunEvent::StepOutput {
-                            step: id1.clone(),
+        let pump = {
+            let output = child.output.take();
+            let dispatch = self.dispatch.clone();
+            let id = step.id.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                match output {
+                    Some(r) => process::pump(r, log, secrets, |line| {
+                        dispatch.emit(RunEvent::StepOutput {
+                            step: id.clone(),
                             line: line.to_owned(),
                         })
                     })
@@ -646,21 +647,7 @@ impl StepTask {
                     .map(|_| ()),
                     None => Ok(()),
                 }
-            });
-            let err = tokio::spawn(async move {
-                match stderr {
-                    Some(r) => process::pump(r, log2, s2, |line| {
-                        d2.emit(RunEvent::StepOutput {
-                            step: id2.clone(),
-                            line: line.to_owned(),
-                        })
-                    })
-                    .await
-                    .map(|_| ()),
-                    None => Ok(()),
-                }
-            });
-            (out, err)
+            })
         };
         let timeout = step.timeout;
         let sleeper = async {
@@ -693,9 +680,7 @@ impl StepTask {
         };
         // whatever the step left behind in its group goes too
         process::terminate_group(pid, Duration::from_millis(500)).await;
-        let (out, err) = pumps;
-        let _ = out.await;
-        let _ = err.await;
+        let _ = pump.await;
         if killed {
             remove_outputs();
             return Attempt::Interrupted;

@@ -21,10 +21,9 @@ pub const RUN_MARKER: &str = "RUNBOOK_RUN_ID";
 pub struct StepProcess {
     /// Pid of `sh`, also the process group id.
     pub pid: i32,
-    /// Its stdout.
-    pub stdout: Option<tokio::net::unix::pipe::Receiver>,
-    /// Its stderr.
-    pub stderr: Option<tokio::net::unix::pipe::Receiver>,
+    /// Its stdout and stderr, one pipe (they go to the same log, and one
+    /// pipe keeps their relative order).
+    pub output: Option<tokio::net::unix::pipe::Receiver>,
     pidfd: tokio::io::unix::AsyncFd<OwnedFd>,
     status: Option<std::process::ExitStatus>,
 }
@@ -62,10 +61,10 @@ struct ChildArgs {
     envp: *const *const libc::c_char,
     cwd: *const libc::c_char,
     stdin: libc::c_int,
-    stdout: libc::c_int,
-    stderr: libc::c_int,
+    output: libc::c_int,
     parent: libc::pid_t,
     mask: libc::sigset_t,
+    reset: u64,
     errno: libc::c_int,
     stage: libc::c_int,
 }
@@ -85,9 +84,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // and ignored signals (SIGPIPE, SIGHUP) are not inherited
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
-        // standard signals only: nothing in runbook handles real-time ones
-        for sig in 1..32 {
-            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        for sig in 1..64 {
+            if a.reset & (1u64 << sig) != 0 {
+                libc::sigaction(sig as libc::c_int, &dfl, std::ptr::null_mut());
+            }
         }
         libc::sigprocmask(libc::SIG_SETMASK, &a.mask, std::ptr::null_mut());
         // die with the runner; descendants stay in the group (in the journal)
@@ -100,7 +100,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::setpgid(0, 0) != 0 {
             return fail(a, 2);
         }
-        if libc::dup2(a.stdin, 0) < 0 || libc::dup2(a.stdout, 1) < 0 || libc::dup2(a.stderr, 2) < 0
+        if libc::dup2(a.stdin, 0) < 0 || libc::dup2(a.output, 1) < 0 || libc::dup2(a.output, 2) < 0
         {
             return fail(a, 3);
         }
@@ -110,6 +110,62 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         libc::execve(a.path, a.argv, a.envp);
         fail(a, 5)
     }
+}
+
+static HANDLED_SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Records which signals have a handler or are ignored in this process, so
+/// that children reset exactly those (call after installing handlers).
+pub fn note_signal_dispositions() {
+    let mut mask = 0u64;
+    for sig in 1..64 {
+        // SAFETY: querying a disposition without changing it.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } == 0
+            && old.sa_sigaction != libc::SIG_DFL
+        {
+            mask |= 1u64 << sig;
+        }
+    }
+    HANDLED_SIGNALS.store(mask | 1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Signals a child must reset: those noted, plus the ones runbook itself
+/// handles or ignores at some point, whatever the timing.
+fn signals_to_reset() -> u64 {
+    if HANDLED_SIGNALS.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        note_signal_dispositions();
+    }
+    let always = [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGPIPE,
+        libc::SIGTERM,
+        libc::SIGCHLD,
+    ]
+    .iter()
+    .fold(0u64, |m, &s| m | (1u64 << s));
+    (HANDLED_SIGNALS.load(std::sync::atomic::Ordering::Relaxed) & !1) | always
+}
+
+/// The runner's own environment as `KEY=VALUE` C strings, read once.
+fn base_environment() -> &'static [(Vec<u8>, std::ffi::CString)] {
+    use std::os::unix::ffi::OsStrExt;
+    static BASE: std::sync::OnceLock<Vec<(Vec<u8>, std::ffi::CString)>> =
+        std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        std::env::vars_os()
+            .filter_map(|(key, value)| {
+                let mut entry = key.as_bytes().to_vec();
+                entry.push(b'=');
+                entry.extend_from_slice(value.as_bytes());
+                std::ffi::CString::new(entry)
+                    .ok()
+                    .map(|c| (key.as_bytes().to_vec(), c))
+            })
+            .collect()
+    })
 }
 
 fn cstring(text: &str) -> std::io::Result<std::ffi::CString> {
@@ -144,18 +200,11 @@ pub fn spawn_shell(
     let args = [cstring("sh")?, cstring("-c")?, cstring(command)?];
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
-    let mut vars = Vec::new();
-    for (key, value) in std::env::vars_os() {
-        if env.iter().any(|(k, _)| k.as_bytes() == key.as_bytes()) {
-            continue;
-        }
-        let mut entry = key.as_bytes().to_vec();
-        entry.push(b'=');
-        entry.extend_from_slice(value.as_bytes());
-        if let Ok(c) = std::ffi::CString::new(entry) {
-            vars.push(c);
-        }
-    }
+    let mut vars: Vec<std::ffi::CString> = base_environment()
+        .iter()
+        .filter(|(key, _)| !env.iter().any(|(k, _)| k.as_bytes() == key.as_slice()))
+        .map(|(_, entry)| entry.clone())
+        .collect();
     for (k, v) in env {
         vars.push(cstring(&format!("{k}={v}"))?);
     }
@@ -172,7 +221,6 @@ pub fn spawn_shell(
         }
     };
     let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
 
     // SAFETY: sigset operations on local values.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -186,19 +234,21 @@ pub fn spawn_shell(
         envp: envp.as_ptr(),
         cwd: cwd.as_ptr(),
         stdin: devnull.as_raw_fd(),
-        stdout: out_w.as_raw_fd(),
-        stderr: err_w.as_raw_fd(),
+        output: out_w.as_raw_fd(),
         parent: std::process::id() as libc::pid_t,
         mask: old,
+        reset: signals_to_reset(),
         errno: 0,
         stage: 0,
     };
-    let mut stack = vec![0u8; 32 * 1024];
+    thread_local! {
+        static STACK: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 32 * 1024]);
+    }
     // SAFETY: the stack top is inside `stack` and 16-byte aligned; signals
     // are blocked around the clone so no handler runs in the child before
     // it resets them; the parent does not run until the child execs or
     // exits (CLONE_VFORK), so `child`, `stack` and the C strings stay valid.
-    let pid = unsafe {
+    let pid = STACK.with_borrow_mut(|stack| unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         child.mask = old;
         let top = stack.as_mut_ptr().add(stack.len());
@@ -211,8 +261,7 @@ pub fn spawn_shell(
         );
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         pid
-    };
-    drop(stack);
+    });
     if pid < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -239,7 +288,7 @@ pub fn spawn_shell(
             ),
         ));
     }
-    drop((out_w, err_w));
+    drop(out_w);
     // SAFETY: pidfd_open on our child's pid.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if pidfd < 0 {
@@ -255,8 +304,7 @@ pub fn spawn_shell(
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as libc::c_int) };
     Ok(StepProcess {
         pid,
-        stdout: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?),
-        stderr: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)?),
+        output: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?),
         // SAFETY: the AsyncFd owns the pidfd and nothing else closes it.
         pidfd: unsafe {
             tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)?
