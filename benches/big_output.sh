@@ -71,7 +71,18 @@ for r in $(seq 1 "$reps"); do
     logs=("$state"/runs/*/logs/dump.log)
     shopt -u nullglob
     if [ "${#logs[@]}" -eq 1 ]; then
-        log_size=$(stat -c %s "${logs[0]}")
+        # the log starts with runbook's banner lines ("--- runbook: ...",
+        # "--- $ command"); count only the step's own bytes
+        log_size=$(python3 -c '
+import os, sys
+path = sys.argv[1]
+head = open(path, "rb").read(4096)
+banner = 0
+for line in head.split(b"\n"):
+    if not line.startswith(b"--- "):
+        break
+    banner += len(line) + 1
+print(os.path.getsize(path) - banner)' "${logs[0]}")
         rm -f "${logs[0]}"
     else
         echo "expected one step log at $state/runs/<run-id>/logs/dump.log; the state dir holds:" >&2

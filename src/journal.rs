@@ -598,6 +598,22 @@ impl std::hash::Hash for StepStatus {
     }
 }
 
+/// The first record of a journal (its `run_started`), without reading the rest.
+pub fn read_first(path: &Path) -> Result<Record, JournalError> {
+    let file = File::open(path).map_err(|source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut line = String::new();
+    BufReader::new(file)
+        .read_line(&mut line)
+        .map_err(|source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    serde_json::from_str::<Record>(&line).map_err(|_| JournalError::NoStart(path.to_owned()))
+}
+
 /// Reads and folds a run's journal.
 pub fn load_state(path: &Path) -> Result<(RunState, ReadJournal), JournalError> {
     let journal = read(path)?;

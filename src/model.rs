@@ -253,12 +253,29 @@ pub struct Step {
     pub done_if: Option<String>,
     /// What the step does.
     pub action: Action,
-    /// `sha256:` of the step's content (canonical JSON of its fields), to
-    /// tell which steps changed between two versions of a file.
-    pub digest: String,
 }
 
 impl Step {
+    /// `sha256:` of the step's content (every field, the ids of its needs,
+    /// defaults applied), to tell which steps changed between two versions
+    /// of a file. Computed on demand: only runs and changed resumes need it.
+    pub fn content_digest(&self, runbook: &Runbook) -> String {
+        let content = serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "needs": self.needs.iter().map(|&i| runbook.steps[i].id.as_str()).collect::<Vec<_>>(),
+            "when": self.when,
+            "timeout": self.timeout.map(fmt_duration),
+            "retry": self.retry,
+            "always": self.always,
+            "idempotent": self.idempotent,
+            "done_if": self.done_if,
+            "action": self.action.key(),
+            "spec": self.action.spec(),
+        });
+        crate::validate::digest(&serde_json::to_vec(&content).unwrap_or_default())
+    }
+
     /// The name if given, else the id.
     pub fn title(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.id)

@@ -98,7 +98,7 @@ fn step_digests(runbook: &Runbook) -> IndexMap<String, String> {
     runbook
         .steps
         .iter()
-        .map(|s| (s.id.clone(), s.digest.clone()))
+        .map(|s| (s.id.clone(), s.content_digest(runbook)))
         .collect()
 }
 
@@ -315,14 +315,10 @@ fn runbook_for_resume(
     run_dir: &RunDir,
     state: &RunState,
     allow_changed: bool,
+    path: PathBuf,
+    (runbook, source): (Runbook, SourceFile),
 ) -> Result<(Runbook, SourceFile, PathBuf, Vec<String>), RunError> {
-    let original = PathBuf::from(&state.runbook.file);
-    let (path, use_copy) = if original.exists() {
-        (original, false)
-    } else {
-        (run_dir.runbook_copy(), true)
-    };
-    let (runbook, source) = validate::load_file(&path)?;
+    let use_copy = path == run_dir.runbook_copy();
     if runbook.digest == state.runbook.digest {
         return Ok((runbook, source, path, Vec::new()));
     }
@@ -398,11 +394,37 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         Some(id) => id.clone(),
         None => latest_unfinished(&options.state_dir)?,
     };
+    let clock = std::time::Instant::now();
     let run_dir = state::find_run(&options.state_dir, &run_id)?;
     let lock = run_dir.lock()?;
-    let (mut run_state, read) = journal::load_state(&run_dir.journal())?;
-    let (runbook, _source, path, changed) =
-        runbook_for_resume(&run_dir, &run_state, request.allow_changed)?;
+    // read the journal and validate the runbook at the same time: for large
+    // runs they are the two big costs of getting back to work
+    let start = journal::read_first(&run_dir.journal())?;
+    let runbook_path = match &start.event {
+        RunEvent::RunStarted { runbook, .. } if Path::new(&runbook.file).exists() => {
+            PathBuf::from(&runbook.file)
+        }
+        _ => run_dir.runbook_copy(),
+    };
+    let (loaded, journal_read) = std::thread::scope(|scope| {
+        let validation = scope.spawn(|| validate::load_file(&runbook_path));
+        let journal_read = journal::load_state(&run_dir.journal());
+        tracing::debug!(elapsed = ?clock.elapsed(), "journal read and folded");
+        let loaded = validation
+            .join()
+            .unwrap_or_else(|_| Err(Report::new(runbook_path.display().to_string(), None)));
+        (loaded, journal_read)
+    });
+    let (mut run_state, read) = journal_read?;
+    let loaded = loaded?;
+    tracing::debug!(steps = loaded.0.steps.len(), elapsed = ?clock.elapsed(), "runbook validated");
+    let (runbook, _source, path, changed) = runbook_for_resume(
+        &run_dir,
+        &run_state,
+        request.allow_changed,
+        runbook_path.clone(),
+        loaded,
+    )?;
     check_supported(&runbook)?;
     let params = ParamValues::for_resume(&runbook.params, &run_state.params, &request.params)?;
 
@@ -459,6 +481,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     // processes of the earlier runner: terminate before anything re-runs
     let grace = Duration::from_secs(5);
     let leftovers = engine::process::find_leftovers(&run_id);
+    tracing::debug!(leftovers = leftovers.len(), elapsed = ?clock.elapsed(), "leftover processes found");
     if !leftovers.is_empty() {
         engine::process::terminate_leftovers(&leftovers, grace).await;
         let mut by_step: IndexMap<Option<String>, Vec<i32>> = IndexMap::new();
@@ -546,6 +569,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         }
         initial.push(init);
     }
+    tracing::debug!(elapsed = ?clock.elapsed(), "starting states decided");
     if !undecided.is_empty() {
         let _ = journal.flush().await;
         let list = undecided
@@ -631,7 +655,7 @@ pub async fn execute(
     prepared: Prepared,
     options: &ExecOptions,
     reporters: Vec<Box<dyn crate::events::EventSink>>,
-) -> (RunOutcome, Arc<RunContext>) {
+) -> (engine::Summary, Arc<RunContext>) {
     let Prepared {
         ctx,
         initial,
@@ -642,7 +666,7 @@ pub async fn execute(
     } = prepared;
     let dispatch = Arc::new(Dispatch { journal, reporters });
     let _ = dispatch.emit_durable(opening).await;
-    let outcome = engine::execute(
+    let summary = engine::execute(
         ctx.clone(),
         initial,
         Options {
@@ -656,5 +680,5 @@ pub async fn execute(
     .await;
     let _ = dispatch.journal.flush().await;
     drop(lock);
-    (outcome, ctx)
+    (summary, ctx)
 }

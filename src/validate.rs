@@ -185,6 +185,7 @@ impl Checker<'_> {
             None => RetryPolicy::default(),
         };
 
+        let clock = std::time::Instant::now();
         // ids
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(raw.steps.len());
         for (i, step) in raw.steps.iter().enumerate() {
@@ -233,6 +234,7 @@ impl Checker<'_> {
             }
         }
 
+        tracing::debug!(elapsed = ?clock.elapsed(), "ids checked");
         // needs
         let mut needs: Vec<Vec<usize>> = Vec::with_capacity(raw.steps.len());
         for (i, step) in raw.steps.iter().enumerate() {
@@ -280,6 +282,7 @@ impl Checker<'_> {
             needs.push(deps);
         }
 
+        tracing::debug!(elapsed = ?clock.elapsed(), "needs resolved");
         // steps
         let mut steps = Vec::with_capacity(raw.steps.len());
         let mut output_uses = Vec::new();
@@ -304,6 +307,7 @@ impl Checker<'_> {
             }
         }
 
+        tracing::debug!(elapsed = ?clock.elapsed(), "steps checked");
         // Unknown and self needs are already reported and left out of the
         // edges, so cycles among the remaining edges are still found.
         let graph = match StepGraph::build(&needs) {
@@ -335,6 +339,7 @@ impl Checker<'_> {
             }
         }
 
+        tracing::debug!(elapsed = ?clock.elapsed(), "graph built");
         let (Some(version), Some(graph)) = (version, graph) else {
             return None;
         };
@@ -689,7 +694,6 @@ impl Checker<'_> {
             idempotent: raw.idempotent.unwrap_or(true),
             done_if: raw.done_if.clone(),
             action: action?,
-            digest: digest(&serde_json::to_vec(raw).unwrap_or_default()),
         })
     }
 

@@ -191,27 +191,13 @@ fn finish(
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
-    let (outcome, ctx) = rt.block_on(runner::execute(prepared, options, vec![reporter]));
+    let (summary, ctx) = rt.block_on(runner::execute(prepared, options, vec![reporter]));
+    let (outcome, failed, paused) = (summary.outcome, summary.failed, summary.paused);
     let state_flag = if explicit_state_dir {
         format!(" --state-dir {}", options.state_dir.display())
     } else {
         String::new()
     };
-    let (failed, paused): (Vec<String>, Vec<String>) =
-        match journal::load_state(&ctx.run_dir.journal()) {
-            Ok((state, _)) => {
-                let with = |wanted: StepStatus| -> Vec<String> {
-                    state
-                        .steps
-                        .iter()
-                        .filter(|(_, st)| st.status == wanted)
-                        .map(|(id, _)| id.clone())
-                        .collect()
-                };
-                (with(StepStatus::Failed), with(StepStatus::Paused))
-            }
-            Err(_) => (Vec::new(), Vec::new()),
-        };
     let message = match outcome {
         RunOutcome::Succeeded => format!("Run {run_id} succeeded."),
         RunOutcome::Failed => format!(

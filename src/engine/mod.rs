@@ -125,13 +125,24 @@ enum StepResult {
     Interrupted,
 }
 
+/// How a run ended, with the steps that need attention.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The outcome.
+    pub outcome: RunOutcome,
+    /// Steps that failed in this session.
+    pub failed: Vec<String>,
+    /// The pause gate that stopped the run, if any.
+    pub paused: Vec<String>,
+}
+
 /// Runs the steps that are not done; returns how the run ended.
 pub async fn execute(
     ctx: Arc<RunContext>,
     initial: Vec<Initial>,
     options: Options,
     dispatch: Arc<Dispatch>,
-) -> RunOutcome {
+) -> Summary {
     let runbook = ctx.runbook.clone();
     let n = runbook.steps.len();
     let mut finish: Vec<Option<Finish>> = vec![None; n];
@@ -185,7 +196,11 @@ pub async fn execute(
             dispatch.emit(RunEvent::RunFinished {
                 outcome: RunOutcome::Failed,
             });
-            return RunOutcome::Failed;
+            return Summary {
+                outcome: RunOutcome::Failed,
+                failed: Vec::new(),
+                paused: Vec::new(),
+            };
         }
     };
 
@@ -287,7 +302,19 @@ pub async fn execute(
     };
     dispatch.emit(RunEvent::RunFinished { outcome });
     let _ = dispatch.journal.flush().await;
-    outcome
+    let with = |wanted: Finish| -> Vec<String> {
+        finish
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| **f == Some(wanted))
+            .map(|(i, _)| runbook.steps[i].id.clone())
+            .collect()
+    };
+    Summary {
+        outcome,
+        failed: with(Finish::Failed),
+        paused: with(Finish::Paused),
+    }
 }
 
 fn interrupt(

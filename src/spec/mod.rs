@@ -145,7 +145,10 @@ pub fn text_from_bytes(name: String, bytes: Vec<u8>) -> Result<SourceFile, Repor
 /// (the caller still checks `problems`).
 pub fn parse(source: &SourceFile) -> (Option<Parsed>, Vec<Problem>) {
     let mut problems = Vec::new();
-    let root = match yaml::parse(&source.text) {
+    let clock = std::time::Instant::now();
+    let parsed_yaml = yaml::parse(&source.text);
+    tracing::debug!(elapsed = ?clock.elapsed(), "YAML parsed");
+    let root = match parsed_yaml {
         Ok(Some(root)) => root,
         Ok(None) => {
             problems.push(
@@ -306,6 +309,7 @@ pub fn parse(source: &SourceFile) -> (Option<Parsed>, Vec<Problem>) {
         },
     }
 
+    tracing::debug!(elapsed = ?clock.elapsed(), "sections deserialized");
     let api_version = root
         .get("apiVersion")
         .and_then(Node::as_str)
