@@ -256,7 +256,19 @@ impl JournalWriter {
 }
 
 fn encode(event: &RunEvent) -> Vec<u8> {
-    let mut line = serde_json::to_vec(&Record::now(event.clone())).unwrap_or_default();
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        v: u32,
+        at: String,
+        #[serde(flatten)]
+        event: &'a RunEvent,
+    }
+    let record = Borrowed {
+        v: FORMAT_VERSION,
+        at: crate::events::now_rfc3339(),
+        event,
+    };
+    let mut line = serde_json::to_vec(&record).unwrap_or_default();
     line.push(b'\n');
     line
 }
@@ -283,14 +295,12 @@ fn writer_loop(
         }
         // nobody is waiting for these records: let a few more join them
         // (short steps finish every few hundred microseconds)
+        // (sleeping rather than waking for each one keeps this thread off
+        // the CPUs the steps need)
         if acks.is_empty() {
-            let deadline = std::time::Instant::now() + GROUP_COMMIT_WINDOW;
-            while acks.is_empty() {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match receiver.recv_timeout(left) {
-                    Ok(message) => take(message, &mut buffer, &mut acks),
-                    Err(_) => break,
-                }
+            std::thread::sleep(GROUP_COMMIT_WINDOW);
+            while let Ok(message) = receiver.try_recv() {
+                take(message, &mut buffer, &mut acks);
             }
         }
         let previous = failed.lock().ok().and_then(|f| f.clone());

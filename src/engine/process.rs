@@ -149,6 +149,86 @@ fn signals_to_reset() -> u64 {
     (HANDLED_SIGNALS.load(std::sync::atomic::Ordering::Relaxed) & !1) | always
 }
 
+/// Words that make a command need the shell even when they look plain
+/// (shell keywords and the builtins GNU make hands to the shell).
+const SHELL_WORDS: [&str; 44] = [
+    ".", ":", "[", "alias", "bg", "break", "case", "cd", "command", "continue", "do", "done",
+    "elif", "else", "esac", "eval", "exec", "exit", "export", "fc", "fg", "fi", "for", "getopts",
+    "hash", "if", "jobs", "kill", "local", "read", "readonly", "return", "set", "shift", "test",
+    "then", "times", "trap", "type", "ulimit", "umask", "unset", "until", "wait",
+];
+
+/// A command that is one simple command of plain words (letters, digits and
+/// `_./:=@%+,-` only, not a shell builtin or keyword, no leading variable
+/// assignment) naming an executable found on `PATH` is executed directly,
+/// as `sh -c` would end up doing, and as GNU make does: it saves starting a
+/// shell per step. Anything else goes through `/bin/sh -c`.
+fn direct_command(command: &str) -> Option<(std::ffi::CString, Vec<std::ffi::CString>)> {
+    let plain = |w: &str| {
+        w.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:=@%+,-".contains(&b))
+    };
+    let words: Vec<&str> = command
+        .split([' ', '\t'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    let first = *words.first()?;
+    if !words.iter().all(|w| plain(w))
+        || first.contains('=')
+        || first.contains('/')
+        || SHELL_WORDS.contains(&first)
+    {
+        return None;
+    }
+    let path = resolve_executable(first)?;
+    let argv = words
+        .iter()
+        .map(|w| std::ffi::CString::new(*w).ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some((path, argv))
+}
+
+/// The first `PATH` entry holding an executable `name`, if it is an ELF
+/// binary or a `#!` script (cached per name for the life of the process).
+fn resolve_executable(name: &str) -> Option<std::ffi::CString> {
+    use std::collections::HashMap;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Mutex;
+    type Cache = Mutex<HashMap<String, Option<std::ffi::CString>>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(found) = cache.lock().ok()?.get(name) {
+        return found.clone();
+    }
+    let lookup = || -> Option<std::ffi::CString> {
+        for dir in std::env::split_paths(&std::env::var_os("PATH")?) {
+            let candidate = dir.join(name);
+            let Ok(meta) = std::fs::metadata(&candidate) else {
+                continue;
+            };
+            if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                continue;
+            }
+            let mut magic = [0u8; 4];
+            let readable = std::fs::File::open(&candidate)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                .is_ok();
+            // a script without `#!` is for the shell to run
+            if readable && (magic == *b"\x7fELF" || magic.starts_with(b"#!")) {
+                return std::ffi::CString::new(candidate.as_os_str().as_bytes()).ok();
+            }
+            return None;
+        }
+        None
+    };
+    let found = lookup();
+    if let Ok(mut c) = cache.lock() {
+        c.insert(name.to_owned(), found.clone());
+    }
+    found
+}
+
 /// The runner's own environment as `KEY=VALUE` C strings, read once.
 fn base_environment() -> &'static [(Vec<u8>, std::ffi::CString)] {
     use std::os::unix::ffi::OsStrExt;
@@ -196,19 +276,27 @@ pub fn spawn_shell(
     cwd: &Path,
 ) -> std::io::Result<StepProcess> {
     use std::os::unix::ffi::OsStrExt;
-    let path = cstring("/bin/sh")?;
-    let args = [cstring("sh")?, cstring("-c")?, cstring(command)?];
+    let (path, args) = match direct_command(command) {
+        Some(direct) => direct,
+        None => (
+            cstring("/bin/sh")?,
+            vec![cstring("sh")?, cstring("-c")?, cstring(command)?],
+        ),
+    };
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
-    let mut vars: Vec<std::ffi::CString> = base_environment()
+    // the runner's environment (C strings built once) minus what the step
+    // sets, then the step's own variables
+    let extra: Vec<std::ffi::CString> = env
+        .iter()
+        .map(|(k, v)| cstring(&format!("{k}={v}")))
+        .collect::<std::io::Result<_>>()?;
+    let mut envp: Vec<*const libc::c_char> = base_environment()
         .iter()
         .filter(|(key, _)| !env.iter().any(|(k, _)| k.as_bytes() == key.as_slice()))
-        .map(|(_, entry)| entry.clone())
+        .map(|(_, entry)| entry.as_ptr())
         .collect();
-    for (k, v) in env {
-        vars.push(cstring(&format!("{k}={v}"))?);
-    }
-    let mut envp: Vec<*const libc::c_char> = vars.iter().map(|v| v.as_ptr()).collect();
+    envp.extend(extra.iter().map(|c| c.as_ptr()));
     envp.push(std::ptr::null());
     let cwd = std::ffi::CString::new(cwd.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::other("NUL byte in the working directory"))?;
@@ -482,6 +570,9 @@ impl Scrubber {
 
     /// Masks secrets in a whole string.
     pub fn mask(&self, text: &str) -> String {
+        if self.secrets.is_empty() {
+            return text.to_owned();
+        }
         String::from_utf8_lossy(&self.replace(text.as_bytes())).into_owned()
     }
 }
@@ -740,6 +831,33 @@ mod tests {
         }
         out.extend(s.finish());
         assert_eq!(String::from_utf8(out).unwrap(), "pass=*** and ***!");
+    }
+
+    #[test]
+    fn only_plain_simple_commands_skip_the_shell() {
+        let direct = |c: &str| {
+            direct_command(c).map(|(path, argv)| (path.into_string().unwrap(), argv.len()))
+        };
+        let (path, argc) = direct("true").unwrap();
+        assert!(path.ends_with("/true"), "{path}");
+        assert_eq!(argc, 1);
+        assert_eq!(direct("ls -la /tmp").unwrap().1, 3);
+        for shell in [
+            "echo $HOME",
+            "true; false",
+            "ls > out",
+            "echo 'quoted'",
+            "cd /tmp",
+            "exit 3",
+            "FOO=1 env",
+            "test -f x",
+            "./script.sh",
+            "no-such-command-here",
+            "ls *",
+            "a && b",
+        ] {
+            assert!(direct(shell).is_none(), "{shell} must go through sh");
+        }
     }
 
     #[test]
