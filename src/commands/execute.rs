@@ -24,14 +24,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, u8> {
         .enable_all()
         .build()
         .map_err(|e| {
-            eprintln!("error: cannot start the async runtime: {e}");
+            say_err!("error: cannot start the async runtime: {e}");
             exit::RUNTIME
         })
 }
 
 fn options(exec: &ExecArgs, fail_fast: bool) -> Result<ExecOptions, u8> {
     let state_dir = state::state_dir(exec.state_dir.as_deref()).map_err(|e| {
-        eprintln!("error: {e}");
+        say_err!("error: {e}");
         exit::RUNTIME
     })?;
     Ok(ExecOptions {
@@ -48,15 +48,15 @@ fn report_error(error: RunError, style: Style) -> u8 {
             exit::INVALID
         }
         RunError::Refused { message, help } => {
-            eprintln!("error: {message}\n  help: {help}");
+            say_err!("error: {message}\n  help: {help}");
             exit::INVALID
         }
         RunError::State(e) => {
-            eprintln!("error: {e}");
+            say_err!("error: {e}");
             exit::RUNTIME
         }
         RunError::Journal(e) => {
-            eprintln!("error: {e}");
+            say_err!("error: {e}");
             exit::RUNTIME
         }
     }
@@ -83,7 +83,7 @@ pub fn run(
         (Some(p), _) => std::path::PathBuf::from(&p.runbook.file),
         (None, Some(f)) => f.to_owned(),
         (None, None) => {
-            eprintln!("error: give a runbook FILE or --plan PLAN.json");
+            say_err!("error: give a runbook FILE or --plan PLAN.json");
             return exit::INVALID;
         }
     };
@@ -128,18 +128,18 @@ pub fn run(
 
 fn read_plan(path: &Path) -> Result<Plan, u8> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        eprintln!("error: cannot read the plan {}: {e}", path.display());
+        say_err!("error: cannot read the plan {}: {e}", path.display());
         exit::INVALID
     })?;
     let plan: Plan = serde_json::from_str(&text).map_err(|e| {
-        eprintln!(
+        say_err!(
             "error: {} is not a saved plan ({e})\n  help: write one with `runbook plan FILE --save PLAN.json`",
             path.display()
         );
         exit::INVALID
     })?;
     if plan.format != crate::plan::PLAN_FORMAT {
-        eprintln!(
+        say_err!(
             "error: {} has plan format `{}`; this runbook reads `{}`",
             path.display(),
             plan.format,
@@ -183,7 +183,16 @@ fn finish(
     let total = prepared.ctx.runbook.steps.len();
     let logs = prepared.ctx.run_dir.path.join("logs");
     let reporter: Box<dyn crate::events::EventSink> = match format {
-        LogFormat::Human => Box::new(Human::new(total, prepared.already_done, logs)),
+        LogFormat::Human => {
+            let titles = prepared
+                .ctx
+                .runbook
+                .steps
+                .iter()
+                .filter_map(|s| s.name.clone().map(|n| (s.id.clone(), n)))
+                .collect();
+            Box::new(Human::new(total, prepared.already_done, logs, titles))
+        }
         LogFormat::Json => Box::new(JsonLines),
     };
     // a lost terminal (SIGHUP) must not stop a restore half-way
@@ -191,7 +200,11 @@ fn finish(
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+    let began = std::time::Instant::now();
     let (summary, ctx) = rt.block_on(runner::execute(prepared, options, vec![reporter]));
+    let took = crate::model::fmt_duration(std::time::Duration::from_millis(
+        began.elapsed().as_millis() as u64,
+    ));
     let (outcome, failed, paused) = (summary.outcome, summary.failed, summary.paused);
     let state_flag = if explicit_state_dir {
         format!(" --state-dir {}", options.state_dir.display())
@@ -199,7 +212,7 @@ fn finish(
         String::new()
     };
     let message = match outcome {
-        RunOutcome::Succeeded => format!("Run {run_id} succeeded."),
+        RunOutcome::Succeeded => format!("Run {run_id} succeeded in {took}."),
         RunOutcome::Failed => format!(
             "Run {run_id} failed: {}.\n  Logs: {}\n  After fixing the cause, continue with: runbook resume {run_id}{state_flag}",
             if failed.is_empty() {
@@ -220,8 +233,12 @@ fn finish(
         ),
     };
     match format {
-        LogFormat::Human => println!("{message}"),
-        LogFormat::Json => eprintln!("{message}"),
+        // the run is over and journaled: a closed stdout must not turn
+        // that into a crash
+        LogFormat::Human => {
+            let _ = super::write_stdout(format!("{message}\n").as_bytes());
+        }
+        LogFormat::Json => say_err!("{message}"),
     }
     match outcome {
         RunOutcome::Succeeded => exit::SUCCESS,
@@ -276,13 +293,13 @@ pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
     })();
     match outcome {
         Ok(message) => {
-            println!("{message}");
+            let _ = super::write_stdout(format!("{message}\n").as_bytes());
             exit::SUCCESS
         }
         Err(message) => {
             let mut report = Report::new("approve", None);
             report.problems.push(Problem::new("approve", message));
-            eprintln!("error: {}", report.problems[0].message);
+            say_err!("error: {}", report.problems[0].message);
             exit::INVALID
         }
     }

@@ -68,7 +68,7 @@ pub fn status(run_id: Option<&str>, state_dir: Option<&Path>, output: ListFormat
     let (state, run) = match result {
         Ok(r) => r,
         Err(message) => {
-            eprintln!("error: {message}");
+            say_err!("error: {message}");
             return exit::RUNTIME;
         }
     };
@@ -192,14 +192,14 @@ pub fn runs(state_dir: Option<&Path>, output: ListFormat) -> u8 {
     let dir = match state::state_dir(state_dir) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {e}");
+            say_err!("error: {e}");
             return exit::RUNTIME;
         }
     };
     let ids = match state::list_runs(&dir) {
         Ok(ids) => ids,
         Err(e) => {
-            eprintln!("error: {e}");
+            say_err!("error: {e}");
             return exit::RUNTIME;
         }
     };

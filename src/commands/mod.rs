@@ -1,6 +1,15 @@
 //! The subcommands: each turns parsed arguments into calls on the library
 //! stages and prints the result. Returns the process exit code.
 
+/// `eprintln!` that cannot panic: a closed stderr loses the message, not
+/// the run.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod execute;
 mod inspect;
 
@@ -107,7 +116,7 @@ pub(crate) fn write_stdout(bytes: &[u8]) -> u8 {
         Ok(()) => exit::SUCCESS,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::SUCCESS,
         Err(e) => {
-            eprintln!("error: cannot write to standard output: {e}");
+            say_err!("error: cannot write to standard output: {e}");
             exit::RUNTIME
         }
     }
@@ -152,7 +161,7 @@ fn validate_files(files: &[std::path::PathBuf], output: ValidateFormat, style: S
             }
             if !reports.is_empty() {
                 let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
-                eprintln!(
+                say_err!(
                     "{} of {} file{} invalid ({problems} problem{})",
                     reports.len(),
                     files.len(),
@@ -204,7 +213,7 @@ fn plan(
     if let Some(path) = save
         && let Err(e) = save_plan(&plan, path)
     {
-        eprintln!("error: cannot save the plan to {}: {e}", path.display());
+        say_err!("error: cannot save the plan to {}: {e}", path.display());
         return exit::RUNTIME;
     }
     let stdout = std::io::stdout();
@@ -223,14 +232,14 @@ fn plan(
         Ok(()) => exit::SUCCESS,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::SUCCESS,
         Err(e) => {
-            eprintln!("error: cannot write the plan: {e}");
+            say_err!("error: cannot write the plan: {e}");
             return exit::RUNTIME;
         }
     };
     if code == exit::SUCCESS
         && let Some(path) = save
     {
-        eprintln!(
+        say_err!(
             "Saved the pinned plan to {} (run it with `runbook run --plan {}`)",
             path.display(),
             path.display()

@@ -27,12 +27,19 @@ pub struct Human {
     tty: bool,
     color: bool,
     logs: PathBuf,
+    titles: std::collections::HashMap<String, String>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Human {
-    /// A reporter for a run of `total` steps whose logs are in `logs`.
-    pub fn new(total: usize, already_done: usize, logs: PathBuf) -> Human {
+    /// A reporter for a run of `total` steps whose logs are in `logs`;
+    /// `titles` maps step ids to their `name`, shown when they start.
+    pub fn new(
+        total: usize,
+        already_done: usize,
+        logs: PathBuf,
+        titles: std::collections::HashMap<String, String>,
+    ) -> Human {
         let tty = std::io::stdout().is_terminal();
         let color = tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         let live = Arc::new(Mutex::new(Live {
@@ -62,6 +69,7 @@ impl Human {
             tty,
             color,
             logs,
+            titles,
             stop,
         }
     }
@@ -175,8 +183,11 @@ impl EventSink for Human {
             RunEvent::StepStarted { step, attempt, command, .. } => {
                 live.running.insert(step.clone(), (Instant::now(), None));
                 let attempt = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
-                let command = command.as_deref().map(|c| format!("  $ {c}")).unwrap_or_default();
-                format!("{} {step}{attempt}{}", self.paint("36", "▶"), self.paint("2", &command))
+                let detail = match self.titles.get(step) {
+                    Some(title) => format!(": {title}"),
+                    None => command.as_deref().map(|c| format!("  $ {c}")).unwrap_or_default(),
+                };
+                format!("{} {step}{attempt}{}", self.paint("36", "▶"), self.paint("2", &detail))
             }
             RunEvent::StepOutput { step, line } => {
                 if let Some(entry) = live.running.get_mut(step) {
