@@ -222,6 +222,21 @@ pub fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string().replace(' ', "")
 }
 
+/// A measured time for people: `850ms`, `2.0s`, `1m02s`, `1h05m`.
+pub fn fmt_elapsed(d: Duration) -> String {
+    let ms = d.as_millis();
+    let secs = d.as_secs();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if secs < 60 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if secs < 3600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
+    }
+}
+
 mod humantime_serde_compat {
     use std::time::Duration;
 

@@ -593,3 +593,27 @@ fn runs_lists_history_and_kubernetes_runbooks_are_refused_for_now() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Kubernetes actions"));
 }
+
+#[test]
+fn a_closed_stdout_does_not_stop_or_crash_the_run() {
+    let lab = Lab::new();
+    let file = lab.runbook(
+        "pipe",
+        "  x: { type: int, default: 1 }",
+        "  - { id: one, run: 'echo hi' }\n  - { id: two, needs: [one], run: 'sleep 0.2' }\n",
+    );
+    let mut child = common::runbook_process()
+        .arg("run")
+        .arg(&file)
+        .args(["--state-dir", &lab.state()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status_of(&lab.status(), "two"), "succeeded");
+}

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::cli::ListFormat;
 use crate::exit;
 use crate::journal::{self, RunState, StepStatus};
-use crate::model::fmt_duration;
+use crate::model::fmt_elapsed;
 use crate::state::{self, RunDir};
 
 use super::write_stdout;
@@ -134,7 +134,7 @@ pub fn status(run_id: Option<&str>, state_dir: Option<&Path>, output: ListFormat
                 };
                 let duration = s
                     .duration_ms
-                    .map(|ms| fmt_duration(Duration::from_millis(ms)))
+                    .map(|ms| fmt_elapsed(Duration::from_millis(ms)))
                     .unwrap_or_default();
                 let note = match (s.status, s.via) {
                     (StepStatus::Succeeded, Some(crate::events::SuccessVia::MarkedDone)) => {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::events::{EventSink, RunEvent, SuccessVia};
-use crate::model::fmt_duration;
+use crate::model::{fmt_duration, fmt_elapsed};
 
 struct Live {
     started: Instant,
@@ -121,7 +121,7 @@ fn redraw(live: &mut Live, color: bool) {
         "[{}/{}] {}",
         live.done,
         live.total,
-        fmt_duration(Duration::from_secs(live.started.elapsed().as_secs()))
+        fmt_elapsed(Duration::from_secs(live.started.elapsed().as_secs()))
     );
     if !live.running.is_empty() {
         let names: Vec<String> = live
@@ -131,7 +131,7 @@ fn redraw(live: &mut Live, color: bool) {
             .map(|(id, (since, _))| {
                 format!(
                     "{id} {}",
-                    fmt_duration(Duration::from_secs(since.elapsed().as_secs()))
+                    fmt_elapsed(Duration::from_secs(since.elapsed().as_secs()))
                 )
             })
             .collect();
@@ -207,7 +207,7 @@ impl EventSink for Human {
                     SuccessVia::Run => format!(
                         "{} {step}  {}",
                         self.paint("32", "✓"),
-                        fmt_duration(Duration::from_millis(*duration_ms))
+                        fmt_elapsed(Duration::from_millis(*duration_ms))
                     ),
                     SuccessVia::DoneIf => format!("{} {step}  already done (done_if holds)", self.paint("32", "✓")),
                     SuccessVia::Approval => format!("{} {step}  approved", self.paint("32", "✓")),
