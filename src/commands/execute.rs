@@ -10,7 +10,6 @@ use crate::diagnostic::{Problem, Report, Style};
 use crate::events::{RunEvent, RunOutcome};
 use crate::exit;
 use crate::journal::{self, StepStatus};
-use crate::params::{ParamInput, ParamValues};
 use crate::plan::Plan;
 use crate::report::{human::Human, json::JsonLines};
 use crate::runner::{self, ExecOptions, Prepared, ResumeRequest, RunError};
@@ -87,23 +86,9 @@ pub fn run(
             return exit::INVALID;
         }
     };
-    let (runbook, source) = match validate::load_file(&path) {
+    let (runbook, source, values) = match super::load_with_params(&path, params, style) {
         Ok(loaded) => loaded,
-        Err(report) => {
-            print_reports(&[report], style);
-            return exit::INVALID;
-        }
-    };
-    let input = ParamInput {
-        cli: params.params.clone(),
-        file: params.params_file.clone(),
-    };
-    let values = match ParamValues::resolve(&runbook.params, &input) {
-        Ok(v) => v,
-        Err(report) => {
-            print_reports(&[report], style);
-            return exit::INVALID;
-        }
+        Err(code) => return code,
     };
     if let Some(saved) = &saved
         && let Err(e) = runner::check_plan(saved, &runbook, &source, &values)

@@ -185,23 +185,9 @@ fn plan(
     save: Option<&Path>,
     style: Style,
 ) -> u8 {
-    let (runbook, source) = match validate::load_file(file) {
+    let (runbook, source, values) = match load_with_params(file, params, style) {
         Ok(loaded) => loaded,
-        Err(report) => {
-            print_reports(&[report], style);
-            return exit::INVALID;
-        }
-    };
-    let input = ParamInput {
-        cli: params.params.clone(),
-        file: params.params_file.clone(),
-    };
-    let values = match ParamValues::resolve(&runbook.params, &input) {
-        Ok(values) => values,
-        Err(report) => {
-            print_reports(&[report], style);
-            return exit::INVALID;
-        }
+        Err(code) => return code,
     };
     let plan = match Plan::build(&runbook, &source.name, &values) {
         Ok(plan) => plan,
@@ -246,6 +232,28 @@ fn plan(
         );
     }
     code
+}
+
+/// Loads and validates a runbook and resolves its params from the command
+/// line, printing the problems (exit code 2) when either fails.
+pub(crate) fn load_with_params(
+    file: &Path,
+    params: &ParamArgs,
+    style: Style,
+) -> Result<(crate::model::Runbook, crate::spec::SourceFile, ParamValues), u8> {
+    let (runbook, source) = validate::load_file(file).map_err(|report| {
+        print_reports(&[report], style);
+        exit::INVALID
+    })?;
+    let input = ParamInput {
+        cli: params.params.clone(),
+        file: params.params_file.clone(),
+    };
+    let values = ParamValues::resolve(&runbook.params, &input).map_err(|report| {
+        print_reports(&[report], style);
+        exit::INVALID
+    })?;
+    Ok((runbook, source, values))
 }
 
 /// Writes the plan as JSON through a temporary file and a rename, so a

@@ -14,31 +14,42 @@ pub fn repo_root() -> PathBuf {
 /// environment for colours, logs and params.
 pub fn runbook() -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("runbook").unwrap();
-    cmd.current_dir(repo_root())
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .env("COLUMNS", "100");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("RUNBOOK_") {
-            cmd.env_remove(key);
-        }
+    for (key, value) in clean_env() {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
     }
+    cmd.current_dir(repo_root());
     cmd
 }
 
-/// The `runbook` binary as a plain `std::process::Command` (for tests that
-/// spawn it as a child to signal or kill it), with the same clean
-/// environment as [`runbook`], in the repository root.
+/// The same as a `std::process::Command`, for tests that need the live
+/// child (to signal or kill it, or read its output as it comes).
 pub fn runbook_process() -> std::process::Command {
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("runbook"));
-    cmd.current_dir(repo_root())
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .env("COLUMNS", "100");
+    for (key, value) in clean_env() {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+/// Variables to set (`Some`) or remove (`None`) so that output is plain
+/// and no `RUNBOOK_*` setting of the developer leaks into a test.
+fn clean_env() -> Vec<(String, Option<String>)> {
+    let mut vars = vec![
+        ("NO_COLOR".to_owned(), Some("1".to_owned())),
+        ("COLUMNS".to_owned(), Some("100".to_owned())),
+        ("RUST_LOG".to_owned(), None),
+    ];
     for (key, _) in std::env::vars() {
         if key.starts_with("RUNBOOK_") {
-            cmd.env_remove(key);
+            vars.push((key, None));
         }
     }
-    cmd
+    vars
 }
