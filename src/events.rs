@@ -225,6 +225,12 @@ pub enum RunEvent {
         /// 1 for the first signal, 2 once running steps are being terminated.
         level: u8,
     },
+    /// The journal cannot be written (disk full, I/O error): no step starts
+    /// any more (reporters only: it cannot be journaled).
+    JournalFailed {
+        /// The error.
+        error: String,
+    },
     /// The runner stopped.
     RunFinished {
         /// Why.

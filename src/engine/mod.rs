@@ -204,7 +204,15 @@ pub async fn execute(
         }
     };
 
+    let mut journal_failed = false;
     loop {
+        // without a journal there are no checkpoints: start nothing more
+        if !journal_failed && let Some(error) = dispatch.journal.error() {
+            journal_failed = true;
+            stopping = true;
+            failed = true;
+            dispatch.emit(RunEvent::JournalFailed { error });
+        }
         // launch what can run
         while !stopping && running.len() < options.jobs {
             let Some(i) = ready.pop_front() else { break };

@@ -249,6 +249,10 @@ impl EventSink for Human {
                 "Interrupt: starting no new steps; waiting for running steps to finish (Ctrl-C again to terminate them)".into()
             }
             RunEvent::RunInterrupting { .. } => "Interrupt: terminating running steps".into(),
+            RunEvent::JournalFailed { error } => format!(
+                "{} cannot write the journal ({error}): starting no more steps; running steps finish",
+                self.paint("31", "error:")
+            ),
             RunEvent::StepApproved { step, by } => format!("Approved {step} (by {by})"),
             RunEvent::StepMarkedDone { step, reason, .. } => format!("Marked {step} done: {reason}"),
             RunEvent::RerunRequested { step } => format!("{step} will run again"),
