@@ -24,19 +24,9 @@ case ${SOURCE:-zero} in
     yes) cmd="yes | head -c $bytes" ;;
     *) echo "SOURCE must be zero or yes" >&2; exit 2 ;;
 esac
-root=$(cd "$(dirname "$0")/.." && pwd)
-for tool in python3 /usr/bin/time head stat df; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y time)" >&2; exit 2; }
-done
-
-if [ -n "${RUNBOOK_BIN:-}" ]; then
-    bin=$RUNBOOK_BIN
-else
-    cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-    bin=$root/target/release/runbook
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# shellcheck source=benches/common.sh
+. "$(dirname "$0")/common.sh"
+bench_setup python3 /usr/bin/time head stat df
 avail=$(df --output=avail -B1 "$work" | tail -n 1)
 if [ "$avail" -lt $((bytes + 64 * 1024 * 1024)) ]; then
     echo "not enough free space in $work: $avail bytes, need $bytes and some" >&2

@@ -17,19 +17,9 @@ set -euo pipefail
 steps=${1:-60}
 runs=${2:-3}
 seed=${3:-7}
-root=$(cd "$(dirname "$0")/.." && pwd)
-for tool in make hyperfine python3; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y make hyperfine)" >&2; exit 2; }
-done
-
-if [ -n "${RUNBOOK_BIN:-}" ]; then
-    bin=$RUNBOOK_BIN
-else
-    cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-    bin=$root/target/release/runbook
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# shellcheck source=benches/common.sh
+. "$(dirname "$0")/common.sh"
+bench_setup make hyperfine python3
 mkdir "$work/dag"
 
 # Generator: dag.yaml + Makefile of `sleep D` steps, and cp.json with the

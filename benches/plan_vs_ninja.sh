@@ -11,17 +11,9 @@ set -euo pipefail
 
 steps=${1:-50000}
 runs=${2:-10}
-root=$(cd "$(dirname "$0")/.." && pwd)
-gen=${GEN_DAG:-$root/../shared/bench/gen_dag.py}
-[ -f "$gen" ] || gen=/work/shared/bench/gen_dag.py
-for tool in ninja hyperfine python3 /usr/bin/time; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y ninja-build hyperfine time)" >&2; exit 2; }
-done
-
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-bin=$root/target/release/runbook
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# shellcheck source=benches/common.sh
+. "$(dirname "$0")/common.sh"
+bench_setup ninja hyperfine python3 /usr/bin/time
 
 python3 "$gen" "$steps" "$work/dag" >/dev/null
 cd "$work/dag"

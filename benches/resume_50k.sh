@@ -22,21 +22,9 @@ steps=${1:-50000}
 resumes=${2:-5}
 jobs=${JOBS:-4}
 start_event=${START_EVENT:-step_started}
-root=$(cd "$(dirname "$0")/.." && pwd)
-gen=${GEN_DAG:-$root/../shared/bench/gen_dag.py}
-[ -f "$gen" ] || gen=/work/shared/bench/gen_dag.py
-for tool in python3 date cp mkfifo; do
-    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 2; }
-done
-
-if [ -n "${RUNBOOK_BIN:-}" ]; then
-    bin=$RUNBOOK_BIN
-else
-    cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-    bin=$root/target/release/runbook
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# shellcheck source=benches/common.sh
+. "$(dirname "$0")/common.sh"
+bench_setup python3 date cp mkfifo
 
 python3 "$gen" "$steps" "$work/dag" --cmd true >/dev/null
 target=s$((steps - 1))

@@ -14,21 +14,9 @@ set -euo pipefail
 
 steps=${1:-5000}
 runs=${2:-5}
-root=$(cd "$(dirname "$0")/.." && pwd)
-gen=${GEN_DAG:-$root/../shared/bench/gen_dag.py}
-[ -f "$gen" ] || gen=/work/shared/bench/gen_dag.py
-for tool in make ninja hyperfine python3 /usr/bin/time; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y make ninja-build hyperfine time)" >&2; exit 2; }
-done
-
-if [ -n "${RUNBOOK_BIN:-}" ]; then
-    bin=$RUNBOOK_BIN
-else
-    cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-    bin=$root/target/release/runbook
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# shellcheck source=benches/common.sh
+. "$(dirname "$0")/common.sh"
+bench_setup make ninja hyperfine python3 /usr/bin/time
 
 python3 "$gen" "$steps" "$work/dag" --cmd true >/dev/null
 cd "$work/dag"
