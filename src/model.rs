@@ -195,26 +195,6 @@ impl RetryPolicy {
         };
         delay.min(self.max_delay)
     }
-
-    /// One line for plans: "3 attempts, exponential 5s..2m, jitter".
-    pub fn describe(&self) -> String {
-        if self.attempts <= 1 {
-            return "no retry".into();
-        }
-        let mut out = format!("{} attempts, ", self.attempts);
-        match self.backoff {
-            Backoff::Fixed => out.push_str(&format!("every {}", fmt_duration(self.delay))),
-            Backoff::Exponential => out.push_str(&format!(
-                "exponential {}..{}",
-                fmt_duration(self.delay),
-                fmt_duration(self.max_delay)
-            )),
-        }
-        if self.jitter {
-            out.push_str(", jitter");
-        }
-        out
-    }
 }
 
 /// `30s`, `10m`, `1h30m`.
@@ -289,11 +269,6 @@ impl Step {
             "spec": self.action.spec(),
         });
         crate::validate::digest(&serde_json::to_vec(&content).unwrap_or_default())
-    }
-
-    /// The name if given, else the id.
-    pub fn title(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.id)
     }
 }
 

@@ -232,6 +232,7 @@ impl Plan {
             report.problems = problems;
             return Err(report);
         }
+        let masked = params.masked();
         let planned_params = params
             .values
             .iter()
@@ -241,11 +242,7 @@ impl Plan {
                     .params
                     .get(name)
                     .map_or(ParamType::String, |p| p.kind),
-                value: params
-                    .masked()
-                    .get(name)
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null),
+                value: masked.get(name).cloned().unwrap_or(serde_json::Value::Null),
                 secret: r.secret,
                 source: r.source,
             })
