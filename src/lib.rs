@@ -21,6 +21,7 @@ pub mod render;
 pub mod report;
 pub mod runner;
 pub mod schema;
+pub mod secrets;
 pub mod spec;
 pub mod state;
 pub mod template;

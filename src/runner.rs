@@ -480,10 +480,10 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
 
     // processes of the earlier runner: terminate before anything re-runs
     let grace = Duration::from_secs(5);
-    let leftovers = engine::process::find_leftovers(&run_id);
+    let leftovers = engine::containment::find_leftovers(&run_id);
     tracing::debug!(leftovers = leftovers.len(), elapsed = ?clock.elapsed(), "leftover processes found");
     if !leftovers.is_empty() {
-        engine::process::terminate_leftovers(&leftovers, grace).await;
+        engine::containment::terminate_leftovers(&leftovers, grace).await;
         let mut by_step: IndexMap<Option<String>, Vec<i32>> = IndexMap::new();
         for l in &leftovers {
             by_step.entry(l.step.clone()).or_default().push(l.pid);
@@ -616,7 +616,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
 async fn run_check(script: &str, run_dir: &RunDir, step: &str) -> bool {
     let env = vec![("RUNBOOK_STEP".to_owned(), step.to_owned())];
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let log = Arc::new(std::sync::Mutex::new(engine::process::StepLog::new(
+    let log = Arc::new(std::sync::Mutex::new(engine::output::StepLog::new(
         run_dir.log(step),
     )));
     if let Ok(mut f) = log.lock() {
@@ -625,14 +625,14 @@ async fn run_check(script: &str, run_dir: &RunDir, step: &str) -> bool {
             crate::events::now_rfc3339()
         ));
     }
-    let Ok(mut child) = engine::process::spawn_shell(script, &env, &cwd) else {
+    let Ok(mut child) = engine::spawn::spawn_shell(script, &env, &cwd) else {
         return false;
     };
     let output = child.output.take();
     let pump_log = log.clone();
     let pump = async move {
         if let Some(r) = output {
-            let _ = engine::process::pump(r, pump_log, Vec::new(), |_| {}).await;
+            let _ = engine::output::pump(r, pump_log, Vec::new(), |_| {}).await;
         }
     };
     let (status, ()) = tokio::join!(child.wait(), pump);

@@ -6,7 +6,9 @@
 //! Cancellation: the first interrupt stops launching (running steps finish
 //! or time out); the second terminates running steps' process groups.
 
-pub mod process;
+pub mod containment;
+pub mod output;
+pub mod spawn;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -189,7 +191,7 @@ pub async fn execute(
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
     ) {
         (Ok(a), Ok(b)) => {
-            process::note_signal_dispositions();
+            spawn::note_signal_dispositions();
             (a, b)
         }
         _ => {
@@ -454,7 +456,7 @@ impl StepTask {
                 &ctx.facts,
             )
         };
-        let scrub = process::Scrubber::new(&ctx.params.secret_values());
+        let scrub = crate::secrets::Scrubber::new(&ctx.params.secret_values());
 
         if let Some(when) = &step.when {
             match real.evaluate(env, when) {
@@ -502,7 +504,7 @@ impl StepTask {
         };
         let shown = scrub.mask(&script);
 
-        let log = Arc::new(std::sync::Mutex::new(process::StepLog::new(
+        let log = Arc::new(std::sync::Mutex::new(output::StepLog::new(
             ctx.run_dir.log(&step.id),
         )));
         let policy = &step.retry;
@@ -533,7 +535,7 @@ impl StepTask {
             match outcome {
                 Attempt::Succeeded => {
                     let output_file = ctx.run_dir.output_file(&step.id, attempt);
-                    let read = process::read_outputs(&output_file);
+                    let read = output::read_outputs(&output_file);
                     // the journal keeps the (masked) outputs; the raw file may hold secrets
                     let _ = std::fs::remove_file(&output_file);
                     let outputs = match read {
@@ -608,7 +610,7 @@ impl StepTask {
         attempt: u32,
         script: &str,
         shown: &str,
-        log: &Arc<std::sync::Mutex<process::StepLog>>,
+        log: &Arc<std::sync::Mutex<output::StepLog>>,
     ) -> Attempt {
         let ctx = self.ctx.clone();
         let step = &ctx.runbook.steps[self.index];
@@ -622,7 +624,7 @@ impl StepTask {
             ));
         }
         let mut env: Vec<(String, String)> = vec![
-            (process::RUN_MARKER.into(), ctx.facts.id.clone()),
+            (containment::RUN_MARKER.into(), ctx.facts.id.clone()),
             ("RUNBOOK_STEP".into(), step.id.clone()),
             ("RUNBOOK_ATTEMPT".into(), attempt.to_string()),
             ("RUNBOOK_RUN_DIR".into(), ctx.facts.dir.clone()),
@@ -631,7 +633,7 @@ impl StepTask {
         for (name, value) in &ctx.params.values {
             env.push((crate::params::env_var_name(name), value.value.to_string()));
         }
-        let mut child = match process::spawn_shell(script, &env, &self.cwd) {
+        let mut child = match spawn::spawn_shell(script, &env, &self.cwd) {
             Ok(child) => child,
             Err(e) => {
                 if step.idempotent {
@@ -672,7 +674,7 @@ impl StepTask {
             let log = log.clone();
             tokio::spawn(async move {
                 match output {
-                    Some(r) => process::pump(r, log, secrets, |line| {
+                    Some(r) => output::pump(r, log, secrets, |line| {
                         dispatch.emit(RunEvent::StepOutput {
                             step: id.clone(),
                             line: line.to_owned(),
@@ -711,10 +713,12 @@ impl StepTask {
         };
         let status = match wake {
             Wake::Exited(status) => status,
-            Wake::TimedOut | Wake::Killed => process::terminate_step(&mut child, self.grace).await,
+            Wake::TimedOut | Wake::Killed => {
+                containment::terminate_step(&mut child, self.grace).await
+            }
         };
         // whatever the step left behind in its group goes too
-        process::terminate_group(pid, Duration::from_millis(500)).await;
+        containment::terminate_group(pid, Duration::from_millis(500)).await;
         let _ = pump.await;
         if killed {
             remove_outputs();
