@@ -8,6 +8,16 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
+pub use crate::engine::containment::ContainmentInfo;
+
+fn sigint() -> String {
+    "SIGINT".into()
+}
+
+fn resume_cause() -> String {
+    "resume".into()
+}
+
 /// Version of the event/journal record format.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -55,6 +65,9 @@ pub enum RunOutcome {
 /// Something that happened in a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+// run_started is written once per run; boxing its fields would only move
+// an allocation onto every other event's path
+#[allow(clippy::large_enum_variant)]
 pub enum RunEvent {
     /// A new run began.
     RunStarted {
@@ -74,11 +87,24 @@ pub enum RunEvent {
         fail_fast: bool,
         /// Process id of the runner.
         pid: u32,
+        /// Absolute working directory of the steps (resumes use it too).
+        #[serde(default)]
+        cwd: String,
+        /// Random value in every step's environment (`RUNBOOK_RUN_MARKER`),
+        /// by which leftover processes are recognised.
+        #[serde(default)]
+        marker: String,
+        /// How this runner contains step processes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        containment: Option<ContainmentInfo>,
     },
     /// A `resume` took over the run.
     RunResumed {
         /// Process id of the runner.
         pid: u32,
+        /// How this runner contains step processes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        containment: Option<ContainmentInfo>,
         /// Whether `--allow-changed` was given.
         allow_changed: bool,
         /// Steps whose content changed since the run started.
@@ -101,6 +127,9 @@ pub enum RunEvent {
         /// Process group of the attempt, when already known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pgid: Option<i32>,
+        /// Slot cgroup of the attempt (under the run's cgroup), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cgroup: Option<String>,
     },
     /// The attempt's process exists.
     AttemptSpawned {
@@ -112,6 +141,9 @@ pub enum RunEvent {
         pid: i32,
         /// Its process group (the whole tree of the step).
         pgid: i32,
+        /// Slot cgroup of the attempt, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cgroup: Option<String>,
     },
     /// An attempt failed and the step will be retried.
     AttemptFailed {
@@ -162,6 +194,11 @@ pub enum RunEvent {
         exit_code: Option<i32>,
         /// Time the last attempt took.
         duration_ms: u64,
+        /// The step may have taken effect (it timed out, was killed, or its
+        /// outputs could not be read): a step with `idempotent: false` is
+        /// then not re-run by a resume without `done_if` or an operator.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        uncertain: bool,
     },
     /// A step's `when` was false.
     StepSkipped {
@@ -206,12 +243,35 @@ pub enum RunEvent {
         /// Step id.
         step: String,
     },
-    /// Processes left by an earlier runner were terminated on resume.
+    /// Leftover processes were terminated: left by an earlier runner (on
+    /// resume), or left running by an attempt that ended.
     LeftoverTerminated {
         /// Step they belonged to, when known.
         step: Option<String>,
         /// Their pids.
         pids: Vec<i32>,
+        /// `resume` or `attempt-end`.
+        #[serde(default = "resume_cause")]
+        cause: String,
+    },
+    /// A `done_if` check ran (on resume, for a step that was in flight).
+    DoneIfChecked {
+        /// Step id.
+        step: String,
+        /// Whether it held (the step already took effect).
+        holds: bool,
+        /// How it ended: `exit 0`, `exit 1`, `timed out after 1m`, ...
+        detail: String,
+    },
+    /// The process of a `daemon` step ended.
+    DaemonStopped {
+        /// Step id.
+        step: String,
+        /// `no longer needed`, `run ended`, or `exited` (on its own).
+        cause: String,
+        /// Exit code, when it exited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
     },
     /// The latest line a running step printed (reporters only; rate-limited).
     StepOutput {
@@ -224,6 +284,10 @@ pub enum RunEvent {
     RunInterrupting {
         /// 1 for the first signal, 2 once running steps are being terminated.
         level: u8,
+        /// `SIGINT` (Ctrl-C) or `SIGTERM`; SIGTERM terminates running steps
+        /// at once (level 2).
+        #[serde(default = "sigint")]
+        signal: String,
     },
     /// The journal cannot be written (disk full, I/O error): no step starts
     /// any more (reporters only: it cannot be journaled).
@@ -264,6 +328,8 @@ impl RunEvent {
             | RunEvent::StepApproved { step, .. }
             | RunEvent::StepMarkedDone { step, .. }
             | RunEvent::RerunRequested { step }
+            | RunEvent::DoneIfChecked { step, .. }
+            | RunEvent::DaemonStopped { step, .. }
             | RunEvent::StepOutput { step, .. } => Some(step),
             RunEvent::LeftoverTerminated { step, .. } => step.as_deref(),
             _ => None,

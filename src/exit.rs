@@ -8,7 +8,10 @@ pub const FAILED: u8 = 1;
 pub const INVALID: u8 = 2;
 /// The run stopped at a `pause` gate awaiting approval.
 pub const PAUSED: u8 = 3;
-/// A runtime or environment error (I/O, state directory, lock held).
+/// A runtime or environment error (I/O, state directory, lock held, a
+/// journal that cannot be written).
 pub const RUNTIME: u8 = 4;
 /// Interrupted by Ctrl-C (128 + SIGINT).
 pub const INTERRUPTED: u8 = 130;
+/// Stopped by SIGTERM (128 + SIGTERM): running steps were terminated.
+pub const TERMINATED: u8 = 143;

@@ -196,7 +196,10 @@ impl JournalWriter {
         let failed_in_thread = failed.clone();
         let thread = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || writer_loop(file, receiver, failed_in_thread))
+            .spawn({
+                let path = path.to_owned();
+                move || writer_loop(file, &path, receiver, failed_in_thread)
+            })
             .map_err(crate::state::io_err(
                 "cannot start the journal writer for",
                 path,
@@ -273,8 +276,24 @@ fn encode(event: &RunEvent) -> Vec<u8> {
     line
 }
 
+/// Whether `path` still names the file being written (a tmp cleaner or
+/// an operator may have removed the run directory).
+fn still_there(file: &File, path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = file.metadata().map_err(|e| e.to_string())?;
+    match std::fs::metadata(path) {
+        Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => Ok(()),
+        Ok(_) => Err(format!("{} was replaced by another file", path.display())),
+        Err(e) => Err(format!(
+            "{} is gone ({e}); was the run directory removed?",
+            path.display()
+        )),
+    }
+}
+
 fn writer_loop(
     mut file: File,
+    path: &Path,
     receiver: mpsc::Receiver<Message>,
     failed: Arc<Mutex<Option<String>>>,
 ) {
@@ -312,7 +331,9 @@ fn writer_loop(
                 } else {
                     file.write_all(&buffer).and_then(|()| file.sync_data())
                 };
-                written.map_err(|e| e.to_string())
+                written
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| still_there(&file, path))
             }
         };
         if let Err(e) = &result
@@ -382,6 +403,16 @@ pub struct StepState {
     /// Who approved or marked it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Its last failure may have taken effect (timeout, killed, outputs
+    /// unreadable): a non-idempotent step is not re-run blindly.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub uncertain: bool,
+    /// Slot cgroup of its latest attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Latest `done_if` verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub done_if: Option<String>,
     /// Why it was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_because: Option<String>,
@@ -401,6 +432,9 @@ impl Default for StepState {
             pgids: Vec::new(),
             reason: None,
             by: None,
+            uncertain: false,
+            cgroup: None,
+            done_if: None,
             skipped_because: None,
         }
     }
@@ -439,6 +473,16 @@ pub struct RunState {
     pub steps: IndexMap<String, StepState>,
     /// Leftover processes terminated on resume.
     pub leftovers_terminated: usize,
+    /// Working directory of the steps (absolute), when journaled.
+    pub cwd: Option<String>,
+    /// The run's marker (in every step's environment).
+    #[serde(skip)]
+    pub marker: String,
+    /// Containment of the latest runner.
+    pub containment: Option<crate::events::ContainmentInfo>,
+    /// Containment of every runner so far, oldest first.
+    #[serde(skip)]
+    pub sessions: Vec<crate::events::ContainmentInfo>,
 }
 
 impl RunState {
@@ -455,6 +499,9 @@ impl RunState {
                     step_digests,
                     jobs,
                     fail_fast,
+                    cwd,
+                    marker,
+                    containment,
                     ..
                 },
             ..
@@ -481,6 +528,10 @@ impl RunState {
             resumes: 0,
             steps: IndexMap::new(),
             leftovers_terminated: 0,
+            cwd: (!cwd.is_empty()).then(|| cwd.clone()),
+            marker: marker.clone(),
+            containment: containment.clone(),
+            sessions: containment.iter().cloned().collect(),
         };
         for record in &records[1..] {
             state.updated_at.clone_from(&record.at);
@@ -489,20 +540,55 @@ impl RunState {
                 .step()
                 .map(|s| steps.entry(s.to_owned()).or_default());
             match (&record.event, step) {
-                (RunEvent::RunResumed { runbook, .. }, _) => {
+                (
+                    RunEvent::RunResumed {
+                        runbook,
+                        containment,
+                        ..
+                    },
+                    _,
+                ) => {
                     state.resumes += 1;
                     state.outcome = None;
                     state.runbook = runbook.clone();
+                    if let Some(c) = containment {
+                        state.containment = Some(c.clone());
+                        state.sessions.push(c.clone());
+                    }
                 }
                 (RunEvent::RunFinished { outcome }, _) => state.outcome = Some(*outcome),
-                (RunEvent::StepStarted { attempt, pgid, .. }, Some(s)) => {
+                (
+                    RunEvent::StepStarted {
+                        attempt,
+                        pgid,
+                        cgroup,
+                        ..
+                    },
+                    Some(s),
+                ) => {
                     s.pgids.extend(pgid);
                     s.status = StepStatus::Running;
                     s.attempts = s.attempts.max(*attempt);
                     s.started_at = Some(record.at.clone());
                     s.error = None;
+                    s.uncertain = false;
+                    if cgroup.is_some() {
+                        s.cgroup.clone_from(cgroup);
+                    }
                 }
-                (RunEvent::AttemptSpawned { pgid, .. }, Some(s)) => s.pgids.push(*pgid),
+                (RunEvent::AttemptSpawned { pgid, cgroup, .. }, Some(s)) => {
+                    s.pgids.push(*pgid);
+                    if cgroup.is_some() {
+                        s.cgroup.clone_from(cgroup);
+                    }
+                }
+                (RunEvent::DoneIfChecked { holds, detail, .. }, Some(s)) => {
+                    s.done_if = Some(if *holds {
+                        format!("held ({detail})")
+                    } else {
+                        format!("did not hold ({detail})")
+                    });
+                }
                 (
                     RunEvent::AttemptFailed {
                         error,
@@ -542,11 +628,13 @@ impl RunState {
                         error,
                         exit_code,
                         duration_ms,
+                        uncertain,
                         ..
                     },
                     Some(s),
                 ) => {
                     s.status = StepStatus::Failed;
+                    s.uncertain = *uncertain;
                     s.error = Some(error.clone());
                     s.exit_code = *exit_code;
                     s.duration_ms = Some(*duration_ms);
@@ -570,8 +658,9 @@ impl RunState {
                 (RunEvent::RerunRequested { .. }, Some(s)) => {
                     s.status = StepStatus::Pending;
                     s.via = None;
+                    s.uncertain = false;
                 }
-                (RunEvent::LeftoverTerminated { pids, .. }, _) => {
+                (RunEvent::LeftoverTerminated { pids, cause, .. }, _) if cause == "resume" => {
                     state.leftovers_terminated += pids.len()
                 }
                 _ => {}
@@ -650,6 +739,9 @@ mod tests {
             jobs: 1,
             fail_fast: false,
             pid: 1,
+            cwd: "/".into(),
+            marker: "m".into(),
+            containment: None,
         }
     }
 
@@ -664,6 +756,7 @@ mod tests {
             attempt: 1,
             command: None,
             pgid: Some(42),
+            cgroup: None,
         });
         writer.close().unwrap();
         let good = std::fs::read(&path).unwrap();

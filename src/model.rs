@@ -246,6 +246,10 @@ pub struct Step {
     pub idempotent: bool,
     /// Shell check that the step already took effect.
     pub done_if: Option<String>,
+    /// Its process outlives the step, until the steps that need it finish.
+    pub daemon: bool,
+    /// Readiness check of a daemon step.
+    pub ready: Option<String>,
     /// What the step does.
     pub action: Action,
 }
@@ -265,6 +269,8 @@ impl Step {
             "always": self.always,
             "idempotent": self.idempotent,
             "done_if": self.done_if,
+            "daemon": self.daemon,
+            "ready": self.ready,
             "action": self.action.key(),
             "spec": self.action.spec(),
         });

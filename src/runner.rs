@@ -42,6 +42,26 @@ pub enum RunError {
     /// Damaged journal (exit 4).
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The run cannot be prepared in this environment: containment,
+    /// working directory (exit 4).
+    #[error("{message}")]
+    Environment {
+        /// What is wrong.
+        message: String,
+        /// What to do.
+        help: String,
+    },
+    /// A resume stopped for an operator's decision (exit 2), after doing
+    /// what it reports in `notices` (leftovers terminated, done_if verdicts).
+    #[error("{message}")]
+    NeedsDecision {
+        /// What is wrong.
+        message: String,
+        /// What to do.
+        help: String,
+        /// Events already journaled, to show.
+        notices: Vec<RunEvent>,
+    },
 }
 
 impl From<Report> for RunError {
@@ -64,6 +84,9 @@ pub struct Prepared {
     pub lock: RunLock,
     /// The first event to report (run_started or run_resumed).
     pub opening: RunEvent,
+    /// Events already journaled while preparing (leftovers terminated,
+    /// done_if verdicts), reported after the opening.
+    pub notices: Vec<RunEvent>,
 }
 
 /// Options of `run` and `resume`.
@@ -75,6 +98,44 @@ pub struct ExecOptions {
     pub fail_fast: bool,
     /// State directory.
     pub state_dir: PathBuf,
+}
+
+/// Time between SIGTERM and SIGKILL when steps are terminated.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// Default time limit of a `done_if` check on a step without `timeout`.
+pub const DONE_IF_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn establish_containment(
+    run_id: &str,
+    marker: &str,
+) -> Result<Arc<engine::containment::Containment>, RunError> {
+    engine::containment::Containment::establish(run_id, marker)
+        .map(Arc::new)
+        .map_err(|reason| RunError::Environment {
+            message: format!("cannot contain step processes in a cgroup: {reason}"),
+            help: format!(
+                "unset {} (or set it to `auto`) to fall back to process groups",
+                engine::containment::CONTAINMENT_VAR
+            ),
+        })
+}
+
+/// Makes relative `path` params absolute against the run's directory, so
+/// a resume from elsewhere means the same files.
+fn absolutize_paths(runbook: &Runbook, params: &mut ParamValues, cwd: &Path) {
+    for (name, value) in params.values.iter_mut() {
+        let is_path = runbook
+            .params
+            .get(name)
+            .is_some_and(|spec| spec.kind == crate::spec::raw::ParamType::Path);
+        if let (true, crate::model::ParamValue::String(text)) = (is_path, &mut value.value)
+            && !text.is_empty()
+            && Path::new(text.as_str()).is_relative()
+        {
+            *text = cwd.join(text.as_str()).display().to_string();
+        }
+    }
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -206,13 +267,17 @@ pub fn start(
     runbook: Runbook,
     source: &SourceFile,
     file: &Path,
-    params: ParamValues,
+    mut params: ParamValues,
     options: &ExecOptions,
 ) -> Result<Prepared, RunError> {
     check_supported(&runbook)?;
-    let run_id = state::new_run_id(&runbook.name);
-    let run_dir = RunDir::new(&options.state_dir, &run_id);
-    run_dir.create()?;
+    let cwd = std::env::current_dir().map_err(|e| RunError::Environment {
+        message: format!("cannot read the current directory: {e}"),
+        help: "run from a directory that exists".into(),
+    })?;
+    absolutize_paths(&runbook, &mut params, &cwd);
+    let run_dir = RunDir::create_new(&options.state_dir, &runbook.name)?;
+    let run_id = run_dir.id.clone();
     let lock = run_dir.lock()?;
     state::write_private(&run_dir.runbook_copy(), source.text.as_bytes())?;
     let masked = params.masked();
@@ -222,6 +287,8 @@ pub fn start(
             .unwrap_or_default()
             .as_bytes(),
     )?;
+    let marker = engine::containment::new_marker();
+    let containment = establish_containment(&run_id, &marker)?;
     let journal = JournalWriter::open(&run_dir.journal(), None)?;
     let opening = RunEvent::RunStarted {
         run_id: run_id.clone(),
@@ -237,6 +304,9 @@ pub fn start(
         jobs: options.jobs,
         fail_fast: options.fail_fast,
         pid: std::process::id(),
+        cwd: cwd.display().to_string(),
+        marker,
+        containment: Some(containment.info().clone()),
     };
     let initial = vec![Initial::Pending { next_attempt: 1 }; runbook.steps.len()];
     let facts = RunFacts {
@@ -250,12 +320,15 @@ pub fn start(
             run_dir,
             params,
             facts,
+            cwd,
+            containment,
         }),
         initial,
         journal,
         already_done: 0,
         lock,
         opening,
+        notices: Vec::new(),
     })
 }
 
@@ -426,7 +499,23 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         loaded,
     )?;
     check_supported(&runbook)?;
-    let params = ParamValues::for_resume(&runbook.params, &run_state.params, &request.params)?;
+    let mut params = ParamValues::for_resume(&runbook.params, &run_state.params, &request.params)?;
+    // steps run where the run started, whichever directory resumes it
+    let cwd = match &run_state.cwd {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+    };
+    if !cwd.is_dir() {
+        return Err(RunError::Environment {
+            message: format!(
+                "run {run_id} runs its steps in {}, which no longer exists",
+                cwd.display()
+            ),
+            help: "recreate that directory (steps may use paths relative to it), then resume again"
+                .into(),
+        });
+    }
+    absolutize_paths(&runbook, &mut params, &cwd);
 
     for id in &request.rerun {
         check_step(&runbook, id, "--rerun")?;
@@ -442,6 +531,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                 help: "only pause gates are approved; use --mark-done STEP --reason TEXT for other steps".into(),
             });
         }
+        gate_reached(&run_state, &run_id, id)?;
     }
     let journal = JournalWriter::open(&run_dir.journal(), Some(read.valid_len))?;
     if !changed.is_empty() || runbook.digest != run_state.runbook.digest {
@@ -478,18 +568,34 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     all.append(&mut records);
     run_state = RunState::fold(&run_dir.journal(), &all)?;
 
-    // processes of the earlier runner: terminate before anything re-runs
-    let grace = Duration::from_secs(5);
-    let leftovers = engine::containment::find_leftovers(&run_id);
-    tracing::debug!(leftovers = leftovers.len(), elapsed = ?clock.elapsed(), "leftover processes found");
-    if !leftovers.is_empty() {
-        engine::containment::terminate_leftovers(&leftovers, grace).await;
-        let mut by_step: IndexMap<Option<String>, Vec<i32>> = IndexMap::new();
-        for l in &leftovers {
-            by_step.entry(l.step.clone()).or_default().push(l.pid);
-        }
-        for (step, pids) in by_step {
-            journal.append(&RunEvent::LeftoverTerminated { step, pids });
+    // the new runner's containment, then the processes of the earlier
+    // runners: terminated before anything is checked or re-run
+    let marker = if run_state.marker.is_empty() {
+        engine::containment::new_marker()
+    } else {
+        run_state.marker.clone()
+    };
+    let containment = establish_containment(&run_id, &marker)?;
+    let mut notices = Vec::new();
+    let previous = previous_runners(&run_state, &marker);
+    let left = containment
+        .clean_previous(&previous, Duration::from_secs(5))
+        .await;
+    tracing::debug!(leftovers = left.len(), elapsed = ?clock.elapsed(), "leftover processes terminated");
+    for (step, pids) in left {
+        let event = RunEvent::LeftoverTerminated {
+            step,
+            pids,
+            cause: "resume".into(),
+        };
+        journal.append(&event);
+        notices.push(event);
+    }
+    // raw `$RUNBOOK_OUTPUT` files of attempts that never finished may hold
+    // secrets: no runner is alive to read them
+    if let Ok(entries) = std::fs::read_dir(run_dir.path.join("outputs")) {
+        for e in entries.filter_map(Result::ok) {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 
@@ -498,6 +604,15 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         dir: run_dir.path.display().to_string(),
         started_at: run_state.started_at.clone(),
     };
+    let ctx = RunContext {
+        runbook: Arc::new(runbook),
+        run_dir,
+        params,
+        facts,
+        cwd,
+        containment,
+    };
+    let runbook = ctx.runbook.clone();
     let env = template::environment();
     let mut initial = Vec::with_capacity(runbook.steps.len());
     let mut undecided = Vec::new();
@@ -509,60 +624,83 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         }
     }
     let done_outputs = Arc::new(done_outputs);
+    let finished = |id: &str| {
+        run_state
+            .steps
+            .get(id)
+            .is_some_and(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped))
+    };
     let mut already_done = 0;
-    for step in &runbook.steps {
+    for (index, step) in runbook.steps.iter().enumerate() {
         let state = run_state.steps.get(&step.id);
         let attempts = state.map_or(0, |s| s.attempts);
         let status = state.map_or(StepStatus::Pending, |s| s.status);
+        let uncertain = state.is_some_and(|s| s.uncertain);
+        let pending = Initial::Pending {
+            next_attempt: attempts + 1,
+        };
+        let in_flight = matches!(status, StepStatus::Running | StepStatus::Interrupted)
+            || (status == StepStatus::Failed && uncertain && !step.idempotent);
         let init = match status {
+            // a daemon is started again while a step that needs it has to run
+            StepStatus::Succeeded
+                if step.daemon
+                    && runbook
+                        .graph
+                        .dependents(index)
+                        .any(|d| !finished(&runbook.steps[d].id)) =>
+            {
+                pending
+            }
             StepStatus::Succeeded => {
                 Initial::Done(state.map(|s| s.outputs.clone()).unwrap_or_default())
             }
             StepStatus::Skipped => Initial::Skipped,
-            StepStatus::Running | StepStatus::Interrupted => {
-                if let Some(check) = &step.done_if {
-                    let ctx = Context::new(
-                        &params.template_values(false),
-                        Outputs::Known(done_outputs.clone()),
-                        &facts,
-                    );
-                    let held = match ctx.render(env, check) {
-                        Ok(script) => run_check(&script, &run_dir, &step.id).await,
-                        Err(_) => false,
-                    };
-                    if held {
-                        journal.append(&RunEvent::StepSucceeded {
+            _ if in_flight => {
+                let held = match &step.done_if {
+                    Some(check) => {
+                        let context = Context::new(
+                            &ctx.params.template_values(false),
+                            Outputs::Known(done_outputs.clone()),
+                            &ctx.facts,
+                        );
+                        let (holds, detail) = match context.render(env, check) {
+                            Ok(script) => run_check(&ctx, step, attempts, &script).await,
+                            Err(e) => (
+                                false,
+                                format!("cannot render done_if: {}", engine::render_error(&e)),
+                            ),
+                        };
+                        let verdict = RunEvent::DoneIfChecked {
                             step: step.id.clone(),
-                            attempt: 0,
-                            via: SuccessVia::DoneIf,
-                            duration_ms: 0,
-                            outputs: IndexMap::new(),
-                        });
-                        Initial::Done(IndexMap::new())
-                    } else if step.idempotent {
-                        Initial::Pending {
-                            next_attempt: attempts + 1,
-                        }
-                    } else {
-                        undecided.push(step.id.clone());
-                        Initial::Pending {
-                            next_attempt: attempts + 1,
-                        }
+                            holds,
+                            detail,
+                        };
+                        journal.append(&verdict);
+                        notices.push(verdict);
+                        holds
                     }
-                } else if step.idempotent {
-                    Initial::Pending {
-                        next_attempt: attempts + 1,
-                    }
+                    None => false,
+                };
+                if held {
+                    let done = RunEvent::StepSucceeded {
+                        step: step.id.clone(),
+                        attempt: 0,
+                        via: SuccessVia::DoneIf,
+                        duration_ms: 0,
+                        outputs: IndexMap::new(),
+                    };
+                    journal.append(&done);
+                    notices.push(done);
+                    Initial::Done(IndexMap::new())
                 } else {
-                    undecided.push(step.id.clone());
-                    Initial::Pending {
-                        next_attempt: attempts + 1,
+                    if !step.idempotent {
+                        undecided.push(step.id.clone());
                     }
+                    pending
                 }
             }
-            _ => Initial::Pending {
-                next_attempt: attempts + 1,
-            },
+            _ => pending,
         };
         if matches!(init, Initial::Done(_) | Initial::Skipped) {
             already_done += 1;
@@ -572,82 +710,178 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     tracing::debug!(elapsed = ?clock.elapsed(), "starting states decided");
     if !undecided.is_empty() {
         let _ = journal.flush().await;
+        ctx.containment.remove();
         let list = undecided
             .iter()
             .map(|s| format!("`{s}`"))
             .collect::<Vec<_>>()
             .join(", ");
         let first = &undecided[0];
-        return Err(RunError::Refused {
+        let state_flag = format!(
+            " --state-dir {}",
+            shell_word(&options.state_dir.display().to_string())
+        );
+        return Err(RunError::NeedsDecision {
             message: format!(
-                "run {run_id}: {list} {} running when the run stopped and {} not safe to repeat (idempotent: false)",
-                if undecided.len() == 1 { "was" } else { "were" },
+                "run {run_id}: {list} {} not safe to repeat (idempotent: false) and may have taken effect (it was running, timed out or was killed when the run stopped)",
                 if undecided.len() == 1 { "is" } else { "are" },
             ),
             help: format!(
-                "check what the step did (log: {}), then either\n  runbook resume {run_id} --rerun {first}                      # run it again\n  runbook resume {run_id} --mark-done {first} --reason '...'   # it did take effect\nA `done_if` check on the step lets runbook decide this itself.",
-                run_dir.log(first).display()
+                "check what the step did (log: {}), then either\n  runbook resume {run_id}{state_flag} --rerun {first}                      # run it again\n  runbook resume {run_id}{state_flag} --mark-done {first} --reason '...'   # it did take effect\nA `done_if` check on the step lets runbook decide this itself.",
+                ctx.run_dir.log(first).display()
             ),
+            notices,
         });
     }
     let opening = RunEvent::RunResumed {
         pid: std::process::id(),
+        containment: Some(ctx.containment.info().clone()),
         allow_changed: request.allow_changed,
         changed_steps: changed,
         runbook: runbook_ref(&runbook, &path),
     };
     Ok(Prepared {
-        ctx: Arc::new(RunContext {
-            runbook: Arc::new(runbook),
-            run_dir,
-            params,
-            facts,
-        }),
+        ctx: Arc::new(ctx),
         initial,
         journal,
         already_done,
         lock,
         opening,
+        notices,
     })
 }
 
-/// Runs a `done_if` check, its output appended to the step's log: true
-/// when it exits 0.
-async fn run_check(script: &str, run_dir: &RunDir, step: &str) -> bool {
-    let env = vec![("RUNBOOK_STEP".to_owned(), step.to_owned())];
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+/// A word for a copy-pasteable command line, quoted when it needs it.
+pub fn shell_word(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:=@%+,-".contains(&b))
+    {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+/// Refuses to approve a gate the run has not reached.
+pub fn gate_reached(run_state: &RunState, run_id: &str, step: &str) -> Result<(), RunError> {
+    let status = run_state
+        .steps
+        .get(step)
+        .map_or(StepStatus::Pending, |s| s.status);
+    match status {
+        StepStatus::Paused => Ok(()),
+        StepStatus::Succeeded => Err(RunError::Refused {
+            message: format!("gate `{step}` of run {run_id} is already approved"),
+            help: format!("continue with `runbook resume {run_id}`"),
+        }),
+        other => Err(RunError::Refused {
+            message: format!(
+                "gate `{step}` of run {run_id} has not been reached (it is {}); a gate is approved once the run stops there",
+                serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "pending".into())
+            ),
+            help: format!(
+                "continue with `runbook resume {run_id}`; when the run pauses at `{step}`, review it and approve"
+            ),
+        }),
+    }
+}
+
+/// What the journal says about the runners before this one.
+fn previous_runners(run_state: &RunState, marker: &str) -> engine::containment::Previous {
+    let started = humantime::parse_rfc3339(&run_state.started_at)
+        .unwrap_or_else(|_| std::time::SystemTime::now());
+    engine::containment::Previous {
+        marker: marker.to_owned(),
+        sessions: run_state.sessions.clone(),
+        slot_steps: run_state
+            .steps
+            .iter()
+            .filter_map(|(id, s)| s.cgroup.clone().map(|c| (c, id.clone())))
+            .collect(),
+        pgids: run_state
+            .steps
+            .iter()
+            .filter(|(_, s)| !s.pgids.is_empty())
+            .map(|(id, s)| (id.clone(), s.pgids.clone()))
+            .collect(),
+        // a second of slack between the journal's clock and the kernel's
+        started_ticks: engine::containment::ticks_since_boot(
+            started
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or(started),
+        ),
+    }
+}
+
+/// Runs a `done_if` check with the step's environment, in the run's
+/// containment, under the step's timeout (else `DONE_IF_TIMEOUT`), its
+/// output (secrets masked) appended to the step's log. Returns whether it
+/// held, and how it ended.
+async fn run_check(
+    ctx: &RunContext,
+    step: &crate::model::Step,
+    attempts: u32,
+    script: &str,
+) -> (bool, String) {
     let log = Arc::new(std::sync::Mutex::new(engine::output::StepLog::new(
-        run_dir.log(step),
+        ctx.run_dir.log(&step.id),
     )));
     if let Ok(mut f) = log.lock() {
         let _ = f.note(&format!(
-            "--- runbook: done_if check of {step} at {}",
+            "--- runbook: done_if check of {} at {}",
+            step.id,
             crate::events::now_rfc3339()
         ));
     }
-    let Ok(mut child) = engine::spawn::spawn_shell(script, &env, &cwd) else {
-        return false;
-    };
-    let output = child.output.take();
-    let pump_log = log.clone();
-    let pump = async move {
-        if let Some(r) = output {
-            let _ = engine::output::pump(r, pump_log, Vec::new(), |_| {}).await;
+    let env = engine::step_env(ctx, step, attempts.max(1));
+    let timeout = step.timeout.unwrap_or(DONE_IF_TIMEOUT);
+    let (holds, detail) = match engine::launch(ctx, script, &env, log.clone(), |_| {}) {
+        Err(e) => (false, format!("cannot start: {e}")),
+        Ok(mut launched) => {
+            let ended = engine::wait_launched(
+                ctx,
+                &mut launched,
+                Some(timeout),
+                None,
+                Duration::from_secs(5),
+            )
+            .await;
+            let _ = engine::finish_launched(ctx, launched, &step.id).await;
+            match ended {
+                engine::Ended::Exited(Ok(s)) if s.success() => (true, "exit 0".to_owned()),
+                engine::Ended::Exited(Ok(s)) => (
+                    false,
+                    match s.code() {
+                        Some(c) => format!("exit {c}"),
+                        None => "killed by a signal".into(),
+                    },
+                ),
+                engine::Ended::Exited(Err(e)) => (false, format!("cannot wait: {e}")),
+                engine::Ended::TimedOut => (
+                    false,
+                    format!("timed out after {}", crate::model::fmt_duration(timeout)),
+                ),
+                engine::Ended::Killed => (false, "interrupted".into()),
+            }
         }
     };
-    let (status, ()) = tokio::join!(child.wait(), pump);
-    let held = matches!(status, Ok(s) if s.success());
+    let _ = std::fs::remove_file(ctx.run_dir.output_file(&step.id, attempts.max(1)));
     if let Ok(mut f) = log.lock() {
         let _ = f.note(&format!(
-            "--- runbook: done_if {}",
-            if held {
+            "--- runbook: done_if {} ({detail})",
+            if holds {
                 "holds: the step already took effect"
             } else {
                 "does not hold"
             }
         ));
     }
-    held
+    (holds, detail)
 }
 
 /// Runs a prepared run to its end with the given reporters.
@@ -662,23 +896,27 @@ pub async fn execute(
         journal,
         lock,
         opening,
+        notices,
         ..
     } = prepared;
     let dispatch = Arc::new(Dispatch { journal, reporters });
     let _ = dispatch.emit_durable(opening).await;
+    for notice in &notices {
+        dispatch.report(notice);
+    }
     let summary = engine::execute(
         ctx.clone(),
         initial,
         Options {
             jobs: options.jobs as usize,
             fail_fast: options.fail_fast,
-            grace: Duration::from_secs(10),
-            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            grace: GRACE,
         },
         dispatch.clone(),
     )
     .await;
     let _ = dispatch.journal.flush().await;
+    ctx.containment.remove();
     drop(lock);
     (summary, ctx)
 }

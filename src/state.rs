@@ -200,10 +200,30 @@ impl RunDir {
             .join(format!("{step}.{attempt}.env"))
     }
 
-    /// Creates the directory tree of a new run.
-    pub fn create(&self) -> Result<(), StateError> {
-        create_private_dir(&self.path.join("logs"))?;
-        create_private_dir(&self.path.join("outputs"))
+    /// Creates the directory of a new run of `runbook_name` exclusively:
+    /// never over an existing run (two runs started in the same second
+    /// may draw the same id); on a clash a new id is drawn.
+    pub fn create_new(state: &Path, runbook_name: &str) -> Result<RunDir, StateError> {
+        let runs = state.join("runs");
+        create_private_dir(&runs)?;
+        let mut last = None;
+        for _ in 0..64 {
+            let run = RunDir::new(state, &new_run_id(runbook_name));
+            match std::fs::DirBuilder::new().mode(0o700).create(&run.path) {
+                Ok(()) => {
+                    create_private_dir(&run.path.join("logs"))?;
+                    create_private_dir(&run.path.join("outputs"))?;
+                    return Ok(run);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(io_err("cannot create run directory", &run.path)(e)),
+            }
+        }
+        Err(StateError::Io {
+            action: "cannot find a free run id in",
+            path: runs,
+            source: last.unwrap_or_else(|| io::Error::other("every id taken")),
+        })
     }
 
     /// Takes the run's lock, or fails at once naming the holder's pid.

@@ -677,6 +677,36 @@ impl Checker<'_> {
         if let Some(text) = &raw.done_if {
             self.template(text, field("done_if"), &raw.id, &ctx, output_uses);
         }
+        if let Some(text) = &raw.ready {
+            self.template(text, field("ready"), &raw.id, &ctx, output_uses);
+        }
+        let is_run = present.first().is_some_and(|k| *k == "run") && present.len() == 1;
+        if raw.daemon && !is_run {
+            self.push(
+                Problem::new(
+                    "step::daemon-not-run",
+                    format!("step `{}`: `daemon: true` is for `run` steps only", raw.id),
+                )
+                .at_labeled(field("daemon").map_or(id_span, |n| n.span), "not a `run` step")
+                .help("a daemon is a local process that outlives its step; remove `daemon` or make the step a `run` step"),
+            );
+        }
+        if raw.ready.is_some() && !raw.daemon {
+            self.push(
+                Problem::new(
+                    "step::ready-without-daemon",
+                    format!(
+                        "step `{}`: `ready` only applies to `daemon: true` steps",
+                        raw.id
+                    ),
+                )
+                .at_labeled(
+                    field("ready").map_or(id_span, |n| n.span),
+                    "ignored without `daemon: true`",
+                )
+                .help("add `daemon: true`, or move the check into the step's command"),
+            );
+        }
         for key in &present {
             if let Some(action_node) = node.get(key) {
                 self.templates_in(action_node, &raw.id, &ctx, output_uses);
@@ -693,6 +723,8 @@ impl Checker<'_> {
             always: raw.always,
             idempotent: raw.idempotent.unwrap_or(true),
             done_if: raw.done_if.clone(),
+            daemon: raw.daemon,
+            ready: raw.ready.clone(),
             action: action?,
         })
     }

@@ -33,6 +33,8 @@ fn options(exec: &ExecArgs, fail_fast: bool) -> Result<ExecOptions, u8> {
         say_err!("error: {e}");
         exit::RUNTIME
     })?;
+    // hints and the journal must mean the same place from any directory
+    let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
     Ok(ExecOptions {
         jobs: exec.jobs,
         fail_fast,
@@ -57,6 +59,21 @@ fn report_error(error: RunError, style: Style) -> u8 {
         RunError::Journal(e) => {
             say_err!("error: {e}");
             exit::RUNTIME
+        }
+        RunError::Environment { message, help } => {
+            say_err!("error: {message}\n  help: {help}");
+            exit::RUNTIME
+        }
+        RunError::NeedsDecision {
+            message,
+            help,
+            notices,
+        } => {
+            for line in notices.iter().filter_map(crate::report::human::plain_line) {
+                say_err!("{line}");
+            }
+            say_err!("error: {message}\n  help: {help}");
+            exit::INVALID
         }
     }
 }
@@ -192,10 +209,26 @@ fn finish(
     ));
     let (outcome, failed, paused) = (summary.outcome, summary.failed, summary.paused);
     let state_flag = if explicit_state_dir {
-        format!(" --state-dir {}", options.state_dir.display())
+        format!(
+            " --state-dir {}",
+            runner::shell_word(&options.state_dir.display().to_string())
+        )
     } else {
         String::new()
     };
+    if let Some(error) = &summary.journal_error {
+        let message = format!(
+            "Run {run_id} stopped: its journal cannot be written ({error}).\n  Steps that finished after this point are not checkpointed; check the state directory {}, then continue with: runbook resume {run_id}{state_flag}",
+            options.state_dir.display()
+        );
+        match format {
+            LogFormat::Human => {
+                let _ = super::write_stdout(format!("{message}\n").as_bytes());
+            }
+            LogFormat::Json => say_err!("{message}"),
+        }
+        return exit::RUNTIME;
+    }
     let message = match outcome {
         RunOutcome::Succeeded => format!("Run {run_id} succeeded in {took}."),
         RunOutcome::Failed => format!(
@@ -229,6 +262,7 @@ fn finish(
         RunOutcome::Succeeded => exit::SUCCESS,
         RunOutcome::Failed => exit::FAILED,
         RunOutcome::Paused => exit::PAUSED,
+        RunOutcome::Interrupted if summary.terminated => exit::TERMINATED,
         RunOutcome::Interrupted => exit::INTERRUPTED,
     }
 }
@@ -265,6 +299,10 @@ pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
         {
             return Ok(format!("`{step}` is already approved."));
         }
+        runner::gate_reached(&run_state, run_id, step).map_err(|e| match e {
+            RunError::Refused { message, help } => format!("{message}\n  help: {help}"),
+            other => other.to_string(),
+        })?;
         let writer = journal::JournalWriter::open(&run.journal(), Some(read.valid_len))
             .map_err(|e| e.to_string())?;
         writer.append(&RunEvent::StepApproved {

@@ -110,7 +110,17 @@ pub fn status(run_id: Option<&str>, state_dir: Option<&Path>, output: ListFormat
                 out.push_str(&format!("   resumed {}x", state.resumes));
             }
             out.push('\n');
-            out.push_str(&format!("Dir      {}\n\n", run.path.display()));
+            out.push_str(&format!("Dir      {}\n", run.path.display()));
+            if let Some(cwd) = &state.cwd {
+                out.push_str(&format!("Workdir  {cwd}\n"));
+            }
+            out.push_str(&format!(
+                "Contain  {}\n\n",
+                state.containment.as_ref().map_or_else(
+                    || "process groups (journal predates containment records)".to_owned(),
+                    |c| c.describe()
+                )
+            ));
             let width = state
                 .steps
                 .keys()
@@ -151,6 +161,11 @@ pub fn status(run_id: Option<&str>, state_dir: Option<&Path>, output: ListFormat
                         "done_if held on resume".into()
                     }
                     (StepStatus::Skipped, _) => s.skipped_because.clone().unwrap_or_default(),
+                    (StepStatus::Failed, _) if s.uncertain => format!(
+                        "{}; may have taken effect  log: {}",
+                        s.error.as_deref().unwrap_or("failed"),
+                        run.log(id).display()
+                    ),
                     (
                         StepStatus::Failed
                         | StepStatus::Pending

@@ -3,28 +3,39 @@
 //! at all), at most `jobs` at once. It emits `RunEvent`s and nothing else;
 //! the journal and reporters consume them.
 //!
-//! Cancellation: the first interrupt stops launching (running steps finish
-//! or time out); the second terminates running steps' process groups.
+//! Cancellation: the first Ctrl-C stops launching (running steps finish or
+//! time out); the second, or one SIGTERM, terminates running steps (their
+//! whole containment, with the grace period). `daemon` steps keep their
+//! process until every step that needs them has finished.
 
 pub mod containment;
 pub mod output;
 pub mod spawn;
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::events::{RunEvent, RunOutcome, SuccessVia};
 use crate::journal::JournalWriter;
-use crate::model::{Action, Runbook};
+use crate::model::{Action, Runbook, Step};
 use crate::params::ParamValues;
 use crate::state::RunDir;
 use crate::template::{self, Context, Outputs, RunFacts};
+
+use containment::{Containment, Slot};
+
+/// Longest a leftover of a finished attempt (a background job) gets
+/// between SIGTERM and SIGKILL.
+pub const LEFTOVER_GRACE: Duration = Duration::from_millis(500);
+
+/// Longest the engine keeps reading a step's output after the attempt
+/// ended (only a process outside the containment can hold it that long).
+pub const PIPE_GRACE: Duration = Duration::from_secs(2);
 
 /// Where a step starts from when the engine begins.
 #[derive(Debug, Clone)]
@@ -49,8 +60,6 @@ pub struct Options {
     pub fail_fast: bool,
     /// Time between SIGTERM and SIGKILL.
     pub grace: Duration,
-    /// Working directory of step commands.
-    pub cwd: PathBuf,
 }
 
 /// Fans events out to the journal and the reporters.
@@ -67,17 +76,20 @@ impl Dispatch {
         if event.is_journaled() {
             self.journal.append(&event);
         }
+        self.report(&event);
+    }
+
+    /// Reports an event without journaling it (already journaled).
+    pub fn report(&self, event: &RunEvent) {
         for r in &self.reporters {
-            r.emit(&event);
+            r.emit(event);
         }
     }
 
     /// Like `emit`, returning once the record is on disk.
     pub async fn emit_durable(&self, event: RunEvent) -> Result<(), String> {
         let done = self.journal.append_durable(&event);
-        for r in &self.reporters {
-            r.emit(&event);
-        }
+        self.report(&event);
         match done.await {
             Ok(result) => result,
             Err(_) => Err(self
@@ -98,6 +110,174 @@ pub struct RunContext {
     pub params: ParamValues,
     /// `run.*` template values.
     pub facts: RunFacts,
+    /// Absolute working directory of step commands, fixed when the run
+    /// started.
+    pub cwd: std::path::PathBuf,
+    /// How step processes are contained.
+    pub containment: Arc<Containment>,
+}
+
+/// The environment of a step's processes (attempts, `done_if`, `ready`).
+pub fn step_env(ctx: &RunContext, step: &Step, attempt: u32) -> Vec<(String, String)> {
+    let output_file = ctx.run_dir.output_file(&step.id, attempt);
+    let mut env: Vec<(String, String)> = vec![
+        (
+            containment::RUN_MARKER.into(),
+            ctx.containment.marker().to_owned(),
+        ),
+        ("RUNBOOK_RUN_ID".into(), ctx.facts.id.clone()),
+        ("RUNBOOK_STEP".into(), step.id.clone()),
+        ("RUNBOOK_ATTEMPT".into(), attempt.to_string()),
+        ("RUNBOOK_RUN_DIR".into(), ctx.facts.dir.clone()),
+        ("RUNBOOK_OUTPUT".into(), output_file.display().to_string()),
+    ];
+    for (name, value) in &ctx.params.values {
+        env.push((crate::params::env_var_name(name), value.value.to_string()));
+    }
+    env
+}
+
+/// A contained command that is running: its main process, its slot
+/// cgroup (if any), and the task copying its output to the log.
+pub struct Launched {
+    child: spawn::StepProcess,
+    slot: Option<Slot>,
+    pump: tokio::task::JoinHandle<std::io::Result<u64>>,
+}
+
+impl Launched {
+    /// Pid (and process group) of the main process.
+    pub fn pid(&self) -> i32 {
+        self.child.pid
+    }
+
+    /// Name of the slot cgroup, if any.
+    pub fn cgroup(&self) -> Option<String> {
+        self.slot.as_ref().map(|s| s.name.clone())
+    }
+}
+
+/// Starts `script` in the run's containment, its output pumped into `log`.
+pub fn launch(
+    ctx: &RunContext,
+    script: &str,
+    env: &[(String, String)],
+    log: Arc<std::sync::Mutex<output::StepLog>>,
+    on_line: impl FnMut(&str) + Send + 'static,
+) -> std::io::Result<Launched> {
+    let slot = ctx.containment.acquire()?;
+    let mut child = match spawn::spawn_shell(script, env, &ctx.cwd, slot.as_ref().map(Slot::procs))
+    {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(slot) = slot {
+                ctx.containment.release(slot);
+            }
+            return Err(e);
+        }
+    };
+    ctx.containment.register(child.pid);
+    let reader = child.output.take();
+    let secrets = ctx.params.secret_values();
+    let pump = tokio::spawn(async move {
+        match reader {
+            Some(r) => output::pump(r, log, secrets, on_line).await,
+            None => Ok(0),
+        }
+    });
+    Ok(Launched { child, slot, pump })
+}
+
+/// How a contained command ended.
+pub enum Ended {
+    /// Its main process exited by itself.
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// It ran past its timeout and was terminated.
+    TimedOut,
+    /// The run is being interrupted; it was terminated.
+    Killed,
+}
+
+/// Waits for a launched command to end, terminating it (everything in its
+/// containment, with `grace`) when `timeout` passes or `kill` turns true.
+pub async fn wait_launched(
+    ctx: &RunContext,
+    launched: &mut Launched,
+    timeout: Option<Duration>,
+    kill: Option<watch::Receiver<bool>>,
+    grace: Duration,
+) -> Ended {
+    let sleeper = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let killer = async {
+        match kill {
+            Some(mut k) => {
+                let _ = k.wait_for(|k| *k).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    enum Wake {
+        Exited(std::io::Result<std::process::ExitStatus>),
+        TimedOut,
+        Killed,
+    }
+    let wake = tokio::select! {
+        status = launched.child.wait() => Wake::Exited(status),
+        () = sleeper => Wake::TimedOut,
+        () = killer => Wake::Killed,
+    };
+    match wake {
+        Wake::Exited(status) => Ended::Exited(status),
+        Wake::TimedOut => {
+            let _ = ctx
+                .containment
+                .terminate_attempt(&mut launched.child, launched.slot.as_ref(), grace)
+                .await;
+            Ended::TimedOut
+        }
+        Wake::Killed => {
+            let _ = ctx
+                .containment
+                .terminate_attempt(&mut launched.child, launched.slot.as_ref(), grace)
+                .await;
+            Ended::Killed
+        }
+    }
+}
+
+/// After a launched command's main process ended: terminates whatever it
+/// left, reads the rest of its output (at most `PIPE_GRACE` longer), and
+/// returns the slot. Returns the pids terminated and whether something
+/// outside the containment still held the output pipe.
+pub async fn finish_launched(ctx: &RunContext, launched: Launched, step: &str) -> (Vec<i32>, bool) {
+    let Launched {
+        mut child,
+        slot,
+        mut pump,
+    } = launched;
+    // the main process is reaped by now (or is reaped here)
+    let _ = child.wait().await;
+    ctx.containment.unregister(child.pid);
+    let left = ctx
+        .containment
+        .end_attempt(slot.as_ref(), child.pid, step, LEFTOVER_GRACE)
+        .await;
+    let held = match tokio::time::timeout(PIPE_GRACE, &mut pump).await {
+        Ok(_) => false,
+        Err(_) => {
+            pump.abort();
+            true
+        }
+    };
+    if let Some(slot) = slot {
+        ctx.containment.release(slot);
+    }
+    (left, held)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +302,8 @@ impl Finish {
 
 enum StepResult {
     Succeeded(IndexMap<String, String>),
+    /// A daemon step whose process is running.
+    Daemon(IndexMap<String, String>, Launched),
     Skipped,
     Failed,
     Interrupted,
@@ -136,6 +318,32 @@ pub struct Summary {
     pub failed: Vec<String>,
     /// The pause gate that stopped the run, if any.
     pub paused: Vec<String>,
+    /// Why the journal could not be written, if it could not.
+    pub journal_error: Option<String>,
+    /// Whether the run was stopped by SIGTERM.
+    pub terminated: bool,
+}
+
+/// Evaluates a step's `when` with the outputs known so far.
+fn evaluate_when(
+    ctx: &RunContext,
+    step: &Step,
+    outputs: &Arc<HashMap<String, IndexMap<String, String>>>,
+) -> Result<bool, String> {
+    let Some(when) = &step.when else {
+        return Ok(true);
+    };
+    let context = Context::new(
+        &ctx.params.template_values(false),
+        Outputs::Known(outputs.clone()),
+        &ctx.facts,
+    );
+    context
+        .evaluate(template::environment(), when)
+        .map_err(|e| {
+            let scrub = crate::secrets::Scrubber::new(&ctx.params.secret_values());
+            format!("cannot evaluate `when`: {}", scrub.mask(&render_error(&e)))
+        })
 }
 
 /// Runs the steps that are not done; returns how the run ended.
@@ -182,10 +390,13 @@ pub async fn execute(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (kill_tx, kill_rx) = watch::channel(false);
     let mut interrupts = 0u8;
+    let mut terminated = false;
     let mut stopping = false;
     let mut paused = false;
     let mut failed = false;
     let mut running: JoinSet<(usize, StepResult)> = JoinSet::new();
+    let mut daemons: JoinSet<(usize, RunEvent)> = JoinSet::new();
+    let mut daemon_stops: HashMap<usize, oneshot::Sender<()>> = HashMap::new();
     let (mut sigint, mut sigterm) = match (
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
@@ -202,15 +413,19 @@ pub async fn execute(
                 outcome: RunOutcome::Failed,
                 failed: Vec::new(),
                 paused: Vec::new(),
+                journal_error: None,
+                terminated: false,
             };
         }
     };
 
-    let mut journal_failed = false;
+    let mut journal_error = None;
     loop {
         // without a journal there are no checkpoints: start nothing more
-        if !journal_failed && let Some(error) = dispatch.journal.error() {
-            journal_failed = true;
+        if journal_error.is_none()
+            && let Some(error) = dispatch.journal.error()
+        {
+            journal_error = Some(error.clone());
             stopping = true;
             failed = true;
             dispatch.emit(RunEvent::JournalFailed { error });
@@ -220,6 +435,53 @@ pub async fn execute(
             let Some(i) = ready.pop_front() else { break };
             let step = &runbook.steps[i];
             if let Action::Pause { message } = &step.action {
+                // a gate whose `when` is false is skipped, as the plan shows
+                match evaluate_when(&ctx, step, &outputs) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        dispatch.emit(RunEvent::StepSkipped {
+                            step: step.id.clone(),
+                            reason: format!(
+                                "when `{}` is false",
+                                step.when.as_deref().unwrap_or("")
+                            ),
+                        });
+                        finish[i] = Some(Finish::Skipped);
+                        settle(
+                            i,
+                            &runbook,
+                            &mut finish,
+                            &mut remaining,
+                            &mut ready,
+                            &dispatch,
+                        );
+                        continue;
+                    }
+                    Err(error) => {
+                        dispatch.emit(RunEvent::StepFailed {
+                            step: step.id.clone(),
+                            attempt: next_attempt[i],
+                            error,
+                            exit_code: None,
+                            duration_ms: 0,
+                            uncertain: false,
+                        });
+                        failed = true;
+                        if options.fail_fast {
+                            stopping = true;
+                        }
+                        finish[i] = Some(Finish::Failed);
+                        settle(
+                            i,
+                            &runbook,
+                            &mut finish,
+                            &mut remaining,
+                            &mut ready,
+                            &dispatch,
+                        );
+                        continue;
+                    }
+                }
                 let message = message.as_ref().map(|m| {
                     Context::new(
                         &ctx.params.template_values(true),
@@ -247,10 +509,10 @@ pub async fn execute(
                 stop: stop_rx.clone(),
                 kill: kill_rx.clone(),
                 grace: options.grace,
-                cwd: options.cwd.clone(),
             };
             running.spawn(async move { (task.index, task.run().await) });
         }
+        stop_unneeded_daemons(&runbook, &finish, &mut daemon_stops);
         if running.is_empty() {
             break;
         }
@@ -272,6 +534,17 @@ pub async fn execute(
                         }
                         Finish::Succeeded
                     }
+                    StepResult::Daemon(out, launched) => {
+                        if !out.is_empty() {
+                            Arc::make_mut(&mut outputs).insert(runbook.steps[i].id.clone(), out);
+                        }
+                        let (tx, rx) = oneshot::channel();
+                        daemon_stops.insert(i, tx);
+                        let ctx = ctx.clone();
+                        let grace = options.grace;
+                        daemons.spawn(async move { (i, supervise_daemon(ctx, i, launched, rx, grace).await) });
+                        Finish::Succeeded
+                    }
                     StepResult::Skipped => Finish::Skipped,
                     StepResult::Failed => {
                         failed = true;
@@ -285,14 +558,30 @@ pub async fn execute(
                 finish[i] = Some(outcome);
                 settle(i, &runbook, &mut finish, &mut remaining, &mut ready, &dispatch);
             }
+            Some(Ok((i, event))) = daemons.join_next(), if !daemons.is_empty() => {
+                daemon_stops.remove(&i);
+                dispatch.emit(event);
+            }
             _ = sigint.recv() => {
                 interrupts += 1;
-                interrupt(interrupts, &mut stopping, &stop_tx, &kill_tx, &dispatch);
+                interrupt(interrupts, "SIGINT", &mut stopping, &stop_tx, &kill_tx, &dispatch);
             }
             _ = sigterm.recv() => {
-                interrupts += 1;
-                interrupt(interrupts, &mut stopping, &stop_tx, &kill_tx, &dispatch);
+                // what `systemctl stop`, `docker stop` and CI cancellation
+                // send: there is no second chance, terminate now
+                interrupts = interrupts.max(1) + 1;
+                terminated = true;
+                interrupt(interrupts, "SIGTERM", &mut stopping, &stop_tx, &kill_tx, &dispatch);
             }
+        }
+    }
+    // every daemon still running: nothing more will need it in this runner
+    for (_, stop) in daemon_stops.drain() {
+        let _ = stop.send(());
+    }
+    while let Some(joined) = daemons.join_next().await {
+        if let Ok((_, event)) = joined {
+            dispatch.emit(event);
         }
     }
 
@@ -311,7 +600,14 @@ pub async fn execute(
         RunOutcome::Failed
     };
     dispatch.emit(RunEvent::RunFinished { outcome });
-    let _ = dispatch.journal.flush().await;
+    let flushed = dispatch.journal.flush().await;
+    if journal_error.is_none() {
+        journal_error = match flushed {
+            Ok(Err(e)) => Some(e),
+            Err(_) => dispatch.journal.error(),
+            Ok(Ok(())) => None,
+        };
+    }
     let with = |wanted: Finish| -> Vec<String> {
         finish
             .iter()
@@ -324,11 +620,66 @@ pub async fn execute(
         outcome,
         failed: with(Finish::Failed),
         paused: with(Finish::Paused),
+        journal_error,
+        terminated,
+    }
+}
+
+/// Asks daemons to stop once every step that needs them has finished.
+fn stop_unneeded_daemons(
+    runbook: &Runbook,
+    finish: &[Option<Finish>],
+    stops: &mut HashMap<usize, oneshot::Sender<()>>,
+) {
+    if stops.is_empty() {
+        return;
+    }
+    let done: Vec<usize> = stops
+        .keys()
+        .copied()
+        .filter(|&d| runbook.graph.dependents(d).all(|x| finish[x].is_some()))
+        .collect();
+    for d in done {
+        if let Some(stop) = stops.remove(&d) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Keeps a daemon step's process until asked to stop (or until it exits
+/// by itself); returns the event saying how it ended.
+async fn supervise_daemon(
+    ctx: Arc<RunContext>,
+    index: usize,
+    mut launched: Launched,
+    stop: oneshot::Receiver<()>,
+    grace: Duration,
+) -> RunEvent {
+    let step = ctx.runbook.steps[index].id.clone();
+    let (cause, exit_code) = tokio::select! {
+        status = launched.child.wait() => {
+            ("exited".to_owned(), status.ok().and_then(|s| s.code()))
+        }
+        _ = stop => {
+            let status = ctx
+                .containment
+                .terminate_attempt(&mut launched.child, launched.slot.as_ref(), grace)
+                .await;
+            let _ = status;
+            ("no longer needed".to_owned(), None)
+        }
+    };
+    let _ = finish_launched(&ctx, launched, &step).await;
+    RunEvent::DaemonStopped {
+        step,
+        cause,
+        exit_code,
     }
 }
 
 fn interrupt(
     level: u8,
+    signal: &str,
     stopping: &mut bool,
     stop: &watch::Sender<bool>,
     kill: &watch::Sender<bool>,
@@ -341,6 +692,7 @@ fn interrupt(
     }
     dispatch.emit(RunEvent::RunInterrupting {
         level: level.min(2),
+        signal: signal.to_owned(),
     });
 }
 
@@ -409,7 +761,6 @@ struct StepTask {
     stop: watch::Receiver<bool>,
     kill: watch::Receiver<bool>,
     grace: Duration,
-    cwd: PathBuf,
 }
 
 impl StepTask {
@@ -419,6 +770,7 @@ impl StepTask {
         error: String,
         exit_code: Option<i32>,
         duration: Duration,
+        uncertain: bool,
     ) -> StepResult {
         self.dispatch.emit(RunEvent::StepFailed {
             step: self.id().to_owned(),
@@ -426,6 +778,7 @@ impl StepTask {
             error,
             exit_code,
             duration_ms: duration.as_millis() as u64,
+            uncertain,
         });
         StepResult::Failed
     }
@@ -439,45 +792,18 @@ impl StepTask {
         let step = &ctx.runbook.steps[self.index];
         let env = template::environment();
         let known = Outputs::Known(self.outputs.clone());
-        // most steps in large runbooks are plain commands: build the
-        // template context only for steps that need one
-        let templated = step.when.is_some()
-            || matches!(&step.action, Action::Run { command } if template::is_template(command));
-        let real = if templated {
-            Context::new(
-                &ctx.params.template_values(false),
-                known.clone(),
-                &ctx.facts,
-            )
-        } else {
-            Context::new(
-                &indexmap::IndexMap::new(),
-                Outputs::Placeholders,
-                &ctx.facts,
-            )
-        };
         let scrub = crate::secrets::Scrubber::new(&ctx.params.secret_values());
 
-        if let Some(when) = &step.when {
-            match real.evaluate(env, when) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.dispatch.emit(RunEvent::StepSkipped {
-                        step: step.id.clone(),
-                        reason: format!("when `{when}` is false"),
-                    });
-                    return StepResult::Skipped;
-                }
-                Err(e) => {
-                    let msg = scrub.mask(&render_error(&e));
-                    return self.fail(
-                        self.first_attempt,
-                        format!("cannot evaluate `when`: {msg}"),
-                        None,
-                        Duration::ZERO,
-                    );
-                }
+        match evaluate_when(&ctx, step, &self.outputs) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.dispatch.emit(RunEvent::StepSkipped {
+                    step: step.id.clone(),
+                    reason: format!("when `{}` is false", step.when.as_deref().unwrap_or("")),
+                });
+                return StepResult::Skipped;
             }
+            Err(error) => return self.fail(self.first_attempt, error, None, Duration::ZERO, false),
         }
         let Action::Run { command } = &step.action else {
             return self.fail(
@@ -488,19 +814,28 @@ impl StepTask {
                 ),
                 None,
                 Duration::ZERO,
+                false,
             );
         };
-        let script = match real.render(env, command) {
-            Ok(s) => s,
-            Err(e) => {
-                let msg = scrub.mask(&render_error(&e));
-                return self.fail(
-                    self.first_attempt,
-                    format!("cannot render the command: {msg}"),
-                    None,
-                    Duration::ZERO,
-                );
+        // most steps in large runbooks are plain commands: build the
+        // template context only for steps that need one
+        let script = if template::is_template(command) {
+            let real = Context::new(&ctx.params.template_values(false), known, &ctx.facts);
+            match real.render(env, command) {
+                Ok(s) => s,
+                Err(e) => {
+                    let msg = scrub.mask(&render_error(&e));
+                    return self.fail(
+                        self.first_attempt,
+                        format!("cannot render the command: {msg}"),
+                        None,
+                        Duration::ZERO,
+                        false,
+                    );
+                }
             }
+        } else {
+            command.clone()
         };
         let shown = scrub.mask(&script);
 
@@ -519,6 +854,7 @@ impl StepTask {
                     attempt,
                     command: Some(first_line(&shown)),
                     pgid: None,
+                    cgroup: None,
                 };
                 if let Err(e) = self.dispatch.emit_durable(started).await {
                     return self.fail(
@@ -526,21 +862,37 @@ impl StepTask {
                         format!("cannot write the journal: {e}"),
                         None,
                         Duration::ZERO,
+                        false,
                     );
                 }
             }
             let began = Instant::now();
             let outcome = self.attempt(attempt, &script, &shown, &log).await;
             let elapsed = began.elapsed();
-            match outcome {
-                Attempt::Succeeded => {
+            let (error, exit_code, uncertain) = match outcome {
+                Attempt::Succeeded(daemon) => {
                     let output_file = ctx.run_dir.output_file(&step.id, attempt);
                     let read = output::read_outputs(&output_file);
                     // the journal keeps the (masked) outputs; the raw file may hold secrets
                     let _ = std::fs::remove_file(&output_file);
                     let outputs = match read {
                         Ok(out) => out,
-                        Err(e) => return self.fail(attempt, e, Some(0), elapsed),
+                        Err(e) => {
+                            // it ran to the end: whatever it did took effect
+                            if let Some(launched) = daemon {
+                                let mut launched = launched;
+                                let _ = ctx
+                                    .containment
+                                    .terminate_attempt(
+                                        &mut launched.child,
+                                        launched.slot.as_ref(),
+                                        self.grace,
+                                    )
+                                    .await;
+                                let _ = finish_launched(&ctx, launched, &step.id).await;
+                            }
+                            return self.fail(attempt, e, Some(0), elapsed, !step.idempotent);
+                        }
                     };
                     let outputs: IndexMap<String, String> = outputs
                         .into_iter()
@@ -553,7 +905,10 @@ impl StepTask {
                         duration_ms: elapsed.as_millis() as u64,
                         outputs: outputs.clone(),
                     });
-                    return StepResult::Succeeded(outputs);
+                    return match daemon {
+                        Some(launched) => StepResult::Daemon(outputs, launched),
+                        None => StepResult::Succeeded(outputs),
+                    };
                 }
                 Attempt::Interrupted => {
                     self.dispatch.emit(RunEvent::AttemptInterrupted {
@@ -562,46 +917,68 @@ impl StepTask {
                     });
                     return StepResult::Interrupted;
                 }
-                Attempt::Failed { error, exit_code } => {
-                    if attempt >= last_attempt {
-                        return self.fail(attempt, error, exit_code, elapsed);
-                    }
-                    if *self.stop.borrow() {
-                        return self.fail(
-                            attempt,
-                            format!("{error}; not retried: the run is stopping"),
-                            exit_code,
-                            elapsed,
-                        );
-                    }
-                    let delay = jittered(
-                        policy.delay_after(attempt - self.first_attempt + 1),
-                        policy.jitter,
-                    );
-                    self.dispatch.emit(RunEvent::AttemptFailed {
-                        step: step.id.clone(),
-                        attempt,
-                        error: error.clone(),
-                        exit_code,
-                        duration_ms: elapsed.as_millis() as u64,
-                        retry_in_ms: delay.as_millis() as u64,
-                    });
-                    let mut stop = self.stop.clone();
-                    let interrupted = tokio::select! {
-                        _ = tokio::time::sleep(delay) => false,
-                        _ = stop.wait_for(|s| *s) => true,
-                    };
-                    if interrupted {
-                        return self.fail(
-                            attempt,
-                            format!("{error}; not retried: the run was interrupted"),
-                            exit_code,
-                            elapsed,
-                        );
-                    }
-                    attempt += 1;
-                }
+                Attempt::Failed {
+                    error,
+                    exit_code,
+                    uncertain,
+                } => (error, exit_code, uncertain),
+            };
+            // a step unsafe to repeat that may have taken effect is never
+            // retried: the operator (or its done_if) decides
+            if uncertain && !step.idempotent {
+                return self.fail(
+                    attempt,
+                    format!("{error}; not retried: the step is not safe to repeat (idempotent: false) and may have taken effect"),
+                    exit_code,
+                    elapsed,
+                    true,
+                );
             }
+            if attempt >= last_attempt {
+                return self.fail(
+                    attempt,
+                    error,
+                    exit_code,
+                    elapsed,
+                    uncertain && !step.idempotent,
+                );
+            }
+            if *self.stop.borrow() {
+                return self.fail(
+                    attempt,
+                    format!("{error}; not retried: the run is stopping"),
+                    exit_code,
+                    elapsed,
+                    false,
+                );
+            }
+            let delay = jittered(
+                policy.delay_after(attempt - self.first_attempt + 1),
+                policy.jitter,
+            );
+            self.dispatch.emit(RunEvent::AttemptFailed {
+                step: step.id.clone(),
+                attempt,
+                error: error.clone(),
+                exit_code,
+                duration_ms: elapsed.as_millis() as u64,
+                retry_in_ms: delay.as_millis() as u64,
+            });
+            let mut stop = self.stop.clone();
+            let interrupted = tokio::select! {
+                _ = tokio::time::sleep(delay) => false,
+                _ = stop.wait_for(|s| *s) => true,
+            };
+            if interrupted {
+                return self.fail(
+                    attempt,
+                    format!("{error}; not retried: the run was interrupted"),
+                    exit_code,
+                    elapsed,
+                    false,
+                );
+            }
+            attempt += 1;
         }
     }
 
@@ -623,18 +1000,19 @@ impl StepTask {
                 shown.trim_end().replace('\n', "\n---   ")
             ));
         }
-        let mut env: Vec<(String, String)> = vec![
-            (containment::RUN_MARKER.into(), ctx.facts.id.clone()),
-            ("RUNBOOK_STEP".into(), step.id.clone()),
-            ("RUNBOOK_ATTEMPT".into(), attempt.to_string()),
-            ("RUNBOOK_RUN_DIR".into(), ctx.facts.dir.clone()),
-            ("RUNBOOK_OUTPUT".into(), output_file.display().to_string()),
-        ];
-        for (name, value) in &ctx.params.values {
-            env.push((crate::params::env_var_name(name), value.value.to_string()));
-        }
-        let mut child = match spawn::spawn_shell(script, &env, &self.cwd) {
-            Ok(child) => child,
+        let env = step_env(&ctx, step, attempt);
+        let on_line = {
+            let dispatch = self.dispatch.clone();
+            let id = step.id.clone();
+            move |line: &str| {
+                dispatch.emit(RunEvent::StepOutput {
+                    step: id.clone(),
+                    line: line.to_owned(),
+                })
+            }
+        };
+        let mut launched = match launch(&ctx, script, &env, log.clone(), on_line) {
+            Ok(l) => l,
             Err(e) => {
                 if step.idempotent {
                     self.dispatch.emit(RunEvent::StepStarted {
@@ -642,21 +1020,24 @@ impl StepTask {
                         attempt,
                         command: Some(first_line(shown)),
                         pgid: None,
+                        cgroup: None,
                     });
                 }
                 return Attempt::Failed {
-                    error: format!("cannot start /bin/sh: {e}"),
+                    error: format!("cannot start the command: {e}"),
                     exit_code: None,
+                    uncertain: false,
                 };
             }
         };
-        let pid = child.pid;
+        let pid = launched.pid();
         if step.idempotent {
             self.dispatch.emit(RunEvent::StepStarted {
                 step: step.id.clone(),
                 attempt,
                 command: Some(first_line(shown)),
                 pgid: Some(pid),
+                cgroup: launched.cgroup(),
             });
         } else {
             self.dispatch.emit(RunEvent::AttemptSpawned {
@@ -664,112 +1045,224 @@ impl StepTask {
                 attempt,
                 pid,
                 pgid: pid,
+                cgroup: launched.cgroup(),
             });
         }
-        let secrets = ctx.params.secret_values();
-        let pump = {
-            let output = child.output.take();
-            let dispatch = self.dispatch.clone();
-            let id = step.id.clone();
-            let log = log.clone();
-            tokio::spawn(async move {
-                match output {
-                    Some(r) => output::pump(r, log, secrets, |line| {
-                        dispatch.emit(RunEvent::StepOutput {
-                            step: id.clone(),
-                            line: line.to_owned(),
-                        })
-                    })
-                    .await
-                    .map(|_| ()),
-                    None => Ok(()),
-                }
-            })
-        };
-        let timeout = step.timeout;
-        let sleeper = async {
-            match timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        enum Wake {
-            Exited(std::io::Result<std::process::ExitStatus>),
-            TimedOut,
-            Killed,
+        if step.daemon {
+            return self.start_daemon(attempt, launched, log).await;
         }
-        let mut kill = self.kill.clone();
-        let wake = tokio::select! {
-            status = child.wait() => Wake::Exited(status),
-            () = sleeper => Wake::TimedOut,
-            seen = kill.wait_for(|k| *k) => {
-                drop(seen);
-                Wake::Killed
-            }
-        };
-        let (timed_out, killed) = (matches!(wake, Wake::TimedOut), matches!(wake, Wake::Killed));
+        let ended = wait_launched(
+            &ctx,
+            &mut launched,
+            step.timeout,
+            Some(self.kill.clone()),
+            self.grace,
+        )
+        .await;
+        let (left, held) = finish_launched(&ctx, launched, &step.id).await;
+        self.note_leftovers(log, left, held);
         let remove_outputs = || {
             let _ = std::fs::remove_file(&output_file);
         };
-        let status = match wake {
-            Wake::Exited(status) => status,
-            Wake::TimedOut | Wake::Killed => {
-                containment::terminate_step(&mut child, self.grace).await
+        let status = match ended {
+            Ended::Killed => {
+                remove_outputs();
+                return Attempt::Interrupted;
             }
-        };
-        // whatever the step left behind in its group goes too
-        containment::terminate_group(pid, Duration::from_millis(500)).await;
-        let _ = pump.await;
-        if killed {
-            remove_outputs();
-            return Attempt::Interrupted;
-        }
-        let status = match status {
-            Ok(s) => s,
-            Err(e) => {
+            Ended::TimedOut => {
+                remove_outputs();
+                return Attempt::Failed {
+                    error: format!(
+                        "timed out after {}",
+                        crate::model::fmt_duration(step.timeout.unwrap_or_default())
+                    ),
+                    exit_code: None,
+                    uncertain: true,
+                };
+            }
+            Ended::Exited(Ok(status)) => status,
+            Ended::Exited(Err(e)) => {
+                remove_outputs();
                 return Attempt::Failed {
                     error: format!("cannot wait for the step's process: {e}"),
                     exit_code: None,
+                    uncertain: true,
                 };
             }
         };
-        if timed_out {
-            remove_outputs();
-            return Attempt::Failed {
-                error: format!(
-                    "timed out after {}",
-                    crate::model::fmt_duration(timeout.unwrap_or_default())
-                ),
-                exit_code: status.code(),
-            };
-        }
         use std::os::unix::process::ExitStatusExt;
         if !status.success() {
             remove_outputs();
         }
         match (status.code(), status.signal()) {
-            (Some(0), _) => Attempt::Succeeded,
+            (Some(0), _) => Attempt::Succeeded(None),
             (Some(code), _) => Attempt::Failed {
                 error: format!("exited with code {code}"),
                 exit_code: Some(code),
+                uncertain: false,
             },
             (None, Some(sig)) => Attempt::Failed {
                 error: format!("killed by signal {sig}"),
                 exit_code: None,
+                uncertain: true,
             },
             (None, None) => Attempt::Failed {
                 error: "ended without an exit status".into(),
                 exit_code: None,
+                uncertain: true,
+            },
+        }
+    }
+
+    /// Journals (and shows) what an ended attempt left behind.
+    fn note_leftovers(
+        &self,
+        log: &Arc<std::sync::Mutex<output::StepLog>>,
+        left: Vec<i32>,
+        held: bool,
+    ) {
+        let step = self.id().to_owned();
+        if held && let Ok(mut f) = log.lock() {
+            let _ = f.note(&format!(
+                "--- runbook: a process outside the step's containment still holds its output; stopped reading {}s after the step ended",
+                PIPE_GRACE.as_secs()
+            ));
+        }
+        if !left.is_empty() {
+            if let Ok(mut f) = log.lock() {
+                let _ = f.note(&format!(
+                    "--- runbook: terminated {} process(es) the step left running: {:?}",
+                    left.len(),
+                    left
+                ));
+            }
+            self.dispatch.emit(RunEvent::LeftoverTerminated {
+                step: Some(step),
+                pids: left,
+                cause: "attempt-end".into(),
+            });
+        }
+    }
+
+    /// A daemon step: succeeds once its process runs (and its `ready`
+    /// check holds, within the step's timeout).
+    async fn start_daemon(
+        &mut self,
+        attempt: u32,
+        mut launched: Launched,
+        log: &Arc<std::sync::Mutex<output::StepLog>>,
+    ) -> Attempt {
+        let ctx = self.ctx.clone();
+        let step = &ctx.runbook.steps[self.index];
+        let Some(check) = &step.ready else {
+            return Attempt::Succeeded(Some(launched));
+        };
+        let check = match Context::new(
+            &ctx.params.template_values(false),
+            Outputs::Known(self.outputs.clone()),
+            &ctx.facts,
+        )
+        .render(template::environment(), check)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = ctx
+                    .containment
+                    .terminate_attempt(&mut launched.child, launched.slot.as_ref(), self.grace)
+                    .await;
+                let (left, held) = finish_launched(&ctx, launched, &step.id).await;
+                self.note_leftovers(log, left, held);
+                let scrub = crate::secrets::Scrubber::new(&ctx.params.secret_values());
+                return Attempt::Failed {
+                    error: format!("cannot render `ready`: {}", scrub.mask(&render_error(&e))),
+                    exit_code: None,
+                    uncertain: false,
+                };
+            }
+        };
+        let env = step_env(&ctx, step, attempt);
+        let deadline = step.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut kill = self.kill.clone();
+        let failure = loop {
+            let probe = async {
+                let Ok(mut p) = launch(&ctx, &check, &env, log.clone(), |_| {}) else {
+                    return false;
+                };
+                let ended = wait_launched(
+                    &ctx,
+                    &mut p,
+                    Some(Duration::from_secs(10)),
+                    None,
+                    LEFTOVER_GRACE,
+                )
+                .await;
+                let _ = finish_launched(&ctx, p, &step.id).await;
+                matches!(ended, Ended::Exited(Ok(s)) if s.success())
+            };
+            let until_deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                ok = probe => if ok { return Attempt::Succeeded(Some(launched)); },
+                status = launched.child.wait() => {
+                    break (format!("exited before it was ready ({})", describe_status(status.ok())), false);
+                }
+                () = until_deadline => {
+                    break (format!(
+                        "not ready within {}",
+                        crate::model::fmt_duration(step.timeout.unwrap_or_default())
+                    ), false);
+                }
+                _ = kill.wait_for(|k| *k) => break (String::new(), true),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                status = launched.child.wait() => {
+                    break (format!("exited before it was ready ({})", describe_status(status.ok())), false);
+                }
+            }
+        };
+        let _ = ctx
+            .containment
+            .terminate_attempt(&mut launched.child, launched.slot.as_ref(), self.grace)
+            .await;
+        let (left, held) = finish_launched(&ctx, launched, &step.id).await;
+        self.note_leftovers(log, left, held);
+        let _ = attempt;
+        match failure {
+            (_, true) => Attempt::Interrupted,
+            (error, false) => Attempt::Failed {
+                error,
+                exit_code: None,
+                uncertain: false,
             },
         }
     }
 }
 
+fn describe_status(status: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(sig)) => format!("signal {sig}"),
+            _ => "no exit status".into(),
+        },
+        None => "no exit status".into(),
+    }
+}
+
 enum Attempt {
-    Succeeded,
+    /// Exited 0; a daemon step hands over its running process.
+    Succeeded(Option<Launched>),
     Failed {
         error: String,
         exit_code: Option<i32>,
+        /// Whether it may have taken effect (timeout, signal, no status).
+        uncertain: bool,
     },
     Interrupted,
 }
@@ -790,7 +1283,8 @@ fn first_line(text: &str) -> String {
     }
 }
 
-fn render_error(e: &minijinja::Error) -> String {
+/// A template error as one line.
+pub fn render_error(e: &minijinja::Error) -> String {
     e.detail()
         .map_or_else(|| e.kind().to_string(), str::to_owned)
 }

@@ -53,6 +53,8 @@ struct ChildArgs {
     cwd: *const libc::c_char,
     stdin: libc::c_int,
     output: libc::c_int,
+    /// `cgroup.procs` of the cgroup to join before exec, or -1.
+    cgroup: libc::c_int,
     parent: libc::pid_t,
     mask: libc::sigset_t,
     reset: u64,
@@ -90,6 +92,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         if libc::setpgid(0, 0) != 0 {
             return fail(a, 2);
+        }
+        // "0" moves the writing process; everything it starts stays there
+        if a.cgroup >= 0 && libc::write(a.cgroup, b"0".as_ptr().cast(), 1) != 1 {
+            return fail(a, 6);
         }
         if libc::dup2(a.stdin, 0) < 0 || libc::dup2(a.output, 1) < 0 || libc::dup2(a.output, 2) < 0
         {
@@ -265,6 +271,7 @@ pub fn spawn_shell(
     command: &str,
     env: &[(String, String)],
     cwd: &Path,
+    cgroup: Option<&std::fs::File>,
 ) -> std::io::Result<StepProcess> {
     use std::os::unix::ffi::OsStrExt;
     let (path, args) = match direct_command(command) {
@@ -314,6 +321,7 @@ pub fn spawn_shell(
         cwd: cwd.as_ptr(),
         stdin: devnull.as_raw_fd(),
         output: out_w.as_raw_fd(),
+        cgroup: cgroup.map_or(-1, |f| f.as_raw_fd()),
         parent: std::process::id() as libc::pid_t,
         mask: old,
         reset: signals_to_reset(),
@@ -357,6 +365,7 @@ pub fn spawn_shell(
             "set up stdio",
             "enter the working directory",
             "execute /bin/sh",
+            "join the step's cgroup",
         ];
         return Err(std::io::Error::new(
             std::io::Error::from_raw_os_error(child.errno).kind(),

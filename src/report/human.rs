@@ -157,6 +157,16 @@ fn redraw(live: &mut Live, color: bool) {
     live.status_shown = true;
 }
 
+/// `123, 456 and 789`, at most ten pids then a count.
+fn pid_list(pids: &[i32]) -> String {
+    let shown: Vec<String> = pids.iter().take(10).map(|p| p.to_string()).collect();
+    let mut text = format!("pid {}", shown.join(", "));
+    if pids.len() > 10 {
+        text.push_str(&format!(" and {} more", pids.len() - 10));
+    }
+    text
+}
+
 fn terminal_width() -> usize {
     std::env::var("COLUMNS")
         .ok()
@@ -239,13 +249,37 @@ impl EventSink for Human {
                 live.running.remove(step);
                 format!("{} {step}  terminated", self.paint("31", "■"))
             }
-            RunEvent::LeftoverTerminated { step, pids } => format!(
-                "Terminated {} leftover process{} of the earlier runner{}",
+            RunEvent::LeftoverTerminated { step, pids, cause } if cause == "attempt-end" => format!(
+                "{} {} left {} process{} running; terminated {}",
+                self.paint("33", "!"),
+                step.as_deref().unwrap_or("a step"),
                 pids.len(),
                 if pids.len() == 1 { "" } else { "es" },
-                step.as_deref().map(|s| format!(" (step {s})")).unwrap_or_default()
+                pid_list(pids)
             ),
-            RunEvent::RunInterrupting { level: 1 } => {
+            RunEvent::LeftoverTerminated { step, pids, .. } => format!(
+                "Terminated {} leftover process{} of the earlier runner{}: {}",
+                pids.len(),
+                if pids.len() == 1 { "" } else { "es" },
+                step.as_deref().map(|s| format!(" (step {s})")).unwrap_or_default(),
+                pid_list(pids)
+            ),
+            RunEvent::DoneIfChecked { step, holds: true, detail } => format!(
+                "{} {step}  done_if holds ({detail}): the step already took effect",
+                self.paint("32", "✓")
+            ),
+            RunEvent::DoneIfChecked { step, holds: false, detail } => format!(
+                "{} {step}  done_if does not hold ({detail})",
+                self.paint("33", "?")
+            ),
+            RunEvent::DaemonStopped { step, cause, exit_code } => match exit_code {
+                Some(code) => format!("{} {step}  daemon {cause} (exit code {code})", self.paint("2", "■")),
+                None => format!("{} {step}  daemon stopped: {cause}", self.paint("2", "■")),
+            },
+            RunEvent::RunInterrupting { signal, .. } if signal == "SIGTERM" => {
+                "SIGTERM: starting no new steps; terminating running steps (SIGTERM, then SIGKILL after the grace period)".into()
+            }
+            RunEvent::RunInterrupting { level: 1, .. } => {
                 "Interrupt: starting no new steps; waiting for running steps to finish (Ctrl-C again to terminate them)".into()
             }
             RunEvent::RunInterrupting { .. } => "Interrupt: terminating running steps".into(),
@@ -259,5 +293,31 @@ impl EventSink for Human {
             RunEvent::AttemptSpawned { .. } | RunEvent::RunFinished { .. } => return,
         };
         self.line(&mut live, text);
+    }
+}
+
+/// A plain line for the events a resume reports before it refuses to
+/// continue (leftovers terminated, `done_if` verdicts).
+pub fn plain_line(event: &RunEvent) -> Option<String> {
+    match event {
+        RunEvent::LeftoverTerminated { step, pids, .. } => Some(format!(
+            "Terminated {} leftover process{} of the earlier runner{}: {}",
+            pids.len(),
+            if pids.len() == 1 { "" } else { "es" },
+            step.as_deref()
+                .map(|s| format!(" (step {s})"))
+                .unwrap_or_default(),
+            pid_list(pids)
+        )),
+        RunEvent::DoneIfChecked {
+            step,
+            holds,
+            detail,
+        } => Some(if *holds {
+            format!("✓ {step}  done_if holds ({detail}): the step already took effect")
+        } else {
+            format!("? {step}  done_if does not hold ({detail})")
+        }),
+        _ => None,
     }
 }

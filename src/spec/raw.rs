@@ -177,6 +177,16 @@ pub struct RawStep {
     /// before re-running an interrupted step.
     #[serde(default)]
     pub done_if: Option<String>,
+    /// A `run` step whose process keeps running after the step succeeds (a
+    /// tunnel, `kubectl port-forward`, an agent): it is terminated once
+    /// every step that needs it has finished, and started again by a resume
+    /// when a step that needs it still has to run.
+    #[serde(default)]
+    pub daemon: bool,
+    /// For a `daemon` step: a shell check (exit 0 = ready) polled until it
+    /// holds; the step succeeds then. Bounded by the step's `timeout`.
+    #[serde(default)]
+    pub ready: Option<String>,
 
     // Actions are boxed: a step holds one, and 50,000 steps of inline
     // action structs would cost ~65 MB.
