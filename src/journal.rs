@@ -483,6 +483,9 @@ pub struct RunState {
     /// Containment of every runner so far, oldest first.
     #[serde(skip)]
     pub sessions: Vec<crate::events::ContainmentInfo>,
+    /// Slot cgroup name to the step whose attempt used it last.
+    #[serde(skip)]
+    pub slot_steps: std::collections::HashMap<String, String>,
 }
 
 impl RunState {
@@ -532,9 +535,23 @@ impl RunState {
             marker: marker.clone(),
             containment: containment.clone(),
             sessions: containment.iter().cloned().collect(),
+            slot_steps: HashMap::new(),
         };
         for record in &records[1..] {
             state.updated_at.clone_from(&record.at);
+            if let RunEvent::StepStarted {
+                step,
+                cgroup: Some(slot),
+                ..
+            }
+            | RunEvent::AttemptSpawned {
+                step,
+                cgroup: Some(slot),
+                ..
+            } = &record.event
+            {
+                state.slot_steps.insert(slot.clone(), step.clone());
+            }
             let step = record
                 .event
                 .step()

@@ -798,11 +798,7 @@ fn previous_runners(run_state: &RunState, marker: &str) -> engine::containment::
     engine::containment::Previous {
         marker: marker.to_owned(),
         sessions: run_state.sessions.clone(),
-        slot_steps: run_state
-            .steps
-            .iter()
-            .filter_map(|(id, s)| s.cgroup.clone().map(|c| (c, id.clone())))
-            .collect(),
+        slot_steps: run_state.slot_steps.clone(),
         pgids: run_state
             .steps
             .iter()

@@ -34,7 +34,7 @@ fn options(exec: &ExecArgs, fail_fast: bool) -> Result<ExecOptions, u8> {
         exit::RUNTIME
     })?;
     // hints and the journal must mean the same place from any directory
-    let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
+    let state_dir = absolute_dir(&state_dir);
     Ok(ExecOptions {
         jobs: exec.jobs,
         fail_fast,
@@ -76,6 +76,24 @@ fn report_error(error: RunError, style: Style) -> u8 {
             exit::INVALID
         }
     }
+}
+
+/// `dir` as an absolute path without `..`: canonical where it exists (the
+/// state dir may not exist before the first run).
+fn absolute_dir(dir: &Path) -> std::path::PathBuf {
+    if let Ok(real) = std::fs::canonicalize(dir) {
+        return real;
+    }
+    if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name())
+        && let Ok(real) = std::fs::canonicalize(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })
+    {
+        return real.join(name);
+    }
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
 }
 
 /// `runbook run`.

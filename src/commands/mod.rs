@@ -125,23 +125,38 @@ pub(crate) fn write_stdout(bytes: &[u8]) -> u8 {
 fn validate_files(files: &[std::path::PathBuf], output: ValidateFormat, style: Style) -> u8 {
     let mut reports = Vec::new();
     let mut summaries = Vec::new();
+    let mut warnings = Vec::new();
     for file in files {
         match validate::load_file(file) {
-            Ok((runbook, _)) => summaries.push(format!(
-                "✓ {}: {} {} is valid ({} steps in {} waves, {} params)",
-                file.display(),
-                runbook.name,
-                runbook.version,
-                runbook.steps.len(),
-                runbook.graph.wave_count(),
-                runbook.params.len()
-            )),
+            Ok((runbook, _)) => summaries.push({
+                for w in crate::lint::warnings(&runbook) {
+                    warnings.push((file.display().to_string(), w));
+                }
+                format!(
+                    "✓ {}: {} {} is valid ({} steps in {} waves, {} params)",
+                    file.display(),
+                    runbook.name,
+                    runbook.version,
+                    runbook.steps.len(),
+                    runbook.graph.wave_count(),
+                    runbook.params.len()
+                )
+            }),
             Err(report) => reports.push(report),
         }
     }
     match output {
         ValidateFormat::Json => {
-            let records: Vec<_> = reports.iter().flat_map(Report::to_json).collect();
+            let mut records: Vec<serde_json::Value> = reports
+                .iter()
+                .flat_map(Report::to_json)
+                .filter_map(|r| serde_json::to_value(r).ok())
+                .collect();
+            for (file, w) in &warnings {
+                let mut record = serde_json::to_value(w).unwrap_or_default();
+                record["file"] = serde_json::Value::from(file.as_str());
+                records.push(record);
+            }
             let mut text = serde_json::to_string_pretty(&records).unwrap_or_else(|_| "[]".into());
             text.push('\n');
             let code = write_stdout(text.as_bytes());
@@ -151,6 +166,14 @@ fn validate_files(files: &[std::path::PathBuf], output: ValidateFormat, style: S
         }
         ValidateFormat::Text => {
             print_reports(&reports, style);
+            for (file, w) in &warnings {
+                say_err!(
+                    "warning[{}]: {file}: {}\n  help: {}",
+                    w.code,
+                    w.message,
+                    w.help
+                );
+            }
             let mut text = summaries.join("\n");
             if !text.is_empty() {
                 text.push('\n');

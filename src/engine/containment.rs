@@ -627,6 +627,10 @@ impl Containment {
                 by_step.entry(step).or_default().push(pid);
             }
         };
+        // the step in a process's environment is the most precise owner
+        for (pid, env) in marked_processes(&previous.marker) {
+            add(env.step, pid, &mut seen);
+        }
         let mut cgroups = Vec::new();
         for info in &previous.sessions {
             if let ContainmentInfo::Cgroup { path } = info {
@@ -648,9 +652,6 @@ impl Containment {
                 }
                 cgroups.push(dir);
             }
-        }
-        for (pid, env) in marked_processes(&previous.marker) {
-            add(env.step, pid, &mut seen);
         }
         let sids: Vec<i32> = previous
             .sessions

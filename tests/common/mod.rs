@@ -53,3 +53,4 @@ fn clean_env() -> Vec<(String, Option<String>)> {
     }
     vars
 }
+pub mod lab;
