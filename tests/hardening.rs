@@ -15,6 +15,7 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -670,5 +671,118 @@ fn runs_started_at_once_get_distinct_directories() {
             .filter(|l| l.contains("\"run_started\""))
             .count();
         assert_eq!(starts, 1, "{}", journal.display());
+    }
+}
+
+// ------------------------------------------------------------ point 2, unprivileged
+
+/// As a user without root (`nobody`), containment falls back to process
+/// groups and the marker when the cgroup tree is not theirs, and uses a
+/// cgroup delegated to them (as systemd does for user sessions) when there
+/// is one; in both, a step's escaped processes end with it. Needs root to
+/// switch users and delegate; elsewhere it says so and checks nothing.
+#[test]
+fn unprivileged_runs_contain_steps_with_and_without_a_delegated_cgroup() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0
+        || std::process::Command::new("runuser")
+            .arg("--help")
+            .output()
+            .is_err()
+    {
+        eprintln!("skipped: needs root and runuser to act as an unprivileged user");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("runbook-nobody-")
+        .tempdir()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let binary = dir.path().join("runbook");
+    fs::copy(assert_cmd::cargo::cargo_bin("runbook"), &binary).unwrap();
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+    let rb = dir.path().join("rb.yaml");
+    fs::write(
+        &rb,
+        yaml(
+            "nobody",
+            "steps:\n  - id: escape\n    run: |\n      setsid sleep 3201 &\n      (env -i sleep 3202 &)\n      setsid sh -c 'sleep 3203; true' &\n      sleep 0.2\n",
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&rb, fs::Permissions::from_mode(0o644)).unwrap();
+    let cmds = ["sleep 3201", "sleep 3202", "sleep 3203"];
+    let reap = || {
+        for c in cmds {
+            for p in pids_running(c) {
+                kill(p, libc::SIGKILL);
+            }
+        }
+    };
+    // a cgroup delegated to nobody, when this machine has a writable cgroup v2
+    let delegated = fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| {
+            let mount = m.lines().find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                (right.split_whitespace().next()? == "cgroup2")
+                    .then(|| left.split_whitespace().nth(4).map(str::to_owned))?
+            })?;
+            let d = Path::new(&mount).join(format!("runbook-test-nobody-{}", std::process::id()));
+            fs::create_dir(&d).ok()?;
+            for f in [
+                "",
+                "cgroup.procs",
+                "cgroup.subtree_control",
+                "cgroup.threads",
+            ] {
+                let _ = std::process::Command::new("chown")
+                    .arg("nobody")
+                    .arg(d.join(f))
+                    .status();
+            }
+            Some(d)
+        });
+    let mut modes = vec![("process groups + run marker", None)];
+    if let Some(d) = &delegated {
+        modes.push(("cgroup v2", Some(d.clone())));
+    }
+    for (expected, cgroup) in modes {
+        let state = dir.path().join(format!("state-{}", expected.len()));
+        let enter = cgroup
+            .as_ref()
+            .map(|d| format!("echo $$ > '{}/cgroup.procs'; ", d.display()))
+            .unwrap_or_default();
+        let script = format!(
+            "{enter}runuser -u nobody -- env -u RUNBOOK_CONTAINMENT '{bin}' run '{rb}' --state-dir '{state}' && runuser -u nobody -- '{bin}' status --state-dir '{state}'",
+            bin = binary.display(),
+            rb = rb.display(),
+            state = state.display()
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stdout = text_of(&out.stdout);
+        let all_gone = cmds.iter().all(|c| gone(c));
+        reap();
+        assert!(
+            out.status.success(),
+            "[{expected}] {stdout}\n{}",
+            text_of(&out.stderr)
+        );
+        assert!(stdout.contains(expected), "[{expected}] {stdout}");
+        assert!(
+            all_gone,
+            "[{expected}] escaped processes outlived the step: {stdout}"
+        );
+    }
+    if let Some(d) = delegated {
+        // the cgroup empties once the kernel has released its last process
+        wait_until("the delegated cgroup to be removable", PATIENCE, || {
+            fs::remove_dir(&d).is_ok() || !d.exists()
+        });
     }
 }

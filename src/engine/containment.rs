@@ -454,8 +454,16 @@ impl Containment {
             self.terminate_pids(slot, pgid, &pids, grace).await;
         }
         if slot.is_none() {
-            let orphans = self.orphans_of(step, pgid);
-            if !orphans.is_empty() {
+            // orphans of orphans come back to the subreaper once their
+            // parent is gone: look again until none is left
+            for _ in 0..8 {
+                let mut orphans = self.orphans_of(step, pgid);
+                if orphans.is_empty() {
+                    break;
+                }
+                let family: Vec<i32> = orphans.iter().flat_map(|&p| descendants(p)).collect();
+                orphans.extend(family);
+                orphans.retain(|p| !self.spared.contains(p));
                 self.terminate_pids(None, 0, &orphans, grace).await;
                 reap(&orphans);
                 pids.extend(orphans);
@@ -808,6 +816,31 @@ pub fn group_alive(pgid: i32) -> bool {
     // zombies count for kill(2) until reaped (an orphan's reaper may be
     // slow): look for a member that is still running
     !group_members(pgid).is_empty()
+}
+
+/// Every live descendant of `pid` (through `/proc/PID/task/*/children`).
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.filter_map(Result::ok) {
+            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+                for child in text
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok())
+                {
+                    if !found.contains(&child) && found.len() < 4096 {
+                        found.push(child);
+                        stack.push(child);
+                    }
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Reaps children that are not step processes (orphans given to the
