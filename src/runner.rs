@@ -531,7 +531,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                 help: "only pause gates are approved; use --mark-done STEP --reason TEXT for other steps".into(),
             });
         }
-        gate_reached(&run_state, &run_id, id)?;
+        gate_reached(&run_state, &run_id, id, &options.state_dir)?;
     }
     let journal = JournalWriter::open(&run_dir.journal(), Some(read.valid_len))?;
     if !changed.is_empty() || runbook.digest != run_state.runbook.digest {
@@ -765,7 +765,16 @@ pub fn shell_word(text: &str) -> String {
 }
 
 /// Refuses to approve a gate the run has not reached.
-pub fn gate_reached(run_state: &RunState, run_id: &str, step: &str) -> Result<(), RunError> {
+pub fn gate_reached(
+    run_state: &RunState,
+    run_id: &str,
+    step: &str,
+    state_dir: &Path,
+) -> Result<(), RunError> {
+    let state_flag = format!(
+        " --state-dir {}",
+        shell_word(&state_dir.display().to_string())
+    );
     let status = run_state
         .steps
         .get(step)
@@ -774,7 +783,7 @@ pub fn gate_reached(run_state: &RunState, run_id: &str, step: &str) -> Result<()
         StepStatus::Paused => Ok(()),
         StepStatus::Succeeded => Err(RunError::Refused {
             message: format!("gate `{step}` of run {run_id} is already approved"),
-            help: format!("continue with `runbook resume {run_id}`"),
+            help: format!("continue with `runbook resume {run_id}{state_flag}`"),
         }),
         other => Err(RunError::Refused {
             message: format!(
@@ -785,7 +794,7 @@ pub fn gate_reached(run_state: &RunState, run_id: &str, step: &str) -> Result<()
                     .unwrap_or_else(|| "pending".into())
             ),
             help: format!(
-                "continue with `runbook resume {run_id}`; when the run pauses at `{step}`, review it and approve"
+                "continue with `runbook resume {run_id}{state_flag}`; when the run pauses at `{step}`, review it and approve"
             ),
         }),
     }

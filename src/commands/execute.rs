@@ -317,7 +317,8 @@ pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
         {
             return Ok(format!("`{step}` is already approved."));
         }
-        runner::gate_reached(&run_state, run_id, step).map_err(|e| match e {
+        let state_dir = absolute_dir(&state_dir);
+        runner::gate_reached(&run_state, run_id, step, &state_dir).map_err(|e| match e {
             RunError::Refused { message, help } => format!("{message}\n  help: {help}"),
             other => other.to_string(),
         })?;
@@ -329,7 +330,8 @@ pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
         });
         writer.close().map_err(|e| e.to_string())?;
         Ok(format!(
-            "Approved `{step}`. Continue with: runbook resume {run_id}"
+            "Approved `{step}`. Continue with: runbook resume {run_id} --state-dir {}",
+            runner::shell_word(&state_dir.display().to_string())
         ))
     })();
     match outcome {
