@@ -312,14 +312,15 @@ impl ParamValues {
             .collect()
     }
 
-    /// Secret values (to scrub from any text shown to people).
-    pub fn secret_values(&self) -> Vec<String> {
-        self.values
-            .values()
-            .filter(|r| r.secret)
-            .map(|r| r.value.to_string())
-            .filter(|v| !v.is_empty())
-            .collect()
+    /// The secrets to mask in any text shown to people or stored.
+    pub fn secret_set(&self) -> crate::secrets::SecretSet {
+        let values: Vec<(&str, String)> = self
+            .values
+            .iter()
+            .filter(|(_, r)| r.secret)
+            .map(|(name, r)| (name.as_str(), r.value.to_string()))
+            .collect();
+        crate::secrets::SecretSet::new(values.iter().map(|(n, v)| (*n, v.as_str())))
     }
 }
 

@@ -17,6 +17,7 @@ use crate::journal::{self, JournalError, JournalWriter, RunState, StepStatus};
 use crate::model::{Action, Runbook};
 use crate::params::{ParamInput, ParamValues};
 use crate::plan::{Plan, params_digest};
+use crate::secrets::Scrubber;
 use crate::spec::SourceFile;
 use crate::state::{self, RunDir, RunLock, StateError};
 use crate::template::{self, Context, Outputs, RunFacts};
@@ -632,7 +633,7 @@ async fn run_check(script: &str, run_dir: &RunDir, step: &str) -> bool {
     let pump_log = log.clone();
     let pump = async move {
         if let Some(r) = output {
-            let _ = engine::output::pump(r, pump_log, Vec::new(), |_| {}).await;
+            let _ = engine::output::pump(r, pump_log, Scrubber::new(Arc::default()), |_| {}).await;
         }
     };
     let (status, ()) = tokio::join!(child.wait(), pump);

@@ -23,6 +23,7 @@ use crate::events::{RunEvent, RunOutcome, SuccessVia};
 use crate::journal::JournalWriter;
 use crate::model::{Action, Runbook};
 use crate::params::ParamValues;
+use crate::secrets::{Scrubber, SecretSet};
 use crate::state::RunDir;
 use crate::template::{self, Context, Outputs, RunFacts};
 
@@ -146,6 +147,7 @@ pub async fn execute(
     dispatch: Arc<Dispatch>,
 ) -> Summary {
     let runbook = ctx.runbook.clone();
+    let secrets = Arc::new(ctx.params.secret_set());
     let n = runbook.steps.len();
     let mut finish: Vec<Option<Finish>> = vec![None; n];
     let mut next_attempt = vec![1u32; n];
@@ -243,6 +245,7 @@ pub async fn execute(
                 index: i,
                 first_attempt: next_attempt[i],
                 outputs: outputs.clone(),
+                secrets: secrets.clone(),
                 dispatch: dispatch.clone(),
                 stop: stop_rx.clone(),
                 kill: kill_rx.clone(),
@@ -405,6 +408,7 @@ struct StepTask {
     index: usize,
     first_attempt: u32,
     outputs: Arc<HashMap<String, IndexMap<String, String>>>,
+    secrets: Arc<SecretSet>,
     dispatch: Arc<Dispatch>,
     stop: watch::Receiver<bool>,
     kill: watch::Receiver<bool>,
@@ -456,7 +460,7 @@ impl StepTask {
                 &ctx.facts,
             )
         };
-        let scrub = crate::secrets::Scrubber::new(&ctx.params.secret_values());
+        let scrub = self.secrets.clone();
 
         if let Some(when) = &step.when {
             match real.evaluate(env, when) {
@@ -666,7 +670,7 @@ impl StepTask {
                 pgid: pid,
             });
         }
-        let secrets = ctx.params.secret_values();
+        let scrubber = Scrubber::new(self.secrets.clone());
         let pump = {
             let output = child.output.take();
             let dispatch = self.dispatch.clone();
@@ -674,7 +678,7 @@ impl StepTask {
             let log = log.clone();
             tokio::spawn(async move {
                 match output {
-                    Some(r) => output::pump(r, log, secrets, |line| {
+                    Some(r) => output::pump(r, log, scrubber, |line| {
                         dispatch.emit(RunEvent::StepOutput {
                             step: id.clone(),
                             line: line.to_owned(),
