@@ -198,23 +198,8 @@ impl ParamValues {
                 },
             );
         }
-        for name in missing {
-            let spec = &declared[&name];
-            let what = spec
-                .description
-                .as_deref()
-                .map(|d| format!(" ({d})"))
-                .unwrap_or_default();
-            problems.push(
-                Problem::new(
-                    "param::missing",
-                    format!("missing required param `{name}`{what}"),
-                )
-                .help(format!(
-                    "pass it with `-p {name}=...`, in a `--params-file`, or as {}",
-                    env_var_name(&name)
-                )),
-            );
+        if !missing.is_empty() {
+            problems.push(missing_problem(declared, &missing));
         }
         if problems.is_empty() {
             Ok(ParamValues { values })
@@ -322,6 +307,34 @@ impl ParamValues {
             .collect();
         crate::secrets::SecretSet::new(values.iter().map(|(n, v)| (*n, v.as_str())))
     }
+}
+
+/// One problem naming every param that has no value, with how to give one.
+fn missing_problem(declared: &IndexMap<String, ParamSpec>, missing: &[String]) -> Problem {
+    let described: Vec<String> = missing
+        .iter()
+        .map(
+            |name| match declared.get(name).and_then(|s| s.description.as_deref()) {
+                Some(d) => format!("`{name}` ({d})"),
+                None => format!("`{name}`"),
+            },
+        )
+        .collect();
+    let message = match described.as_slice() {
+        [one] => format!("missing required param {one}: it has no default and no value was given"),
+        many => format!(
+            "missing required params (no default and no value given): {}",
+            many.join(", ")
+        ),
+    };
+    let flags: Vec<String> = missing.iter().map(|n| format!("-p {n}=...")).collect();
+    let vars: Vec<String> = missing.iter().map(|n| env_var_name(n)).collect();
+    Problem::new("param::missing", message).help(format!(
+        "pass {} with `{}`, in a `--params-file`, or as {}; a param that may stay empty is declared `required: false`",
+        if missing.len() == 1 { "it" } else { "them" },
+        flags.join(" "),
+        vars.join(", ")
+    ))
 }
 
 fn empty_value(spec: &ParamSpec) -> ParamValue {

@@ -536,7 +536,7 @@ impl Checker<'_> {
                         .help(suggestion(&d.to_string(), &refs, "values")),
                     );
                 }
-                if param.required {
+                if param.required == Some(true) {
                     ok = false;
                     self.push(
                         Problem::new("param::required-default", format!("param `{name}` is required but has a default"))
@@ -562,8 +562,8 @@ impl Checker<'_> {
                     name.clone(),
                     ParamSpec {
                         kind,
+                        required: default.is_none() && param.required != Some(false),
                         default,
-                        required: param.required,
                         allowed,
                         secret: param.secret,
                         description: param.description.clone(),
