@@ -509,7 +509,21 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
             done_outputs.insert(id.clone(), s.outputs.clone());
         }
     }
-    let done_outputs = Arc::new(done_outputs);
+    let statuses = Arc::new(template::StatusBoard::new(
+        runbook.steps.iter().map(|s| s.id.clone()).collect(),
+    ));
+    for (i, step) in runbook.steps.iter().enumerate() {
+        match run_state.steps.get(&step.id).map(|s| s.status) {
+            Some(StepStatus::Succeeded) => statuses.set(i, template::Status::Succeeded),
+            Some(StepStatus::Skipped) => statuses.set(i, template::Status::Skipped),
+            Some(StepStatus::Failed) => statuses.set(i, template::Status::Failed),
+            _ => {}
+        }
+    }
+    let known = template::Known {
+        outputs: Arc::new(done_outputs),
+        statuses,
+    };
     let mut already_done = 0;
     for step in &runbook.steps {
         let state = run_state.steps.get(&step.id);
@@ -524,7 +538,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                 if let Some(check) = &step.done_if {
                     let ctx = Context::new(
                         &params.template_values(false),
-                        Outputs::Known(done_outputs.clone()),
+                        Outputs::Known(known.clone()),
                         &facts,
                     );
                     let held = match ctx.render(env, check) {

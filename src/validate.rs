@@ -102,6 +102,8 @@ fn is_valid_param_name(name: &str) -> bool {
 struct OutputUse {
     user: usize,
     step: String,
+    /// `outputs` or `the status`.
+    what: &'static str,
     span: Span,
 }
 
@@ -330,7 +332,7 @@ impl Checker<'_> {
                     self.push(
                         Problem::new(
                             "template::not-upstream",
-                            format!("step `{user}` uses outputs of `{}`, which does not run before it", used.step),
+                            format!("step `{user}` uses {} of `{}`, which does not run before it", used.what, used.step),
                         )
                         .at_labeled(used.span, format!("`{}` is not upstream of `{user}`", used.step))
                         .help(format!("add `{}` to the `needs` of `{user}` (directly or through another step)", used.step)),
@@ -788,17 +790,23 @@ impl Checker<'_> {
                 Reference::StepOutput {
                     step: target,
                     field,
+                    ..
                 } => {
-                    if field.as_deref() != Some("outputs") {
+                    if !matches!(field.as_deref(), Some("outputs" | "status")) {
                         self.push(
                             Problem::new(
                                 "template::step-field",
-                                format!("step `{step}`: `steps['{target}']` only has `outputs`"),
+                                format!("step `{step}`: `steps['{target}']` only has `outputs` and `status`"),
                             )
                             .at(span)
-                            .help(format!("write `steps['{target}'].outputs.<key>`")),
+                            .help(format!("write `steps['{target}'].outputs.<key>` or `steps['{target}'].status`")),
                         );
                     }
+                    let what = if field.as_deref() == Some("status") {
+                        "the status"
+                    } else {
+                        "outputs"
+                    };
                     if ctx.broken.iter().any(|b| b == target) {
                         continue;
                     }
@@ -811,7 +819,7 @@ impl Checker<'_> {
                                 }
                             };
                             self.push(
-                                Problem::new("template::unknown-step", format!("step `{step}` uses outputs of `{target}`, which is not a step of this runbook"))
+                                Problem::new("template::unknown-step", format!("step `{step}` uses {what} of `{target}`, which is not a step of this runbook"))
                                     .at_labeled(span, "unknown step")
                                     .help(help),
                             );
@@ -819,6 +827,7 @@ impl Checker<'_> {
                         Some(_) => uses.push(OutputUse {
                             user: ctx.index,
                             step: target.clone(),
+                            what,
                             span,
                         }),
                     }

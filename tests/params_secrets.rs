@@ -148,3 +148,67 @@ fn a_param_without_default_or_value_is_an_error_naming_every_one_unless_optional
         "rm -rf /nonexistent/ x\n[] 0 False []\n"
     );
 }
+
+#[test]
+fn templates_see_step_status_and_cope_with_outputs_of_skipped_or_failed_steps() {
+    let lab = Lab::new();
+    let file = lab.runbook(
+        "status",
+        "  note: { type: string, required: false }",
+        r#"  - id: dump
+    when: "false"
+    run: echo "path=/backup/db.sql" >> "$RUNBOOK_OUTPUT"
+  - id: ok
+    run: echo "k=v" >> "$RUNBOOK_OUTPUT"
+  - id: broken
+    run: echo "half=1" >> "$RUNBOOK_OUTPUT"; exit 3
+  - id: report
+    needs: [dump, ok]
+    run: |
+      echo "path={{ steps['dump'].outputs.path | default('none') }} k={{ steps['ok'].outputs.k }} x={{ steps['ok'].outputs.x | default('-') }}"
+      {% if steps['dump'].outputs.path is defined %}echo defined{% else %}echo undefined{% endif %}
+      echo "dump={{ steps['dump'].status }} ok={{ steps['ok'].status }}"
+  - id: unguarded
+    needs: [dump]
+    always: true
+    run: echo {{ steps['dump'].outputs.path }}
+  - id: unguarded-when
+    needs: [dump]
+    when: steps['dump'].outputs.path != ''
+    run: echo never
+  - id: after-failure
+    needs: [broken]
+    always: true
+    when: steps['broken'].status == 'failed'
+    run: echo "broken={{ steps['broken'].status }} half={{ steps['broken'].outputs.half | default('gone') }}"
+"#,
+    );
+    let validate = lab.cmd(&["validate", &file.display().to_string()]);
+    assert_eq!(validate.status.code(), Some(0), "{}", text(&validate));
+
+    let out = lab.run(&file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let status = lab.status();
+    let steps = &status["steps"];
+    assert_eq!(steps["report"]["status"], "succeeded", "{status:#}");
+    assert_eq!(steps["after-failure"]["status"], "succeeded", "{status:#}");
+    let logs = lab.path(&format!(
+        "state/runs/{}/logs",
+        status["run_id"].as_str().unwrap()
+    ));
+    let report = std::fs::read_to_string(logs.join("report.log")).unwrap();
+    assert!(
+        report.contains("path=none k=v x=-\nundefined\ndump=skipped ok=succeeded\n"),
+        "{report}"
+    );
+    let cleanup = std::fs::read_to_string(logs.join("after-failure.log")).unwrap();
+    assert!(cleanup.contains("broken=failed half=gone\n"), "{cleanup}");
+    for id in ["unguarded", "unguarded-when"] {
+        assert_eq!(steps[id]["status"], "failed", "{status:#}");
+        let error = steps[id]["error"].as_str().unwrap();
+        assert!(
+            error.contains("steps['dump'].outputs.path is undefined: step `dump` was skipped"),
+            "{id}: {error}"
+        );
+    }
+}

@@ -25,7 +25,7 @@ use crate::model::{Action, Runbook};
 use crate::params::ParamValues;
 use crate::secrets::{Scrubber, SecretSet};
 use crate::state::RunDir;
-use crate::template::{self, Context, Outputs, RunFacts};
+use crate::template::{self, Context, Known, Outputs, RunFacts, Status, StatusBoard};
 
 /// Where a step starts from when the engine begins.
 #[derive(Debug, Clone)]
@@ -152,21 +152,32 @@ pub async fn execute(
     let mut finish: Vec<Option<Finish>> = vec![None; n];
     let mut next_attempt = vec![1u32; n];
     let mut outputs: Arc<HashMap<String, IndexMap<String, String>>> = Arc::new(HashMap::new());
+    let statuses = Arc::new(StatusBoard::new(
+        runbook.steps.iter().map(|s| s.id.clone()).collect(),
+    ));
     {
         let map = Arc::make_mut(&mut outputs);
         for (i, init) in initial.iter().enumerate() {
             match init {
                 Initial::Done(out) => {
                     finish[i] = Some(Finish::Succeeded);
+                    statuses.set(i, Status::Succeeded);
                     if !out.is_empty() {
                         map.insert(runbook.steps[i].id.clone(), out.clone());
                     }
                 }
-                Initial::Skipped => finish[i] = Some(Finish::Skipped),
+                Initial::Skipped => {
+                    finish[i] = Some(Finish::Skipped);
+                    statuses.set(i, Status::Skipped);
+                }
                 Initial::Pending { next_attempt: a } => next_attempt[i] = *a,
             }
         }
     }
+    let known = |outputs: &Arc<HashMap<String, IndexMap<String, String>>>| Known {
+        outputs: outputs.clone(),
+        statuses: statuses.clone(),
+    };
     // needs not yet finished, per step
     let mut remaining: Vec<usize> = runbook
         .steps
@@ -225,11 +236,11 @@ pub async fn execute(
                 let message = message.as_ref().map(|m| {
                     Context::new(
                         &ctx.params.template_values(true),
-                        Outputs::Known(outputs.clone()),
+                        Outputs::Known(known(&outputs)),
                         &ctx.facts,
                     )
                     .render(template::environment(), m)
-                    .unwrap_or_else(|_| m.clone())
+                    .map_or_else(|_| m.clone(), |text| secrets.mask(&text))
                 });
                 dispatch.emit(RunEvent::StepPaused {
                     step: step.id.clone(),
@@ -244,7 +255,7 @@ pub async fn execute(
                 ctx: ctx.clone(),
                 index: i,
                 first_attempt: next_attempt[i],
-                outputs: outputs.clone(),
+                known: known(&outputs),
                 secrets: secrets.clone(),
                 dispatch: dispatch.clone(),
                 stop: stop_rx.clone(),
@@ -273,10 +284,15 @@ pub async fn execute(
                         if !out.is_empty() {
                             Arc::make_mut(&mut outputs).insert(runbook.steps[i].id.clone(), out);
                         }
+                        statuses.set(i, Status::Succeeded);
                         Finish::Succeeded
                     }
-                    StepResult::Skipped => Finish::Skipped,
+                    StepResult::Skipped => {
+                        statuses.set(i, Status::Skipped);
+                        Finish::Skipped
+                    }
                     StepResult::Failed => {
+                        statuses.set(i, Status::Failed);
                         failed = true;
                         if options.fail_fast {
                             stopping = true;
@@ -407,7 +423,7 @@ struct StepTask {
     ctx: Arc<RunContext>,
     index: usize,
     first_attempt: u32,
-    outputs: Arc<HashMap<String, IndexMap<String, String>>>,
+    known: Known,
     secrets: Arc<SecretSet>,
     dispatch: Arc<Dispatch>,
     stop: watch::Receiver<bool>,
@@ -438,11 +454,27 @@ impl StepTask {
         &self.ctx.runbook.steps[self.index].id
     }
 
+    /// A template error as a message; an undefined value that is a missing
+    /// output names the step and what became of it.
+    fn explain(&self, e: &minijinja::Error, text: &str, expression: bool) -> String {
+        let why = (e.kind() == minijinja::ErrorKind::UndefinedError)
+            .then(|| {
+                let text = if expression {
+                    template::bare_expression(text).map_or(text, |(expr, _)| expr)
+                } else {
+                    text
+                };
+                self.known.explain(text, expression)
+            })
+            .flatten();
+        why.unwrap_or_else(|| render_error(e))
+    }
+
     async fn run(mut self) -> StepResult {
         let ctx = self.ctx.clone();
         let step = &ctx.runbook.steps[self.index];
         let env = template::environment();
-        let known = Outputs::Known(self.outputs.clone());
+        let known = Outputs::Known(self.known.clone());
         // most steps in large runbooks are plain commands: build the
         // template context only for steps that need one
         let templated = step.when.is_some()
@@ -473,7 +505,7 @@ impl StepTask {
                     return StepResult::Skipped;
                 }
                 Err(e) => {
-                    let msg = scrub.mask(&render_error(&e));
+                    let msg = scrub.mask(&self.explain(&e, when, true));
                     return self.fail(
                         self.first_attempt,
                         format!("cannot evaluate `when`: {msg}"),
@@ -497,7 +529,7 @@ impl StepTask {
         let script = match real.render(env, command) {
             Ok(s) => s,
             Err(e) => {
-                let msg = scrub.mask(&render_error(&e));
+                let msg = scrub.mask(&self.explain(&e, command, false));
                 return self.fail(
                     self.first_attempt,
                     format!("cannot render the command: {msg}"),
