@@ -526,8 +526,10 @@ impl Object for PlaceholderOutputs {
         )))
     }
 
+    /// Which keys a step will output is not known before it runs: a loop
+    /// over them renders nothing in a plan (rather than failing it).
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::NonEnumerable
+        Enumerator::Empty
     }
 }
 
@@ -711,5 +713,12 @@ mod tests {
             )
             .unwrap();
         assert_eq!(out, "n=<scale-down.outputs.previous_replicas>");
+        let looped = ctx
+            .render(
+                environment(),
+                "[{% for k in steps['dump'].outputs %}{{ k }}{% endfor %}] {{ steps['dump'].status }}",
+            )
+            .unwrap();
+        assert_eq!(looped, "[] <dump.status>");
     }
 }
