@@ -370,9 +370,12 @@ pub struct StepState {
     /// Last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Outputs.
+    /// Outputs (secrets masked).
     #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub outputs: IndexMap<String, String>,
+    /// How to rebuild the outputs that held a secret (see `secrets`).
+    #[serde(skip)]
+    pub secret_outputs: Vec<crate::secrets::SecretOutput>,
     /// Process groups of its attempts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pgids: Vec<i32>,
@@ -398,6 +401,7 @@ impl Default for StepState {
             exit_code: None,
             error: None,
             outputs: IndexMap::new(),
+            secret_outputs: Vec::new(),
             pgids: Vec::new(),
             reason: None,
             by: None,
@@ -422,6 +426,9 @@ pub struct RunState {
     pub params: IndexMap<String, serde_json::Value>,
     /// Names of secret params.
     pub secret_params: Vec<String>,
+    /// Secret params given a value when the run started (`null` for runs
+    /// of earlier versions, which did not record it).
+    pub secret_params_set: Option<Vec<String>>,
     /// Step content digests at the start.
     #[serde(skip)]
     pub step_digests: IndexMap<String, String>,
@@ -452,6 +459,7 @@ impl RunState {
                     runbook,
                     params,
                     secret_params,
+                    secret_params_set,
                     step_digests,
                     jobs,
                     fail_fast,
@@ -473,6 +481,7 @@ impl RunState {
             original_runbook: runbook.clone(),
             params: params.clone(),
             secret_params: secret_params.clone(),
+            secret_params_set: secret_params_set.clone(),
             step_digests: step_digests.clone(),
             jobs: *jobs,
             fail_fast: *fail_fast,
@@ -524,6 +533,7 @@ impl RunState {
                         via,
                         duration_ms,
                         outputs,
+                        secret_outputs,
                         ..
                     },
                     Some(s),
@@ -535,6 +545,7 @@ impl RunState {
                         s.exit_code = Some(0);
                     }
                     s.outputs = outputs.clone();
+                    s.secret_outputs = secret_outputs.clone();
                     s.error = None;
                 }
                 (
@@ -646,6 +657,7 @@ mod tests {
             },
             params: IndexMap::new(),
             secret_params: vec![],
+            secret_params_set: Some(vec![]),
             step_digests: [("a".to_owned(), "d".to_owned())].into_iter().collect(),
             jobs: 1,
             fail_fast: false,

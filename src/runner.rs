@@ -234,6 +234,7 @@ pub fn start(
             .filter(|(_, r)| r.secret)
             .map(|(k, _)| k.clone())
             .collect(),
+        secret_params_set: Some(params.secrets_set()),
         step_digests: step_digests(&runbook),
         jobs: options.jobs,
         fail_fast: options.fail_fast,
@@ -427,7 +428,13 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         loaded,
     )?;
     check_supported(&runbook)?;
-    let params = ParamValues::for_resume(&runbook.params, &run_state.params, &request.params)?;
+    let params = ParamValues::for_resume(
+        &runbook.params,
+        &run_state.params,
+        run_state.secret_params_set.as_deref(),
+        &request.params,
+    )?;
+    let secrets = Arc::new(params.secret_set());
 
     for id in &request.rerun {
         check_step(&runbook, id, "--rerun")?;
@@ -504,9 +511,29 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     let mut undecided = Vec::new();
     let mut done_outputs: std::collections::HashMap<String, IndexMap<String, String>> =
         Default::default();
+    // journaled outputs are masked: rebuild those that held a secret from
+    // the secret params given again
     for (id, s) in &run_state.steps {
         if s.status == StepStatus::Succeeded && !s.outputs.is_empty() {
-            done_outputs.insert(id.clone(), s.outputs.clone());
+            let real = if s.secret_outputs.is_empty() {
+                s.outputs.clone()
+            } else {
+                let values: IndexMap<&str, String> = s
+                    .secret_outputs
+                    .iter()
+                    .flat_map(|o| o.key.iter().chain(&o.value))
+                    .filter_map(|segment| match segment {
+                        crate::secrets::Segment::Secret { param, .. } => {
+                            Some((param.as_str(), params.secret_value(param)?))
+                        }
+                        crate::secrets::Segment::Text(_) => None,
+                    })
+                    .collect();
+                secrets.restore_outputs(&s.outputs, &s.secret_outputs, |p| {
+                    values.get(p).map(String::as_str)
+                })
+            };
+            done_outputs.insert(id.clone(), real);
         }
     }
     let statuses = Arc::new(template::StatusBoard::new(
@@ -531,7 +558,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         let status = state.map_or(StepStatus::Pending, |s| s.status);
         let init = match status {
             StepStatus::Succeeded => {
-                Initial::Done(state.map(|s| s.outputs.clone()).unwrap_or_default())
+                Initial::Done(known.outputs.get(&step.id).cloned().unwrap_or_default())
             }
             StepStatus::Skipped => Initial::Skipped,
             StepStatus::Running | StepStatus::Interrupted => {
@@ -542,7 +569,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                         &facts,
                     );
                     let held = match ctx.render(env, check) {
-                        Ok(script) => run_check(&script, &run_dir, &step.id).await,
+                        Ok(script) => run_check(&script, &run_dir, &step.id, &secrets).await,
                         Err(_) => false,
                     };
                     if held {
@@ -552,6 +579,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                             via: SuccessVia::DoneIf,
                             duration_ms: 0,
                             outputs: IndexMap::new(),
+                            secret_outputs: Vec::new(),
                         });
                         Initial::Done(IndexMap::new())
                     } else if step.idempotent {
@@ -628,7 +656,12 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
 
 /// Runs a `done_if` check, its output appended to the step's log: true
 /// when it exits 0.
-async fn run_check(script: &str, run_dir: &RunDir, step: &str) -> bool {
+async fn run_check(
+    script: &str,
+    run_dir: &RunDir,
+    step: &str,
+    secrets: &Arc<crate::secrets::SecretSet>,
+) -> bool {
     let env = vec![("RUNBOOK_STEP".to_owned(), step.to_owned())];
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let log = Arc::new(std::sync::Mutex::new(engine::output::StepLog::new(
@@ -643,11 +676,12 @@ async fn run_check(script: &str, run_dir: &RunDir, step: &str) -> bool {
     let Ok(mut child) = engine::spawn::spawn_shell(script, &env, &cwd) else {
         return false;
     };
+    let secrets = secrets.clone();
     let output = child.output.take();
     let pump_log = log.clone();
     let pump = async move {
         if let Some(r) = output {
-            let _ = engine::output::pump(r, pump_log, Scrubber::new(Arc::default()), |_| {}).await;
+            let _ = engine::output::pump(r, pump_log, Scrubber::new(secrets), |_| {}).await;
         }
     };
     let (status, ()) = tokio::join!(child.wait(), pump);

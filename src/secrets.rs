@@ -88,6 +88,69 @@ pub fn rebuild<'a>(
     Some(out)
 }
 
+/// A step output whose key or value held a secret, as journaled next to
+/// its masked form: literal text and secret-param references, never a
+/// secret value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretOutput {
+    /// The key.
+    pub key: Vec<Segment>,
+    /// The value.
+    pub value: Vec<Segment>,
+}
+
+impl SecretSet {
+    /// Outputs as shown and stored (keys and values masked), and how to
+    /// rebuild those that held a secret.
+    pub fn mask_outputs(
+        &self,
+        outputs: &indexmap::IndexMap<String, String>,
+    ) -> (indexmap::IndexMap<String, String>, Vec<SecretOutput>) {
+        if self.is_empty() {
+            return (outputs.clone(), Vec::new());
+        }
+        let mut masked = indexmap::IndexMap::with_capacity(outputs.len());
+        let mut secret = Vec::new();
+        for (key, value) in outputs {
+            let (k, v) = (self.split(key), self.split(value));
+            let plain = |parts: &[Segment]| parts.iter().all(|p| matches!(p, Segment::Text(_)));
+            if !plain(&k) || !plain(&v) {
+                secret.push(SecretOutput { key: k, value: v });
+            }
+            masked.insert(self.mask(key), self.mask(value));
+        }
+        (masked, secret)
+    }
+
+    /// The real outputs of a step from what was journaled: the masked
+    /// outputs with each [`SecretOutput`] rebuilt from the secret params
+    /// (`value_of`) in place of its masked entry. An entry whose param is
+    /// not given stays masked.
+    pub fn restore_outputs<'a>(
+        &self,
+        masked: &indexmap::IndexMap<String, String>,
+        secret: &[SecretOutput],
+        value_of: impl Fn(&str) -> Option<&'a str>,
+    ) -> indexmap::IndexMap<String, String> {
+        let mut entries: Vec<(String, String)> =
+            masked.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for output in secret {
+            let (Some(key), Some(value)) = (
+                rebuild(&output.key, &value_of),
+                rebuild(&output.value, &value_of),
+            ) else {
+                continue;
+            };
+            let shown = self.mask(&key);
+            match entries.iter_mut().find(|(k, _)| *k == shown) {
+                Some(entry) => *entry = (key, value),
+                None => entries.push((key, value)),
+            }
+        }
+        entries.into_iter().collect()
+    }
+}
+
 /// Where a pattern comes from.
 #[derive(Debug, Clone)]
 struct Origin {
@@ -574,6 +637,29 @@ mod tests {
             r#"["u=",{"param":"token"}]"#
         );
         assert_eq!(rebuild(&s.split("hunter2"), |_| None), None);
+    }
+
+    #[test]
+    fn outputs_are_masked_keys_included_and_restored_from_the_params() {
+        let named = [("token", "hunter2"), ("other", "x-secret")];
+        let s = SecretSet::new(named.iter().copied());
+        let outputs = indexmap::IndexMap::from([
+            ("url".to_owned(), "https://u:hunter2@h/".to_owned()),
+            ("hunter2".to_owned(), "1".to_owned()),
+            ("plain".to_owned(), "p".to_owned()),
+        ]);
+        let (masked, secret) = s.mask_outputs(&outputs);
+        let shown: Vec<(&str, &str)> = masked.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        assert_eq!(
+            shown,
+            [("url", "https://u:***@h/"), ("***", "1"), ("plain", "p")]
+        );
+        assert_eq!(secret.len(), 2);
+        assert!(!serde_json::to_string(&secret).unwrap().contains("hunter2"));
+        let value_of = |p: &str| named.iter().find(|n| n.0 == p).map(|n| n.1);
+        assert_eq!(s.restore_outputs(&masked, &secret, value_of), outputs);
+        // without the param, the entry stays masked
+        assert_eq!(s.restore_outputs(&masked, &secret, |_| None), masked);
     }
 
     #[test]

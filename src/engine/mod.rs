@@ -3,6 +3,10 @@
 //! at all), at most `jobs` at once. It emits `RunEvent`s and nothing else;
 //! the journal and reporters consume them.
 //!
+//! Templates of a step see the real outputs and the status of the steps
+//! finished before it; everything the engine shows or journals (commands,
+//! output, outputs, messages) has the run's secrets masked.
+//!
 //! Cancellation: the first interrupt stops launching (running steps finish
 //! or time out); the second terminates running steps' process groups.
 
@@ -578,16 +582,16 @@ impl StepTask {
                         Ok(out) => out,
                         Err(e) => return self.fail(attempt, e, Some(0), elapsed),
                     };
-                    let outputs: IndexMap<String, String> = outputs
-                        .into_iter()
-                        .map(|(k, v)| (k, scrub.mask(&v)))
-                        .collect();
+                    // shown and stored masked, with what a resume needs to
+                    // rebuild them; later steps of this session get them real
+                    let (masked, secret_outputs) = scrub.mask_outputs(&outputs);
                     self.dispatch.emit(RunEvent::StepSucceeded {
                         step: step.id.clone(),
                         attempt,
                         via: SuccessVia::Run,
                         duration_ms: elapsed.as_millis() as u64,
-                        outputs: outputs.clone(),
+                        outputs: masked,
+                        secret_outputs,
                     });
                     return StepResult::Succeeded(outputs);
                 }
