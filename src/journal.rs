@@ -449,6 +449,43 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// What templates of the steps still to run see: the outputs of
+    /// succeeded steps, those that held a secret rebuilt from the secret
+    /// params given to the resume (journaled outputs are masked), and the
+    /// status of every step.
+    pub fn template_view(
+        &self,
+        runbook: &crate::model::Runbook,
+        params: &crate::params::ParamValues,
+        secrets: &crate::secrets::SecretSet,
+    ) -> crate::template::Known {
+        use crate::template::Status;
+        let mut outputs = std::collections::HashMap::new();
+        let statuses =
+            crate::template::StatusBoard::new(runbook.steps.iter().map(|s| s.id.clone()).collect());
+        for (i, step) in runbook.steps.iter().enumerate() {
+            let Some(s) = self.steps.get(&step.id) else {
+                continue;
+            };
+            match s.status {
+                StepStatus::Succeeded => statuses.set(i, Status::Succeeded),
+                StepStatus::Skipped => statuses.set(i, Status::Skipped),
+                StepStatus::Failed => statuses.set(i, Status::Failed),
+                _ => {}
+            }
+            if s.status == StepStatus::Succeeded && !s.outputs.is_empty() {
+                let real = secrets.restore_outputs(&s.outputs, &s.secret_outputs, |param| {
+                    params.secret_value(param)
+                });
+                outputs.insert(step.id.clone(), real);
+            }
+        }
+        crate::template::Known {
+            outputs: std::sync::Arc::new(outputs),
+            statuses: std::sync::Arc::new(statuses),
+        }
+    }
+
     /// Folds records into a run state.
     pub fn fold(path: &Path, records: &[Record]) -> Result<RunState, JournalError> {
         let Some(Record {

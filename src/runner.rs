@@ -3,6 +3,9 @@
 //! starts from on resume (done, to run, or needing an operator's decision),
 //! cleaning up processes of an earlier runner, then handing over to the
 //! engine.
+//!
+//! A resume needs the secret params the run started with; it rebuilds the
+//! real outputs of finished steps (journaled masked) from them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -509,48 +512,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     let env = template::environment();
     let mut initial = Vec::with_capacity(runbook.steps.len());
     let mut undecided = Vec::new();
-    let mut done_outputs: std::collections::HashMap<String, IndexMap<String, String>> =
-        Default::default();
-    // journaled outputs are masked: rebuild those that held a secret from
-    // the secret params given again
-    for (id, s) in &run_state.steps {
-        if s.status == StepStatus::Succeeded && !s.outputs.is_empty() {
-            let real = if s.secret_outputs.is_empty() {
-                s.outputs.clone()
-            } else {
-                let values: IndexMap<&str, String> = s
-                    .secret_outputs
-                    .iter()
-                    .flat_map(|o| o.key.iter().chain(&o.value))
-                    .filter_map(|segment| match segment {
-                        crate::secrets::Segment::Secret { param, .. } => {
-                            Some((param.as_str(), params.secret_value(param)?))
-                        }
-                        crate::secrets::Segment::Text(_) => None,
-                    })
-                    .collect();
-                secrets.restore_outputs(&s.outputs, &s.secret_outputs, |p| {
-                    values.get(p).map(String::as_str)
-                })
-            };
-            done_outputs.insert(id.clone(), real);
-        }
-    }
-    let statuses = Arc::new(template::StatusBoard::new(
-        runbook.steps.iter().map(|s| s.id.clone()).collect(),
-    ));
-    for (i, step) in runbook.steps.iter().enumerate() {
-        match run_state.steps.get(&step.id).map(|s| s.status) {
-            Some(StepStatus::Succeeded) => statuses.set(i, template::Status::Succeeded),
-            Some(StepStatus::Skipped) => statuses.set(i, template::Status::Skipped),
-            Some(StepStatus::Failed) => statuses.set(i, template::Status::Failed),
-            _ => {}
-        }
-    }
-    let known = template::Known {
-        outputs: Arc::new(done_outputs),
-        statuses,
-    };
+    let known = run_state.template_view(&runbook, &params, &secrets);
     let mut already_done = 0;
     for step in &runbook.steps {
         let state = run_state.steps.get(&step.id);

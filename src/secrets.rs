@@ -67,10 +67,7 @@ fn is_zero(n: &usize) -> bool {
 /// Puts a string split by [`SecretSet::split`] back together with the real
 /// values (`value_of` gives a secret param's value). `None` when a param or
 /// line is not there (e.g. the value given on resume has fewer lines).
-pub fn rebuild<'a>(
-    segments: &[Segment],
-    value_of: impl Fn(&str) -> Option<&'a str>,
-) -> Option<String> {
+pub fn rebuild(segments: &[Segment], value_of: impl Fn(&str) -> Option<String>) -> Option<String> {
     let mut out = String::new();
     for segment in segments {
         match segment {
@@ -78,7 +75,7 @@ pub fn rebuild<'a>(
             Segment::Secret { param, line, from } => {
                 let value = value_of(param)?;
                 let piece = match line {
-                    None => value,
+                    None => value.as_str(),
                     Some(i) => value.split('\n').nth(*i)?.trim(),
                 };
                 out.push_str(piece.get(*from..)?);
@@ -126,11 +123,11 @@ impl SecretSet {
     /// outputs with each [`SecretOutput`] rebuilt from the secret params
     /// (`value_of`) in place of its masked entry. An entry whose param is
     /// not given stays masked.
-    pub fn restore_outputs<'a>(
+    pub fn restore_outputs(
         &self,
         masked: &indexmap::IndexMap<String, String>,
         secret: &[SecretOutput],
-        value_of: impl Fn(&str) -> Option<&'a str>,
+        value_of: impl Fn(&str) -> Option<String>,
     ) -> indexmap::IndexMap<String, String> {
         let mut entries: Vec<(String, String)> =
             masked.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -627,7 +624,9 @@ mod tests {
                 assert!(!json.contains(v), "{json}");
             }
             assert!(!json.contains("second-line-xyz"), "{json}");
-            let back = rebuild(&parts, |p| named.iter().find(|n| n.0 == p).map(|n| n.1));
+            let back = rebuild(&parts, |p| {
+                named.iter().find(|n| n.0 == p).map(|n| n.1.to_owned())
+            });
             assert_eq!(back.as_deref(), Some(text), "{json}");
             let parsed: Vec<Segment> = serde_json::from_str(&json).unwrap();
             assert_eq!(parsed, parts);
@@ -656,7 +655,7 @@ mod tests {
         );
         assert_eq!(secret.len(), 2);
         assert!(!serde_json::to_string(&secret).unwrap().contains("hunter2"));
-        let value_of = |p: &str| named.iter().find(|n| n.0 == p).map(|n| n.1);
+        let value_of = |p: &str| named.iter().find(|n| n.0 == p).map(|n| n.1.to_owned());
         assert_eq!(s.restore_outputs(&masked, &secret, value_of), outputs);
         // without the param, the entry stays masked
         assert_eq!(s.restore_outputs(&masked, &secret, |_| None), masked);
