@@ -79,6 +79,10 @@ pub enum RunEvent {
         params: IndexMap<String, serde_json::Value>,
         /// Names of secret params (their values are never stored).
         secret_params: Vec<String>,
+        /// The secret params that were given a value (a resume needs them
+        /// again). Absent in journals of earlier versions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_params_set: Option<Vec<String>>,
         /// Per-step content digests, to detect changed steps on resume.
         step_digests: IndexMap<String, String>,
         /// `-j`.
@@ -178,9 +182,14 @@ pub enum RunEvent {
         via: SuccessVia,
         /// Time the successful attempt took.
         duration_ms: u64,
-        /// Outputs from `$RUNBOOK_OUTPUT` (values equal to secrets masked).
+        /// Outputs from `$RUNBOOK_OUTPUT`, secrets in keys and values masked.
         #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
         outputs: IndexMap<String, String>,
+        /// The outputs that held a secret, as text and secret-param names
+        /// (never values), so that a resume can give later steps the real
+        /// values.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        secret_outputs: Vec<crate::secrets::SecretOutput>,
     },
     /// A step failed for good (all attempts used).
     StepFailed {

@@ -391,9 +391,12 @@ pub struct StepState {
     /// Last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Outputs.
+    /// Outputs (secrets masked).
     #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub outputs: IndexMap<String, String>,
+    /// How to rebuild the outputs that held a secret (see `secrets`).
+    #[serde(skip)]
+    pub secret_outputs: Vec<crate::secrets::SecretOutput>,
     /// Process groups of its attempts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pgids: Vec<i32>,
@@ -429,6 +432,7 @@ impl Default for StepState {
             exit_code: None,
             error: None,
             outputs: IndexMap::new(),
+            secret_outputs: Vec::new(),
             pgids: Vec::new(),
             reason: None,
             by: None,
@@ -456,6 +460,9 @@ pub struct RunState {
     pub params: IndexMap<String, serde_json::Value>,
     /// Names of secret params.
     pub secret_params: Vec<String>,
+    /// Secret params given a value when the run started (`null` for runs
+    /// of earlier versions, which did not record it).
+    pub secret_params_set: Option<Vec<String>>,
     /// Step content digests at the start.
     #[serde(skip)]
     pub step_digests: IndexMap<String, String>,
@@ -489,6 +496,43 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// What templates of the steps still to run see: the outputs of
+    /// succeeded steps, those that held a secret rebuilt from the secret
+    /// params given to the resume (journaled outputs are masked), and the
+    /// status of every step.
+    pub fn template_view(
+        &self,
+        runbook: &crate::model::Runbook,
+        params: &crate::params::ParamValues,
+        secrets: &crate::secrets::SecretSet,
+    ) -> crate::template::Known {
+        use crate::template::Status;
+        let mut outputs = std::collections::HashMap::new();
+        let statuses =
+            crate::template::StatusBoard::new(runbook.steps.iter().map(|s| s.id.clone()).collect());
+        for (i, step) in runbook.steps.iter().enumerate() {
+            let Some(s) = self.steps.get(&step.id) else {
+                continue;
+            };
+            match s.status {
+                StepStatus::Succeeded => statuses.set(i, Status::Succeeded),
+                StepStatus::Skipped => statuses.set(i, Status::Skipped),
+                StepStatus::Failed => statuses.set(i, Status::Failed),
+                _ => {}
+            }
+            if s.status == StepStatus::Succeeded && !s.outputs.is_empty() {
+                let real = secrets.restore_outputs(&s.outputs, &s.secret_outputs, |param| {
+                    params.secret_value(param)
+                });
+                outputs.insert(step.id.clone(), real);
+            }
+        }
+        crate::template::Known {
+            outputs: std::sync::Arc::new(outputs),
+            statuses: std::sync::Arc::new(statuses),
+        }
+    }
+
     /// Folds records into a run state.
     pub fn fold(path: &Path, records: &[Record]) -> Result<RunState, JournalError> {
         let Some(Record {
@@ -499,6 +543,7 @@ impl RunState {
                     runbook,
                     params,
                     secret_params,
+                    secret_params_set,
                     step_digests,
                     jobs,
                     fail_fast,
@@ -523,6 +568,7 @@ impl RunState {
             original_runbook: runbook.clone(),
             params: params.clone(),
             secret_params: secret_params.clone(),
+            secret_params_set: secret_params_set.clone(),
             step_digests: step_digests.clone(),
             jobs: *jobs,
             fail_fast: *fail_fast,
@@ -627,6 +673,7 @@ impl RunState {
                         via,
                         duration_ms,
                         outputs,
+                        secret_outputs,
                         ..
                     },
                     Some(s),
@@ -638,6 +685,7 @@ impl RunState {
                         s.exit_code = Some(0);
                     }
                     s.outputs = outputs.clone();
+                    s.secret_outputs = secret_outputs.clone();
                     s.error = None;
                 }
                 (
@@ -752,6 +800,7 @@ mod tests {
             },
             params: IndexMap::new(),
             secret_params: vec![],
+            secret_params_set: Some(vec![]),
             step_digests: [("a".to_owned(), "d".to_owned())].into_iter().collect(),
             jobs: 1,
             fail_fast: false,

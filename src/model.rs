@@ -44,7 +44,7 @@ pub struct ParamSpec {
     pub kind: ParamType,
     /// Value used when none is given.
     pub default: Option<ParamValue>,
-    /// A value must be given.
+    /// A value must be given: no `default`, and not `required: false`.
     pub required: bool,
     /// Allowed values (empty: any).
     #[serde(rename = "enum", skip_serializing_if = "Vec::is_empty")]

@@ -1,7 +1,10 @@
 //! Param values: collected from defaults, the environment
 //! (`RUNBOOK_PARAM_<NAME>`), `--params-file` and `-p KEY=VALUE`, type
 //! checked against the declarations, with every problem reported at once.
-//! Secret values never appear in messages.
+//! Secret values never appear in messages (nor does a malformed `-p`
+//! argument, which may be one). On resume, non-secret params keep their
+//! recorded values and the secrets given at the start must be given again.
+//! Which secret values are masked is decided here (`secret_set`).
 
 use indexmap::IndexMap;
 use serde::Serialize;
@@ -32,6 +35,9 @@ pub struct Resolved {
     pub secret: bool,
     /// Where it came from.
     pub source: ParamSource,
+    /// No value and no default (`required: false`): the empty value of its
+    /// type, which is never a secret.
+    pub unset: bool,
 }
 
 impl Resolved {
@@ -80,162 +86,218 @@ impl ParamValues {
         input: &ParamInput,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ParamValues, Report> {
-        let mut problems = Vec::new();
-        let mut raw: IndexMap<String, (RawInput, ParamSource)> = IndexMap::new();
+        let mut collected = collect(declared, input, env);
+        if !collected.missing.is_empty() {
+            let problem = missing_problem(declared, &collected.missing);
+            collected.problems.push(problem);
+        }
+        finish(collected.values, collected.problems)
+    }
+}
 
-        for (name, _) in declared {
-            if let Some(value) = env(&env_var_name(name)) {
-                raw.insert(
-                    name.clone(),
-                    (RawInput::Text(value), ParamSource::Environment),
-                );
-            }
-        }
-        if let Some(path) = &input.file {
-            match read_params_file(path) {
-                Ok(map) => {
-                    for (name, value) in map {
-                        if !declared.contains_key(&name) {
-                            problems.push(unknown(
-                                &name,
-                                declared,
-                                &format!("in {}", path.display()),
-                            ));
-                            continue;
-                        }
-                        raw.insert(name, (RawInput::Json(value), ParamSource::ParamsFile));
-                    }
-                }
-                Err(problem) => problems.push(*problem),
-            }
-        }
-        for pair in &input.cli {
-            let Some((name, value)) = pair.split_once('=') else {
-                problems.push(
-                    Problem::new("param::syntax", format!("`-p {pair}` is not KEY=VALUE"))
-                        .help(format!("write `-p {pair}=VALUE`")),
-                );
-                continue;
-            };
-            let name = name.trim();
-            if !declared.contains_key(name) {
-                problems.push(unknown(name, declared, "given with -p"));
-                continue;
-            }
+/// Values found, problems, and the required params without a value.
+struct Collected {
+    values: IndexMap<String, Resolved>,
+    problems: Vec<Problem>,
+    missing: Vec<String>,
+}
+
+fn finish(
+    values: IndexMap<String, Resolved>,
+    problems: Vec<Problem>,
+) -> Result<ParamValues, Report> {
+    if problems.is_empty() {
+        Ok(ParamValues { values })
+    } else {
+        let mut report = Report::new("params", None);
+        report.problems = problems;
+        Err(report)
+    }
+}
+
+fn collect(
+    declared: &IndexMap<String, ParamSpec>,
+    input: &ParamInput,
+    env: impl Fn(&str) -> Option<String>,
+) -> Collected {
+    let mut problems = Vec::new();
+    let mut raw: IndexMap<String, (RawInput, ParamSource)> = IndexMap::new();
+
+    for (name, _) in declared {
+        if let Some(value) = env(&env_var_name(name)) {
             raw.insert(
-                name.to_owned(),
-                (RawInput::Text(value.to_owned()), ParamSource::CommandLine),
-            );
-        }
-
-        let mut values = IndexMap::new();
-        let mut missing = Vec::new();
-        for (name, spec) in declared {
-            let (value, source) = match raw.shift_remove(name) {
-                Some((input, source)) => {
-                    let parsed = match &input {
-                        RawInput::Text(text) => ParamValue::parse(spec.kind, text),
-                        RawInput::Json(json) => ParamValue::from_json(spec.kind, json),
-                    };
-                    match parsed {
-                        Ok(v) => (v, source),
-                        Err(e) => {
-                            let detail = if spec.secret {
-                                format!("expected {}", type_name(spec.kind))
-                            } else {
-                                e
-                            };
-                            problems.push(
-                                Problem::new(
-                                    "param::type",
-                                    format!("param `{name}` ({}): {detail}", source_text(source)),
-                                )
-                                .help(format!("`{name}` is {}", type_name(spec.kind))),
-                            );
-                            continue;
-                        }
-                    }
-                }
-                None => match &spec.default {
-                    Some(d) => (d.clone(), ParamSource::Default),
-                    None if spec.required => {
-                        missing.push(name.clone());
-                        continue;
-                    }
-                    // optional with no default: empty string / 0 / false
-                    None => (empty_value(spec), ParamSource::Default),
-                },
-            };
-            if !spec.allowed.is_empty() && !spec.allowed.contains(&value) {
-                let choices: Vec<String> = spec.allowed.iter().map(ToString::to_string).collect();
-                let shown = if spec.secret {
-                    "the value".to_owned()
-                } else {
-                    format!("`{value}`")
-                };
-                let mut problem = Problem::new(
-                    "param::enum",
-                    format!(
-                        "param `{name}`: {shown} is not one of {}",
-                        choices.join(", ")
-                    ),
-                );
-                let refs: Vec<&str> = choices.iter().map(String::as_str).collect();
-                if !spec.secret
-                    && let Some(best) = did_you_mean(&value.to_string(), refs.iter().copied())
-                {
-                    problem = problem.help(format!("did you mean `{best}`?"));
-                }
-                problems.push(problem);
-                continue;
-            }
-            values.insert(
                 name.clone(),
-                Resolved {
-                    value,
-                    secret: spec.secret,
-                    source,
-                },
+                (RawInput::Text(value), ParamSource::Environment),
             );
-        }
-        for name in missing {
-            let spec = &declared[&name];
-            let what = spec
-                .description
-                .as_deref()
-                .map(|d| format!(" ({d})"))
-                .unwrap_or_default();
-            problems.push(
-                Problem::new(
-                    "param::missing",
-                    format!("missing required param `{name}`{what}"),
-                )
-                .help(format!(
-                    "pass it with `-p {name}=...`, in a `--params-file`, or as {}",
-                    env_var_name(&name)
-                )),
-            );
-        }
-        if problems.is_empty() {
-            Ok(ParamValues { values })
-        } else {
-            let mut report = Report::new("params", None);
-            report.problems = problems;
-            Err(report)
         }
     }
+    if let Some(path) = &input.file {
+        match read_params_file(path) {
+            Ok(map) => {
+                for (name, value) in map {
+                    if !declared.contains_key(&name) {
+                        problems.push(unknown(&name, declared, &format!("in {}", path.display())));
+                        continue;
+                    }
+                    raw.insert(name, (RawInput::Json(value), ParamSource::ParamsFile));
+                }
+            }
+            Err(problem) => problems.push(*problem),
+        }
+    }
+    for (n, pair) in input.cli.iter().enumerate() {
+        // the argument may be a secret typed without its name: never echo it
+        let Some((name, value)) = pair.split_once('=') else {
+            let help = if declared.contains_key(pair.trim()) {
+                format!("write `-p {}=VALUE`", pair.trim())
+            } else {
+                "write `-p NAME=VALUE`".to_owned()
+            };
+            problems.push(
+                Problem::new(
+                    "param::syntax",
+                    format!("argument {} of -p has no `=`: it is not NAME=VALUE", n + 1),
+                )
+                .help(help),
+            );
+            continue;
+        };
+        let name = name.trim();
+        if !declared.contains_key(name) {
+            let problem = if is_param_name(name) {
+                unknown(name, declared, "given with -p")
+            } else {
+                Problem::new(
+                    "param::unknown",
+                    format!("argument {} of -p does not start with a param name", n + 1),
+                )
+                .help("write `-p NAME=VALUE`; names are letters, digits and `_`")
+            };
+            problems.push(problem);
+            continue;
+        }
+        raw.insert(
+            name.to_owned(),
+            (RawInput::Text(value.to_owned()), ParamSource::CommandLine),
+        );
+    }
 
+    let mut values = IndexMap::new();
+    let mut missing = Vec::new();
+    for (name, spec) in declared {
+        let mut unset = false;
+        let (value, source) = match raw.shift_remove(name) {
+            Some((input, source)) => {
+                let parsed = match &input {
+                    RawInput::Text(text) => ParamValue::parse(spec.kind, text),
+                    RawInput::Json(json) => ParamValue::from_json(spec.kind, json),
+                };
+                match parsed {
+                    Ok(v) => (v, source),
+                    Err(e) => {
+                        let detail = if spec.secret {
+                            format!("expected {}", type_name(spec.kind))
+                        } else {
+                            e
+                        };
+                        problems.push(
+                            Problem::new(
+                                "param::type",
+                                format!("param `{name}` ({}): {detail}", source_text(source)),
+                            )
+                            .help(format!("`{name}` is {}", type_name(spec.kind))),
+                        );
+                        continue;
+                    }
+                }
+            }
+            None => match &spec.default {
+                Some(d) => (d.clone(), ParamSource::Default),
+                None if spec.required => {
+                    missing.push(name.clone());
+                    continue;
+                }
+                // optional with no default: empty string / 0 / false
+                None => {
+                    unset = true;
+                    (empty_value(spec), ParamSource::Default)
+                }
+            },
+        };
+        if !spec.allowed.is_empty() && !spec.allowed.contains(&value) {
+            let choices: Vec<String> = spec.allowed.iter().map(ToString::to_string).collect();
+            let shown = if spec.secret {
+                "the value".to_owned()
+            } else {
+                format!("`{value}`")
+            };
+            let mut problem = Problem::new(
+                "param::enum",
+                format!(
+                    "param `{name}`: {shown} is not one of {}",
+                    choices.join(", ")
+                ),
+            );
+            let refs: Vec<&str> = choices.iter().map(String::as_str).collect();
+            if !spec.secret
+                && let Some(best) = did_you_mean(&value.to_string(), refs.iter().copied())
+            {
+                problem = problem.help(format!("did you mean `{best}`?"));
+            }
+            problems.push(problem);
+            continue;
+        }
+        values.insert(
+            name.clone(),
+            Resolved {
+                value,
+                secret: spec.secret,
+                source,
+                unset,
+            },
+        );
+    }
+    Collected {
+        values,
+        problems,
+        missing,
+    }
+}
+
+impl ParamValues {
     /// Values for resuming a run: non-secret params keep the values recorded
-    /// when the run started (giving a different one is an error); secret
-    /// params, never stored, come again from `input` and the environment.
+    /// when the run started (giving a different one is an error). Secret
+    /// params, never stored, come again from `input` and the environment:
+    /// those in `secrets_set` (given a value at the start) must be given;
+    /// the others keep the empty value they had, and giving one now is an
+    /// error (a run keeps its params). `secrets_set` is `None` for journals
+    /// that did not record it: secrets then resolve as declared.
     pub fn for_resume(
         declared: &IndexMap<String, ParamSpec>,
         recorded: &IndexMap<String, serde_json::Value>,
+        secrets_set: Option<&[String]>,
         input: &ParamInput,
     ) -> Result<ParamValues, Report> {
+        Self::for_resume_with_env(declared, recorded, secrets_set, input, |name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Like `for_resume`, with an injectable environment (for tests).
+    pub fn for_resume_with_env(
+        declared: &IndexMap<String, ParamSpec>,
+        recorded: &IndexMap<String, serde_json::Value>,
+        secrets_set: Option<&[String]>,
+        input: &ParamInput,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ParamValues, Report> {
+        let was_set = |name: &str| secrets_set.is_none_or(|set| set.iter().any(|n| n == name));
         let mut fixed = declared.clone();
         for (name, spec) in fixed.iter_mut() {
             if spec.secret {
+                if secrets_set.is_some() {
+                    spec.required = was_set(name);
+                }
                 continue;
             }
             if let Some(value) = recorded.get(name)
@@ -245,16 +307,46 @@ impl ParamValues {
                 spec.required = false;
             }
         }
-        let mut values = Self::resolve(&fixed, input)?;
-        let mut problems = Vec::new();
-        for (name, resolved) in values.values.iter_mut() {
-            if resolved.secret {
-                continue;
-            }
+        let Collected {
+            mut values,
+            mut problems,
+            missing,
+        } = collect(&fixed, input, env);
+        let (secrets, others): (Vec<String>, Vec<String>) = missing
+            .into_iter()
+            .partition(|name| secrets_set.is_some() && declared[name].secret);
+        if !others.is_empty() {
+            problems.push(missing_problem(declared, &others));
+        }
+        if !secrets.is_empty() {
+            problems.push(secrets_again_problem(&secrets));
+        }
+        for (name, resolved) in values.iter_mut() {
             let explicit = matches!(
                 resolved.source,
                 ParamSource::CommandLine | ParamSource::ParamsFile
             );
+            if resolved.secret {
+                if was_set(name) {
+                    continue;
+                }
+                // not given at the start: it stays unset
+                if explicit {
+                    problems.push(
+                        Problem::new(
+                            "param::fixed",
+                            format!("secret param `{name}` was not set when this run started; a run keeps its params"),
+                        )
+                        .help("drop it from the command line, or start a new run with `runbook run`"),
+                    );
+                }
+                if let Some(spec) = declared.get(name) {
+                    resolved.value = empty_value(spec);
+                }
+                resolved.source = ParamSource::Default;
+                resolved.unset = true;
+                continue;
+            }
             let recorded_value = recorded
                 .get(name)
                 .and_then(|v| ParamValue::from_json(resolved.value_kind(), v).ok());
@@ -273,13 +365,17 @@ impl ParamValues {
                 None => {}
             }
         }
-        if problems.is_empty() {
-            Ok(values)
-        } else {
-            let mut report = Report::new("params", None);
-            report.problems = problems;
-            Err(report)
-        }
+        finish(values, problems)
+    }
+
+    /// Names of the secret params that were given a value (recorded when a
+    /// run starts: a resume needs them again).
+    pub fn secrets_set(&self) -> Vec<String> {
+        self.values
+            .iter()
+            .filter(|(_, r)| r.secret && !r.unset)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Values as template values; secrets replaced by `***` when `mask`.
@@ -312,15 +408,84 @@ impl ParamValues {
             .collect()
     }
 
-    /// Secret values (to scrub from any text shown to people).
-    pub fn secret_values(&self) -> Vec<String> {
-        self.values
-            .values()
-            .filter(|r| r.secret)
-            .map(|r| r.value.to_string())
-            .filter(|v| !v.is_empty())
-            .collect()
+    /// The secrets to mask in any text shown to people or stored: the
+    /// values given to secret params. Not masked: the implicit empty / `0` /
+    /// `false` of an unset optional secret, empty values, and `bool`
+    /// secrets (masking every `true` or `false` would hide nothing and
+    /// garble every log; they still show as `***` wherever params are
+    /// shown). Multi-line values are masked line by line too (see
+    /// `secrets::secret_lines`).
+    pub fn secret_set(&self) -> crate::secrets::SecretSet {
+        let values: Vec<(&str, String)> = self
+            .values
+            .iter()
+            .filter(|(_, r)| r.secret && !r.unset && !matches!(r.value, ParamValue::Bool(_)))
+            .map(|(name, r)| (name.as_str(), r.value.to_string()))
+            .collect();
+        crate::secrets::SecretSet::new(values.iter().map(|(n, v)| (*n, v.as_str())))
     }
+
+    /// The value of a secret param that was given one (to rebuild outputs).
+    pub fn secret_value(&self, name: &str) -> Option<String> {
+        self.values
+            .get(name)
+            .filter(|r| r.secret && !r.unset)
+            .map(|r| r.value.to_string())
+    }
+}
+
+/// The secrets a run was started with were not given to its resume.
+fn secrets_again_problem(names: &[String]) -> Problem {
+    let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    let flags: Vec<String> = names.iter().map(|n| format!("-p {n}=...")).collect();
+    let vars: Vec<String> = names.iter().map(|n| env_var_name(n)).collect();
+    Problem::new(
+        "param::secret-again",
+        format!(
+            "this run was started with secret param{} {}; secrets are never stored, so a resume must be given {} again",
+            if names.len() == 1 { "" } else { "s" },
+            list.join(", "),
+            if names.len() == 1 { "it" } else { "them" },
+        ),
+    )
+    .help(format!(
+        "pass {} to `runbook resume` with `{}`, in a `--params-file`, or as {}",
+        if names.len() == 1 { "it" } else { "them" },
+        flags.join(" "),
+        vars.join(", ")
+    ))
+}
+
+fn is_param_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// One problem naming every param that has no value, with how to give one.
+fn missing_problem(declared: &IndexMap<String, ParamSpec>, missing: &[String]) -> Problem {
+    let described: Vec<String> = missing
+        .iter()
+        .map(
+            |name| match declared.get(name).and_then(|s| s.description.as_deref()) {
+                Some(d) => format!("`{name}` ({d})"),
+                None => format!("`{name}`"),
+            },
+        )
+        .collect();
+    let message = match described.as_slice() {
+        [one] => format!("missing required param {one}: it has no default and no value was given"),
+        many => format!(
+            "missing required params (no default and no value given): {}",
+            many.join(", ")
+        ),
+    };
+    let flags: Vec<String> = missing.iter().map(|n| format!("-p {n}=...")).collect();
+    let vars: Vec<String> = missing.iter().map(|n| env_var_name(n)).collect();
+    Problem::new("param::missing", message).help(format!(
+        "pass {} with `{}`, in a `--params-file`, or as {}; a param that may stay empty is declared `required: false`",
+        if missing.len() == 1 { "it" } else { "them" },
+        flags.join(" "),
+        vars.join(", ")
+    ))
 }
 
 fn empty_value(spec: &ParamSpec) -> ParamValue {
@@ -460,5 +625,47 @@ mod tests {
         assert!(text.iter().any(|t| t.contains("`x` is not a whole number")));
         assert!(text.iter().any(|t| t.contains("param `token`")));
         assert!(!text.iter().any(|t| t.contains("hunter2")));
+    }
+
+    #[test]
+    fn a_bare_p_argument_is_never_echoed_and_implicit_or_bool_values_are_not_secrets() {
+        let mut declared = IndexMap::new();
+        declared.insert(
+            "token".to_owned(),
+            spec(ParamType::String, None, true, true),
+        );
+        declared.insert("pin".to_owned(), spec(ParamType::Int, None, false, true));
+        declared.insert("flag".to_owned(), spec(ParamType::Bool, None, false, true));
+        let input = |cli: &[&str]| ParamInput {
+            cli: cli.iter().map(|s| (*s).to_owned()).collect(),
+            file: None,
+        };
+        let report = ParamValues::resolve_with_env(
+            &declared,
+            &input(&["token=s3cr3t-value", "hunter2", "hunter2 x=1"]),
+            |_| None,
+        )
+        .unwrap_err();
+        let all: Vec<String> = report
+            .problems
+            .iter()
+            .map(|p| format!("{} {:?}", p.message, p.help))
+            .collect();
+        assert!(all[0].contains("argument 2 of -p has no `=`"), "{all:?}");
+        assert!(
+            all[1].contains("argument 3 of -p does not start"),
+            "{all:?}"
+        );
+        assert!(!all.iter().any(|t| t.contains("hunter2")), "{all:?}");
+
+        let values = ParamValues::resolve_with_env(
+            &declared,
+            &input(&["token=s3cr3t-value", "flag=true"]),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(values.secrets_set(), ["token", "flag"]);
+        let set = values.secret_set();
+        assert_eq!(set.mask("s3cr3t-value 0 true false"), "*** 0 true false");
     }
 }

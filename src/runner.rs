@@ -3,6 +3,9 @@
 //! starts from on resume (done, to run, or needing an operator's decision),
 //! cleaning up processes of an earlier runner, then handing over to the
 //! engine.
+//!
+//! A resume needs the secret params the run started with; it rebuilds the
+//! real outputs of finished steps (journaled masked) from them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -300,6 +303,7 @@ pub fn start(
             .filter(|(_, r)| r.secret)
             .map(|(k, _)| k.clone())
             .collect(),
+        secret_params_set: Some(params.secrets_set()),
         step_digests: step_digests(&runbook),
         jobs: options.jobs,
         fail_fast: options.fail_fast,
@@ -309,6 +313,7 @@ pub fn start(
         containment: Some(containment.info().clone()),
     };
     let initial = vec![Initial::Pending { next_attempt: 1 }; runbook.steps.len()];
+    let secrets = Arc::new(params.secret_set());
     let facts = RunFacts {
         id: run_id,
         dir: run_dir.path.display().to_string(),
@@ -322,6 +327,7 @@ pub fn start(
             facts,
             cwd,
             containment,
+            secrets,
         }),
         initial,
         journal,
@@ -499,7 +505,12 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         loaded,
     )?;
     check_supported(&runbook)?;
-    let mut params = ParamValues::for_resume(&runbook.params, &run_state.params, &request.params)?;
+    let mut params = ParamValues::for_resume(
+        &runbook.params,
+        &run_state.params,
+        run_state.secret_params_set.as_deref(),
+        &request.params,
+    )?;
     // steps run where the run started, whichever directory resumes it
     let cwd = match &run_state.cwd {
         Some(dir) => PathBuf::from(dir),
@@ -516,6 +527,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         });
     }
     absolutize_paths(&runbook, &mut params, &cwd);
+    let secrets = Arc::new(params.secret_set());
 
     for id in &request.rerun {
         check_step(&runbook, id, "--rerun")?;
@@ -611,19 +623,13 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         facts,
         cwd,
         containment,
+        secrets,
     };
     let runbook = ctx.runbook.clone();
     let env = template::environment();
     let mut initial = Vec::with_capacity(runbook.steps.len());
     let mut undecided = Vec::new();
-    let mut done_outputs: std::collections::HashMap<String, IndexMap<String, String>> =
-        Default::default();
-    for (id, s) in &run_state.steps {
-        if s.status == StepStatus::Succeeded && !s.outputs.is_empty() {
-            done_outputs.insert(id.clone(), s.outputs.clone());
-        }
-    }
-    let done_outputs = Arc::new(done_outputs);
+    let known = run_state.template_view(&runbook, &ctx.params, &ctx.secrets);
     let finished = |id: &str| {
         run_state
             .steps
@@ -653,7 +659,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                 pending
             }
             StepStatus::Succeeded => {
-                Initial::Done(state.map(|s| s.outputs.clone()).unwrap_or_default())
+                Initial::Done(known.outputs.get(&step.id).cloned().unwrap_or_default())
             }
             StepStatus::Skipped => Initial::Skipped,
             _ if in_flight => {
@@ -661,7 +667,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                     Some(check) => {
                         let context = Context::new(
                             &ctx.params.template_values(false),
-                            Outputs::Known(done_outputs.clone()),
+                            Outputs::Known(known.clone()),
                             &ctx.facts,
                         );
                         let (holds, detail) = match context.render(env, check) {
@@ -689,6 +695,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                         via: SuccessVia::DoneIf,
                         duration_ms: 0,
                         outputs: IndexMap::new(),
+                        secret_outputs: Vec::new(),
                     };
                     journal.append(&done);
                     notices.push(done);

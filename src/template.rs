@@ -1,6 +1,8 @@
 //! Templates: the minijinja environment (strict undefined, the `quote`
 //! filter), static analysis of what a template refers to, and rendering with
-//! params, step outputs (known or placeholders) and run facts.
+//! params, step outputs and statuses (known at run time, placeholders in a
+//! plan) and run facts. A reference to an output that is not there is
+//! explained by naming the step and what became of it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,12 +68,17 @@ pub fn shell_quote(text: &str) -> String {
 pub enum Reference {
     /// `params.<name>` or `params['<name>']`.
     Param(String),
-    /// `steps['<id>'].outputs...`; `field` is what follows the step (should be `outputs`).
+    /// `steps['<id>'].outputs.<key>` or `steps['<id>'].status`.
     StepOutput {
         /// The step id.
         step: String,
-        /// The attribute after the step (`outputs` when well-formed).
+        /// The attribute after the step (`outputs` or `status` when well-formed).
         field: Option<String>,
+        /// The output key after `outputs`, when written out.
+        key: Option<String>,
+        /// Followed by `| default(...)`, `is defined` or `is undefined`:
+        /// the template copes with the key being absent.
+        guarded: bool,
     },
     /// `run.<field>`.
     Run(String),
@@ -269,13 +276,29 @@ fn scan_tokens(text: &str, in_expr: bool) -> Vec<Located> {
                 }
                 "steps" => {
                     if let Some((step, used)) = name_at(i + 1) {
-                        let mut end = tokens[i + used].1.end_offset as usize;
-                        let field = name_at(i + 1 + used).map(|(field, more)| {
-                            end = tokens[i + used + more].1.end_offset as usize;
+                        let mut last = i + used;
+                        let field = name_at(last + 1).map(|(field, more)| {
+                            last += more;
                             field
                         });
+                        // the located range stops at the field: it is what
+                        // validation points at
+                        let end = tokens[last].1.end_offset as usize;
+                        let key = match field.as_deref() {
+                            Some("outputs") => name_at(last + 1).map(|(key, more)| {
+                                last += more;
+                                key
+                            }),
+                            _ => None,
+                        };
+                        let guarded = is_guarded(&tokens, last + 1);
                         refs.push(Located {
-                            reference: Reference::StepOutput { step, field },
+                            reference: Reference::StepOutput {
+                                step,
+                                field,
+                                key,
+                                guarded,
+                            },
                             range: start..end,
                         });
                         i += used;
@@ -289,6 +312,20 @@ fn scan_tokens(text: &str, in_expr: bool) -> Vec<Located> {
     refs
 }
 
+/// Whether the tokens from `i` on cope with an undefined value:
+/// `| default(...)` (or `| d(...)`), `is defined`, `is undefined`.
+fn is_guarded(tokens: &[(Token<'_>, minijinja::machinery::Span)], i: usize) -> bool {
+    let at = |k: usize| tokens.get(k).map(|t| &t.0);
+    match (at(i), at(i + 1), at(i + 2)) {
+        (Some(Token::Pipe), Some(Token::Ident("default" | "d")), _) => true,
+        (Some(Token::Ident("is")), Some(Token::Ident("defined" | "undefined")), _) => true,
+        (Some(Token::Ident("is")), Some(Token::Ident("not")), Some(Token::Ident(t))) => {
+            matches!(*t, "defined" | "undefined")
+        }
+        _ => false,
+    }
+}
+
 /// A template map value from key/value pairs.
 fn map_value(entries: impl IntoIterator<Item = (String, Value)>) -> Value {
     Value::from_object(
@@ -298,13 +335,146 @@ fn map_value(entries: impl IntoIterator<Item = (String, Value)>) -> Value {
     )
 }
 
-/// Where step outputs come from when rendering.
+/// What `steps['<id>'].status` says at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    /// Has not run: not reached yet, or a need failed (only an `always`
+    /// step can run after such a need).
+    Pending = 0,
+    /// Ran and succeeded (or was found done on resume).
+    Succeeded = 1,
+    /// Ran and failed.
+    Failed = 2,
+    /// Its `when` was false.
+    Skipped = 3,
+}
+
+/// Every value of `steps['<id>'].status`.
+pub const STATUSES: [&str; 4] = ["pending", "succeeded", "failed", "skipped"];
+
+impl Status {
+    /// As templates see it.
+    pub fn as_str(self) -> &'static str {
+        STATUSES[self as usize]
+    }
+
+    fn from_u8(n: u8) -> Status {
+        match n {
+            1 => Status::Succeeded,
+            2 => Status::Failed,
+            3 => Status::Skipped,
+            _ => Status::Pending,
+        }
+    }
+}
+
+/// The status of every step of a run, updated as steps finish and read by
+/// templates. Setting one is O(1) (the map from id to step is built the
+/// first time a template asks), so runs of thousands of steps pay nothing
+/// for it.
+#[derive(Debug)]
+pub struct StatusBoard {
+    ids: Vec<String>,
+    index: std::sync::OnceLock<HashMap<String, usize>>,
+    cells: Vec<std::sync::atomic::AtomicU8>,
+}
+
+impl StatusBoard {
+    /// Every step pending.
+    pub fn new(ids: Vec<String>) -> StatusBoard {
+        let cells = ids
+            .iter()
+            .map(|_| std::sync::atomic::AtomicU8::new(0))
+            .collect();
+        StatusBoard {
+            ids,
+            index: std::sync::OnceLock::new(),
+            cells,
+        }
+    }
+
+    /// Records the status of step number `i`.
+    pub fn set(&self, i: usize, status: Status) {
+        if let Some(cell) = self.cells.get(i) {
+            cell.store(status as u8, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The status of step `id`, if it is a step.
+    pub fn get(&self, id: &str) -> Option<Status> {
+        let index = self.index.get_or_init(|| {
+            self.ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.clone(), i))
+                .collect()
+        });
+        let cell = self.cells.get(*index.get(id)?)?;
+        Some(Status::from_u8(
+            cell.load(std::sync::atomic::Ordering::Relaxed),
+        ))
+    }
+}
+
+/// What templates know at run time about the steps of the run.
+#[derive(Debug, Clone)]
+pub struct Known {
+    /// Outputs of succeeded steps that wrote some (the real values).
+    pub outputs: Arc<HashMap<String, IndexMap<String, String>>>,
+    /// Status of every step.
+    pub statuses: Arc<StatusBoard>,
+}
+
+impl Known {
+    /// Why `steps['<step>'].outputs.<key>` is not defined, naming the step
+    /// and what became of it; `None` when it is defined.
+    pub fn why_undefined(&self, step: &str, key: &str) -> Option<String> {
+        let has = self.outputs.get(step).is_some_and(|o| o.contains_key(key));
+        if has {
+            return None;
+        }
+        let what = match self.statuses.get(step)? {
+            Status::Skipped => format!("step `{step}` was skipped"),
+            Status::Failed => format!("step `{step}` failed"),
+            Status::Pending => format!("step `{step}` did not run"),
+            Status::Succeeded => format!(
+                "step `{step}` succeeded without setting it (a step sets `{key}` by writing `{key}=VALUE` to $RUNBOOK_OUTPUT)"
+            ),
+        };
+        Some(format!(
+            "steps['{step}'].outputs.{key} is undefined: {what}"
+        ))
+    }
+
+    /// Explains a render or evaluation error of `text` caused by a missing
+    /// output: the first reference to one that is not there, preferring
+    /// references that are not guarded by `default` or `is defined`.
+    pub fn explain(&self, text: &str, expression: bool) -> Option<String> {
+        let refs = scan_tokens(text, expression);
+        let missing = |want_guarded: bool| {
+            refs.iter().find_map(|r| match &r.reference {
+                Reference::StepOutput {
+                    step,
+                    key: Some(key),
+                    guarded,
+                    ..
+                } if *guarded == want_guarded => self.why_undefined(step, key),
+                _ => None,
+            })
+        };
+        missing(false).or_else(|| missing(true))
+    }
+}
+
+/// Where step outputs and statuses come from when rendering.
 #[derive(Debug, Clone)]
 pub enum Outputs {
-    /// Not run yet: every output renders as a `<steps.id.outputs.key>` placeholder.
+    /// Not run yet: every output renders as a `<id.outputs.key>` placeholder
+    /// and every status as `<id.status>`.
     Placeholders,
-    /// Outputs of finished steps.
-    Known(Arc<HashMap<String, IndexMap<String, String>>>),
+    /// At run time: outputs and statuses of the run's steps.
+    Known(Known),
 }
 
 #[derive(Debug)]
@@ -313,14 +483,26 @@ struct StepsView(Outputs);
 impl Object for StepsView {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let id = key.as_str()?;
-        let outputs = match &self.0 {
-            Outputs::Placeholders => Value::from_object(PlaceholderOutputs(id.to_owned())),
-            Outputs::Known(all) => {
-                let map = all.get(id)?;
-                map_value(map.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))))
+        let (outputs, status) = match &self.0 {
+            Outputs::Placeholders => (
+                Value::from_object(PlaceholderOutputs(id.to_owned())),
+                Value::from(format!("<{id}.status>")),
+            ),
+            Outputs::Known(known) => {
+                let status = known.statuses.get(id)?;
+                // a step that did not succeed has no outputs: `default` and
+                // `is defined` see every key as undefined
+                let outputs = known.outputs.get(id).map_or_else(
+                    || map_value(std::iter::empty()),
+                    |map| map_value(map.iter().map(|(k, v)| (k.clone(), Value::from(v.clone())))),
+                );
+                (outputs, Value::from(status.as_str()))
             }
         };
-        Some(map_value([("outputs".to_owned(), outputs)]))
+        Some(map_value([
+            ("outputs".to_owned(), outputs),
+            ("status".to_owned(), status),
+        ]))
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
@@ -344,8 +526,10 @@ impl Object for PlaceholderOutputs {
         )))
     }
 
+    /// Which keys a step will output is not known before it runs: a loop
+    /// over them renders nothing in a plan (rather than failing it).
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::NonEnumerable
+        Enumerator::Empty
     }
 }
 
@@ -440,7 +624,9 @@ mod tests {
         assert!(found.contains(&Reference::Run("dir".into())));
         assert!(found.contains(&Reference::StepOutput {
             step: "dump-db".into(),
-            field: Some("outputs".into())
+            field: Some("outputs".into()),
+            key: Some("size".into()),
+            guarded: false,
         }));
     }
 
@@ -470,6 +656,50 @@ mod tests {
     }
 
     #[test]
+    fn missing_outputs_are_undefined_guards_work_and_errors_name_the_step() {
+        let statuses = Arc::new(StatusBoard::new(vec!["dump".into(), "ok".into()]));
+        statuses.set(0, Status::Skipped);
+        statuses.set(1, Status::Succeeded);
+        let mut outputs = HashMap::new();
+        outputs.insert(
+            "ok".to_owned(),
+            IndexMap::from([("k".to_owned(), "v".to_owned())]),
+        );
+        let known = Known {
+            outputs: Arc::new(outputs),
+            statuses,
+        };
+        let ctx = Context::new(
+            &IndexMap::new(),
+            Outputs::Known(known.clone()),
+            &RunFacts::placeholders(),
+        );
+        let text = "{{ steps['dump'].outputs.path | default('none') }} {{ steps['ok'].outputs.k }} \
+            {% if steps['ok'].outputs.x is not defined %}no-x{% endif %} {{ steps['dump'].status }}";
+        assert_eq!(
+            ctx.render(environment(), text).unwrap(),
+            "none v no-x skipped"
+        );
+        let bad = "{{ steps['ok'].outputs.k | default('') }}{{ steps['dump'].outputs['path'] }}";
+        let err = ctx.render(environment(), bad).unwrap_err();
+        assert_eq!(err.kind(), minijinja::ErrorKind::UndefinedError);
+        assert_eq!(
+            known.explain(bad, false).unwrap(),
+            "steps['dump'].outputs.path is undefined: step `dump` was skipped"
+        );
+        assert!(
+            known
+                .explain("{{ steps['ok'].outputs.y }}", false)
+                .unwrap()
+                .contains("step `ok` succeeded without setting it")
+        );
+        assert!(
+            !ctx.evaluate(environment(), "steps['dump'].outputs.path is defined")
+                .unwrap()
+        );
+    }
+
+    #[test]
     fn placeholders_render_for_unknown_outputs() {
         let ctx = Context::new(
             &IndexMap::new(),
@@ -483,5 +713,12 @@ mod tests {
             )
             .unwrap();
         assert_eq!(out, "n=<scale-down.outputs.previous_replicas>");
+        let looped = ctx
+            .render(
+                environment(),
+                "[{% for k in steps['dump'].outputs %}{{ k }}{% endfor %}] {{ steps['dump'].status }}",
+            )
+            .unwrap();
+        assert_eq!(looped, "[] <dump.status>");
     }
 }

@@ -102,6 +102,8 @@ fn is_valid_param_name(name: &str) -> bool {
 struct OutputUse {
     user: usize,
     step: String,
+    /// `outputs` or `the status`.
+    what: &'static str,
     span: Span,
 }
 
@@ -330,7 +332,7 @@ impl Checker<'_> {
                     self.push(
                         Problem::new(
                             "template::not-upstream",
-                            format!("step `{user}` uses outputs of `{}`, which does not run before it", used.step),
+                            format!("step `{user}` uses {} of `{}`, which does not run before it", used.what, used.step),
                         )
                         .at_labeled(used.span, format!("`{}` is not upstream of `{user}`", used.step))
                         .help(format!("add `{}` to the `needs` of `{user}` (directly or through another step)", used.step)),
@@ -536,7 +538,7 @@ impl Checker<'_> {
                         .help(suggestion(&d.to_string(), &refs, "values")),
                     );
                 }
-                if param.required {
+                if param.required == Some(true) {
                     ok = false;
                     self.push(
                         Problem::new("param::required-default", format!("param `{name}` is required but has a default"))
@@ -562,8 +564,8 @@ impl Checker<'_> {
                     name.clone(),
                     ParamSpec {
                         kind,
+                        required: default.is_none() && param.required != Some(false),
                         default,
-                        required: param.required,
                         allowed,
                         secret: param.secret,
                         description: param.description.clone(),
@@ -820,17 +822,23 @@ impl Checker<'_> {
                 Reference::StepOutput {
                     step: target,
                     field,
+                    ..
                 } => {
-                    if field.as_deref() != Some("outputs") {
+                    if !matches!(field.as_deref(), Some("outputs" | "status")) {
                         self.push(
                             Problem::new(
                                 "template::step-field",
-                                format!("step `{step}`: `steps['{target}']` only has `outputs`"),
+                                format!("step `{step}`: `steps['{target}']` only has `outputs` and `status`"),
                             )
                             .at(span)
-                            .help(format!("write `steps['{target}'].outputs.<key>`")),
+                            .help(format!("write `steps['{target}'].outputs.<key>` or `steps['{target}'].status`")),
                         );
                     }
+                    let what = if field.as_deref() == Some("status") {
+                        "the status"
+                    } else {
+                        "outputs"
+                    };
                     if ctx.broken.iter().any(|b| b == target) {
                         continue;
                     }
@@ -843,7 +851,7 @@ impl Checker<'_> {
                                 }
                             };
                             self.push(
-                                Problem::new("template::unknown-step", format!("step `{step}` uses outputs of `{target}`, which is not a step of this runbook"))
+                                Problem::new("template::unknown-step", format!("step `{step}` uses {what} of `{target}`, which is not a step of this runbook"))
                                     .at_labeled(span, "unknown step")
                                     .help(help),
                             );
@@ -851,6 +859,7 @@ impl Checker<'_> {
                         Some(_) => uses.push(OutputUse {
                             user: ctx.index,
                             step: target.clone(),
+                            what,
                             span,
                         }),
                     }

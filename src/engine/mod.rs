@@ -3,6 +3,10 @@
 //! at all), at most `jobs` at once. It emits `RunEvent`s and nothing else;
 //! the journal and reporters consume them.
 //!
+//! Templates of a step see the real outputs and the status of the steps
+//! finished before it; everything the engine shows or journals (commands,
+//! output, outputs, messages) has the run's secrets masked.
+//!
 //! Cancellation: the first Ctrl-C stops launching (running steps finish or
 //! time out); the second, or one SIGTERM, terminates running steps (their
 //! whole containment, with the grace period). `daemon` steps keep their
@@ -24,8 +28,9 @@ use crate::events::{RunEvent, RunOutcome, SuccessVia};
 use crate::journal::JournalWriter;
 use crate::model::{Action, Runbook, Step};
 use crate::params::ParamValues;
+use crate::secrets::{Scrubber, SecretSet};
 use crate::state::RunDir;
-use crate::template::{self, Context, Outputs, RunFacts};
+use crate::template::{self, Context, Known, Outputs, RunFacts, Status, StatusBoard};
 
 use containment::{Containment, Slot};
 
@@ -115,6 +120,8 @@ pub struct RunContext {
     pub cwd: std::path::PathBuf,
     /// How step processes are contained.
     pub containment: Arc<Containment>,
+    /// The run's secret values, for masking what is shown or stored.
+    pub secrets: Arc<SecretSet>,
 }
 
 /// The environment of a step's processes (attempts, `done_if`, `ready`).
@@ -178,10 +185,10 @@ pub fn launch(
     };
     ctx.containment.register(child.pid);
     let reader = child.output.take();
-    let secrets = ctx.params.secret_values();
+    let scrubber = Scrubber::new(ctx.secrets.clone());
     let pump = tokio::spawn(async move {
         match reader {
-            Some(r) => output::pump(r, log, secrets, on_line).await,
+            Some(r) => output::pump(r, log, scrubber, on_line).await,
             None => Ok(0),
         }
     });
@@ -324,26 +331,40 @@ pub struct Summary {
     pub terminated: bool,
 }
 
-/// Evaluates a step's `when` with the outputs known so far.
-fn evaluate_when(
-    ctx: &RunContext,
-    step: &Step,
-    outputs: &Arc<HashMap<String, IndexMap<String, String>>>,
-) -> Result<bool, String> {
+/// Evaluates a step's `when` with the outputs and statuses known so far.
+fn evaluate_when(ctx: &RunContext, step: &Step, known: &Known) -> Result<bool, String> {
     let Some(when) = &step.when else {
         return Ok(true);
     };
     let context = Context::new(
         &ctx.params.template_values(false),
-        Outputs::Known(outputs.clone()),
+        Outputs::Known(known.clone()),
         &ctx.facts,
     );
     context
         .evaluate(template::environment(), when)
         .map_err(|e| {
-            let scrub = crate::secrets::Scrubber::new(&ctx.params.secret_values());
-            format!("cannot evaluate `when`: {}", scrub.mask(&render_error(&e)))
+            format!(
+                "cannot evaluate `when`: {}",
+                ctx.secrets.mask(&explain(known, &e, when, true))
+            )
         })
+}
+
+/// A template error as a message; an undefined value that is a missing
+/// output names the step and what became of it.
+fn explain(known: &Known, e: &minijinja::Error, text: &str, expression: bool) -> String {
+    let why = (e.kind() == minijinja::ErrorKind::UndefinedError)
+        .then(|| {
+            let text = if expression {
+                template::bare_expression(text).map_or(text, |(expr, _)| expr)
+            } else {
+                text
+            };
+            known.explain(text, expression)
+        })
+        .flatten();
+    why.unwrap_or_else(|| render_error(e))
 }
 
 /// Runs the steps that are not done; returns how the run ended.
@@ -358,21 +379,32 @@ pub async fn execute(
     let mut finish: Vec<Option<Finish>> = vec![None; n];
     let mut next_attempt = vec![1u32; n];
     let mut outputs: Arc<HashMap<String, IndexMap<String, String>>> = Arc::new(HashMap::new());
+    let statuses = Arc::new(StatusBoard::new(
+        runbook.steps.iter().map(|s| s.id.clone()).collect(),
+    ));
     {
         let map = Arc::make_mut(&mut outputs);
         for (i, init) in initial.iter().enumerate() {
             match init {
                 Initial::Done(out) => {
                     finish[i] = Some(Finish::Succeeded);
+                    statuses.set(i, Status::Succeeded);
                     if !out.is_empty() {
                         map.insert(runbook.steps[i].id.clone(), out.clone());
                     }
                 }
-                Initial::Skipped => finish[i] = Some(Finish::Skipped),
+                Initial::Skipped => {
+                    finish[i] = Some(Finish::Skipped);
+                    statuses.set(i, Status::Skipped);
+                }
                 Initial::Pending { next_attempt: a } => next_attempt[i] = *a,
             }
         }
     }
+    let known = |outputs: &Arc<HashMap<String, IndexMap<String, String>>>| Known {
+        outputs: outputs.clone(),
+        statuses: statuses.clone(),
+    };
     // needs not yet finished, per step
     let mut remaining: Vec<usize> = runbook
         .steps
@@ -436,7 +468,7 @@ pub async fn execute(
             let step = &runbook.steps[i];
             if let Action::Pause { message } = &step.action {
                 // a gate whose `when` is false is skipped, as the plan shows
-                match evaluate_when(&ctx, step, &outputs) {
+                match evaluate_when(&ctx, step, &known(&outputs)) {
                     Ok(true) => {}
                     Ok(false) => {
                         dispatch.emit(RunEvent::StepSkipped {
@@ -447,6 +479,7 @@ pub async fn execute(
                             ),
                         });
                         finish[i] = Some(Finish::Skipped);
+                        statuses.set(i, Status::Skipped);
                         settle(
                             i,
                             &runbook,
@@ -471,6 +504,7 @@ pub async fn execute(
                             stopping = true;
                         }
                         finish[i] = Some(Finish::Failed);
+                        statuses.set(i, Status::Failed);
                         settle(
                             i,
                             &runbook,
@@ -485,11 +519,11 @@ pub async fn execute(
                 let message = message.as_ref().map(|m| {
                     Context::new(
                         &ctx.params.template_values(true),
-                        Outputs::Known(outputs.clone()),
+                        Outputs::Known(known(&outputs)),
                         &ctx.facts,
                     )
                     .render(template::environment(), m)
-                    .unwrap_or_else(|_| m.clone())
+                    .map_or_else(|_| m.clone(), |text| ctx.secrets.mask(&text))
                 });
                 dispatch.emit(RunEvent::StepPaused {
                     step: step.id.clone(),
@@ -504,7 +538,7 @@ pub async fn execute(
                 ctx: ctx.clone(),
                 index: i,
                 first_attempt: next_attempt[i],
-                outputs: outputs.clone(),
+                known: known(&outputs),
                 dispatch: dispatch.clone(),
                 stop: stop_rx.clone(),
                 kill: kill_rx.clone(),
@@ -532,12 +566,14 @@ pub async fn execute(
                         if !out.is_empty() {
                             Arc::make_mut(&mut outputs).insert(runbook.steps[i].id.clone(), out);
                         }
+                        statuses.set(i, Status::Succeeded);
                         Finish::Succeeded
                     }
                     StepResult::Daemon(out, launched) => {
                         if !out.is_empty() {
                             Arc::make_mut(&mut outputs).insert(runbook.steps[i].id.clone(), out);
                         }
+                        statuses.set(i, Status::Succeeded);
                         let (tx, rx) = oneshot::channel();
                         daemon_stops.insert(i, tx);
                         let ctx = ctx.clone();
@@ -545,8 +581,12 @@ pub async fn execute(
                         daemons.spawn(async move { (i, supervise_daemon(ctx, i, launched, rx, grace).await) });
                         Finish::Succeeded
                     }
-                    StepResult::Skipped => Finish::Skipped,
+                    StepResult::Skipped => {
+                        statuses.set(i, Status::Skipped);
+                        Finish::Skipped
+                    }
                     StepResult::Failed => {
+                        statuses.set(i, Status::Failed);
                         failed = true;
                         if options.fail_fast {
                             stopping = true;
@@ -756,7 +796,7 @@ struct StepTask {
     ctx: Arc<RunContext>,
     index: usize,
     first_attempt: u32,
-    outputs: Arc<HashMap<String, IndexMap<String, String>>>,
+    known: Known,
     dispatch: Arc<Dispatch>,
     stop: watch::Receiver<bool>,
     kill: watch::Receiver<bool>,
@@ -791,10 +831,10 @@ impl StepTask {
         let ctx = self.ctx.clone();
         let step = &ctx.runbook.steps[self.index];
         let env = template::environment();
-        let known = Outputs::Known(self.outputs.clone());
-        let scrub = crate::secrets::Scrubber::new(&ctx.params.secret_values());
+        let known = Outputs::Known(self.known.clone());
+        let scrub = ctx.secrets.clone();
 
-        match evaluate_when(&ctx, step, &self.outputs) {
+        match evaluate_when(&ctx, step, &self.known) {
             Ok(true) => {}
             Ok(false) => {
                 self.dispatch.emit(RunEvent::StepSkipped {
@@ -824,7 +864,7 @@ impl StepTask {
             match real.render(env, command) {
                 Ok(s) => s,
                 Err(e) => {
-                    let msg = scrub.mask(&render_error(&e));
+                    let msg = scrub.mask(&explain(&self.known, &e, command, false));
                     return self.fail(
                         self.first_attempt,
                         format!("cannot render the command: {msg}"),
@@ -894,16 +934,16 @@ impl StepTask {
                             return self.fail(attempt, e, Some(0), elapsed, !step.idempotent);
                         }
                     };
-                    let outputs: IndexMap<String, String> = outputs
-                        .into_iter()
-                        .map(|(k, v)| (k, scrub.mask(&v)))
-                        .collect();
+                    // shown and stored masked, with what a resume needs to
+                    // rebuild them; later steps of this session get them real
+                    let (masked, secret_outputs) = scrub.mask_outputs(&outputs);
                     self.dispatch.emit(RunEvent::StepSucceeded {
                         step: step.id.clone(),
                         attempt,
                         via: SuccessVia::Run,
                         duration_ms: elapsed.as_millis() as u64,
-                        outputs: outputs.clone(),
+                        outputs: masked,
+                        secret_outputs,
                     });
                     return match daemon {
                         Some(launched) => StepResult::Daemon(outputs, launched),
@@ -1159,7 +1199,7 @@ impl StepTask {
         };
         let check = match Context::new(
             &ctx.params.template_values(false),
-            Outputs::Known(self.outputs.clone()),
+            Outputs::Known(self.known.clone()),
             &ctx.facts,
         )
         .render(template::environment(), check)
@@ -1172,9 +1212,11 @@ impl StepTask {
                     .await;
                 let (left, held) = finish_launched(&ctx, launched, &step.id).await;
                 self.note_leftovers(log, left, held);
-                let scrub = crate::secrets::Scrubber::new(&ctx.params.secret_values());
                 return Attempt::Failed {
-                    error: format!("cannot render `ready`: {}", scrub.mask(&render_error(&e))),
+                    error: format!(
+                        "cannot render `ready`: {}",
+                        ctx.secrets.mask(&explain(&self.known, &e, check, false))
+                    ),
                     exit_code: None,
                     uncertain: false,
                 };

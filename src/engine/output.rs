@@ -68,10 +68,9 @@ impl StepLog {
 pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
     mut reader: R,
     log: std::sync::Arc<std::sync::Mutex<StepLog>>,
-    secrets: Vec<String>,
+    mut scrubber: Scrubber,
     mut on_line: impl FnMut(&str),
 ) -> std::io::Result<u64> {
-    let mut scrubber = Scrubber::new(&secrets);
     // small at first: most steps print little; grows for chatty ones
     let mut buffer = vec![0u8; 4 * 1024];
     let mut total = 0u64;

@@ -72,9 +72,12 @@ pub struct RawParam {
     /// Value used when the operator gives none.
     #[serde(default)]
     pub default: Option<serde_json::Value>,
-    /// The run refuses to start without a value.
+    /// Whether a value must be given. A param without a `default` is
+    /// required unless it says `required: false` (then it is the empty
+    /// string, `0` or `false` when not given); `true` with a `default` is an
+    /// error.
     #[serde(default)]
-    pub required: bool,
+    pub required: Option<bool>,
     /// The only values allowed.
     #[serde(default, rename = "enum")]
     pub allowed: Option<Vec<serde_json::Value>>,
