@@ -590,7 +590,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     let containment = establish_containment(&run_id, &marker)?;
     let mut notices = Vec::new();
     let previous = previous_runners(&run_state, &marker);
-    let left = containment
+    let (left, survivors) = containment
         .clean_previous(&previous, Duration::from_secs(5))
         .await;
     tracing::debug!(leftovers = left.len(), elapsed = ?clock.elapsed(), "leftover processes terminated");
@@ -602,6 +602,20 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         };
         journal.append(&event);
         notices.push(event);
+    }
+    if !survivors.is_empty() {
+        let _ = journal.flush().await;
+        containment.remove();
+        return Err(RunError::NeedsDecision {
+            message: format!(
+                "run {run_id}: {} process{} left by the earlier runner could not be terminated (pid {}); nothing is checked or re-run while they may still be working",
+                survivors.len(),
+                if survivors.len() == 1 { "" } else { "es" },
+                survivors.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            help: "they may belong to another user or be stuck in the kernel: resume as the user who started the run (or root), or end them yourself, then resume again".into(),
+            notices,
+        });
     }
     // raw `$RUNBOOK_OUTPUT` files of attempts that never finished may hold
     // secrets: no runner is alive to read them

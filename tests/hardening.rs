@@ -721,29 +721,7 @@ fn unprivileged_runs_contain_steps_with_and_without_a_delegated_cgroup() {
         }
     };
     // a cgroup delegated to nobody, when this machine has a writable cgroup v2
-    let delegated = fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|m| {
-            let mount = m.lines().find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                (right.split_whitespace().next()? == "cgroup2")
-                    .then(|| left.split_whitespace().nth(4).map(str::to_owned))?
-            })?;
-            let d = Path::new(&mount).join(format!("runbook-test-nobody-{}", std::process::id()));
-            fs::create_dir(&d).ok()?;
-            for f in [
-                "",
-                "cgroup.procs",
-                "cgroup.subtree_control",
-                "cgroup.threads",
-            ] {
-                let _ = std::process::Command::new("chown")
-                    .arg("nobody")
-                    .arg(d.join(f))
-                    .status();
-            }
-            Some(d)
-        });
+    let delegated = delegated_cgroup("nobody");
     let mut modes = vec![("process groups + run marker", None)];
     if let Some(d) = &delegated {
         modes.push(("cgroup v2", Some(d.clone())));
@@ -780,9 +758,127 @@ fn unprivileged_runs_contain_steps_with_and_without_a_delegated_cgroup() {
         );
     }
     if let Some(d) = delegated {
-        // the cgroup empties once the kernel has released its last process
-        wait_until("the delegated cgroup to be removable", PATIENCE, || {
-            fs::remove_dir(&d).is_ok() || !d.exists()
-        });
+        remove_cgroup(&d);
     }
+}
+
+/// A cgroup under the cgroup v2 root delegated to `nobody` (as systemd
+/// delegates one to a user session), if this machine allows it.
+fn delegated_cgroup(tag: &str) -> Option<std::path::PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(str::to_owned))?
+    })?;
+    let d = Path::new(&mount).join(format!("runbook-test-{tag}-{}", std::process::id()));
+    fs::create_dir(&d).ok()?;
+    for f in [
+        "",
+        "cgroup.procs",
+        "cgroup.subtree_control",
+        "cgroup.threads",
+    ] {
+        let _ = std::process::Command::new("chown")
+            .arg("nobody")
+            .arg(d.join(f))
+            .status();
+    }
+    Some(d)
+}
+
+/// Removes a test's cgroup tree once the kernel has released its processes.
+fn remove_cgroup(d: &Path) {
+    wait_until("the test cgroup to be removable", PATIENCE, || {
+        if let Ok(entries) = fs::read_dir(d) {
+            for e in entries.filter_map(Result::ok) {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_cgroup(&e.path());
+                }
+            }
+        }
+        fs::remove_dir(d).is_ok() || !d.exists()
+    });
+}
+
+/// A leftover the resumer cannot terminate (here root's process in the
+/// run's cgroup, as a `sudo` in a step would leave) stops the resume:
+/// nothing is checked or re-run while it may still be working. Needs root
+/// (to act as two users) and a cgroup v2 tree to delegate from.
+#[test]
+fn a_leftover_that_cannot_be_terminated_stops_the_resume() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to act as two users");
+        return;
+    }
+    let Some(cgroup) = delegated_cgroup("stuck") else {
+        assert!(!cgroups_expected(), "cannot delegate a cgroup here");
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("runbook-stuck-")
+        .tempdir()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let binary = dir.path().join("runbook");
+    fs::copy(assert_cmd::cargo::cargo_bin("runbook"), &binary).unwrap();
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+    let rb = dir.path().join("rb.yaml");
+    let flag = dir.path().join("go");
+    fs::write(
+        &rb,
+        yaml(
+            "stuck",
+            &format!("steps:\n  - id: a\n    run: test -f '{}'\n", flag.display()),
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&rb, fs::Permissions::from_mode(0o644)).unwrap();
+    let state = dir.path().join("state");
+    let as_nobody = |args: &str| {
+        std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "echo $$ > '{}/cgroup.procs'; runuser -u nobody -- '{}' {args} --state-dir '{}'",
+                    cgroup.display(),
+                    binary.display(),
+                    state.display()
+                ),
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&format!("run '{}'", rb.display()));
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out.stderr));
+    let runs: Vec<_> = fs::read_dir(state.join("runs")).unwrap().collect();
+    let run = runs[0].as_ref().unwrap().path();
+    let id = run.file_name().unwrap().to_string_lossy().into_owned();
+    // what a step's `sudo` would leave: root's process in the run's cgroup
+    let slot = cgroup.join(format!("runbook-{id}")).join("s0");
+    fs::create_dir_all(&slot).unwrap();
+    let mut stuck = std::process::Command::new("sleep")
+        .arg("3221")
+        .spawn()
+        .unwrap();
+    fs::write(slot.join("cgroup.procs"), stuck.id().to_string()).unwrap();
+    fs::write(&flag, "").unwrap();
+    let out = as_nobody(&format!("resume {id}"));
+    let _ = stuck.kill();
+    let _ = stuck.wait();
+    let err = text_of(&out.stderr);
+    remove_cgroup(&cgroup);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("could not be terminated") && err.contains(&stuck.id().to_string()),
+        "{err}"
+    );
+    let journal = fs::read_to_string(run.join("journal.jsonl")).unwrap();
+    assert!(
+        !journal.contains("\"step_succeeded\""),
+        "nothing re-ran: {journal}"
+    );
 }

@@ -622,12 +622,13 @@ impl Containment {
     /// Terminates every process an earlier runner of this run left:
     /// processes in the cgroups it journaled, processes carrying the
     /// marker, and members of its journaled process groups started after
-    /// the run began. Returns the pids terminated, by step when known.
+    /// the run began. Returns the pids terminated, by step when known, and
+    /// those that could not be terminated (another user's, unkillable).
     pub async fn clean_previous(
         &self,
         previous: &Previous,
         grace: Duration,
-    ) -> BTreeMap<Option<String>, Vec<i32>> {
+    ) -> (BTreeMap<Option<String>, Vec<i32>>, Vec<i32>) {
         let mut by_step: BTreeMap<Option<String>, Vec<i32>> = BTreeMap::new();
         let mut seen = HashSet::new();
         let mut add = |step: Option<String>, pid: i32, seen: &mut HashSet<i32>| {
@@ -701,12 +702,17 @@ impl Containment {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        let survivors: Vec<i32> = all.iter().copied().filter(|&p| !is_gone(p)).collect();
         for dir in cgroups {
             if Some(&dir) != self.run_cgroup.as_ref() {
                 remove_cgroup_tree(&dir);
             }
         }
-        by_step
+        for pids in by_step.values_mut() {
+            pids.retain(|p| !survivors.contains(p));
+        }
+        by_step.retain(|_, pids| !pids.is_empty());
+        (by_step, survivors)
     }
 }
 
