@@ -112,10 +112,28 @@ pub fn run(
 }
 
 fn read_plan(path: &Path) -> Result<Plan, u8> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        say_err!("error: cannot read the plan {}: {e}", path.display());
-        exit::INVALID
-    })?;
+    let limit = crate::limits::MAX_PLAN_FILE_BYTES;
+    let text = crate::limits::read_bounded(path, limit)
+        .map_err(|e| match e {
+            crate::limits::ReadError::TooLarge { .. } => format!(
+                "the plan {} is larger than the {} limit for saved plans",
+                path.display(),
+                crate::limits::size(limit)
+            ),
+            crate::limits::ReadError::Io { source, .. } => {
+                format!("cannot read the plan {}: {source}", path.display())
+            }
+        })
+        .and_then(|bytes| {
+            String::from_utf8(bytes)
+                .map_err(|_| format!("the plan {} is not UTF-8 text", path.display()))
+        })
+        .map_err(|message| {
+            say_err!(
+                "error: {message}\n  help: write one with `runbook plan FILE --save PLAN.json`"
+            );
+            exit::INVALID
+        })?;
     let plan: Plan = serde_json::from_str(&text).map_err(|e| {
         say_err!(
             "error: {} is not a saved plan ({e})\n  help: write one with `runbook plan FILE --save PLAN.json`",

@@ -128,20 +128,33 @@ pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
     Ok(total)
 }
 
+/// Largest `$RUNBOOK_OUTPUT` file read.
+pub const MAX_OUTPUTS_BYTES: u64 = 1024 * 1024;
+
 /// Parses a `$RUNBOOK_OUTPUT` file: `key=value` lines (blank lines and `#`
 /// comments ignored). Later keys win.
 pub fn read_outputs(path: &Path) -> Result<indexmap::IndexMap<String, String>, String> {
-    let text = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+    // a step may leave a FIFO (opening it would wait for a writer) or point
+    // the file at a device: only a regular file is read, and only so far
+    match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
-        Err(e) => return Err(format!("cannot read outputs {}: {e}", path.display())),
-    };
-    if text.len() > 1024 * 1024 {
-        return Err(format!(
-            "outputs file {} is larger than 1 MiB",
-            path.display()
-        ));
+        Ok(meta) if !meta.is_file() => {
+            return Err(format!(
+                "$RUNBOOK_OUTPUT ({}) is not a regular file",
+                path.display()
+            ));
+        }
+        _ => {}
     }
+    let text = match crate::limits::read_bounded(path, MAX_OUTPUTS_BYTES) {
+        Ok(bytes) => bytes,
+        Err(crate::limits::ReadError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(Default::default());
+        }
+        Err(e) => return Err(format!("$RUNBOOK_OUTPUT: {e}")),
+    };
     let text = String::from_utf8_lossy(&text);
     let mut outputs = indexmap::IndexMap::new();
     for (n, line) in text.lines().enumerate() {

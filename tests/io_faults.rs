@@ -1,0 +1,276 @@
+//! The runner under hostile I/O, with the real binary, processes and files:
+//! inputs that never end (devices, FIFOs fed forever), step logs that
+//! cannot be written or grow without bound, a stdout nobody reads, and too
+//! few file descriptors.
+//!
+//! Time bounds here are generous and only keep a broken build from hanging.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::runbook;
+
+/// Long enough for a slow machine; a hang is what it catches.
+const BOUND: Duration = Duration::from_secs(60);
+
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        Lab {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn state(&self) -> String {
+        self.path("state").display().to_string()
+    }
+
+    /// Writes a runbook with the given steps (YAML list items).
+    fn runbook(&self, name: &str, steps: &str) -> PathBuf {
+        let path = self.path(&format!("{name}.yaml"));
+        std::fs::write(&path, runbook_text(name, steps)).unwrap();
+        path
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = runbook()
+            .args(["status", "--state-dir", &self.state(), "-o", "json"])
+            .timeout(BOUND)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn fifo(&self, name: &str) -> PathBuf {
+        let path = self.path(name);
+        let made = Command::new("mkfifo").arg(&path).status().unwrap();
+        assert!(made.success());
+        path
+    }
+}
+
+fn runbook_text(name: &str, steps: &str) -> String {
+    format!(
+        "apiVersion: runbook/v1\nkind: Runbook\nmetadata: {{ name: {name}, version: 1.0.0 }}\nsteps:\n{steps}"
+    )
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "exit: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A process killed (and reaped) when the test ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `sh -c script` in the background.
+fn background(script: &str) -> Reaped {
+    Reaped(
+        Command::new("sh")
+            .args(["-c", script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A FIFO whose writer never stops (`yes`).
+fn endless_fifo(lab: &Lab, name: &str) -> (PathBuf, Reaped) {
+    let fifo = lab.fifo(name);
+    let writer = background(&format!("exec yes > '{}'", fifo.display()));
+    (fifo, writer)
+}
+
+/// Words of a message, without the line wrapping and frames of reports.
+fn words(text: &str) -> String {
+    text.split_whitespace()
+        .filter(|w| *w != "│")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn assert_refused(out: &std::process::Output, expected: &str) {
+    assert_eq!(out.status.code(), Some(2), "{}", text(out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        words(&stderr).contains(&words(expected)),
+        "expected `{expected}` in:\n{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 21. Every input has a bound, whatever its kind.
+
+#[test]
+fn runbooks_from_devices_and_endless_fifos_are_cut_at_the_limit() {
+    for device in ["/dev/zero", "/dev/urandom"] {
+        let began = Instant::now();
+        let out = runbook()
+            .args(["validate", device])
+            .timeout(BOUND)
+            .output()
+            .unwrap();
+        assert_refused(
+            &out,
+            &format!("{device} is larger than the 16 MiB limit for runbook files"),
+        );
+        assert!(began.elapsed() < BOUND);
+    }
+
+    let lab = Lab::new();
+    let (fifo, _writer) = endless_fifo(&lab, "endless.yaml");
+    let out = runbook()
+        .arg("validate")
+        .arg(&fifo)
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_refused(
+        &out,
+        &format!(
+            "{} is larger than the 16 MiB limit for runbook files",
+            fifo.display()
+        ),
+    );
+}
+
+#[test]
+fn params_files_from_devices_and_endless_fifos_are_cut_at_the_limit() {
+    let lab = Lab::new();
+    let file = lab.runbook("params", "  - { id: a, run: 'true' }\n");
+    let out = runbook()
+        .arg("plan")
+        .arg(&file)
+        .args(["--params-file", "/dev/zero"])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_refused(
+        &out,
+        "params file /dev/zero is larger than the 1 MiB limit for params files",
+    );
+
+    let (fifo, _writer) = endless_fifo(&lab, "endless-params.yaml");
+    let out = runbook()
+        .arg("plan")
+        .arg(&file)
+        .arg("--params-file")
+        .arg(&fifo)
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_refused(
+        &out,
+        &format!(
+            "params file {} is larger than the 1 MiB limit for params files",
+            fifo.display()
+        ),
+    );
+}
+
+#[test]
+fn run_reads_a_runbook_from_a_fifo_within_the_limit() {
+    let lab = Lab::new();
+    // a runbook piped in (as `runbook run <(curl ...)` does) runs
+    let fifo = lab.fifo("fifo.yaml");
+    let source = lab.runbook("piped", "  - { id: a, run: 'echo hello' }\n");
+    let _writer = background(&format!(
+        "exec cat '{}' > '{}'",
+        source.display(),
+        fifo.display()
+    ));
+    let out = runbook()
+        .arg("run")
+        .arg(&fifo)
+        .args(["--state-dir", &lab.state()])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // one that never ends is refused
+    let (fifo, _writer) = endless_fifo(&lab, "endless.yaml");
+    let out = runbook()
+        .arg("run")
+        .arg(&fifo)
+        .args(["--state-dir", &lab.state()])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_refused(
+        &out,
+        &format!(
+            "{} is larger than the 16 MiB limit for runbook files",
+            fifo.display()
+        ),
+    );
+}
+
+#[test]
+fn a_saved_plan_and_step_outputs_are_read_within_limits() {
+    let lab = Lab::new();
+    let out = runbook()
+        .args(["run", "--plan", "/dev/zero", "--state-dir", &lab.state()])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_refused(
+        &out,
+        "the plan /dev/zero is larger than the 64 MiB limit for saved plans",
+    );
+
+    // a step pointing $RUNBOOK_OUTPUT at a device or leaving a FIFO there
+    // fails that step, and the run ends
+    let file = lab.runbook(
+        "outputs",
+        r#"  - { id: device, run: 'ln -sf /dev/zero "$RUNBOOK_OUTPUT"' }
+  - { id: fifo, run: 'mkfifo "$RUNBOOK_OUTPUT"' }
+"#,
+    );
+    let out = runbook()
+        .arg("run")
+        .arg(&file)
+        .args(["--state-dir", &lab.state()])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let status = lab.status();
+    for step in ["device", "fifo"] {
+        assert_eq!(status["steps"][step]["status"], "failed", "{status}");
+        assert!(
+            status["steps"][step]["error"]
+                .as_str()
+                .unwrap()
+                .contains("$RUNBOOK_OUTPUT"),
+            "{status}"
+        );
+    }
+}
