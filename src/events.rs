@@ -213,6 +213,30 @@ pub enum RunEvent {
         /// Their pids.
         pids: Vec<i32>,
     },
+    /// A step's log cannot be written (disk full, I/O error): the rest of
+    /// the attempt's output is drained and dropped; the step goes on.
+    LogWriteFailed {
+        /// Step id.
+        step: String,
+        /// Attempt number.
+        attempt: u32,
+        /// The log file.
+        path: String,
+        /// The error.
+        error: String,
+    },
+    /// A step's log reached its size limit: further output of the step is
+    /// drained and dropped (a notice ends the log); the step goes on.
+    LogTruncated {
+        /// Step id.
+        step: String,
+        /// Attempt number.
+        attempt: u32,
+        /// The log file.
+        path: String,
+        /// The limit (`--log-limit`, `RUNBOOK_LOG_LIMIT`).
+        limit_bytes: u64,
+    },
     /// The latest line a running step printed (reporters only; rate-limited).
     StepOutput {
         /// Step id.
@@ -264,6 +288,8 @@ impl RunEvent {
             | RunEvent::StepApproved { step, .. }
             | RunEvent::StepMarkedDone { step, .. }
             | RunEvent::RerunRequested { step }
+            | RunEvent::LogWriteFailed { step, .. }
+            | RunEvent::LogTruncated { step, .. }
             | RunEvent::StepOutput { step, .. } => Some(step),
             RunEvent::LeftoverTerminated { step, .. } => step.as_deref(),
             _ => None,

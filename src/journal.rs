@@ -385,6 +385,9 @@ pub struct StepState {
     /// Why it was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_because: Option<String>,
+    /// Output missing from its log: the last write error or size limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_incomplete: Option<String>,
 }
 
 impl Default for StepState {
@@ -402,6 +405,7 @@ impl Default for StepState {
             reason: None,
             by: None,
             skipped_because: None,
+            log_incomplete: None,
         }
     }
 }
@@ -570,6 +574,15 @@ impl RunState {
                 (RunEvent::RerunRequested { .. }, Some(s)) => {
                     s.status = StepStatus::Pending;
                     s.via = None;
+                }
+                (RunEvent::LogWriteFailed { error, .. }, Some(s)) => {
+                    s.log_incomplete = Some(format!("log write failed: {error}"));
+                }
+                (RunEvent::LogTruncated { limit_bytes, .. }, Some(s)) => {
+                    s.log_incomplete = Some(format!(
+                        "log cut at its {} limit",
+                        crate::limits::size(*limit_bytes)
+                    ));
                 }
                 (RunEvent::LeftoverTerminated { pids, .. }, _) => {
                     state.leftovers_terminated += pids.len()

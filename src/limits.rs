@@ -2,6 +2,7 @@
 //! params file, saved plan, a step's `$RUNBOOK_OUTPUT`) is read through
 //! `read_bounded`, which stops one byte past its limit, so a FIFO, a pipe
 //! or a device such as `/dev/zero` is refused instead of read forever.
+//! Sizes given by people (`--log-limit 64MiB`) are parsed and shown here.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -67,6 +68,37 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     Ok(bytes)
 }
 
+/// Parses a size as people write it: `65536`, `512K`, `64MiB`, `1G`
+/// (K, M, G are powers of 1024; `KiB`, `MiB`, `GiB` and `KB`... the same).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 65536, 512K, 64MiB, 1G)"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit (use K, M or G, e.g. 64MiB)"
+            ));
+        }
+    };
+    let bytes = number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("`{text}` is too large"))?;
+    if bytes == 0 {
+        return Err("a size limit must be at least 1 byte".into());
+    }
+    Ok(bytes)
+}
+
 /// A byte count for people: `16 MiB`, `1.5 KiB`, `300 bytes`.
 pub fn size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
@@ -93,6 +125,18 @@ mod tests {
         assert_eq!(size(16 * 1024 * 1024), "16 MiB");
         assert_eq!(size(1536), "1.5 KiB");
         assert_eq!(size(300), "300 bytes");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("512K"), Ok(512 * 1024));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1 G"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999999G").is_err());
     }
 
     #[test]

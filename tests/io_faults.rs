@@ -56,6 +56,20 @@ impl Lab {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    fn run_dir(&self) -> PathBuf {
+        let runs = self.path("state/runs");
+        let mut ids: Vec<PathBuf> = std::fs::read_dir(runs)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        ids.sort();
+        ids.pop().unwrap()
+    }
+
+    fn journal(&self) -> String {
+        std::fs::read_to_string(self.run_dir().join("journal.jsonl")).unwrap()
+    }
+
     fn fifo(&self, name: &str) -> PathBuf {
         let path = self.path(name);
         let made = Command::new("mkfifo").arg(&path).status().unwrap();
@@ -273,4 +287,127 @@ fn a_saved_plan_and_step_outputs_are_read_within_limits() {
             "{status}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// 19. A log that cannot be written, or that grows too large, never kills
+// its step: the pipe is drained, the journal and the terminal say what
+// happened.
+
+fn run(lab: &Lab, file: &std::path::Path, args: &[&str]) -> std::process::Output {
+    runbook()
+        .arg("run")
+        .arg(file)
+        .args(["--state-dir", &lab.state()])
+        .args(args)
+        .timeout(BOUND)
+        .output()
+        .unwrap()
+}
+
+/// Journal records of one kind.
+fn records(lab: &Lab, kind: &str) -> Vec<serde_json::Value> {
+    lab.journal()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == kind)
+        .collect()
+}
+
+#[test]
+fn a_full_disk_under_a_log_loses_output_not_the_step() {
+    let lab = Lab::new();
+    // the step's log is /dev/full: every write fails with ENOSPC
+    let file = lab.runbook(
+        "full",
+        r#"  - id: chatty
+    run: |
+      ln -sf /dev/full "$RUNBOOK_RUN_DIR/logs/$RUNBOOK_STEP.log"
+      yes 'a line of output that goes nowhere' | head -c 4000000
+      echo done > "$RUNBOOK_RUN_DIR/chatty.done"
+  - { id: after, needs: [chatty], run: 'echo after' }
+"#,
+    );
+    let out = run(&lab, &file, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(lab.run_dir().join("chatty.done").exists());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("chatty: cannot write its log")
+            && stdout.contains("No space left on device"),
+        "the terminal says so:\n{stdout}"
+    );
+    let failed = records(&lab, "log_write_failed");
+    assert_eq!(failed.len(), 1, "{}", lab.journal());
+    assert_eq!(failed[0]["step"], "chatty");
+    assert_eq!(failed[0]["attempt"], 1);
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device")
+    );
+    let status = lab.status();
+    assert_eq!(status["steps"]["chatty"]["status"], "succeeded");
+    assert_eq!(status["steps"]["after"]["status"], "succeeded");
+    assert!(
+        status["steps"]["chatty"]["log_incomplete"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{status}"
+    );
+}
+
+#[test]
+fn step_logs_are_capped_and_the_step_goes_on() {
+    let lab = Lab::new();
+    let file = lab.runbook(
+        "capped",
+        r#"  - id: big
+    run: |
+      echo first line
+      yes 'the same line again and again' | head -c 2000000
+      echo done > "$RUNBOOK_RUN_DIR/big.done"
+"#,
+    );
+    let out = run(&lab, &file, &["--log-limit", "64K"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(lab.run_dir().join("big.done").exists());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("big: its log reached the 64 KiB limit"),
+        "{stdout}"
+    );
+    let log = std::fs::read_to_string(lab.run_dir().join("logs/big.log")).unwrap();
+    assert!(log.contains("first line"));
+    assert!(
+        log.len() < 64 * 1024 + 1024,
+        "the log holds 64 KiB of output plus the banner and notice: {} bytes",
+        log.len()
+    );
+    assert!(
+        log.trim_end()
+            .ends_with("reached its limit of 64 KiB (--log-limit, RUNBOOK_LOG_LIMIT); further output of this step is not kept"),
+        "{}",
+        &log[log.len() - 300..]
+    );
+    let cut = records(&lab, "log_truncated");
+    assert_eq!(cut.len(), 1, "{}", lab.journal());
+    assert_eq!(cut[0]["step"], "big");
+    assert_eq!(cut[0]["limit_bytes"], 65536);
+
+    // the limit also comes from the environment; nonsense is refused
+    let out = runbook()
+        .arg("run")
+        .arg(&file)
+        .args(["--state-dir", &lab.state()])
+        .env("RUNBOOK_LOG_LIMIT", "1K")
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the 1 KiB limit"));
+    let out = run(&lab, &file, &["--log-limit", "lots"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }

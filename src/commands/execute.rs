@@ -29,6 +29,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, u8> {
 }
 
 fn options(exec: &ExecArgs, fail_fast: bool) -> Result<ExecOptions, u8> {
+    crate::engine::output::set_log_limit(exec.log_limit);
     let state_dir = state::state_dir(exec.state_dir.as_deref()).map_err(|e| {
         say_err!("error: {e}");
         exit::RUNTIME

@@ -674,10 +674,13 @@ impl StepTask {
             let log = log.clone();
             tokio::spawn(async move {
                 match output {
-                    Some(r) => output::pump(r, log, secrets, |line| {
-                        dispatch.emit(RunEvent::StepOutput {
-                            step: id.clone(),
-                            line: line.to_owned(),
+                    Some(r) => output::pump(r, log, secrets, |pumped| {
+                        dispatch.emit(match pumped {
+                            output::Pumped::Line(line) => RunEvent::StepOutput {
+                                step: id.clone(),
+                                line: line.to_owned(),
+                            },
+                            output::Pumped::Trouble(trouble) => trouble.event(&id, attempt),
                         })
                     })
                     .await

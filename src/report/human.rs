@@ -253,6 +253,15 @@ impl EventSink for Human {
                 "{} cannot write the journal ({error}): starting no more steps; running steps finish",
                 self.paint("31", "error:")
             ),
+            RunEvent::LogWriteFailed { step, path, error, .. } => format!(
+                "{} {step}: cannot write its log {path} ({error}); its output is not kept, the step goes on",
+                self.paint("33", "⚠")
+            ),
+            RunEvent::LogTruncated { step, limit_bytes, .. } => format!(
+                "{} {step}: its log reached the {} limit; further output is not kept (raise it with --log-limit)",
+                self.paint("33", "⚠"),
+                crate::limits::size(*limit_bytes)
+            ),
             RunEvent::StepApproved { step, by } => format!("Approved {step} (by {by})"),
             RunEvent::StepMarkedDone { step, reason, .. } => format!("Marked {step} done: {reason}"),
             RunEvent::RerunRequested { step } => format!("{step} will run again"),
