@@ -411,3 +411,80 @@ fn step_logs_are_capped_and_the_step_goes_on() {
     let out = run(&lab, &file, &["--log-limit", "lots"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+// ---------------------------------------------------------------------------
+// 18. A stdout nobody reads stalls nothing: timers fire, the journal is
+// written, and the runner exits with the run's code.
+
+/// Waits for `child` at most `bound`; kills it (and fails) if it does not end.
+fn wait_bounded(child: &mut Child, bound: Duration, what: &str) -> std::process::ExitStatus {
+    let began = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if began.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not end within {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_with_stdout_never_read(log_format: &str) {
+    let lab = Lab::new();
+    // 200 steps with 1 KiB names: far more than the 64 KiB of a pipe in
+    // transition lines alone; each also prints ~100 KiB (live output lines)
+    let name = "n".repeat(1024);
+    let mut steps = String::new();
+    for i in 0..200 {
+        steps.push_str(&format!(
+            "  - {{ id: s{i}, name: '{name}', run: 'seq 1 20000' }}\n"
+        ));
+    }
+    steps.push_str("  - { id: slow, timeout: 2s, run: 'sleep 30' }\n");
+    let file = lab.runbook("blocked", &steps);
+
+    // the read end stays open and is never read: writes block once the
+    // pipe is full
+    let (reader, writer) = std::io::pipe().unwrap();
+    let stderr = std::fs::File::create(lab.path("stderr.txt")).unwrap();
+    let mut child = common::runbook_process()
+        .arg("run")
+        .arg(&file)
+        .args(["--state-dir", &lab.state(), "-j", "8"])
+        .args(["--log-format", log_format])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let status = wait_bounded(&mut child, BOUND, "a run with a blocked stdout");
+    let stderr = std::fs::read_to_string(lab.path("stderr.txt")).unwrap();
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+
+    // the journal is complete, read by another process
+    let state = lab.status();
+    assert_eq!(state["outcome"], "failed", "{state}");
+    for i in 0..200 {
+        assert_eq!(
+            state["steps"][format!("s{i}")]["status"],
+            "succeeded",
+            "s{i}"
+        );
+    }
+    assert_eq!(state["steps"]["slow"]["status"], "failed");
+    assert_eq!(state["steps"]["slow"]["error"], "timed out after 2s");
+    drop(reader);
+}
+
+#[test]
+fn a_stdout_nobody_reads_stalls_neither_timers_nor_the_journal() {
+    run_with_stdout_never_read("human");
+}
+
+#[test]
+fn a_stdout_nobody_reads_stalls_nothing_with_json_events() {
+    run_with_stdout_never_read("json");
+}

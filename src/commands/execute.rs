@@ -176,6 +176,10 @@ pub fn resume(request: ResumeRequest, exec: &ExecArgs, fail_fast: bool, style: S
     )
 }
 
+/// How long the end of a run waits for a slow or blocked terminal to take
+/// the last lines before the process exits anyway.
+const FINAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn finish(
     rt: tokio::runtime::Runtime,
     prepared: Prepared,
@@ -186,7 +190,7 @@ fn finish(
     let run_id = prepared.ctx.facts.id.clone();
     let total = prepared.ctx.runbook.steps.len();
     let logs = prepared.ctx.run_dir.path.join("logs");
-    let reporter: Box<dyn crate::events::EventSink> = match format {
+    let (reporter, terminal): (Box<dyn crate::events::EventSink>, _) = match format {
         LogFormat::Human => {
             let titles = prepared
                 .ctx
@@ -195,9 +199,15 @@ fn finish(
                 .iter()
                 .filter_map(|s| s.name.clone().map(|n| (s.id.clone(), n)))
                 .collect();
-            Box::new(Human::new(total, prepared.already_done, logs, titles))
+            let human = Human::new(total, prepared.already_done, logs, titles);
+            let terminal = human.terminal();
+            (Box::new(human), terminal)
         }
-        LogFormat::Json => Box::new(JsonLines),
+        LogFormat::Json => {
+            let json = JsonLines::new();
+            let terminal = json.terminal();
+            (Box::new(json), terminal)
+        }
     };
     // a lost terminal (SIGHUP) must not stop a restore half-way
     // SAFETY: setting a signal disposition to SIG_IGN.
@@ -236,13 +246,24 @@ fn finish(
             "Run {run_id} was interrupted; every finished step is checkpointed.\n  Continue with: runbook resume {run_id}{state_flag}"
         ),
     };
+    // the run is over and journaled: a closed or blocked stdout (or
+    // stderr) must not turn that into a crash or a hang; give the terminal
+    // a bounded time to take the rest, then exit with the run's code
+    let message = format!("{message}\n").into_bytes();
     match format {
-        // the run is over and journaled: a closed stdout must not turn
-        // that into a crash
         LogFormat::Human => {
-            let _ = super::write_stdout(format!("{message}\n").as_bytes());
+            terminal.close(Some(message), FINAL_WAIT);
         }
-        LogFormat::Json => say_err!("{message}"),
+        LogFormat::Json => {
+            let began = std::time::Instant::now();
+            terminal.close(None, FINAL_WAIT);
+            crate::report::terminal::Terminal::stderr().close(
+                Some(message),
+                FINAL_WAIT
+                    .saturating_sub(began.elapsed())
+                    .max(std::time::Duration::from_millis(200)),
+            );
+        }
     }
     match outcome {
         RunOutcome::Succeeded => exit::SUCCESS,
