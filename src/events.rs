@@ -86,6 +86,16 @@ pub enum RunEvent {
         /// The runbook as now used (digest may differ with --allow-changed).
         runbook: RunbookRef,
     },
+    /// `-j` was lowered to what the open-files limit allows (after raising
+    /// the soft limit to the hard one).
+    JobsLimited {
+        /// `-j` as given.
+        requested: u32,
+        /// Steps at once in this session.
+        jobs: u32,
+        /// The open-files limit (`ulimit -n`).
+        open_files_limit: u64,
+    },
     /// An attempt of a step started. For idempotent steps this is written
     /// once the process exists and carries its process group; a step with
     /// `idempotent: false` is written (and fsynced) before its process is

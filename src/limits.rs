@@ -3,9 +3,19 @@
 //! `read_bounded`, which stops one byte past its limit, so a FIFO, a pipe
 //! or a device such as `/dev/zero` is refused instead of read forever.
 //! Sizes given by people (`--log-limit 64MiB`) are parsed and shown here.
+//!
+//! File descriptors: at start the soft `RLIMIT_NOFILE` is raised to the
+//! hard limit (steps get the original soft limit back, see
+//! `engine::spawn`), and `-j` is capped by what the limit allows
+//! (`cap_jobs`). If spawning still runs out (`EMFILE`, `ENFILE`), the
+//! `FdGate` makes the step wait for another step to give descriptors back
+//! instead of failing it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use thiserror::Error;
 
@@ -116,6 +126,168 @@ pub fn size(bytes: u64) -> String {
     format!("{bytes} bytes")
 }
 
+/// Descriptors a running step holds in the runner: the read end of its
+/// output pipe, its pidfd and its log file.
+pub const FDS_PER_STEP: u64 = 3;
+
+/// Descriptors kept for the runner beyond those open when it starts: the
+/// journal, the lock, the async runtime, and short-lived ones (a spawn's
+/// pipe, `/proc` scans, `$RUNBOOK_OUTPUT` reads).
+pub const FD_RESERVE: u64 = 16;
+
+/// Set (to anything) in tests only: `-j` is not capped, so that spawning
+/// does run out of descriptors and the `FdGate` is exercised.
+pub const UNCAPPED_JOBS_VAR: &str = "RUNBOOK_TEST_UNCAPPED_JOBS";
+
+static ORIGINAL_NOFILE: OnceLock<Option<libc::rlimit>> = OnceLock::new();
+
+/// Raises the soft open-files limit to the hard one (once per process) and
+/// returns the limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } != 0 {
+        return 1024;
+    }
+    ORIGINAL_NOFILE.get_or_init(|| {
+        let mut target = current.rlim_max;
+        if target == libc::RLIM_INFINITY {
+            // the kernel refuses more than fs.nr_open
+            target = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(1 << 20);
+        }
+        if target <= current.rlim_cur {
+            return None;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: current.rlim_max,
+        };
+        // SAFETY: setrlimit with a valid struct; only the soft limit moves.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return None;
+        }
+        Some(current)
+    });
+    let mut now = current;
+    // SAFETY: as above.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) } != 0 {
+        return current.rlim_cur;
+    }
+    now.rlim_cur
+}
+
+/// The soft open-files limit the runner started with, if it raised it:
+/// steps get it back, as programs written for the usual 1024 expect.
+pub fn original_open_files_limit() -> Option<libc::rlimit> {
+    ORIGINAL_NOFILE.get().copied().flatten()
+}
+
+/// Descriptors open in this process now.
+pub fn open_descriptors() -> u64 {
+    std::fs::read_dir("/proc/self/fd")
+        // one of them is the directory being read
+        .map(|d| d.count().saturating_sub(1) as u64)
+        .unwrap_or(3)
+}
+
+/// `-j` lowered to fit the open-files limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobsCap {
+    /// `-j` as given.
+    pub requested: u32,
+    /// What the limit allows.
+    pub jobs: u32,
+    /// The open-files limit (`ulimit -n`).
+    pub open_files_limit: u64,
+}
+
+impl JobsCap {
+    /// The event recording the cap.
+    pub fn event(self) -> crate::events::RunEvent {
+        crate::events::RunEvent::JobsLimited {
+            requested: self.requested,
+            jobs: self.jobs,
+            open_files_limit: self.open_files_limit,
+        }
+    }
+}
+
+/// Most steps that fit in `limit` descriptors with `open` already in use.
+pub fn jobs_within(limit: u64, open: u64) -> u64 {
+    (limit.saturating_sub(open + FD_RESERVE) / FDS_PER_STEP).max(1)
+}
+
+/// Raises the open-files limit and caps `requested` steps at once by it;
+/// `Some` says by how much.
+pub fn cap_jobs(requested: u32) -> (u32, Option<JobsCap>) {
+    let limit = raise_open_files_limit();
+    if std::env::var_os(UNCAPPED_JOBS_VAR).is_some() {
+        return (requested, None);
+    }
+    let allowed = jobs_within(limit, open_descriptors());
+    if u64::from(requested) <= allowed {
+        return (requested, None);
+    }
+    let jobs = allowed as u32;
+    (
+        jobs,
+        Some(JobsCap {
+            requested,
+            jobs,
+            open_files_limit: limit,
+        }),
+    )
+}
+
+/// Whether an error means the process (or system) has no descriptor left.
+pub fn is_out_of_descriptors(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Back-pressure on descriptors between steps: a step that cannot start
+/// for want of descriptors waits until a step holding some gives them
+/// back, instead of failing.
+#[derive(Debug, Default)]
+pub struct FdGate {
+    holders: AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+/// Descriptors held by a running step; dropping it wakes one waiting step.
+#[derive(Debug)]
+pub struct FdHold(Arc<FdGate>);
+
+impl FdGate {
+    /// Records that a step now holds descriptors.
+    pub fn hold(self: &Arc<Self>) -> FdHold {
+        self.holders.fetch_add(1, Ordering::Relaxed);
+        FdHold(self.clone())
+    }
+
+    /// Whether some step holds descriptors (and will give them back).
+    pub fn held(&self) -> bool {
+        self.holders.load(Ordering::Relaxed) > 0
+    }
+
+    /// Resolves when a step gave its descriptors back.
+    pub async fn freed(&self) {
+        self.freed.notified().await;
+    }
+}
+
+impl Drop for FdHold {
+    fn drop(&mut self) {
+        self.0.holders.fetch_sub(1, Ordering::Relaxed);
+        self.0.freed.notify_one();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +297,13 @@ mod tests {
         assert_eq!(size(16 * 1024 * 1024), "16 MiB");
         assert_eq!(size(1536), "1.5 KiB");
         assert_eq!(size(300), "300 bytes");
+    }
+
+    #[test]
+    fn jobs_fit_the_descriptors_left() {
+        assert_eq!(jobs_within(64, 4), (64 - 4 - FD_RESERVE) / FDS_PER_STEP);
+        assert_eq!(jobs_within(10, 4), 1, "one step at least");
+        assert_eq!(jobs_within(1 << 20, 4), ((1 << 20) - 20) / 3);
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct ExecOptions {
     pub fail_fast: bool,
     /// State directory.
     pub state_dir: PathBuf,
+    /// Set when `jobs` was lowered to fit the open-files limit (journaled).
+    pub jobs_limited: Option<crate::limits::JobsCap>,
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -666,6 +668,9 @@ pub async fn execute(
     } = prepared;
     let dispatch = Arc::new(Dispatch { journal, reporters });
     let _ = dispatch.emit_durable(opening).await;
+    if let Some(cap) = options.jobs_limited {
+        dispatch.emit(cap.event());
+    }
     let summary = engine::execute(
         ctx.clone(),
         initial,

@@ -488,3 +488,142 @@ fn a_stdout_nobody_reads_stalls_neither_timers_nor_the_journal() {
 fn a_stdout_nobody_reads_stalls_nothing_with_json_events() {
     run_with_stdout_never_read("json");
 }
+
+// ---------------------------------------------------------------------------
+// 20. Running out of file descriptors is back-pressure, not step failure.
+
+/// `runbook` with a hard (and soft) open-files limit of `limit`.
+fn runbook_with_fd_limit(limit: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = common::runbook_process();
+    // SAFETY: setrlimit is async-signal-safe and touches no shared state.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rl = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn sleepers(lab: &Lab, n: usize) -> PathBuf {
+    let steps: String = (0..n)
+        .map(|i| format!("  - {{ id: s{i}, run: 'sleep 0.2' }}\n"))
+        .collect();
+    lab.runbook("sleepers", &steps)
+}
+
+fn output_bounded(mut cmd: Command, what: &str) -> std::process::Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let began = Instant::now();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if began.elapsed() > BOUND {
+                    // SAFETY: killing our own child, still unreaped.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        })
+    };
+    let out = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        !watchdog.join().unwrap(),
+        "{what} did not end within {BOUND:?}"
+    );
+    out
+}
+
+fn all_succeeded(lab: &Lab, n: usize) {
+    let state = lab.status();
+    for i in 0..n {
+        assert_eq!(
+            state["steps"][format!("s{i}")]["status"],
+            "succeeded",
+            "s{i}: {}",
+            state["steps"][format!("s{i}")]
+        );
+    }
+}
+
+#[test]
+fn jobs_are_capped_by_the_open_file_limit() {
+    let lab = Lab::new();
+    let file = sleepers(&lab, 300);
+    let mut cmd = runbook_with_fd_limit(64);
+    cmd.arg("run")
+        .arg(&file)
+        .args(["--state-dir", &lab.state(), "-j", "300"]);
+    let out = output_bounded(cmd, "300 steps under 64 descriptors");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    all_succeeded(&lab, 300);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let capped = records(&lab, "jobs_limited");
+    assert_eq!(capped.len(), 1, "{}", lab.journal());
+    assert_eq!(capped[0]["requested"], 300);
+    assert_eq!(capped[0]["open_files_limit"], 64);
+    let jobs = capped[0]["jobs"].as_u64().unwrap();
+    assert!((1..=20).contains(&jobs), "{jobs}");
+    assert!(
+        stdout.contains(&format!(
+            "Running at most {jobs} steps at once, not 300 (-j): the open-file limit is 64"
+        )),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("Running at most").count(), 1, "said once");
+}
+
+#[test]
+fn a_spawn_out_of_descriptors_waits_for_another_step() {
+    // without the cap (a test-only switch), spawning does run out of
+    // descriptors: steps wait for others to finish instead of failing
+    let lab = Lab::new();
+    let file = sleepers(&lab, 100);
+    let mut cmd = runbook_with_fd_limit(64);
+    cmd.arg("run")
+        .arg(&file)
+        .args(["--state-dir", &lab.state(), "-j", "100"])
+        .env("RUNBOOK_TEST_UNCAPPED_JOBS", "1");
+    let out = output_bounded(cmd, "100 uncapped steps under 64 descriptors");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    all_succeeded(&lab, 100);
+    assert!(records(&lab, "jobs_limited").is_empty());
+    assert!(records(&lab, "attempt_failed").is_empty());
+}
+
+#[test]
+fn thousands_of_failed_steps_are_summed_up_not_listed() {
+    let lab = Lab::new();
+    let steps: String = (0..1500)
+        .map(|i| format!("  - {{ id: s{i}, run: 'false' }}\n"))
+        .collect();
+    let file = lab.runbook("failing", &steps);
+    let out = run(&lab, &file, &["-j", "50"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .find(|l| l.starts_with("Run ") && l.contains(" failed: "))
+        .unwrap_or_else(|| panic!("no final message in:\n{stdout}"));
+    assert!(last.ends_with(", ... and 1,490 more."), "{last}");
+    assert!(last.len() < 200, "{last}");
+    assert_eq!(last.matches(", ").count(), 10, "{last}");
+}

@@ -1,7 +1,9 @@
 //! `run`, `resume` and `approve`: prepare through `runner`, execute on a
 //! single-threaded tokio runtime (step processes get a parent-death signal
 //! tied to the spawning thread, so that thread must live as long as the
-//! run), print the ending and the command to continue.
+//! run), print the ending and the command to continue. `-j` is capped by
+//! the open-files limit here; at the end the terminal gets a bounded time
+//! to take the last lines, so a blocked stdout cannot hold the exit.
 
 use std::path::Path;
 
@@ -34,10 +36,13 @@ fn options(exec: &ExecArgs, fail_fast: bool) -> Result<ExecOptions, u8> {
         say_err!("error: {e}");
         exit::RUNTIME
     })?;
+    // running out of descriptors must be a smaller -j, not failed steps
+    let (jobs, jobs_limited) = crate::limits::cap_jobs(exec.jobs);
     Ok(ExecOptions {
-        jobs: exec.jobs,
+        jobs,
         fail_fast,
         state_dir,
+        jobs_limited,
     })
 }
 
@@ -232,7 +237,7 @@ fn finish(
             if failed.is_empty() {
                 "see the log".to_owned()
             } else {
-                failed.join(", ")
+                short_list(&failed, 10)
             },
             ctx.run_dir.path.join("logs").display()
         ),
@@ -271,6 +276,32 @@ fn finish(
         RunOutcome::Paused => exit::PAUSED,
         RunOutcome::Interrupted => exit::INTERRUPTED,
     }
+}
+
+/// The first `shown` names and how many more: "a, b, c, ... and 1,490 more"
+/// (a run of thousands of failed steps must not print them all again).
+fn short_list(names: &[String], shown: usize) -> String {
+    if names.len() <= shown + 1 {
+        return names.join(", ");
+    }
+    format!(
+        "{}, ... and {} more",
+        names[..shown].join(", "),
+        thousands(names.len() - shown)
+    )
+}
+
+/// `1490` as `1,490`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `runbook approve RUN_ID STEP`.
@@ -327,5 +358,19 @@ pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
             say_err!("error: {}", report.problems[0].message);
             exit::INVALID
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lists_of_failed_steps_are_shortened() {
+        let names: Vec<String> = (0..1500).map(|i| format!("s{i}")).collect();
+        assert_eq!(short_list(&names, 3), "s0, s1, s2, ... and 1,497 more");
+        assert_eq!(short_list(&names[..4], 3), "s0, s1, s2, s3");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
     }
 }

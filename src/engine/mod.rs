@@ -1,7 +1,9 @@
 //! The executor: a tokio scheduler over the step graph. A step starts when
 //! everything it needs has finished well (or, for `always` steps, finished
 //! at all), at most `jobs` at once. It emits `RunEvent`s and nothing else;
-//! the journal and reporters consume them.
+//! the journal and reporters consume them. A step that cannot be spawned
+//! for want of file descriptors waits for another to finish
+//! (`limits::FdGate`) rather than failing.
 //!
 //! Cancellation: the first interrupt stops launching (running steps finish
 //! or time out); the second terminates running steps' process groups.
@@ -206,6 +208,7 @@ pub async fn execute(
         }
     };
 
+    let fds = Arc::new(crate::limits::FdGate::default());
     let mut journal_failed = false;
     loop {
         // without a journal there are no checkpoints: start nothing more
@@ -248,6 +251,8 @@ pub async fn execute(
                 kill: kill_rx.clone(),
                 grace: options.grace,
                 cwd: options.cwd.clone(),
+                fds: fds.clone(),
+                hold: None,
             };
             running.spawn(async move { (task.index, task.run().await) });
         }
@@ -410,6 +415,10 @@ struct StepTask {
     kill: watch::Receiver<bool>,
     grace: Duration,
     cwd: PathBuf,
+    /// Back-pressure when spawning runs out of descriptors.
+    fds: Arc<crate::limits::FdGate>,
+    /// Descriptors this step holds (pipe, pidfd, log) while it has a process.
+    hold: Option<crate::limits::FdHold>,
 }
 
 impl StepTask {
@@ -633,8 +642,27 @@ impl StepTask {
         for (name, value) in &ctx.params.values {
             env.push((crate::params::env_var_name(name), value.value.to_string()));
         }
-        let mut child = match spawn::spawn_shell(script, &env, &self.cwd) {
-            Ok(child) => child,
+        // out of descriptors while other steps hold some: wait for one of
+        // them to finish and try again, rather than failing the step
+        self.hold = None;
+        let spawned = loop {
+            match spawn::spawn_shell(script, &env, &self.cwd) {
+                Err(e) if crate::limits::is_out_of_descriptors(&e) && self.fds.held() => {
+                    tracing::debug!(step = %step.id, "{e}: waiting for another step to finish");
+                    let mut kill = self.kill.clone();
+                    tokio::select! {
+                        () = self.fds.freed() => {}
+                        _ = kill.wait_for(|k| *k) => return Attempt::Interrupted,
+                    }
+                }
+                other => break other,
+            }
+        };
+        let mut child = match spawned {
+            Ok(child) => {
+                self.hold = Some(self.fds.hold());
+                child
+            }
             Err(e) => {
                 if step.idempotent {
                     self.dispatch.emit(RunEvent::StepStarted {

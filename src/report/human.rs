@@ -145,6 +145,9 @@ impl EventSink for Human {
                 }
                 t
             }
+            RunEvent::JobsLimited { requested, jobs, open_files_limit } => format!(
+                "Running at most {jobs} steps at once, not {requested} (-j): the open-file limit is {open_files_limit} (raise `ulimit -n` for more)"
+            ),
             RunEvent::StepStarted { step, attempt, command, .. } => {
                 live.running.insert(step.clone(), (Instant::now(), None));
                 let attempt = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
