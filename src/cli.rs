@@ -217,6 +217,11 @@ pub struct ExecArgs {
     /// plain lines otherwise) or `json` (one event per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Most output kept in one step's log (all attempts), e.g. 64MiB, 512K;
+    /// past it the output is read and dropped, and the log says so.
+    #[arg(long, env = "RUNBOOK_LOG_LIMIT", value_name = "SIZE", default_value = "64MiB",
+          value_parser = crate::limits::parse_size)]
+    pub log_limit: u64,
 }
 
 /// `--log-format`.

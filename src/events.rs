@@ -116,6 +116,16 @@ pub enum RunEvent {
         /// The runbook as now used (digest may differ with --allow-changed).
         runbook: RunbookRef,
     },
+    /// `-j` was lowered to what the open-files limit allows (after raising
+    /// the soft limit to the hard one).
+    JobsLimited {
+        /// `-j` as given.
+        requested: u32,
+        /// Steps at once in this session.
+        jobs: u32,
+        /// The open-files limit (`ulimit -n`).
+        open_files_limit: u64,
+    },
     /// An attempt of a step started. For idempotent steps this is written
     /// once the process exists and carries its process group; a step with
     /// `idempotent: false` is written (and fsynced) before its process is
@@ -282,6 +292,30 @@ pub enum RunEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exit_code: Option<i32>,
     },
+    /// A step's log cannot be written (disk full, I/O error): the rest of
+    /// the attempt's output is drained and dropped; the step goes on.
+    LogWriteFailed {
+        /// Step id.
+        step: String,
+        /// Attempt number.
+        attempt: u32,
+        /// The log file.
+        path: String,
+        /// The error.
+        error: String,
+    },
+    /// A step's log reached its size limit: further output of the step is
+    /// drained and dropped (a notice ends the log); the step goes on.
+    LogTruncated {
+        /// Step id.
+        step: String,
+        /// Attempt number.
+        attempt: u32,
+        /// The log file.
+        path: String,
+        /// The limit (`--log-limit`, `RUNBOOK_LOG_LIMIT`).
+        limit_bytes: u64,
+    },
     /// The latest line a running step printed (reporters only; rate-limited).
     StepOutput {
         /// Step id.
@@ -319,6 +353,7 @@ impl RunEvent {
             RunEvent::StepOutput { .. }
                 | RunEvent::StepBlocked { .. }
                 | RunEvent::RunInterrupting { .. }
+                | RunEvent::JournalFailed { .. }
         )
     }
 
@@ -339,6 +374,8 @@ impl RunEvent {
             | RunEvent::RerunRequested { step }
             | RunEvent::DoneIfChecked { step, .. }
             | RunEvent::DaemonStopped { step, .. }
+            | RunEvent::LogWriteFailed { step, .. }
+            | RunEvent::LogTruncated { step, .. }
             | RunEvent::StepOutput { step, .. } => Some(step),
             RunEvent::LeftoverTerminated { step, .. } => step.as_deref(),
             _ => None,

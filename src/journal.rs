@@ -419,6 +419,9 @@ pub struct StepState {
     /// Why it was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_because: Option<String>,
+    /// Output missing from its log: the last write error or size limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_incomplete: Option<String>,
 }
 
 impl Default for StepState {
@@ -440,6 +443,7 @@ impl Default for StepState {
             cgroup: None,
             done_if: None,
             skipped_because: None,
+            log_incomplete: None,
         }
     }
 }
@@ -724,6 +728,15 @@ impl RunState {
                     s.status = StepStatus::Pending;
                     s.via = None;
                     s.uncertain = false;
+                }
+                (RunEvent::LogWriteFailed { error, .. }, Some(s)) => {
+                    s.log_incomplete = Some(format!("log write failed: {error}"));
+                }
+                (RunEvent::LogTruncated { limit_bytes, .. }, Some(s)) => {
+                    s.log_incomplete = Some(format!(
+                        "log cut at its {} limit",
+                        crate::limits::size(*limit_bytes)
+                    ));
                 }
                 (RunEvent::LeftoverTerminated { pids, cause, .. }, _) if cause == "resume" => {
                     state.leftovers_terminated += pids.len()

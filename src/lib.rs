@@ -14,6 +14,7 @@ pub mod events;
 pub mod exit;
 pub mod graph;
 pub mod journal;
+pub mod limits;
 pub mod lint;
 pub mod model;
 pub mod params;

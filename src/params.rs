@@ -534,12 +534,30 @@ fn read_params_file(
             None => problem,
         })
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        fail(
-            format!("cannot read params file {}: {e}", path.display()),
-            None,
-        )
-    })?;
+    let limit = crate::limits::MAX_PARAMS_FILE_BYTES;
+    let text = crate::limits::read_bounded(path, limit)
+        .map_err(|e| match e {
+            crate::limits::ReadError::TooLarge { .. } => fail(
+                format!(
+                    "params file {} is larger than the {} limit for params files",
+                    path.display(),
+                    crate::limits::size(limit)
+                ),
+                Some("a params file maps names to values; pass large data as a path param instead"),
+            ),
+            crate::limits::ReadError::Io { source, .. } => fail(
+                format!("cannot read params file {}: {source}", path.display()),
+                None,
+            ),
+        })
+        .and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|_| {
+                fail(
+                    format!("params file {} is not UTF-8 text", path.display()),
+                    None,
+                )
+            })
+        })?;
     // serde_yaml messages quote the input (maybe a secret): keep only the place
     let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
         let place = e

@@ -101,6 +101,8 @@ pub struct ExecOptions {
     pub fail_fast: bool,
     /// State directory.
     pub state_dir: PathBuf,
+    /// Set when `jobs` was lowered to fit the open-files limit (journaled).
+    pub jobs_limited: Option<crate::limits::JobsCap>,
 }
 
 /// Time between SIGTERM and SIGKILL when steps are terminated.
@@ -328,6 +330,7 @@ pub fn start(
             cwd,
             containment,
             secrets,
+            fds: Default::default(),
         }),
         initial,
         journal,
@@ -638,6 +641,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         cwd,
         containment,
         secrets,
+        fds: Default::default(),
     };
     let runbook = ctx.runbook.clone();
     let env = template::environment();
@@ -866,9 +870,11 @@ async fn run_check(
     }
     let env = engine::step_env(ctx, step, attempts.max(1));
     let timeout = step.timeout.unwrap_or(DONE_IF_TIMEOUT);
-    let (holds, detail) = match engine::launch(ctx, script, &env, log.clone(), |_| {}) {
+    let launched = engine::launch(ctx, script, &env, log.clone(), |_| {}, None).await;
+    let (holds, detail) = match launched {
         Err(e) => (false, format!("cannot start: {e}")),
-        Ok(mut launched) => {
+        Ok(None) => (false, "interrupted".into()),
+        Ok(Some(mut launched)) => {
             let ended = engine::wait_launched(
                 ctx,
                 &mut launched,
@@ -929,6 +935,9 @@ pub async fn execute(
     let _ = dispatch.emit_durable(opening).await;
     for notice in &notices {
         dispatch.report(notice);
+    }
+    if let Some(cap) = options.jobs_limited {
+        dispatch.emit(cap.event());
     }
     let summary = engine::execute(
         ctx.clone(),

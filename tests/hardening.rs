@@ -402,6 +402,12 @@ fn done_if_runs_with_the_steps_environment_timeout_and_containment() {
     );
     let mut run = lab.spawn(&["run", file.to_str().unwrap(), "-p", "token=s3cr3t-value"]);
     wait_until("the step", PATIENCE, || !gone("sleep 3173"));
+    // its start is journaled shortly after the process exists
+    wait_until("the step's start on record", PATIENCE, || {
+        lab.run_started()
+            && fs::read_to_string(lab.journal(&lab.run_id()))
+                .is_ok_and(|j| j.contains("\"step_started\""))
+    });
     run.kill9();
     let id = lab.run_id();
     fs::write(&flag, "").unwrap();

@@ -1,7 +1,9 @@
 //! `run`, `resume` and `approve`: prepare through `runner`, execute on a
 //! single-threaded tokio runtime (step processes get a parent-death signal
 //! tied to the spawning thread, so that thread must live as long as the
-//! run), print the ending and the command to continue.
+//! run), print the ending and the command to continue. `-j` is capped by
+//! the open-files limit here; at the end the terminal gets a bounded time
+//! to take the last lines, so a blocked stdout cannot hold the exit.
 
 use std::path::Path;
 
@@ -29,16 +31,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, u8> {
 }
 
 fn options(exec: &ExecArgs, fail_fast: bool) -> Result<ExecOptions, u8> {
+    crate::engine::output::set_log_limit(exec.log_limit);
     let state_dir = state::state_dir(exec.state_dir.as_deref()).map_err(|e| {
         say_err!("error: {e}");
         exit::RUNTIME
     })?;
     // hints and the journal must mean the same place from any directory
     let state_dir = absolute_dir(&state_dir);
+    // running out of descriptors must be a smaller -j, not failed steps
+    let (jobs, jobs_limited) = crate::limits::cap_jobs(exec.jobs);
     Ok(ExecOptions {
-        jobs: exec.jobs,
+        jobs,
         fail_fast,
         state_dir,
+        jobs_limited,
     })
 }
 
@@ -147,10 +153,28 @@ pub fn run(
 }
 
 fn read_plan(path: &Path) -> Result<Plan, u8> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        say_err!("error: cannot read the plan {}: {e}", path.display());
-        exit::INVALID
-    })?;
+    let limit = crate::limits::MAX_PLAN_FILE_BYTES;
+    let text = crate::limits::read_bounded(path, limit)
+        .map_err(|e| match e {
+            crate::limits::ReadError::TooLarge { .. } => format!(
+                "the plan {} is larger than the {} limit for saved plans",
+                path.display(),
+                crate::limits::size(limit)
+            ),
+            crate::limits::ReadError::Io { source, .. } => {
+                format!("cannot read the plan {}: {source}", path.display())
+            }
+        })
+        .and_then(|bytes| {
+            String::from_utf8(bytes)
+                .map_err(|_| format!("the plan {} is not UTF-8 text", path.display()))
+        })
+        .map_err(|message| {
+            say_err!(
+                "error: {message}\n  help: write one with `runbook plan FILE --save PLAN.json`"
+            );
+            exit::INVALID
+        })?;
     let plan: Plan = serde_json::from_str(&text).map_err(|e| {
         say_err!(
             "error: {} is not a saved plan ({e})\n  help: write one with `runbook plan FILE --save PLAN.json`",
@@ -192,6 +216,10 @@ pub fn resume(request: ResumeRequest, exec: &ExecArgs, fail_fast: bool, style: S
     )
 }
 
+/// How long the end of a run waits for a slow or blocked terminal to take
+/// the last lines before the process exits anyway.
+const FINAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn finish(
     rt: tokio::runtime::Runtime,
     prepared: Prepared,
@@ -202,7 +230,7 @@ fn finish(
     let run_id = prepared.ctx.facts.id.clone();
     let total = prepared.ctx.runbook.steps.len();
     let logs = prepared.ctx.run_dir.path.join("logs");
-    let reporter: Box<dyn crate::events::EventSink> = match format {
+    let (reporter, terminal): (Box<dyn crate::events::EventSink>, _) = match format {
         LogFormat::Human => {
             let titles = prepared
                 .ctx
@@ -211,9 +239,15 @@ fn finish(
                 .iter()
                 .filter_map(|s| s.name.clone().map(|n| (s.id.clone(), n)))
                 .collect();
-            Box::new(Human::new(total, prepared.already_done, logs, titles))
+            let human = Human::new(total, prepared.already_done, logs, titles);
+            let terminal = human.terminal();
+            (Box::new(human), terminal)
         }
-        LogFormat::Json => Box::new(JsonLines),
+        LogFormat::Json => {
+            let json = JsonLines::new();
+            let terminal = json.terminal();
+            (Box::new(json), terminal)
+        }
     };
     // a lost terminal (SIGHUP) must not stop a restore half-way
     // SAFETY: setting a signal disposition to SIG_IGN.
@@ -254,7 +288,7 @@ fn finish(
             if failed.is_empty() {
                 "see the log".to_owned()
             } else {
-                failed.join(", ")
+                short_list(&failed, 10)
             },
             ctx.run_dir.path.join("logs").display()
         ),
@@ -268,13 +302,24 @@ fn finish(
             "Run {run_id} was interrupted; every finished step is checkpointed.\n  Continue with: runbook resume {run_id}{state_flag}"
         ),
     };
+    // the run is over and journaled: a closed or blocked stdout (or
+    // stderr) must not turn that into a crash or a hang; give the terminal
+    // a bounded time to take the rest, then exit with the run's code
+    let message = format!("{message}\n").into_bytes();
     match format {
-        // the run is over and journaled: a closed stdout must not turn
-        // that into a crash
         LogFormat::Human => {
-            let _ = super::write_stdout(format!("{message}\n").as_bytes());
+            terminal.close(Some(message), FINAL_WAIT);
         }
-        LogFormat::Json => say_err!("{message}"),
+        LogFormat::Json => {
+            let began = std::time::Instant::now();
+            terminal.close(None, FINAL_WAIT);
+            crate::report::terminal::Terminal::stderr().close(
+                Some(message),
+                FINAL_WAIT
+                    .saturating_sub(began.elapsed())
+                    .max(std::time::Duration::from_millis(200)),
+            );
+        }
     }
     match outcome {
         RunOutcome::Succeeded => exit::SUCCESS,
@@ -283,6 +328,32 @@ fn finish(
         RunOutcome::Interrupted if summary.terminated => exit::TERMINATED,
         RunOutcome::Interrupted => exit::INTERRUPTED,
     }
+}
+
+/// The first `shown` names and how many more: "a, b, c, ... and 1,490 more"
+/// (a run of thousands of failed steps must not print them all again).
+fn short_list(names: &[String], shown: usize) -> String {
+    if names.len() <= shown + 1 {
+        return names.join(", ");
+    }
+    format!(
+        "{}, ... and {} more",
+        names[..shown].join(", "),
+        thousands(names.len() - shown)
+    )
+}
+
+/// `1490` as `1,490`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `runbook approve RUN_ID STEP`.
@@ -345,5 +416,19 @@ pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
             say_err!("error: {}", report.problems[0].message);
             exit::INVALID
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lists_of_failed_steps_are_shortened() {
+        let names: Vec<String> = (0..1500).map(|i| format!("s{i}")).collect();
+        assert_eq!(short_list(&names, 3), "s0, s1, s2, ... and 1,497 more");
+        assert_eq!(short_list(&names[..4], 3), "s0, s1, s2, s3");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
     }
 }

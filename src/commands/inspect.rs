@@ -179,6 +179,11 @@ pub fn status(run_id: Option<&str>, state_dir: Option<&Path>, output: ListFormat
                         .unwrap_or_default(),
                     _ => String::new(),
                 };
+                let note = match (&s.log_incomplete, note.is_empty()) {
+                    (Some(log), true) => log.clone(),
+                    (Some(log), false) => format!("{note}; {log}"),
+                    (None, _) => note,
+                };
                 out.push_str(&format!(
                     "{id:<width$}  {status:<11}  {:>8}  {duration:>9}  {note}\n",
                     s.attempts

@@ -1,7 +1,9 @@
 //! The executor: a tokio scheduler over the step graph. A step starts when
 //! everything it needs has finished well (or, for `always` steps, finished
 //! at all), at most `jobs` at once. It emits `RunEvent`s and nothing else;
-//! the journal and reporters consume them.
+//! the journal and reporters consume them. A step that cannot be spawned
+//! for want of file descriptors waits for another to finish
+//! (`limits::FdGate`) rather than failing.
 //!
 //! Templates of a step see the real outputs and the status of the steps
 //! finished before it; everything the engine shows or journals (commands,
@@ -122,6 +124,8 @@ pub struct RunContext {
     pub containment: Arc<Containment>,
     /// The run's secret values, for masking what is shown or stored.
     pub secrets: Arc<SecretSet>,
+    /// Back-pressure when spawning runs out of descriptors.
+    pub fds: Arc<crate::limits::FdGate>,
 }
 
 /// The environment of a step's processes (attempts, `done_if`, `ready`).
@@ -150,6 +154,8 @@ pub struct Launched {
     child: spawn::StepProcess,
     slot: Option<Slot>,
     pump: tokio::task::JoinHandle<std::io::Result<u64>>,
+    /// Descriptors held (pipe, pidfd, log, slot) while it runs.
+    _hold: crate::limits::FdHold,
 }
 
 impl Launched {
@@ -165,34 +171,64 @@ impl Launched {
 }
 
 /// Starts `script` in the run's containment, its output pumped into `log`.
-pub fn launch(
+/// Out of descriptors while other steps hold some, it waits for one of them
+/// to finish and tries again; `None` when `kill` turned true meanwhile.
+pub async fn launch(
     ctx: &RunContext,
     script: &str,
     env: &[(String, String)],
     log: Arc<std::sync::Mutex<output::StepLog>>,
-    on_line: impl FnMut(&str) + Send + 'static,
-) -> std::io::Result<Launched> {
-    let slot = ctx.containment.acquire()?;
-    let mut child = match spawn::spawn_shell(script, env, &ctx.cwd, slot.as_ref().map(Slot::procs))
-    {
-        Ok(child) => child,
-        Err(e) => {
-            if let Some(slot) = slot {
-                ctx.containment.release(slot);
+    on: impl FnMut(output::Pumped<'_>) + Send + 'static,
+    kill: Option<watch::Receiver<bool>>,
+) -> std::io::Result<Option<Launched>> {
+    let started = loop {
+        let attempt = ctx.containment.acquire().and_then(|slot| {
+            match spawn::spawn_shell(script, env, &ctx.cwd, slot.as_ref().map(Slot::procs)) {
+                Ok(child) => Ok((child, slot)),
+                Err(e) => {
+                    if let Some(slot) = slot {
+                        ctx.containment.release(slot);
+                    }
+                    Err(e)
+                }
             }
-            return Err(e);
+        });
+        match attempt {
+            Err(e) if crate::limits::is_out_of_descriptors(&e) && ctx.fds.held() => {
+                tracing::debug!("{e}: waiting for another step to finish");
+                let killer = async {
+                    match kill.clone() {
+                        Some(mut k) => {
+                            let _ = k.wait_for(|k| *k).await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    () = ctx.fds.freed() => {}
+                    () = killer => return Ok(None),
+                }
+            }
+            other => break other?,
         }
     };
+    let (mut child, slot) = started;
+    let hold = ctx.fds.hold();
     ctx.containment.register(child.pid);
     let reader = child.output.take();
     let scrubber = Scrubber::new(ctx.secrets.clone());
     let pump = tokio::spawn(async move {
         match reader {
-            Some(r) => output::pump(r, log, scrubber, on_line).await,
+            Some(r) => output::pump(r, log, scrubber, on).await,
             None => Ok(0),
         }
     });
-    Ok(Launched { child, slot, pump })
+    Ok(Some(Launched {
+        child,
+        slot,
+        pump,
+        _hold: hold,
+    }))
 }
 
 /// How a contained command ended.
@@ -266,6 +302,7 @@ pub async fn finish_launched(ctx: &RunContext, launched: Launched, step: &str) -
         mut child,
         slot,
         mut pump,
+        _hold,
     } = launched;
     // the main process is reaped by now (or is reaped here)
     let _ = child.wait().await;
@@ -1041,18 +1078,31 @@ impl StepTask {
             ));
         }
         let env = step_env(&ctx, step, attempt);
-        let on_line = {
+        let on_output = {
             let dispatch = self.dispatch.clone();
             let id = step.id.clone();
-            move |line: &str| {
-                dispatch.emit(RunEvent::StepOutput {
-                    step: id.clone(),
-                    line: line.to_owned(),
+            move |pumped: output::Pumped<'_>| {
+                dispatch.emit(match pumped {
+                    output::Pumped::Line(line) => RunEvent::StepOutput {
+                        step: id.clone(),
+                        line: line.to_owned(),
+                    },
+                    output::Pumped::Trouble(trouble) => trouble.event(&id, attempt),
                 })
             }
         };
-        let mut launched = match launch(&ctx, script, &env, log.clone(), on_line) {
-            Ok(l) => l,
+        let launched = launch(
+            &ctx,
+            script,
+            &env,
+            log.clone(),
+            on_output,
+            Some(self.kill.clone()),
+        )
+        .await;
+        let mut launched = match launched {
+            Ok(Some(l)) => l,
+            Ok(None) => return Attempt::Interrupted,
             Err(e) => {
                 if step.idempotent {
                     self.dispatch.emit(RunEvent::StepStarted {
@@ -1227,7 +1277,8 @@ impl StepTask {
         let mut kill = self.kill.clone();
         let failure = loop {
             let probe = async {
-                let Ok(mut p) = launch(&ctx, &check, &env, log.clone(), |_| {}) else {
+                let Ok(Some(mut p)) = launch(&ctx, &check, &env, log.clone(), |_| {}, None).await
+                else {
                     return false;
                 };
                 let ended = wait_launched(

@@ -1,46 +1,126 @@
-//! Step output: the per-step log file (created lazily, 0600), the pump that
-//! streams a step's pipe into it through the secret scrubber, and the
-//! `$RUNBOOK_OUTPUT` file format.
+//! Step output: the per-step log file (created lazily, 0600, at most
+//! `log_limit()` bytes of output), the pump that streams a step's pipe into
+//! it through the secret scrubber, and the `$RUNBOOK_OUTPUT` file format.
+//!
+//! The pump drains the pipe to the end whatever happens to the log: a log
+//! that cannot be written (disk full) or that reached its limit loses
+//! output, never the step (a step whose pipe is not read blocks or dies of
+//! SIGPIPE). Either is reported once per attempt (`LogTrouble`), for the
+//! journal and the terminal.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
+use crate::events::RunEvent;
 use crate::secrets::Scrubber;
+
+/// Default cap on the output kept in one step's log (all attempts).
+pub const DEFAULT_LOG_LIMIT: u64 = 64 * 1024 * 1024;
+
+static LOG_LIMIT: AtomicU64 = AtomicU64::new(DEFAULT_LOG_LIMIT);
+
+/// Sets the cap on the output kept in each step's log, for the rest of the
+/// process (`run --log-limit`, `RUNBOOK_LOG_LIMIT`).
+pub fn set_log_limit(bytes: u64) {
+    LOG_LIMIT.store(bytes.max(1), Ordering::Relaxed);
+}
+
+/// The cap on the output kept in each step's log.
+pub fn log_limit() -> u64 {
+    LOG_LIMIT.load(Ordering::Relaxed)
+}
+
+/// What went wrong with a step's log; the step itself goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTrouble {
+    /// Writing failed (disk full, I/O error): the attempt's further output
+    /// is drained and dropped.
+    WriteFailed {
+        /// The log.
+        path: std::path::PathBuf,
+        /// The error.
+        error: String,
+    },
+    /// The log holds `limit` bytes of output: more is drained and dropped.
+    Truncated {
+        /// The log.
+        path: std::path::PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
+}
+
+impl LogTrouble {
+    /// The journaled event for `step`'s `attempt`.
+    pub fn event(self, step: &str, attempt: u32) -> RunEvent {
+        match self {
+            LogTrouble::WriteFailed { path, error } => RunEvent::LogWriteFailed {
+                step: step.to_owned(),
+                attempt,
+                path: path.display().to_string(),
+                error,
+            },
+            LogTrouble::Truncated { path, limit } => RunEvent::LogTruncated {
+                step: step.to_owned(),
+                attempt,
+                path: path.display().to_string(),
+                limit_bytes: limit,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keeping {
+    /// Output goes to the file.
+    Yes,
+    /// A write failed in this attempt: output is dropped until the next.
+    Failed,
+    /// The limit was reached (the notice is written): output is dropped.
+    Full,
+}
 
 /// A step's log file, created (0600, appending) only when there is
 /// something to write: a step that prints nothing leaves no file, which
-/// keeps runs of thousands of quiet steps cheap.
+/// keeps runs of thousands of quiet steps cheap. It keeps at most `limit`
+/// bytes of the step's output over all attempts; banners and notes of the
+/// runner do not count.
 #[derive(Debug)]
 pub struct StepLog {
     path: std::path::PathBuf,
     header: Option<String>,
     file: Option<std::fs::File>,
+    limit: u64,
+    kept: u64,
+    keeping: Keeping,
 }
 
 impl StepLog {
-    /// A log at `path`, not yet created.
+    /// A log at `path`, not yet created, with the process-wide limit.
     pub fn new(path: std::path::PathBuf) -> StepLog {
         StepLog {
             path,
             header: None,
             file: None,
+            limit: log_limit(),
+            kept: 0,
+            keeping: Keeping::Yes,
         }
     }
 
-    /// Text written before the next output (the attempt's banner).
+    /// Text written before the next output (the attempt's banner). A new
+    /// attempt tries the file again after a write error.
     pub fn set_header(&mut self, header: String) {
         self.header = Some(header);
+        self.keeping = Keeping::Yes;
     }
 
-    /// Appends bytes, creating the file (and writing the header) first.
-    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.file.is_none() {
             let file = std::fs::OpenOptions::new()
                 .append(true)
@@ -58,18 +138,81 @@ impl StepLog {
         file.write_all(bytes)
     }
 
-    /// Writes a line even if the step printed nothing (e.g. a failure note).
+    /// Appends the step's output, creating the file (and writing the
+    /// header) first. Returns what went wrong the first time something
+    /// does in this attempt; the output is then dropped, not an error.
+    pub fn write(&mut self, bytes: &[u8]) -> Option<LogTrouble> {
+        if bytes.is_empty() || self.keeping != Keeping::Yes {
+            return None;
+        }
+        let room = self.limit.saturating_sub(self.kept);
+        let (kept, over) = if (bytes.len() as u64) <= room {
+            (bytes, false)
+        } else {
+            (&bytes[..room as usize], true)
+        };
+        let written = if over {
+            let notice = format!(
+                "{}--- runbook: this log reached its limit of {} (--log-limit, RUNBOOK_LOG_LIMIT); further output of this step is not kept\n",
+                if kept.last().is_none_or(|&b| b == b'\n') {
+                    ""
+                } else {
+                    "\n"
+                },
+                crate::limits::size(self.limit)
+            );
+            let mut chunk = kept.to_vec();
+            chunk.extend_from_slice(notice.as_bytes());
+            self.append(&chunk)
+        } else {
+            self.append(kept)
+        };
+        match written {
+            Err(e) => {
+                self.keeping = Keeping::Failed;
+                Some(LogTrouble::WriteFailed {
+                    path: self.path.clone(),
+                    error: e.to_string(),
+                })
+            }
+            Ok(()) => {
+                self.kept += kept.len() as u64;
+                if over {
+                    self.keeping = Keeping::Full;
+                    return Some(LogTrouble::Truncated {
+                        path: self.path.clone(),
+                        limit: self.limit,
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    /// Writes a line of the runner even if the step printed nothing (e.g.
+    /// a failure note); it does not count against the limit.
     pub fn note(&mut self, line: &str) -> std::io::Result<()> {
-        self.write(format!("{line}\n").as_bytes())
+        self.append(format!("{line}\n").as_bytes())
     }
 }
 
-/// Streams one pipe into the log, remembering its latest line.
+/// What the pump reports while it drains a step's pipe.
+#[derive(Debug)]
+pub enum Pumped<'a> {
+    /// The latest complete line (at most every 250 ms).
+    Line(&'a str),
+    /// The log lost output; draining goes on.
+    Trouble(LogTrouble),
+}
+
+/// Streams one pipe into the log until its end, remembering its latest
+/// line; a log that fails or fills up is reported through `on` and the
+/// pipe is drained all the same.
 pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
     mut reader: R,
     log: std::sync::Arc<std::sync::Mutex<StepLog>>,
     mut scrubber: Scrubber,
-    mut on_line: impl FnMut(&str),
+    mut on: impl FnMut(Pumped<'_>),
 ) -> std::io::Result<u64> {
     // small at first: most steps print little; grows for chatty ones
     let mut buffer = vec![0u8; 4 * 1024];
@@ -86,8 +229,9 @@ pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
             buffer.resize(64 * 1024, 0);
         }
         let clean = scrubber.feed(&buffer[..n]);
-        if let Ok(mut file) = log.lock() {
-            file.write(&clean)?;
+        let trouble = log.lock().ok().and_then(|mut file| file.write(&clean));
+        if let Some(trouble) = trouble {
+            on(Pumped::Trouble(trouble));
         }
         // remember the latest complete line for live progress, cheaply
         const CAP: usize = 4096;
@@ -105,7 +249,7 @@ pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
                     let text = String::from_utf8_lossy(&line[..line.len().min(200)]);
                     let text = text.trim();
                     if !text.is_empty() {
-                        on_line(text);
+                        on(Pumped::Line(text));
                         last_report = Instant::now();
                     }
                 }
@@ -121,26 +265,40 @@ pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
         }
     }
     let rest = scrubber.finish();
-    if let Ok(mut file) = log.lock() {
-        file.write(&rest)?;
+    let trouble = log.lock().ok().and_then(|mut file| file.write(&rest));
+    if let Some(trouble) = trouble {
+        on(Pumped::Trouble(trouble));
     }
     Ok(total)
 }
 
+/// Largest `$RUNBOOK_OUTPUT` file read.
+pub const MAX_OUTPUTS_BYTES: u64 = 1024 * 1024;
+
 /// Parses a `$RUNBOOK_OUTPUT` file: `key=value` lines (blank lines and `#`
 /// comments ignored). Later keys win.
 pub fn read_outputs(path: &Path) -> Result<indexmap::IndexMap<String, String>, String> {
-    let text = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+    // a step may leave a FIFO (opening it would wait for a writer) or point
+    // the file at a device: only a regular file is read, and only so far
+    match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
-        Err(e) => return Err(format!("cannot read outputs {}: {e}", path.display())),
-    };
-    if text.len() > 1024 * 1024 {
-        return Err(format!(
-            "outputs file {} is larger than 1 MiB",
-            path.display()
-        ));
+        Ok(meta) if !meta.is_file() => {
+            return Err(format!(
+                "$RUNBOOK_OUTPUT ({}) is not a regular file",
+                path.display()
+            ));
+        }
+        _ => {}
     }
+    let text = match crate::limits::read_bounded(path, MAX_OUTPUTS_BYTES) {
+        Ok(bytes) => bytes,
+        Err(crate::limits::ReadError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(Default::default());
+        }
+        Err(e) => return Err(format!("$RUNBOOK_OUTPUT: {e}")),
+    };
     let text = String::from_utf8_lossy(&text);
     let mut outputs = indexmap::IndexMap::new();
     for (n, line) in text.lines().enumerate() {

@@ -1,7 +1,7 @@
 //! Starting step processes: `sh -c` (or a plain command exec'ed directly)
 //! in its own process group with a parent-death signal, created the way
 //! `posix_spawn` does it (`clone(CLONE_VM | CLONE_VFORK)`), waited on through
-//! a pidfd.
+//! a pidfd, with the open-files limit the runner started with.
 
 use std::path::Path;
 
@@ -58,6 +58,8 @@ struct ChildArgs {
     parent: libc::pid_t,
     mask: libc::sigset_t,
     reset: u64,
+    /// The soft open-files limit the runner started with, when it raised it.
+    nofile: Option<libc::rlimit>,
     errno: libc::c_int,
     stage: libc::c_int,
 }
@@ -103,6 +105,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         if libc::chdir(a.cwd) != 0 {
             return fail(a, 4);
+        }
+        // the runner raised its own limit; steps get the usual one back
+        if let Some(nofile) = &a.nofile {
+            libc::setrlimit(libc::RLIMIT_NOFILE, nofile);
         }
         libc::execve(a.path, a.argv, a.envp);
         fail(a, 5)
@@ -325,6 +331,7 @@ pub fn spawn_shell(
         parent: std::process::id() as libc::pid_t,
         mask: old,
         reset: signals_to_reset(),
+        nofile: crate::limits::original_open_files_limit(),
         errno: 0,
         stage: 0,
     };

@@ -1,15 +1,16 @@
 //! The terminal reporter: a line per step transition, and on a terminal a
 //! live status line (running steps, elapsed time, latest output) redrawn in
 //! place. Plain lines without colour when stdout is not a terminal or
-//! NO_COLOR is set. Write errors are ignored: a lost terminal must not stop
-//! the run.
+//! NO_COLOR is set. Everything goes through the `Terminal` writer: a
+//! blocked or lost stdout never holds up the run.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::terminal::{Terminal, text_gap};
 use crate::events::{EventSink, RunEvent, SuccessVia};
 use crate::model::{fmt_duration, fmt_elapsed};
 
@@ -18,17 +19,15 @@ struct Live {
     running: BTreeMap<String, (Instant, Option<String>)>,
     done: usize,
     total: usize,
-    status_shown: bool,
 }
 
 /// Prints a run for people.
 pub struct Human {
     live: Arc<Mutex<Live>>,
-    tty: bool,
     color: bool,
     logs: PathBuf,
     titles: std::collections::HashMap<String, String>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    terminal: Arc<Terminal>,
 }
 
 impl Human {
@@ -47,31 +46,29 @@ impl Human {
             running: BTreeMap::new(),
             done: already_done,
             total,
-            status_shown: false,
         }));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        if tty {
+        // on a terminal, the writer thread redraws the status line from the
+        // latest state (it takes the lock only to format, never to write)
+        let status = tty.then(|| {
             let live = live.clone();
-            let stop = stop.clone();
-            let _ = std::thread::Builder::new()
-                .name("progress".into())
-                .spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(500));
-                        if let Ok(mut live) = live.lock() {
-                            redraw(&mut live, color);
-                        }
-                    }
-                });
-        }
+            Box::new(move || match live.lock() {
+                Ok(live) => status_text(&live, color),
+                Err(_) => String::new(),
+            }) as super::terminal::StatusFn
+        });
         Human {
             live,
-            tty,
             color,
             logs,
             titles,
-            stop,
+            terminal: Terminal::stdout(status, text_gap),
         }
+    }
+
+    /// The writer this reporter prints through (to add the last line and
+    /// wait for it at the end of the run).
+    pub fn terminal(&self) -> Arc<Terminal> {
+        self.terminal.clone()
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
@@ -82,41 +79,12 @@ impl Human {
         }
     }
 
-    fn line(&self, live: &mut Live, text: String) {
-        let mut out = std::io::stdout().lock();
-        if live.status_shown {
-            let _ = out.write_all(b"\r\x1b[2K");
-            live.status_shown = false;
-        }
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
-        drop(out);
-        if self.tty {
-            redraw(live, self.color);
-        }
-    }
-
     fn log_path(&self, step: &str) -> String {
         self.logs.join(format!("{step}.log")).display().to_string()
     }
 }
 
-impl Drop for Human {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut live) = self.live.lock()
-            && live.status_shown
-        {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(b"\r\x1b[2K");
-            let _ = out.flush();
-            live.status_shown = false;
-        }
-    }
-}
-
-fn redraw(live: &mut Live, color: bool) {
-    let mut out = std::io::stdout().lock();
+fn status_text(live: &Live, color: bool) -> String {
     let mut text = format!(
         "[{}/{}] {}",
         live.done,
@@ -147,14 +115,11 @@ fn redraw(live: &mut Live, color: bool) {
     }
     let width = terminal_width();
     let text: String = text.chars().take(width.saturating_sub(1)).collect();
-    let text = if color {
+    if color {
         format!("\x1b[2m{text}\x1b[0m")
     } else {
         text
-    };
-    let _ = write!(out, "\r\x1b[2K{text}");
-    let _ = out.flush();
-    live.status_shown = true;
+    }
 }
 
 /// `123, 456 and 789`, at most ten pids then a count.
@@ -190,6 +155,9 @@ impl EventSink for Human {
                 }
                 t
             }
+            RunEvent::JobsLimited { requested, jobs, open_files_limit } => format!(
+                "Running at most {jobs} steps at once, not {requested} (-j): the open-file limit is {open_files_limit} (raise `ulimit -n` for more)"
+            ),
             RunEvent::StepStarted { step, attempt, command, .. } => {
                 live.running.insert(step.clone(), (Instant::now(), None));
                 let attempt = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
@@ -287,12 +255,24 @@ impl EventSink for Human {
                 "{} cannot write the journal ({error}): starting no more steps; running steps finish",
                 self.paint("31", "error:")
             ),
+            RunEvent::LogWriteFailed { step, path, error, .. } => format!(
+                "{} {step}: cannot write its log {path} ({error}); its output is not kept, the step goes on",
+                self.paint("33", "⚠")
+            ),
+            RunEvent::LogTruncated { step, limit_bytes, .. } => format!(
+                "{} {step}: its log reached the {} limit; further output is not kept (raise it with --log-limit)",
+                self.paint("33", "⚠"),
+                crate::limits::size(*limit_bytes)
+            ),
             RunEvent::StepApproved { step, by } => format!("Approved {step} (by {by})"),
             RunEvent::StepMarkedDone { step, reason, .. } => format!("Marked {step} done: {reason}"),
             RunEvent::RerunRequested { step } => format!("{step} will run again"),
             RunEvent::AttemptSpawned { .. } | RunEvent::RunFinished { .. } => return,
         };
-        self.line(&mut live, text);
+        drop(live);
+        let mut bytes = text.into_bytes();
+        bytes.push(b'\n');
+        self.terminal.line(bytes);
     }
 }
 

@@ -1,12 +1,51 @@
-//! `--log-format json`: one `Record` per line on stdout (docs/events.md).
+//! `--log-format json`: one `Record` per line on stdout (docs/events.md),
+//! through the `Terminal` writer: a blocked stdout drops `step_output`
+//! records first, then stands for the records it could not keep with one
+//! `lines_not_shown` record.
 
-use std::io::Write;
+use std::sync::Arc;
 
+use super::terminal::Terminal;
 use crate::events::{EventSink, Record, RunEvent};
 
 /// Prints every event, including live output lines, as JSON Lines.
-#[derive(Debug, Default)]
-pub struct JsonLines;
+pub struct JsonLines {
+    terminal: Arc<Terminal>,
+}
+
+impl Default for JsonLines {
+    fn default() -> Self {
+        JsonLines::new()
+    }
+}
+
+impl JsonLines {
+    /// A reporter writing to stdout.
+    pub fn new() -> JsonLines {
+        JsonLines {
+            terminal: Terminal::stdout(None, gap_record),
+        }
+    }
+
+    /// The writer this reporter prints through.
+    pub fn terminal(&self) -> Arc<Terminal> {
+        self.terminal.clone()
+    }
+}
+
+/// The record standing for `n` records that did not fit the backlog.
+fn gap_record(n: u64) -> Vec<u8> {
+    let record = serde_json::json!({
+        "v": crate::events::FORMAT_VERSION,
+        "at": crate::events::now_rfc3339(),
+        "event": "lines_not_shown",
+        "count": n,
+        "message": format!("{n} lines not shown (terminal blocked); see `runbook status`"),
+    });
+    let mut line = serde_json::to_vec(&record).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
 
 impl EventSink for JsonLines {
     fn emit(&self, event: &RunEvent) {
@@ -14,8 +53,9 @@ impl EventSink for JsonLines {
             return;
         };
         line.push(b'\n');
-        let mut out = std::io::stdout().lock();
-        // a closed terminal must not stop the run
-        let _ = out.write_all(&line).and_then(|()| out.flush());
+        match event {
+            RunEvent::StepOutput { .. } => self.terminal.progress(line),
+            _ => self.terminal.line(line),
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! Reporters: consumers of `RunEvent`s that show a run to people (`human`)
-//! or to programs (`json`). The engine never prints; these do.
+//! or to programs (`json`). The engine never prints; these do, through the
+//! `terminal` writer thread, so that a blocked stdout never blocks the run.
 
 pub mod human;
 pub mod json;
+pub mod terminal;

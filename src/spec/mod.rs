@@ -17,7 +17,8 @@ use crate::diagnostic::{Problem, Report, suggestion};
 use raw::{RawDefaults, RawMetadata, RawParam, RawRunbook, RawStep};
 use yaml::{Node, NodeValue, Span};
 
-/// Largest runbook file accepted. The 50,000-step benchmark runbook is ~2 MiB.
+/// Largest runbook file accepted, whatever kind of file it is (a FIFO or a
+/// device is cut here). The 50,000-step benchmark runbook is ~2 MiB.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The top-level keys of a runbook, in documented order.
@@ -80,24 +81,22 @@ pub fn read_source(path: &Path) -> Result<SourceFile, Report> {
             .help("pass the YAML file itself, e.g. runbooks/local-backup.yaml"),
         ));
     }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(fail(
+    // read through a bound: a FIFO, a pipe or a device has no size to check
+    let bytes = crate::limits::read_bounded(path, MAX_FILE_BYTES).map_err(|e| match e {
+        crate::limits::ReadError::TooLarge { limit, .. } => fail(
             Problem::new(
                 "file::too-large",
                 format!(
-                    "{name} is {} MiB; runbook files are limited to {} MiB",
-                    meta.len() / (1024 * 1024),
-                    MAX_FILE_BYTES / (1024 * 1024)
+                    "{name} is larger than the {} limit for runbook files",
+                    crate::limits::size(limit)
                 ),
             )
             .help("is this really a runbook? Large data belongs in files the steps read, not in the runbook"),
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| {
-        fail(Problem::new(
+        ),
+        crate::limits::ReadError::Io { source, .. } => fail(Problem::new(
             "file::unreadable",
-            format!("cannot read {name}: {e}"),
-        ))
+            format!("cannot read {name}: {source}"),
+        )),
     })?;
     text_from_bytes(name, bytes)
 }
