@@ -127,9 +127,9 @@ pub fn size(bytes: u64) -> String {
 }
 
 /// Descriptors a running step holds in the runner: the read end of its
-/// output pipe, its pidfd, its log file, and its slot cgroup's
+/// output pipe, its pidfd, its log file, and its slot cgroup's directory,
 /// `cgroup.procs` and `cgroup.events` (kept open while the slot is pooled).
-pub const FDS_PER_STEP: u64 = 5;
+pub const FDS_PER_STEP: u64 = 6;
 
 /// Descriptors kept for the runner beyond those open when it starts: the
 /// journal, the lock, the async runtime, and short-lived ones (a spawn's

@@ -77,12 +77,22 @@ pub struct Slot {
     /// Directory name under the run's cgroup (journaled with the attempt).
     pub name: String,
     dir: PathBuf,
+    handle: File,
     procs: File,
     events: File,
 }
 
 impl Slot {
-    /// The `cgroup.procs` file the child writes itself into.
+    /// Where a step process is started: the cgroup's directory (for
+    /// `CLONE_INTO_CGROUP`) and its `cgroup.procs`.
+    pub fn target(&self) -> super::spawn::CgroupTarget<'_> {
+        super::spawn::CgroupTarget {
+            dir: &self.handle,
+            procs: &self.procs,
+        }
+    }
+
+    /// The `cgroup.procs` file a process writes itself into.
     pub fn procs(&self) -> &File {
         &self.procs
     }
@@ -402,9 +412,11 @@ impl Containment {
             .write(true)
             .open(dir.join("cgroup.procs"))?;
         let events = File::open(dir.join("cgroup.events"))?;
+        let handle = File::open(&dir)?;
         Ok(Some(Slot {
             name,
             dir,
+            handle,
             procs,
             events,
         }))
@@ -572,18 +584,15 @@ impl Containment {
     /// first after they appear.
     fn orphans_of(&self, step: &str, pgid: i32) -> Vec<i32> {
         let me = std::process::id() as i32;
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{me}/task")) else {
-            return Vec::new();
-        };
-        let mut children = Vec::new();
-        for t in tasks.filter_map(Result::ok) {
-            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-                children.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse::<i32>().ok()),
-                );
-            }
-        }
+        // orphans are handed to the subreaper's main thread (the other
+        // threads, journal and terminal writers, start no processes)
+        let children: Vec<i32> = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+            .map(|text| {
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut found = Vec::new();
         for pid in children {
             let Some(stat) = proc_stat(pid) else { continue };

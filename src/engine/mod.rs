@@ -183,7 +183,7 @@ pub async fn launch(
 ) -> std::io::Result<Option<Launched>> {
     let started = loop {
         let attempt = ctx.containment.acquire().and_then(|slot| {
-            match spawn::spawn_shell(script, env, &ctx.cwd, slot.as_ref().map(Slot::procs)) {
+            match spawn::spawn_shell(script, env, &ctx.cwd, slot.as_ref().map(Slot::target)) {
                 Ok(child) => Ok((child, slot)),
                 Err(e) => {
                     if let Some(slot) = slot {

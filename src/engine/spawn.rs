@@ -273,11 +273,95 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// `posix_spawn` does, rather than `fork`: copying the runner's page tables
 /// for every step was the largest cost of running thousands of short steps.
 /// `posix_spawn` itself cannot set the parent-death signal.
+/// The cgroup a step is started in: its directory (for `clone3` with
+/// `CLONE_INTO_CGROUP`, no migration) and its `cgroup.procs` (for kernels
+/// or architectures without it: the child writes itself there).
+#[derive(Debug, Clone, Copy)]
+pub struct CgroupTarget<'a> {
+    /// The cgroup's directory, opened read-only.
+    pub dir: &'a std::fs::File,
+    /// Its `cgroup.procs`, opened for writing.
+    pub procs: &'a std::fs::File,
+}
+
+/// Whether `clone3` with `CLONE_INTO_CGROUP` works here: 0 not tried yet,
+/// 1 yes, 2 no (older kernel, or an architecture without the entry code).
+static CLONE_INTO_CGROUP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// `struct clone_args` of `clone3(2)` (version 2, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3` sharing memory with a vfork-style wait, the child running
+/// `entry(arg)` on `stack` and exiting with its result: what `clone(3)`
+/// does, plus `CLONE_INTO_CGROUP`. Returns the pid, or `-errno`.
+///
+/// # Safety
+/// As for `clone(CLONE_VM | CLONE_VFORK)`: `stack` must be valid and
+/// unused for `stack_size` bytes, `entry` may only make raw system calls
+/// until it execs, and signals must be blocked.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_vfork(
+    args: &mut CloneArgs,
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> i64 {
+    let ret: i64;
+    // SAFETY: the child starts on its own stack (the kernel sets rsp to
+    // stack + stack_size) with the parent's registers, so `arg` and
+    // `entry` in r12/r13 reach it; it never returns into Rust code.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "mov edi, eax",
+            "mov eax, 60",
+            "syscall",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    ret
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone3_vfork(
+    _args: &mut CloneArgs,
+    _entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    _arg: *mut libc::c_void,
+) -> i64 {
+    -(libc::ENOSYS as i64)
+}
+
 pub fn spawn_shell(
     command: &str,
     env: &[(String, String)],
     cwd: &Path,
-    cgroup: Option<&std::fs::File>,
+    cgroup: Option<CgroupTarget<'_>>,
 ) -> std::io::Result<StepProcess> {
     use std::os::unix::ffi::OsStrExt;
     let (path, args) = match direct_command(command) {
@@ -327,7 +411,7 @@ pub fn spawn_shell(
         cwd: cwd.as_ptr(),
         stdin: devnull.as_raw_fd(),
         output: out_w.as_raw_fd(),
-        cgroup: cgroup.map_or(-1, |f| f.as_raw_fd()),
+        cgroup: -1,
         parent: std::process::id() as libc::pid_t,
         mask: old,
         reset: signals_to_reset(),
@@ -342,17 +426,53 @@ pub fn spawn_shell(
     // are blocked around the clone so no handler runs in the child before
     // it resets them; the parent does not run until the child execs or
     // exits (CLONE_VFORK), so `child`, `stack` and the C strings stay valid.
+    use std::sync::atomic::Ordering;
     let pid = STACK.with_borrow_mut(|stack| unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         child.mask = old;
-        let top = stack.as_mut_ptr().add(stack.len());
+        let base = stack.as_mut_ptr();
+        let top = base.add(stack.len());
         let top = (top as usize & !15) as *mut libc::c_void;
-        let pid = libc::clone(
-            child_main,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            &mut child as *mut ChildArgs as *mut libc::c_void,
-        );
+        let arg = &mut child as *mut ChildArgs as *mut libc::c_void;
+        let mut pid = -1;
+        let mut done = false;
+        // straight into the step's cgroup: no migration afterwards, which
+        // takes a global lock and stalls for milliseconds now and then
+        if let Some(target) = cgroup
+            && CLONE_INTO_CGROUP.load(Ordering::Relaxed) != 2
+        {
+            let mut args = CloneArgs {
+                flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | 0x2_0000_0000,
+                exit_signal: libc::SIGCHLD as u64,
+                stack: base as u64,
+                stack_size: (top as usize - base as usize) as u64,
+                cgroup: target.dir.as_raw_fd() as u64,
+                ..CloneArgs::default()
+            };
+            let ret = clone3_vfork(&mut args, child_main, arg);
+            if ret >= 0 {
+                CLONE_INTO_CGROUP.store(1, Ordering::Relaxed);
+                pid = ret as libc::pid_t;
+                done = true;
+            } else if matches!(-ret as i32, libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+                && CLONE_INTO_CGROUP.load(Ordering::Relaxed) == 0
+            {
+                // an older kernel: join the cgroup from the child instead
+                CLONE_INTO_CGROUP.store(2, Ordering::Relaxed);
+            } else {
+                *libc::__errno_location() = -ret as i32;
+                done = true;
+            }
+        }
+        if !done {
+            child.cgroup = cgroup.map_or(-1, |t| t.procs.as_raw_fd());
+            pid = libc::clone(
+                child_main,
+                top,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                arg,
+            );
+        }
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         pid
     });
@@ -371,7 +491,7 @@ pub fn spawn_shell(
             "create a process group",
             "set up stdio",
             "enter the working directory",
-            "execute /bin/sh",
+            "execute the command",
             "join the step's cgroup",
         ];
         return Err(std::io::Error::new(
