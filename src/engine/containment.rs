@@ -330,34 +330,16 @@ impl Containment {
         }
     }
 
-    /// Starts `sh -c :` in a slot to check that processes can be moved
-    /// there (permissions on the common ancestor, delegation, cgroup type).
+    /// Starts `sh -c :` in a slot to check that processes can be started
+    /// there (permissions on the common ancestor, delegation, cgroup type),
+    /// the way steps are started.
     fn probe(&self) -> Result<(), String> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::process::CommandExt;
         let slot = self
             .acquire()
             .map_err(|e| format!("cannot create a step cgroup: {e}"))?
             .ok_or("no cgroup")?;
-        let fd = slot.procs().as_raw_fd();
-        let mut probe = std::process::Command::new("/bin/sh");
-        probe
-            .args(["-c", ":"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        // SAFETY: only a raw write(2) between fork and exec.
-        unsafe {
-            probe.pre_exec(move || {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let result = probe
-            .status()
-            .map_err(|e| format!("cannot move a process into {}: {e}", slot.dir.display()));
+        let result = super::spawn::run_blocking(":", Path::new("/"), Some(slot.target()))
+            .map_err(|e| format!("cannot start a process in {}: {e}", slot.dir.display()));
         self.release(slot);
         result.map(|_| ())
     }

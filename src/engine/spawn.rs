@@ -363,6 +363,58 @@ pub fn spawn_shell(
     cwd: &Path,
     cgroup: Option<CgroupTarget<'_>>,
 ) -> std::io::Result<StepProcess> {
+    let (pid, out_r) = start_child(command, env, cwd, cgroup)?;
+    // SAFETY: pidfd_open on our child's pid.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        let err = std::io::Error::last_os_error();
+        // SAFETY: do not leave the child unsupervised.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(err);
+    }
+    // SAFETY: a new descriptor we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as libc::c_int) };
+    Ok(StepProcess {
+        pid,
+        output: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?),
+        // SAFETY: the AsyncFd owns the pidfd and nothing else closes it.
+        pidfd: unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)?
+        },
+        status: None,
+    })
+}
+
+/// Runs `command` to its end in `cgroup` without an async runtime, its
+/// output discarded; returns its exit status (to check that processes can
+/// be started there at all).
+pub fn run_blocking(
+    command: &str,
+    cwd: &Path,
+    cgroup: Option<CgroupTarget<'_>>,
+) -> std::io::Result<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let (pid, out_r) = start_child(command, &[], cwd, cgroup)?;
+    drop(out_r);
+    let mut raw = 0;
+    // SAFETY: waiting for the child just created.
+    if unsafe { libc::waitpid(pid, &mut raw, 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(std::process::ExitStatus::from_raw(raw))
+}
+
+/// Creates the child (see `spawn_shell`): its pid and the read end of its
+/// output pipe.
+fn start_child(
+    command: &str,
+    env: &[(String, String)],
+    cwd: &Path,
+    cgroup: Option<CgroupTarget<'_>>,
+) -> std::io::Result<(libc::pid_t, OwnedFd)> {
     use std::os::unix::ffi::OsStrExt;
     let (path, args) = match direct_command(command) {
         Some(direct) => direct,
@@ -504,28 +556,7 @@ pub fn spawn_shell(
         ));
     }
     drop(out_w);
-    // SAFETY: pidfd_open on our child's pid.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        let err = std::io::Error::last_os_error();
-        // SAFETY: do not leave the child unsupervised.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-        return Err(err);
-    }
-    // SAFETY: a new descriptor we own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as libc::c_int) };
-    Ok(StepProcess {
-        pid,
-        output: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?),
-        // SAFETY: the AsyncFd owns the pidfd and nothing else closes it.
-        pidfd: unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)?
-        },
-        status: None,
-    })
+    Ok((pid, out_r))
 }
 
 #[cfg(test)]
