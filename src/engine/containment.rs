@@ -410,6 +410,12 @@ impl Containment {
         if slot.populated() {
             return;
         }
+        self.release_empty(slot);
+    }
+
+    /// Returns a slot known to be empty (nothing was left in it when its
+    /// attempt ended, so nothing can have started there since).
+    pub fn release_empty(&self, slot: Slot) {
         if let Ok(mut pool) = self.pool.lock() {
             pool.push(slot);
         }

@@ -319,7 +319,11 @@ pub async fn finish_launched(ctx: &RunContext, launched: Launched, step: &str) -
         }
     };
     if let Some(slot) = slot {
-        ctx.containment.release(slot);
+        if left.is_empty() {
+            ctx.containment.release_empty(slot);
+        } else {
+            ctx.containment.release(slot);
+        }
     }
     (left, held)
 }
