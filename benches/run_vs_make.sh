@@ -9,6 +9,8 @@
 #
 # Needs: make, ninja (ninja-build), hyperfine, GNU time (/usr/bin/time), python3.
 # RUNBOOK_BIN=path uses that binary instead of building target/release/runbook.
+# RUNBOOK_BASE_BIN=path adds that binary (e.g. the previous release) to the
+# same hyperfine run, to compare two versions on the same machine state.
 # Prints a Markdown section ready for docs/benchmarks.md; progress on stderr.
 set -euo pipefail
 
@@ -26,9 +28,15 @@ printf -v qstate '%q' "$state"
 
 # make: every target is .PHONY, so each run executes all steps again.
 # ninja: its rule is `true && touch $out`, so outputs and logs are removed first.
+base_args=()
+if [ -n "${RUNBOOK_BASE_BIN:-}" ]; then
+    printf -v qbase '%q' "$RUNBOOK_BASE_BIN"
+    base_args=(-n "base run -j 2" --prepare "rm -rf $qstate" "$qbase run dag.yaml -j 2 --state-dir $qstate > /dev/null")
+fi
 hyperfine --warmup 1 --runs "$runs" --style basic --export-json "$work/h.json" \
     -n "runbook run -j 2" --prepare "rm -rf $qstate" \
     "$qbin run dag.yaml -j 2 --state-dir $qstate > /dev/null" \
+    "${base_args[@]}" \
     -n "make -j2" --prepare "true" \
     "make -j2 -f Makefile all > /dev/null" \
     -n "ninja -j2" --prepare "rm -rf o .ninja_log .ninja_deps" \
@@ -57,4 +65,8 @@ for name, r in (("runbook run -j 2", rb), ("make -j2", mk), ("ninja -j2", nj)):
           f"| {r['min']*1000:.0f} ms | {r['median']*1e6/steps:.0f} | {rss[name]/1024:.1f} MiB |")
 print(f"\nratio runbook/make (median): **{rb['median']/mk['median']:.2f}x** (target ≤ 1.2x); "
       f"runbook/ninja: **{rb['median']/nj['median']:.2f}x**\n")
+if "base run -j 2" in by:
+    b = by["base run -j 2"]
+    print(f"base binary in the same run: median {b['median']*1000:.0f} ms, {b['median']/mk['median']:.2f}x of make; "
+          f"this binary/base: **{rb['median']/b['median']:.3f}x**\n")
 PY
