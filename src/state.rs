@@ -142,17 +142,26 @@ pub fn new_run_id(runbook_name: &str) -> String {
 }
 
 fn random_u16() -> u16 {
-    let mut bytes = [0u8; 2];
+    u16::from_le_bytes(random_bytes())
+}
+
+/// `N` random bytes from `/dev/urandom`, else from the clock and the pid
+/// (ids and markers need to be unpredictable, not secret).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
     if File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .is_err()
     {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        return (nanos ^ std::process::id()) as u16;
+            .map_or(0, |d| d.as_nanos());
+        let seed = (nanos ^ ((std::process::id() as u128) << 64)).to_le_bytes();
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = seed[i % seed.len()];
+        }
     }
-    u16::from_le_bytes(bytes)
+    bytes
 }
 
 /// Paths of one run.

@@ -15,6 +15,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::thread::sleep;
 use std::time::Duration;
@@ -699,15 +700,7 @@ fn unprivileged_runs_contain_steps_with_and_without_a_delegated_cgroup() {
         eprintln!("skipped: needs root and runuser to act as an unprivileged user");
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("runbook-nobody-")
-        .tempdir()
-        .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-    let binary = dir.path().join("runbook");
-    fs::copy(assert_cmd::cargo::cargo_bin("runbook"), &binary).unwrap();
-    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+    let (dir, binary) = shared_dir_with_binary("nobody");
     let rb = dir.path().join("rb.yaml");
     fs::write(
         &rb,
@@ -768,6 +761,20 @@ fn unprivileged_runs_contain_steps_with_and_without_a_delegated_cgroup() {
     }
 }
 
+/// A temp dir every user may use, holding a copy of the binary (the build
+/// directory may not be readable by `nobody`).
+fn shared_dir_with_binary(tag: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("runbook-{tag}-"))
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let binary = dir.path().join("runbook");
+    fs::copy(assert_cmd::cargo::cargo_bin("runbook"), &binary).unwrap();
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, binary)
+}
+
 /// A cgroup under the cgroup v2 root delegated to `nobody` (as systemd
 /// delegates one to a user session), if this machine allows it.
 fn delegated_cgroup(tag: &str) -> Option<std::path::PathBuf> {
@@ -822,15 +829,7 @@ fn a_leftover_that_cannot_be_terminated_stops_the_resume() {
         assert!(!cgroups_expected(), "cannot delegate a cgroup here");
         return;
     };
-    let dir = tempfile::Builder::new()
-        .prefix("runbook-stuck-")
-        .tempdir()
-        .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-    let binary = dir.path().join("runbook");
-    fs::copy(assert_cmd::cargo::cargo_bin("runbook"), &binary).unwrap();
-    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+    let (dir, binary) = shared_dir_with_binary("stuck");
     let rb = dir.path().join("rb.yaml");
     let flag = dir.path().join("go");
     fs::write(

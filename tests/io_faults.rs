@@ -16,58 +16,20 @@ use common::runbook;
 /// Long enough for a slow machine; a hang is what it catches.
 const BOUND: Duration = Duration::from_secs(60);
 
-struct Lab {
-    dir: tempfile::TempDir,
+use common::scratch::Scratch as Lab;
+
+/// Lab-specific helpers on top of the shared scratch dir.
+trait IoLab {
+    fn steps(&self, name: &str, steps: &str) -> PathBuf;
+    fn fifo(&self, name: &str) -> PathBuf;
 }
 
-impl Lab {
-    fn new() -> Lab {
-        Lab {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn state(&self) -> String {
-        self.path("state").display().to_string()
-    }
-
+impl IoLab for Lab {
     /// Writes a runbook with the given steps (YAML list items).
-    fn runbook(&self, name: &str, steps: &str) -> PathBuf {
+    fn steps(&self, name: &str, steps: &str) -> PathBuf {
         let path = self.path(&format!("{name}.yaml"));
         std::fs::write(&path, runbook_text(name, steps)).unwrap();
         path
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = runbook()
-            .args(["status", "--state-dir", &self.state(), "-o", "json"])
-            .timeout(BOUND)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        let runs = self.path("state/runs");
-        let mut ids: Vec<PathBuf> = std::fs::read_dir(runs)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        ids.sort();
-        ids.pop().unwrap()
-    }
-
-    fn journal(&self) -> String {
-        std::fs::read_to_string(self.run_dir().join("journal.jsonl")).unwrap()
     }
 
     fn fifo(&self, name: &str) -> PathBuf {
@@ -178,7 +140,7 @@ fn runbooks_from_devices_and_endless_fifos_are_cut_at_the_limit() {
 #[test]
 fn params_files_from_devices_and_endless_fifos_are_cut_at_the_limit() {
     let lab = Lab::new();
-    let file = lab.runbook("params", "  - { id: a, run: 'true' }\n");
+    let file = lab.steps("params", "  - { id: a, run: 'true' }\n");
     let out = runbook()
         .arg("plan")
         .arg(&file)
@@ -214,7 +176,7 @@ fn run_reads_a_runbook_from_a_fifo_within_the_limit() {
     let lab = Lab::new();
     // a runbook piped in (as `runbook run <(curl ...)` does) runs
     let fifo = lab.fifo("fifo.yaml");
-    let source = lab.runbook("piped", "  - { id: a, run: 'echo hello' }\n");
+    let source = lab.steps("piped", "  - { id: a, run: 'echo hello' }\n");
     let _writer = background(&format!(
         "exec cat '{}' > '{}'",
         source.display(),
@@ -262,7 +224,7 @@ fn a_saved_plan_and_step_outputs_are_read_within_limits() {
 
     // a step pointing $RUNBOOK_OUTPUT at a device or leaving a FIFO there
     // fails that step, and the run ends
-    let file = lab.runbook(
+    let file = lab.steps(
         "outputs",
         r#"  - { id: device, run: 'ln -sf /dev/zero "$RUNBOOK_OUTPUT"' }
   - { id: fifo, run: 'mkfifo "$RUNBOOK_OUTPUT"' }
@@ -318,7 +280,7 @@ fn records(lab: &Lab, kind: &str) -> Vec<serde_json::Value> {
 fn a_full_disk_under_a_log_loses_output_not_the_step() {
     let lab = Lab::new();
     // the step's log is /dev/full: every write fails with ENOSPC
-    let file = lab.runbook(
+    let file = lab.steps(
         "full",
         r#"  - id: chatty
     run: |
@@ -362,7 +324,7 @@ fn a_full_disk_under_a_log_loses_output_not_the_step() {
 #[test]
 fn step_logs_are_capped_and_the_step_goes_on() {
     let lab = Lab::new();
-    let file = lab.runbook(
+    let file = lab.steps(
         "capped",
         r#"  - id: big
     run: |
@@ -444,7 +406,7 @@ fn run_with_stdout_never_read(log_format: &str) {
         ));
     }
     steps.push_str("  - { id: slow, timeout: 2s, run: 'sleep 30' }\n");
-    let file = lab.runbook("blocked", &steps);
+    let file = lab.steps("blocked", &steps);
 
     // the read end stays open and is never read: writes block once the
     // pipe is full
@@ -516,7 +478,7 @@ fn sleepers(lab: &Lab, n: usize) -> PathBuf {
     let steps: String = (0..n)
         .map(|i| format!("  - {{ id: s{i}, run: 'sleep 0.2' }}\n"))
         .collect();
-    lab.runbook("sleepers", &steps)
+    lab.steps("sleepers", &steps)
 }
 
 fn output_bounded(mut cmd: Command, what: &str) -> std::process::Output {
@@ -615,7 +577,7 @@ fn thousands_of_failed_steps_are_summed_up_not_listed() {
     let steps: String = (0..1500)
         .map(|i| format!("  - {{ id: s{i}, run: 'false' }}\n"))
         .collect();
-    let file = lab.runbook("failing", &steps);
+    let file = lab.steps("failing", &steps);
     let out = run(&lab, &file, &["-j", "50"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -9,73 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::runbook;
 
-struct Lab {
-    dir: tempfile::TempDir,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        Lab {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn p(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-
-    /// Writes a runbook with the given params and steps (YAML lines).
-    fn runbook(&self, name: &str, params: &str, steps: &str) -> PathBuf {
-        let text = format!(
-            "apiVersion: runbook/v1\nkind: Runbook\nmetadata: {{ name: {name}, version: 1.0.0 }}\nparams:\n{params}\nsteps:\n{steps}"
-        );
-        let path = self.path(&format!("{name}.yaml"));
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn state(&self) -> String {
-        self.p("state")
-    }
-
-    fn cmd(&self, args: &[&str]) -> std::process::Output {
-        runbook().args(args).output().unwrap()
-    }
-
-    fn run(&self, file: &Path, args: &[&str]) -> std::process::Output {
-        runbook()
-            .arg("run")
-            .arg(file)
-            .args(["--state-dir", &self.state()])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    #[allow(dead_code)]
-    fn resume(&self, args: &[&str]) -> std::process::Output {
-        runbook()
-            .args(["resume", "--state-dir", &self.state()])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    #[allow(dead_code)]
-    fn status(&self) -> serde_json::Value {
-        let out = self.cmd(&["status", "--state-dir", &self.state(), "-o", "json"]);
-        assert!(out.status.success(), "{}", text(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
-    }
-}
+use common::scratch::Scratch as Lab;
 
 /// stderr with miette's line wrapping undone, for `contains` checks.
 fn flat_stderr(out: &std::process::Output) -> String {

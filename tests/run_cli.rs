@@ -4,79 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::runbook;
 
-struct Lab {
-    dir: tempfile::TempDir,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        Lab {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn p(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-
-    /// Writes a runbook with the given steps (YAML list items) and params.
-    fn runbook(&self, name: &str, params: &str, steps: &str) -> PathBuf {
-        let text = format!(
-            "apiVersion: runbook/v1\nkind: Runbook\nmetadata: {{ name: {name}, version: 1.0.0 }}\nparams:\n{params}\nsteps:\n{steps}"
-        );
-        let path = self.path(&format!("{name}.yaml"));
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn state(&self) -> String {
-        self.p("state")
-    }
-
-    fn run(&self, file: &Path, args: &[&str]) -> std::process::Output {
-        runbook()
-            .arg("run")
-            .arg(file)
-            .args(["--state-dir", &self.state()])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = runbook()
-            .args(["status", "--state-dir", &self.state(), "-o", "json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
-    }
-
-    fn run_id(&self) -> String {
-        let mut ids: Vec<String> = std::fs::read_dir(self.path("state/runs"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        ids.sort();
-        ids.pop().unwrap()
-    }
-}
+use common::scratch::Scratch as Lab;
 
 fn text(out: &std::process::Output) -> String {
     format!(

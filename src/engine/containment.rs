@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -128,17 +127,7 @@ pub struct Containment {
 
 /// A new random run marker (128 bits, hex).
 pub fn new_marker() -> String {
-    let mut bytes = [0u8; 16];
-    if File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .is_err()
-    {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        bytes = (nanos ^ ((std::process::id() as u128) << 64)).to_le_bytes();
-    }
-    hex::encode(bytes)
+    hex::encode(crate::state::random_bytes::<16>())
 }
 
 /// This process and its ancestors: never signalled by a clean-up.

@@ -264,33 +264,16 @@ pub async fn wait_launched(
             None => std::future::pending::<()>().await,
         }
     };
-    enum Wake {
-        Exited(std::io::Result<std::process::ExitStatus>),
-        TimedOut,
-        Killed,
-    }
-    let wake = tokio::select! {
-        status = launched.child.wait() => Wake::Exited(status),
-        () = sleeper => Wake::TimedOut,
-        () = killer => Wake::Killed,
+    let ended = tokio::select! {
+        status = launched.child.wait() => return Ended::Exited(status),
+        () = sleeper => Ended::TimedOut,
+        () = killer => Ended::Killed,
     };
-    match wake {
-        Wake::Exited(status) => Ended::Exited(status),
-        Wake::TimedOut => {
-            let _ = ctx
-                .containment
-                .terminate_attempt(&mut launched.child, launched.slot.as_ref(), grace)
-                .await;
-            Ended::TimedOut
-        }
-        Wake::Killed => {
-            let _ = ctx
-                .containment
-                .terminate_attempt(&mut launched.child, launched.slot.as_ref(), grace)
-                .await;
-            Ended::Killed
-        }
-    }
+    let _ = ctx
+        .containment
+        .terminate_attempt(&mut launched.child, launched.slot.as_ref(), grace)
+        .await;
+    ended
 }
 
 /// After a launched command's main process ended: terminates whatever it
@@ -509,8 +492,8 @@ pub async fn execute(
             let step = &runbook.steps[i];
             if let Action::Pause { message } = &step.action {
                 // a gate whose `when` is false is skipped, as the plan shows
-                match evaluate_when(&ctx, step, &known(&outputs)) {
-                    Ok(true) => {}
+                let gate_done = match evaluate_when(&ctx, step, &known(&outputs)) {
+                    Ok(true) => None,
                     Ok(false) => {
                         dispatch.emit(RunEvent::StepSkipped {
                             step: step.id.clone(),
@@ -519,17 +502,7 @@ pub async fn execute(
                                 step.when.as_deref().unwrap_or("")
                             ),
                         });
-                        finish[i] = Some(Finish::Skipped);
-                        statuses.set(i, Status::Skipped);
-                        settle(
-                            i,
-                            &runbook,
-                            &mut finish,
-                            &mut remaining,
-                            &mut ready,
-                            &dispatch,
-                        );
-                        continue;
+                        Some((Finish::Skipped, Status::Skipped))
                     }
                     Err(error) => {
                         dispatch.emit(RunEvent::StepFailed {
@@ -541,21 +514,22 @@ pub async fn execute(
                             uncertain: false,
                         });
                         failed = true;
-                        if options.fail_fast {
-                            stopping = true;
-                        }
-                        finish[i] = Some(Finish::Failed);
-                        statuses.set(i, Status::Failed);
-                        settle(
-                            i,
-                            &runbook,
-                            &mut finish,
-                            &mut remaining,
-                            &mut ready,
-                            &dispatch,
-                        );
-                        continue;
+                        stopping |= options.fail_fast;
+                        Some((Finish::Failed, Status::Failed))
                     }
+                };
+                if let Some((done, status)) = gate_done {
+                    finish[i] = Some(done);
+                    statuses.set(i, status);
+                    settle(
+                        i,
+                        &runbook,
+                        &mut finish,
+                        &mut remaining,
+                        &mut ready,
+                        &dispatch,
+                    );
+                    continue;
                 }
                 let message = message.as_ref().map(|m| {
                     Context::new(

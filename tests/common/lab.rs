@@ -45,9 +45,9 @@ pub fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// Live processes (other than this one) whose environment holds exactly `var`
-/// (`NAME=value`).
-pub fn pids_with_env(var: &str) -> Vec<i32> {
+/// Live processes other than this one for which `matches(pid, file)`
+/// holds, `file` being the bytes of `/proc/PID/<name>`.
+fn live_pids_where(name: &str, matches: impl Fn(&[u8]) -> bool) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
@@ -61,14 +61,22 @@ pub fn pids_with_env(var: &str) -> Vec<i32> {
         if pid == me {
             continue;
         }
-        let Ok(environ) = fs::read(entry.path().join("environ")) else {
+        let Ok(bytes) = fs::read(entry.path().join(name)) else {
             continue;
         };
-        if environ.split(|&b| b == 0).any(|v| v == var.as_bytes()) && alive(pid) {
+        if matches(&bytes) && alive(pid) {
             found.push(pid);
         }
     }
     found
+}
+
+/// Live processes (other than this one) whose environment holds exactly `var`
+/// (`NAME=value`).
+pub fn pids_with_env(var: &str) -> Vec<i32> {
+    live_pids_where("environ", |environ| {
+        environ.split(|&b| b == 0).any(|v| v == var.as_bytes())
+    })
 }
 
 /// Processes started by the steps of run `id` (and their descendants).
@@ -361,28 +369,10 @@ impl Drop for Lab {
 /// Live processes whose command line (argv joined by spaces) is exactly
 /// `cmdline`, e.g. `sleep 3011`.
 pub fn pids_running(cmdline: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let argv: Vec<String> = raw
-            .split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if argv.join(" ") == cmdline && alive(pid) {
-            found.push(pid);
-        }
-    }
-    found
+    live_pids_where("cmdline", |raw| {
+        let argv: Vec<&[u8]> = raw.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
+        argv.join(&b' ') == cmdline.as_bytes()
+    })
 }
 
 pub fn status_of(status: &Value, step: &str) -> String {

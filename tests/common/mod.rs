@@ -54,3 +54,4 @@ fn clean_env() -> Vec<(String, Option<String>)> {
     vars
 }
 pub mod lab;
+pub mod scratch;
