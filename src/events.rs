@@ -126,6 +126,14 @@ pub enum RunEvent {
         /// The open-files limit (`ulimit -n`).
         open_files_limit: u64,
     },
+    /// A runner (a resume) set up its containment, before it starts any
+    /// process: later resumes look for leftovers there too.
+    RunnerContained {
+        /// Process id of the runner.
+        pid: u32,
+        /// Its containment.
+        containment: ContainmentInfo,
+    },
     /// An attempt of a step started. For idempotent steps this is written
     /// once the process exists and carries its process group; a step with
     /// `idempotent: false` is written (and fsynced) before its process is

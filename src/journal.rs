@@ -620,10 +620,17 @@ impl RunState {
                     state.runbook = runbook.clone();
                     if let Some(c) = containment {
                         state.containment = Some(c.clone());
-                        state.sessions.push(c.clone());
+                        if !state.sessions.contains(c) {
+                            state.sessions.push(c.clone());
+                        }
                     }
                 }
                 (RunEvent::RunFinished { outcome }, _) => state.outcome = Some(*outcome),
+                (RunEvent::RunnerContained { containment, .. }, _)
+                    if !state.sessions.contains(containment) =>
+                {
+                    state.sessions.push(containment.clone());
+                }
                 (
                     RunEvent::StepStarted {
                         attempt,

@@ -54,6 +54,17 @@ pub enum RunError {
         /// What to do.
         help: String,
     },
+    /// A signal (Ctrl-C, SIGTERM) stopped the resume while it prepared
+    /// (exit 130 or 143); nothing was re-run.
+    #[error("{message}")]
+    Interrupted {
+        /// `SIGINT` or `SIGTERM`.
+        signal: &'static str,
+        /// What happened and the command to continue.
+        message: String,
+        /// Events already journaled, to show.
+        notices: Vec<RunEvent>,
+    },
     /// A resume stopped for an operator's decision (exit 2), after doing
     /// what it reports in `notices` (leftovers terminated, done_if verdicts).
     #[error("{message}")]
@@ -479,6 +490,9 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     let clock = std::time::Instant::now();
     let run_dir = state::find_run(&options.state_dir, &run_id)?;
     let lock = run_dir.lock()?;
+    // from here on a Ctrl-C or SIGTERM ends what runs (leftover clean-up,
+    // done_if checks) and stops the resume cleanly instead of killing it
+    let signals = PrepSignals::watch();
     // read the journal and validate the runbook at the same time: for large
     // runs they are the two big costs of getting back to work
     let start = journal::read_first(&run_dir.journal())?;
@@ -536,7 +550,15 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         check_step(&runbook, id, "--rerun")?;
     }
     for id in &request.mark_done {
-        check_step(&runbook, id, "--mark-done")?;
+        let i = check_step(&runbook, id, "--mark-done")?;
+        if matches!(runbook.steps[i].action, Action::Pause { .. }) {
+            return Err(RunError::Refused {
+                message: format!("--mark-done {id}: `{id}` is a `pause` gate"),
+                help: format!(
+                    "a gate is approved once the run has stopped there: runbook resume {run_id} --approve {id}"
+                ),
+            });
+        }
     }
     for id in &request.approve {
         let i = check_step(&runbook, id, "--approve")?;
@@ -596,6 +618,13 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     };
     tracing::debug!(elapsed = ?clock.elapsed(), "decisions journaled, state refolded");
     let containment = establish_containment(&run_id, &marker)?;
+    // on record before this runner starts anything, so that a later resume
+    // finds what it leaves even if it dies preparing
+    journal.append(&RunEvent::RunnerContained {
+        pid: std::process::id(),
+        containment: containment.info().clone(),
+    });
+    let _ = journal.flush().await;
     tracing::debug!(elapsed = ?clock.elapsed(), "containment established");
     let mut notices = Vec::new();
     let previous = previous_runners(&run_state, &marker);
@@ -611,6 +640,15 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         };
         journal.append(&event);
         notices.push(event);
+    }
+    if let Some(signal) = signals.received() {
+        let _ = journal.flush().await;
+        containment.remove();
+        return Err(RunError::Interrupted {
+            signal,
+            message: interrupted(&run_id, signal, &options.state_dir),
+            notices,
+        });
     }
     if !survivors.is_empty() {
         let _ = journal.flush().await;
@@ -695,12 +733,23 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                             &ctx.facts,
                         );
                         let (holds, detail) = match context.render(env, check) {
-                            Ok(script) => run_check(&ctx, step, attempts, &script).await,
+                            Ok(script) => {
+                                run_check(&ctx, step, attempts, &script, signals.kill()).await
+                            }
                             Err(e) => (
                                 false,
                                 format!("cannot render done_if: {}", engine::render_error(&e)),
                             ),
                         };
+                        if let Some(signal) = signals.received() {
+                            let _ = journal.flush().await;
+                            ctx.containment.remove();
+                            return Err(RunError::Interrupted {
+                                signal,
+                                message: interrupted(&run_id, signal, &options.state_dir),
+                                notices,
+                            });
+                        }
                         let verdict = RunEvent::DoneIfChecked {
                             step: step.id.clone(),
                             holds,
@@ -780,6 +829,69 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         opening,
         notices,
     })
+}
+
+/// What an interrupted resume says.
+fn interrupted(run_id: &str, signal: &str, state_dir: &Path) -> String {
+    format!(
+        "The resume of run {run_id} was interrupted by {signal} before any step ran; nothing was re-run.\n  Continue with: runbook resume {run_id} --state-dir {}",
+        shell_word(&state_dir.display().to_string())
+    )
+}
+
+/// Ctrl-C and SIGTERM while a resume prepares: caught (so they end what
+/// runs, through `kill`, instead of killing the resumer), and remembered.
+struct PrepSignals {
+    kill: tokio::sync::watch::Receiver<bool>,
+    which: Arc<std::sync::Mutex<Option<&'static str>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PrepSignals {
+    /// Starts catching SIGINT and SIGTERM (call inside the runtime).
+    fn watch() -> PrepSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (tx, kill) = tokio::sync::watch::channel(false);
+        let which = Arc::new(std::sync::Mutex::new(None));
+        let task = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                let which = which.clone();
+                Some(tokio::spawn(async move {
+                    let name = tokio::select! {
+                        _ = int.recv() => "SIGINT",
+                        _ = term.recv() => "SIGTERM",
+                    };
+                    if let Ok(mut w) = which.lock() {
+                        *w = Some(name);
+                    }
+                    let _ = tx.send(true);
+                }))
+            }
+            _ => None,
+        };
+        PrepSignals { kill, which, task }
+    }
+
+    /// The signal received so far, if any.
+    fn received(&self) -> Option<&'static str> {
+        self.which.lock().ok().and_then(|w| *w)
+    }
+
+    /// Turns true when a signal arrives.
+    fn kill(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.kill.clone()
+    }
+}
+
+impl Drop for PrepSignals {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 /// A word for a copy-pasteable command line, quoted when it needs it.
@@ -863,6 +975,7 @@ async fn run_check(
     step: &crate::model::Step,
     attempts: u32,
     script: &str,
+    kill: tokio::sync::watch::Receiver<bool>,
 ) -> (bool, String) {
     let log = Arc::new(std::sync::Mutex::new(engine::output::StepLog::new(
         ctx.run_dir.log(&step.id),
@@ -885,7 +998,7 @@ async fn run_check(
                 ctx,
                 &mut launched,
                 Some(timeout),
-                None,
+                Some(kill),
                 Duration::from_secs(5),
             )
             .await;
@@ -956,6 +1069,14 @@ pub async fn execute(
         dispatch.clone(),
     )
     .await;
+    let left = ctx.containment.end_run(engine::LEFTOVER_GRACE).await;
+    if !left.is_empty() {
+        dispatch.emit(RunEvent::LeftoverTerminated {
+            step: None,
+            pids: left,
+            cause: "run-end".into(),
+        });
+    }
     let _ = dispatch.journal.flush().await;
     ctx.containment.remove();
     drop(lock);

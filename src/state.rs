@@ -78,7 +78,10 @@ pub fn state_dir(explicit: Option<&Path>) -> Result<PathBuf, StateError> {
     if let Some(dir) = explicit {
         return Ok(dir.to_owned());
     }
-    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+    // the XDG spec: a relative path in these variables is invalid, ignore it
+    if let Some(xdg) =
+        std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty() && Path::new(v).is_absolute())
+    {
         return Ok(PathBuf::from(xdg).join("runbook"));
     }
     match std::env::var_os("HOME").filter(|v| !v.is_empty()) {

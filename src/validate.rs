@@ -85,6 +85,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 const DURATION_HELP: &str = "write durations like `30s`, `10m`, `1h30m` (units: ms, s, m, h, d)";
 
+/// Longest step id: it names the step's log and outputs files.
+pub const MAX_STEP_ID: usize = 128;
+
 /// Whether `id` is a valid step id: `[a-z0-9][a-z0-9-_]*`.
 pub fn is_valid_step_id(id: &str) -> bool {
     let mut bytes = id.bytes();
@@ -217,6 +220,20 @@ impl Checker<'_> {
                     problem = problem.help("an id starts with a lowercase letter or digit, then lowercase letters, digits, `-` or `_`");
                 }
                 self.push(problem);
+            } else if step.id.len() > MAX_STEP_ID {
+                // it names the step's log and outputs files
+                self.push(
+                    Problem::new(
+                        "step::id-too-long",
+                        format!(
+                            "step id `{}…` is {} characters long; the limit is {MAX_STEP_ID}",
+                            &step.id[..24],
+                            step.id.len()
+                        ),
+                    )
+                    .at_labeled(id_span, "too long")
+                    .help("use a short id and put the description in `name`"),
+                );
             }
             if let Some(&first) = index.get(step.id.as_str()) {
                 let first_span = step_nodes[first]
@@ -691,6 +708,16 @@ impl Checker<'_> {
                 )
                 .at_labeled(field("daemon").map_or(id_span, |n| n.span), "not a `run` step")
                 .help("a daemon is a local process that outlives its step; remove `daemon` or make the step a `run` step"),
+            );
+        }
+        if raw.daemon && raw.idempotent == Some(false) {
+            self.push(
+                Problem::new(
+                    "step::daemon-not-idempotent",
+                    format!("step `{}`: a daemon cannot be `idempotent: false`", raw.id),
+                )
+                .at_labeled(field("idempotent").map_or(id_span, |n| n.span), "a resume starts daemons again")
+                .help("a daemon is started again whenever a step that needs it still has to run; make starting it safe to repeat, or make it a plain step"),
             );
         }
         if raw.ready.is_some() && !raw.daemon {

@@ -887,3 +887,135 @@ fn a_leftover_that_cannot_be_terminated_stops_the_resume() {
         "nothing re-ran: {journal}"
     );
 }
+
+// ------------------------------------------------------------ found by a red-team pass
+
+/// A daemon's `ready` check is contained and ended like any attempt: when
+/// the daemon is not ready in time, nothing the check started survives.
+#[test]
+fn a_daemons_ready_check_ends_with_it_when_it_never_becomes_ready() {
+    let lab = Lab::new();
+    for c in ["sleep 3231", "sleep 3232", "sleep 3233"] {
+        lab.reap.borrow_mut().push(c.into());
+    }
+    let file = lab.write(
+        "ready.yaml",
+        &yaml(
+            "ready",
+            "steps:\n  - id: d\n    daemon: true\n    timeout: 2s\n    ready: setsid sleep 3231 & exec sleep 3232\n    run: exec sleep 3233\n  - id: use\n    needs: [d]\n    run: echo hi\n",
+        ),
+    );
+    let out = lab.cmd(&["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out.stdout));
+    assert!(text_of(&out.stdout).contains("not ready within 2s"));
+    for c in ["sleep 3231", "sleep 3232", "sleep 3233"] {
+        wait_until(c, PATIENCE, || gone(c));
+    }
+}
+
+/// Ctrl-C while a resume runs a `done_if` ends the check and everything it
+/// started, and stops the resume (exit 130) with the command to continue;
+/// the resumer's containment was journaled before it started anything.
+#[test]
+fn ctrl_c_during_a_resumes_done_if_ends_the_check_and_stops_cleanly() {
+    let lab = Lab::new();
+    for c in ["sleep 3241", "sleep 3242", "sleep 3243"] {
+        lab.reap.borrow_mut().push(c.into());
+    }
+    let file = lab.write(
+        "prep.yaml",
+        &yaml(
+            "prep",
+            "steps:\n  - id: a\n    idempotent: false\n    done_if: |\n      (setsid env -i sleep 3241 &)\n      exec sleep 3242\n    run: exec sleep 3243\n",
+        ),
+    );
+    let mut run = lab.spawn(&["run", file.to_str().unwrap()]);
+    wait_until("the step", PATIENCE, || !gone("sleep 3243"));
+    run.kill9();
+    let id = lab.run_id();
+    let mut resume = lab.spawn(&["resume", &id]);
+    wait_until("the done_if check", PATIENCE, || !gone("sleep 3242"));
+    resume.signal(libc::SIGINT);
+    let status = resume.wait(PATIENCE);
+    assert_eq!(status.code(), Some(130), "{}", resume.describe());
+    assert!(
+        resume.stderr().contains("interrupted by SIGINT"),
+        "{}",
+        resume.describe()
+    );
+    assert!(resume.stderr().contains(&format!("runbook resume {id}")));
+    for c in ["sleep 3241", "sleep 3242", "sleep 3243"] {
+        wait_until(c, PATIENCE, || gone(c));
+    }
+    let journal = fs::read_to_string(lab.journal(&id)).unwrap();
+    assert!(journal.contains("\"runner_contained\""), "{journal}");
+    assert!(!journal.contains("\"step_succeeded\""));
+}
+
+/// In the fallback containment, the end of one step never takes another
+/// running step's processes (here a helper that cleared its environment but
+/// stayed in its step's process group).
+#[test]
+fn fallback_containment_leaves_other_running_steps_processes_alone() {
+    let lab = Lab::new();
+    lab.env
+        .borrow_mut()
+        .push(("RUNBOOK_CONTAINMENT".into(), "process-group".into()));
+    lab.reap.borrow_mut().push("sleep 3251".into());
+    let file = lab.write(
+        "pg.yaml",
+        &yaml(
+            "pg",
+            "steps:\n  - id: a\n    run: |\n      (env -i sleep 3251 &)\n      sleep 1.5\n      ps -eo args | grep -qx 'sleep 3251'\n  - id: b\n    run: sleep 0.2\n",
+        ),
+    );
+    let out = lab.cmd(&["run", file.to_str().unwrap(), "-j", "2"]);
+    assert!(out.status.success(), "{}", text_of(&out.stdout));
+    wait_until("a's helper to end with a", PATIENCE, || gone("sleep 3251"));
+}
+
+/// Mistakes the red team found the validator and resume accepted.
+#[test]
+fn daemons_unsafe_to_repeat_long_ids_and_gates_marked_done_are_refused() {
+    let lab = Lab::new();
+    let long = "x".repeat(200);
+    let file = lab.write(
+        "bad.yaml",
+        &yaml(
+            "bad",
+            &format!(
+                "steps:\n  - id: d\n    daemon: true\n    idempotent: false\n    run: sleep 1\n  - id: {long}\n    run: 'true'\n"
+            ),
+        ),
+    );
+    let out = common::runbook()
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text_of(&out.stderr);
+    assert!(err.contains("step::daemon-not-idempotent"), "{err}");
+    assert!(err.contains("step::id-too-long"), "{err}");
+
+    let flag = lab.path("go");
+    let file = lab.write(
+        "gate2.yaml",
+        &yaml(
+            "gate2",
+            &format!(
+                "steps:\n  - id: prepare\n    run: test -f '{}'\n  - id: confirm\n    needs: [prepare]\n    pause: {{ message: check }}\n",
+                flag.display()
+            ),
+        ),
+    );
+    let out = lab.cmd(&["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let id = lab.run_id();
+    let out = lab.cmd(&["resume", &id, "--mark-done", "confirm", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text_of(&out.stderr).contains("is a `pause` gate"),
+        "{}",
+        text_of(&out.stderr)
+    );
+}

@@ -70,6 +70,21 @@ fn report_error(error: RunError, style: Style) -> u8 {
             say_err!("error: {message}\n  help: {help}");
             exit::RUNTIME
         }
+        RunError::Interrupted {
+            signal,
+            message,
+            notices,
+        } => {
+            for line in notices.iter().filter_map(crate::report::human::plain_line) {
+                say_err!("{line}");
+            }
+            say_err!("{message}");
+            if signal == "SIGTERM" {
+                exit::TERMINATED
+            } else {
+                exit::INTERRUPTED
+            }
+        }
         RunError::NeedsDecision {
             message,
             help,

@@ -35,6 +35,9 @@ use super::spawn::StepProcess;
 /// process (and, by inheritance, its descendants). Nobody sets it by hand.
 pub const RUN_MARKER: &str = "RUNBOOK_RUN_MARKER";
 
+/// The pseudo step whose "attempt" ends with the runner: every orphan is its.
+const RUN_END: &str = "";
+
 /// Environment variable choosing the containment: `auto` (default),
 /// `cgroup` (fail if unavailable) or `process-group`.
 pub const CONTAINMENT_VAR: &str = "RUNBOOK_CONTAINMENT";
@@ -111,6 +114,9 @@ fn events_populated(events: &[u8]) -> bool {
         .lines()
         .any(|l| l.trim() == "populated 1")
 }
+
+/// Longest the fallback keeps collecting orphans of an ended attempt.
+const ORPHAN_CHASE: Duration = Duration::from_secs(5);
 
 /// The containment of one runner.
 #[derive(Debug)]
@@ -444,8 +450,11 @@ impl Containment {
         }
         if slot.is_none() {
             // orphans of orphans come back to the subreaper once their
-            // parent is gone: look again until none is left
-            for _ in 0..8 {
+            // parent is gone: look again until none is left (bounded: a
+            // process that keeps forking new sessions outruns this; only
+            // cgroups hold it)
+            let until = Instant::now() + ORPHAN_CHASE;
+            while Instant::now() < until {
                 let mut orphans = self.orphans_of(step, pgid);
                 if orphans.is_empty() {
                     break;
@@ -584,14 +593,42 @@ impl Containment {
             }
             let env = environ_of(pid);
             let ours = match (&env.marker, &env.step) {
+                _ if step == RUN_END => true,
                 (Some(m), Some(s)) if *m == self.marker => s == step,
-                _ => stat.pgrp == pgid || env.marker.is_none(),
+                // no marker (a reset environment): its process group tells,
+                // when it is this attempt's or another running one's; in a
+                // new session nothing tells, so it waits for the end of the
+                // run unless nothing else runs
+                _ if stat.pgrp == pgid => true,
+                _ => {
+                    let others = self.leaders.lock().map_or(0, |l| l.len());
+                    !self.is_leader(stat.pgrp) && others == 0
+                }
             };
             if ours {
                 found.push(pid);
             }
         }
         found
+    }
+
+    /// At the end of a runner: terminates whatever steps left that is still
+    /// around (in the fallback, orphans nothing could attribute to a step
+    /// while others ran). Returns the pids terminated.
+    pub async fn end_run(&self, grace: Duration) -> Vec<i32> {
+        match &self.run_cgroup {
+            Some(run) => {
+                let pids: Vec<i32> = cgroup_pids(run)
+                    .into_iter()
+                    .filter(|p| !self.spared.contains(p))
+                    .collect();
+                if !pids.is_empty() {
+                    self.terminate_pids(None, 0, &pids, grace).await;
+                }
+                pids
+            }
+            None => self.end_attempt(None, 0, RUN_END, grace).await,
+        }
     }
 
     /// Removes the run's cgroup tree (at the end of a runner); what cannot

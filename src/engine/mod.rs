@@ -40,6 +40,10 @@ use containment::{Containment, Slot};
 /// between SIGTERM and SIGKILL.
 pub const LEFTOVER_GRACE: Duration = Duration::from_millis(500);
 
+/// Longest one `ready` check of a daemon may take (it then counts as
+/// "not ready yet" and is terminated).
+pub const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Longest the engine keeps reading a step's output after the attempt
 /// ended (only a process outside the containment can hold it that long).
 pub const PIPE_GRACE: Duration = Duration::from_secs(2);
@@ -1253,22 +1257,13 @@ impl StepTask {
         let env = step_env(&ctx, step, attempt);
         let deadline = step.timeout.map(|t| tokio::time::Instant::now() + t);
         let mut kill = self.kill.clone();
+        // each check is an attempt of its own, contained like the step and
+        // always ended (terminated if need be) before the next one
         let failure = loop {
-            let probe = async {
-                let Ok(Some(mut p)) = launch(&ctx, &check, &env, log.clone(), |_| {}, None).await
-                else {
-                    return false;
-                };
-                let ended = wait_launched(
-                    &ctx,
-                    &mut p,
-                    Some(Duration::from_secs(10)),
-                    None,
-                    LEFTOVER_GRACE,
-                )
-                .await;
-                let _ = finish_launched(&ctx, p, &step.id).await;
-                matches!(ended, Ended::Exited(Ok(s)) if s.success())
+            let check_run = launch(&ctx, &check, &env, log.clone(), |_| {}, None).await;
+            let mut check_run = match check_run {
+                Ok(Some(c)) => c,
+                _ => break (format!("cannot start its `ready` check: {check}"), false),
             };
             let until_deadline = async {
                 match deadline {
@@ -1276,24 +1271,49 @@ impl StepTask {
                     None => std::future::pending::<()>().await,
                 }
             };
-            tokio::select! {
-                ok = probe => if ok { return Attempt::Succeeded(Some(launched)); },
-                status = launched.child.wait() => {
-                    break (format!("exited before it was ready ({})", describe_status(status.ok())), false);
+            enum Next {
+                Checked(bool),
+                Stop(String, bool),
+            }
+            let next = tokio::select! {
+                status = check_run.child.wait() => {
+                    Next::Checked(matches!(status, Ok(s) if s.success()))
                 }
-                () = until_deadline => {
-                    break (format!(
+                () = tokio::time::sleep(READY_CHECK_TIMEOUT) => Next::Checked(false),
+                status = launched.child.wait() => Next::Stop(
+                    format!("exited before it was ready ({})", describe_status(status.ok())),
+                    false,
+                ),
+                () = until_deadline => Next::Stop(
+                    format!(
                         "not ready within {}",
                         crate::model::fmt_duration(step.timeout.unwrap_or_default())
-                    ), false);
-                }
-                _ = kill.wait_for(|k| *k) => break (String::new(), true),
+                    ),
+                    false,
+                ),
+                _ = kill.wait_for(|k| *k) => Next::Stop(String::new(), true),
+            };
+            let _ = ctx
+                .containment
+                .terminate_attempt(
+                    &mut check_run.child,
+                    check_run.slot.as_ref(),
+                    LEFTOVER_GRACE,
+                )
+                .await;
+            let (left, held) = finish_launched(&ctx, check_run, &step.id).await;
+            self.note_leftovers(log, left, held);
+            match next {
+                Next::Checked(true) => return Attempt::Succeeded(Some(launched)),
+                Next::Checked(false) => {}
+                Next::Stop(error, interrupted) => break (error, interrupted),
             }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(250)) => {}
                 status = launched.child.wait() => {
                     break (format!("exited before it was ready ({})", describe_status(status.ok())), false);
                 }
+                _ = kill.wait_for(|k| *k) => break (String::new(), true),
             }
         };
         let _ = ctx

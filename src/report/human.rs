@@ -225,6 +225,13 @@ impl EventSink for Human {
                 if pids.len() == 1 { "" } else { "es" },
                 pid_list(pids)
             ),
+            RunEvent::LeftoverTerminated { pids, cause, .. } if cause == "run-end" => format!(
+                "{} {} process{} that steps left (in new sessions, without their environment) still ran at the end; terminated {}",
+                self.paint("33", "!"),
+                pids.len(),
+                if pids.len() == 1 { "" } else { "es" },
+                pid_list(pids)
+            ),
             RunEvent::LeftoverTerminated { step, pids, .. } => format!(
                 "Terminated {} leftover process{} of the earlier runner{}: {}",
                 pids.len(),
@@ -267,7 +274,9 @@ impl EventSink for Human {
             RunEvent::StepApproved { step, by } => format!("Approved {step} (by {by})"),
             RunEvent::StepMarkedDone { step, reason, .. } => format!("Marked {step} done: {reason}"),
             RunEvent::RerunRequested { step } => format!("{step} will run again"),
-            RunEvent::AttemptSpawned { .. } | RunEvent::RunFinished { .. } => return,
+            RunEvent::AttemptSpawned { .. }
+            | RunEvent::RunFinished { .. }
+            | RunEvent::RunnerContained { .. } => return,
         };
         drop(live);
         let mut bytes = text.into_bytes();
