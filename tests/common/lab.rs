@@ -363,7 +363,34 @@ impl Drop for Lab {
                 kill(pid, libc::SIGKILL);
             }
         }
+        // runners the test killed leave their run's (empty) cgroup behind
+        for journal in fs::read_dir(self.state().join("runs"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("journal.jsonl"))
+        {
+            let first = lines(&journal).into_iter().next().unwrap_or_default();
+            let Ok(record) = serde_json::from_str::<Value>(&first) else {
+                continue;
+            };
+            if let Some(dir) = record["containment"]["path"].as_str() {
+                remove_empty_cgroup(Path::new(dir));
+            }
+        }
     }
+}
+
+/// Removes an empty cgroup and its empty children (best effort).
+fn remove_empty_cgroup(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.filter_map(Result::ok) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 /// Live processes whose command line (argv joined by spaces) is exactly
