@@ -94,11 +94,6 @@ impl Slot {
         }
     }
 
-    /// The `cgroup.procs` file a process writes itself into.
-    pub fn procs(&self) -> &File {
-        &self.procs
-    }
-
     /// Whether a live process is still in the slot.
     fn populated(&self) -> bool {
         let mut buffer = [0u8; 256];
@@ -262,15 +257,12 @@ impl Containment {
             }
             // SAFETY: getsid(0) reads this process's session.
             let sid = unsafe { libc::getsid(0) };
-            Containment {
-                info: ContainmentInfo::ProcessGroup { reason, sid },
-                run_cgroup: None,
-                marker: marker.to_owned(),
-                pool: Mutex::new(Vec::new()),
-                created: 0.into(),
-                spared: spared.clone(),
-                leaders: Mutex::new(HashSet::new()),
-            }
+            Containment::new(
+                ContainmentInfo::ProcessGroup { reason, sid },
+                None,
+                marker,
+                spared.clone(),
+            )
         };
         match choice.as_str() {
             "process-group" => {
@@ -285,17 +277,10 @@ impl Containment {
         }
         match Self::cgroup_for(run_id) {
             Ok(dir) => {
-                let c = Containment {
-                    info: ContainmentInfo::Cgroup {
-                        path: dir.display().to_string(),
-                    },
-                    run_cgroup: Some(dir),
-                    marker: marker.to_owned(),
-                    pool: Mutex::new(Vec::new()),
-                    created: 0.into(),
-                    spared: spared.clone(),
-                    leaders: Mutex::new(HashSet::new()),
+                let info = ContainmentInfo::Cgroup {
+                    path: dir.display().to_string(),
                 };
+                let c = Containment::new(info, Some(dir), marker, spared.clone());
                 match c.probe() {
                     Ok(()) => Ok(c),
                     Err(reason) if choice == "cgroup" => Err(reason),
@@ -307,6 +292,23 @@ impl Containment {
             }
             Err(reason) if choice == "cgroup" => Err(reason),
             Err(reason) => Ok(fallback(reason)),
+        }
+    }
+
+    fn new(
+        info: ContainmentInfo,
+        run_cgroup: Option<PathBuf>,
+        marker: &str,
+        spared: HashSet<i32>,
+    ) -> Containment {
+        Containment {
+            info,
+            run_cgroup,
+            marker: marker.to_owned(),
+            pool: Mutex::new(Vec::new()),
+            created: 0.into(),
+            spared,
+            leaders: Mutex::new(HashSet::new()),
         }
     }
 

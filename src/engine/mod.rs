@@ -280,6 +280,21 @@ pub async fn wait_launched(
     ended
 }
 
+/// Ends a launched command that may still run (SIGTERM, `grace`, SIGKILL,
+/// everything in its containment), then as `finish_launched`.
+pub async fn stop_launched(
+    ctx: &RunContext,
+    mut launched: Launched,
+    step: &str,
+    grace: Duration,
+) -> (Vec<i32>, bool) {
+    let _ = ctx
+        .containment
+        .terminate_attempt(&mut launched.child, launched.slot.as_ref(), grace)
+        .await;
+    finish_launched(ctx, launched, step).await
+}
+
 /// After a launched command's main process ended: terminates whatever it
 /// left, reads the rest of its output (at most `PIPE_GRACE` longer), and
 /// returns the slot. Returns the pids terminated and whether something
@@ -939,16 +954,7 @@ impl StepTask {
                         Err(e) => {
                             // it ran to the end: whatever it did took effect
                             if let Some(launched) = daemon {
-                                let mut launched = launched;
-                                let _ = ctx
-                                    .containment
-                                    .terminate_attempt(
-                                        &mut launched.child,
-                                        launched.slot.as_ref(),
-                                        self.grace,
-                                    )
-                                    .await;
-                                let _ = finish_launched(&ctx, launched, &step.id).await;
+                                let _ = stop_launched(&ctx, launched, &step.id, self.grace).await;
                             }
                             return self.fail(attempt, e, Some(0), elapsed, !step.idempotent);
                         }
@@ -1238,11 +1244,7 @@ impl StepTask {
         {
             Ok(c) => c,
             Err(e) => {
-                let _ = ctx
-                    .containment
-                    .terminate_attempt(&mut launched.child, launched.slot.as_ref(), self.grace)
-                    .await;
-                let (left, held) = finish_launched(&ctx, launched, &step.id).await;
+                let (left, held) = stop_launched(&ctx, launched, &step.id, self.grace).await;
                 self.note_leftovers(log, left, held);
                 return Attempt::Failed {
                     error: format!(
@@ -1293,15 +1295,7 @@ impl StepTask {
                 ),
                 _ = kill.wait_for(|k| *k) => Next::Stop(String::new(), true),
             };
-            let _ = ctx
-                .containment
-                .terminate_attempt(
-                    &mut check_run.child,
-                    check_run.slot.as_ref(),
-                    LEFTOVER_GRACE,
-                )
-                .await;
-            let (left, held) = finish_launched(&ctx, check_run, &step.id).await;
+            let (left, held) = stop_launched(&ctx, check_run, &step.id, LEFTOVER_GRACE).await;
             self.note_leftovers(log, left, held);
             match next {
                 Next::Checked(true) => return Attempt::Succeeded(Some(launched)),
@@ -1316,13 +1310,8 @@ impl StepTask {
                 _ = kill.wait_for(|k| *k) => break (String::new(), true),
             }
         };
-        let _ = ctx
-            .containment
-            .terminate_attempt(&mut launched.child, launched.slot.as_ref(), self.grace)
-            .await;
-        let (left, held) = finish_launched(&ctx, launched, &step.id).await;
+        let (left, held) = stop_launched(&ctx, launched, &step.id, self.grace).await;
         self.note_leftovers(log, left, held);
-        let _ = attempt;
         match failure {
             (_, true) => Attempt::Interrupted,
             (error, false) => Attempt::Failed {
