@@ -26,6 +26,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
     pub color: ColorChoice,
 
+    /// Never ask questions (missing params are errors): for scripts and CI.
+    /// Also set by RUNBOOK_NO_INPUT=1 or CI=true. Without it, `plan` and
+    /// `run` on a terminal ask for missing required params.
+    #[arg(long, global = true, env = "RUNBOOK_NO_INPUT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_input: bool,
+
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -54,8 +60,9 @@ Exit 0 when all files are valid, 2 otherwise.",
         after_help = "Examples:\n  runbook validate runbooks/*.yaml\n  runbook validate -o json runbooks/3scale-restore.yaml | jq ."
     )]
     Validate {
-        /// Runbook files.
-        #[arg(required = true, value_name = "FILE")]
+        /// Runbook files, or directories: every *.yaml / *.yml under a
+        /// directory (recursively) whose `kind` is Runbook.
+        #[arg(required = true, value_name = "FILE|DIR")]
         files: Vec<PathBuf>,
         /// Output format for problems.
         #[arg(short, long, value_enum, default_value_t = ValidateFormat::Text)]
@@ -134,7 +141,8 @@ runbook resume RUN --mark-done restore-db --reason 'verified row counts by hand'
 runbook resume RUN --approve confirm-overwrite"
     )]
     Resume {
-        /// Run id (default: the most recent unfinished run).
+        /// Run id, unique prefix or `latest` (default: the most recent
+        /// unfinished run).
         #[arg(value_name = "RUN_ID")]
         run_id: Option<String>,
         #[command(flatten)]
@@ -163,43 +171,185 @@ runbook resume RUN --approve confirm-overwrite"
     },
 
     /// Show the state of a run: each step's state, attempts, duration and log.
+    #[command(
+        after_help = "RUN_ID is a full run id, a unique prefix of one, or `latest`.\n\
+With --watch the view is redrawn every --interval until the run ends (exit 0); \
+Ctrl-C stops watching (exit 130). Not on a terminal, each view is printed in turn."
+    )]
     Status {
-        /// Run id (default: the most recent run).
+        /// Run id, unique prefix or `latest` (default: the most recent run).
         #[arg(value_name = "RUN_ID")]
         run_id: Option<String>,
-        /// State directory (default: $RUNBOOK_STATE_DIR, else $XDG_STATE_HOME/runbook).
-        #[arg(long, env = "RUNBOOK_STATE_DIR", value_name = "DIR")]
-        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        state_dir: StateDirArg,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = ListFormat::Text)]
         output: ListFormat,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
 
     /// List runs, newest first.
+    #[command(args_conflicts_with_subcommands = true)]
     Runs {
-        /// State directory (default: $RUNBOOK_STATE_DIR, else $XDG_STATE_HOME/runbook).
-        #[arg(long, env = "RUNBOOK_STATE_DIR", value_name = "DIR")]
-        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        state_dir: StateDirArg,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = ListFormat::Text)]
         output: ListFormat,
+        #[command(flatten)]
+        filter: RunsFilter,
+        /// `runs prune`.
+        #[command(subcommand)]
+        action: Option<RunsAction>,
     },
 
     /// Approve a `pause` gate of a paused run; then `runbook resume` continues.
     Approve {
-        /// Run id.
+        /// Run id, unique prefix or `latest`.
         #[arg(value_name = "RUN_ID")]
         run_id: String,
         /// The `pause` step to approve.
         #[arg(value_name = "STEP")]
         step: String,
-        /// State directory (default: $RUNBOOK_STATE_DIR, else $XDG_STATE_HOME/runbook).
-        #[arg(long, env = "RUNBOOK_STATE_DIR", value_name = "DIR")]
-        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        state_dir: StateDirArg,
     },
 
     /// Print the JSON schema of the runbook format (for editors and CI).
     Schema,
+
+    /// Describe a runbook: its params (to know what to pass), steps, waves,
+    /// conditions and actions. Needs no param values.
+    #[command(
+        after_help = "Examples:\n  runbook show runbooks/3scale-restore.yaml\n  \
+runbook show FILE -o json | jq '.params | map(select(.required)) | map(.name)'"
+    )]
+    Show {
+        /// The runbook file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Output format (JSON: docs/state-format.md, "show -o json").
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Text)]
+        output: ListFormat,
+    },
+
+    /// Write a commented starter runbook (NAME.yaml, default runbook.yaml)
+    /// that validates and runs; never overwrites a file.
+    Init {
+        /// Name of the runbook (file NAME.yaml; `metadata.name`). A name
+        /// ending in .yaml or .yml is used as the file name.
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+    },
+
+    /// Print a shell completion script to stdout.
+    #[command(after_help = "Install:\n  \
+bash: runbook completions bash > ~/.local/share/bash-completion/completions/runbook\n  \
+zsh:  runbook completions zsh > ~/.zfunc/_runbook   (with fpath+=~/.zfunc before compinit)\n  \
+fish: runbook completions fish > ~/.config/fish/completions/runbook.fish")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the man page (roff) to stdout.
+    #[command(
+        after_help = "Install:\n  runbook man > ~/.local/share/man/man1/runbook.1   # then: man runbook\n  \
+sudo sh -c 'runbook man > /usr/local/share/man/man1/runbook.1'"
+    )]
+    Man,
+}
+
+/// `--state-dir`, shared by every command that reads or writes runs.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StateDirArg {
+    /// State directory holding runs (default: $RUNBOOK_STATE_DIR, else
+    /// $XDG_STATE_HOME/runbook, else ~/.local/state/runbook).
+    #[arg(long = "state-dir", env = "RUNBOOK_STATE_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+impl StateDirArg {
+    /// The directory given, if any.
+    pub fn as_deref(&self) -> Option<&std::path::Path> {
+        self.dir.as_deref()
+    }
+
+    /// Whether one was given (flag or environment).
+    pub fn is_some(&self) -> bool {
+        self.dir.is_some()
+    }
+}
+
+/// `status --watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Redraw until the run ends.
+    #[arg(short, long)]
+    pub watch: bool,
+    /// Time between two views with --watch, e.g. 500ms, 2s.
+    #[arg(long, value_name = "DURATION", default_value = "1s", requires = "watch",
+          value_parser = parse_interval)]
+    pub interval: std::time::Duration,
+}
+
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 500ms, 2s)"))?;
+    if d < std::time::Duration::from_millis(50) {
+        return Err("at least 50ms".into());
+    }
+    Ok(d)
+}
+
+/// Filters of `runs`.
+#[derive(Debug, Clone, Args)]
+pub struct RunsFilter {
+    /// Show at most N runs (the newest).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Only runs in this state.
+    #[arg(long, value_enum, value_name = "STATE")]
+    pub state: Option<RunStateFilter>,
+    /// Only runs of the runbook with this `metadata.name`.
+    #[arg(long, value_name = "NAME")]
+    pub runbook: Option<String>,
+}
+
+/// `runs --state`: the run states of docs/state-format.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunStateFilter {
+    /// A runner holds it now.
+    Running,
+    /// Every step succeeded or was skipped.
+    Succeeded,
+    /// A step failed.
+    Failed,
+    /// Stopped at a gate.
+    Paused,
+    /// Stopped by a signal, or its runner died.
+    Interrupted,
+}
+
+/// Subcommands of `runs`.
+#[derive(Debug, Subcommand)]
+pub enum RunsAction {
+    /// Delete the directories of finished runs older than a duration. A run
+    /// whose runner is alive is never deleted.
+    Prune {
+        /// Delete runs started longer ago than this, e.g. 30d, 12h, 2w.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        state_dir: StateDirArg,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Text)]
+        output: ListFormat,
+    },
 }
 
 /// Options shared by `run` and `resume`.
@@ -209,10 +359,8 @@ pub struct ExecArgs {
     #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub jobs: u32,
-    /// State directory holding runs (default: $RUNBOOK_STATE_DIR, else
-    /// $XDG_STATE_HOME/runbook, else ~/.local/state/runbook).
-    #[arg(long, env = "RUNBOOK_STATE_DIR", value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub state_dir: StateDirArg,
     /// Progress format on stdout: `human` (live progress on a terminal,
     /// plain lines otherwise) or `json` (one event per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]

@@ -62,6 +62,98 @@ pub enum RunOutcome {
     Interrupted,
 }
 
+/// How many steps are in each state: the same object in `run_finished`,
+/// `status -o json` and `runs -o json` (docs/state-format.md). Every key is
+/// always present.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StateCounts {
+    /// Not started yet.
+    pub pending: usize,
+    /// Running now.
+    pub running: usize,
+    /// Succeeded (ran, `done_if` held, approved or marked done).
+    pub succeeded: usize,
+    /// Failed for good.
+    pub failed: usize,
+    /// Skipped by `when`.
+    pub skipped: usize,
+    /// Not started because a step they need failed.
+    pub blocked: usize,
+    /// A `pause` gate awaiting approval.
+    pub paused: usize,
+    /// Stopped mid-way (Ctrl-C, SIGTERM, or the runner died).
+    pub interrupted: usize,
+}
+
+impl StateCounts {
+    /// Adds one step in `state`.
+    pub fn add(&mut self, state: StepState) {
+        let slot = match state {
+            StepState::Pending => &mut self.pending,
+            StepState::Running => &mut self.running,
+            StepState::Succeeded => &mut self.succeeded,
+            StepState::Failed => &mut self.failed,
+            StepState::Skipped => &mut self.skipped,
+            StepState::Blocked => &mut self.blocked,
+            StepState::Paused => &mut self.paused,
+            StepState::Interrupted => &mut self.interrupted,
+        };
+        *slot += 1;
+    }
+
+    /// All steps counted.
+    pub fn total(&self) -> usize {
+        self.pending
+            + self.running
+            + self.succeeded
+            + self.failed
+            + self.skipped
+            + self.blocked
+            + self.paused
+            + self.interrupted
+    }
+}
+
+/// The state of one step as shown to people and scripts (`status`, `runs`,
+/// `run_finished`): one of a fixed set of lower-case words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Not started yet.
+    Pending,
+    /// Running now.
+    Running,
+    /// Succeeded.
+    Succeeded,
+    /// Failed for good.
+    Failed,
+    /// Skipped by `when`.
+    Skipped,
+    /// Not started because a step it needs failed.
+    Blocked,
+    /// A `pause` gate awaiting approval.
+    Paused,
+    /// Stopped mid-way.
+    Interrupted,
+}
+
+impl StepState {
+    /// The word, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Skipped => "skipped",
+            StepState::Blocked => "blocked",
+            StepState::Paused => "paused",
+            StepState::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// Something that happened in a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -350,6 +442,16 @@ pub enum RunEvent {
     RunFinished {
         /// Why.
         outcome: RunOutcome,
+        /// The run (absent in journals of earlier versions).
+        #[serde(default)]
+        run_id: String,
+        /// How long this runner ran the steps (this session: a resume
+        /// counts from its own start).
+        #[serde(default)]
+        duration_ms: u64,
+        /// Steps per state when the runner stopped.
+        #[serde(default)]
+        counts: StateCounts,
     },
 }
 

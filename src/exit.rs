@@ -15,3 +15,15 @@ pub const RUNTIME: u8 = 4;
 pub const INTERRUPTED: u8 = 130;
 /// Stopped by SIGTERM (128 + SIGTERM): running steps were terminated.
 pub const TERMINATED: u8 = 143;
+
+/// The exit code of a state-directory error, the same in every command:
+/// a run id that names no run (or several, or none exist) is invalid input
+/// (2); a lock held by another process or an I/O problem is a runtime
+/// error (4).
+pub fn of_state_error(error: &crate::state::StateError) -> u8 {
+    use crate::state::StateError as E;
+    match error {
+        E::UnknownRun { .. } | E::AmbiguousRun { .. } | E::NoRuns(_) => INVALID,
+        E::NoStateDir | E::Io { .. } | E::Locked { .. } => RUNTIME,
+    }
+}

@@ -625,7 +625,7 @@ impl RunState {
                         }
                     }
                 }
-                (RunEvent::RunFinished { outcome }, _) => state.outcome = Some(*outcome),
+                (RunEvent::RunFinished { outcome, .. }, _) => state.outcome = Some(*outcome),
                 (RunEvent::RunnerContained { containment, .. }, _)
                     if !state.sessions.contains(containment) =>
                 {

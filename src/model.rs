@@ -197,23 +197,77 @@ impl RetryPolicy {
     }
 }
 
-/// `30s`, `10m`, `1h30m`.
+/// The one duration format for people, used by every command and event
+/// text: `850ms`, `1.2s`, `45s`, `3m05s`, `10m`, `1h02m`, `1h30m10s`.
+/// Under a minute, tenths are shown when not whole (truncated, so `59.96s`
+/// is `59.9s`, never `60.0s`); zero trailing parts are left out.
 pub fn fmt_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string().replace(' ', "")
-}
-
-/// A measured time for people: `850ms`, `2.0s`, `1m02s`, `1h05m`.
-pub fn fmt_elapsed(d: Duration) -> String {
     let ms = d.as_millis();
     let secs = d.as_secs();
     if ms < 1000 {
-        format!("{ms}ms")
-    } else if secs < 60 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else if secs < 3600 {
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    } else {
-        format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
+        return format!("{ms}ms");
+    }
+    if secs < 60 {
+        let tenths = (ms % 1000) / 100;
+        return if tenths == 0 {
+            format!("{secs}s")
+        } else {
+            format!("{secs}.{tenths}s")
+        };
+    }
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    match (h, m, s) {
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, 0) => format!("{h}h{m:02}m"),
+        (h, m, s) => format!("{h}h{m:02}m{s:02}s"),
+    }
+}
+
+/// A measured time for people: the same format as `fmt_duration`.
+pub fn fmt_elapsed(d: Duration) -> String {
+    fmt_duration(d)
+}
+
+/// `n` and the noun, singular or plural: `1 step`, `2 steps`, `0 steps`.
+/// `plural` is the plural form (`steps`, `processes`).
+pub fn count(n: usize, singular: &str, plural: &str) -> String {
+    format!("{n} {}", if n == 1 { singular } else { plural })
+}
+
+/// The duration as it enters step digests: fixed forever (a change would
+/// make every step of a run started by an earlier version look changed on
+/// resume).
+fn digest_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn one_format_for_every_duration() {
+        let cases = [
+            (0, "0ms"),
+            (850, "850ms"),
+            (1000, "1s"),
+            (1234, "1.2s"),
+            (59_960, "59.9s"),
+            (60_000, "1m"),
+            (185_000, "3m05s"),
+            (600_000, "10m"),
+            (3_600_000, "1h"),
+            (3_720_000, "1h02m"),
+            (5_410_000, "1h30m10s"),
+        ];
+        for (ms, text) in cases {
+            assert_eq!(fmt_duration(Duration::from_millis(ms)), text, "{ms}ms");
+        }
+        assert_eq!(count(1, "step", "steps"), "1 step");
+        assert_eq!(count(2, "step", "steps"), "2 steps");
+        assert_eq!(count(0, "step", "steps"), "0 steps");
     }
 }
 
@@ -221,7 +275,8 @@ mod humantime_serde_compat {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::fmt_duration(*d))
+        // part of step digests: see `digest_duration`
+        s.serialize_str(&super::digest_duration(*d))
     }
 }
 
@@ -264,7 +319,7 @@ impl Step {
             "name": self.name,
             "needs": self.needs.iter().map(|&i| runbook.steps[i].id.as_str()).collect::<Vec<_>>(),
             "when": self.when,
-            "timeout": self.timeout.map(fmt_duration),
+            "timeout": self.timeout.map(digest_duration),
             "retry": self.retry,
             "always": self.always,
             "idempotent": self.idempotent,

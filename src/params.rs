@@ -687,3 +687,248 @@ mod tests {
         assert_eq!(set.mask("s3cr3t-value 0 true false"), "*** 0 true false");
     }
 }
+
+/// The required params that have no value from `input`, the environment or
+/// a default, in declaration order (what an interactive `plan`/`run` asks
+/// for).
+pub fn missing_required(declared: &IndexMap<String, ParamSpec>, input: &ParamInput) -> Vec<String> {
+    collect(declared, input, |name| std::env::var(name).ok()).missing
+}
+
+/// Where questions for missing params are asked: a terminal in real use, a
+/// script in tests.
+pub trait Prompt {
+    /// Shows `text` (no newline added).
+    fn show(&mut self, text: &str) -> std::io::Result<()>;
+    /// Reads one line, without echo when `secret`. `None` at end of input.
+    fn read_line(&mut self, secret: bool) -> std::io::Result<Option<String>>;
+}
+
+/// Asks for the value of param `name` until it is valid for `spec` (type
+/// and enum), showing its description, type and choices, and on an
+/// invalid answer the reason. Returns the text to use as `name=TEXT`.
+/// Secret answers are never shown back, not even in the reason.
+pub fn ask_param(
+    name: &str,
+    spec: &ParamSpec,
+    prompt: &mut dyn Prompt,
+) -> Result<String, PromptError> {
+    let mut intro = format!("{name} ({}", crate::model::type_name(spec.kind));
+    if spec.secret {
+        intro.push_str(", secret: not echoed");
+    }
+    intro.push(')');
+    if let Some(d) = &spec.description {
+        intro.push_str(&format!(": {d}"));
+    }
+    if !spec.allowed.is_empty() {
+        let choices: Vec<String> = spec.allowed.iter().map(ToString::to_string).collect();
+        intro.push_str(&format!("\n  one of: {}", choices.join(", ")));
+    }
+    prompt.show(&format!("{intro}\n"))?;
+    loop {
+        prompt.show(&format!("{name}> "))?;
+        let Some(line) = prompt.read_line(spec.secret)? else {
+            return Err(PromptError::Closed(name.to_owned()));
+        };
+        if spec.secret {
+            // the typed newline was not echoed
+            prompt.show("\n")?;
+        }
+        let text = line.trim_end_matches(['\r', '\n']).to_owned();
+        if text.is_empty() {
+            prompt.show(&format!(
+                "  a value is required: {}\n",
+                crate::model::type_name(spec.kind)
+            ))?;
+            continue;
+        }
+        let value = match ParamValue::parse(spec.kind, &text) {
+            Ok(v) => v,
+            Err(e) => {
+                let reason = if spec.secret {
+                    format!("expected {}", crate::model::type_name(spec.kind))
+                } else {
+                    e
+                };
+                prompt.show(&format!("  {reason}; try again\n"))?;
+                continue;
+            }
+        };
+        if !spec.allowed.is_empty() && !spec.allowed.contains(&value) {
+            let choices: Vec<String> = spec.allowed.iter().map(ToString::to_string).collect();
+            prompt.show(&format!("  not one of {}; try again\n", choices.join(", ")))?;
+            continue;
+        }
+        return Ok(text);
+    }
+}
+
+/// Why a question could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    /// The terminal failed.
+    #[error("cannot ask for params on the terminal: {0}")]
+    Io(#[from] std::io::Error),
+    /// End of input (Ctrl-D) before a value was given.
+    #[error("no value given for param `{0}` (end of input)")]
+    Closed(String),
+}
+
+/// Questions on the controlling terminal: asked on stderr, answered on
+/// stdin; secret answers are read with echo off (termios), restored
+/// afterwards.
+pub struct TerminalPrompt;
+
+impl Prompt for TerminalPrompt {
+    fn show(&mut self, text: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut err = std::io::stderr().lock();
+        err.write_all(text.as_bytes())?;
+        err.flush()
+    }
+
+    fn read_line(&mut self, secret: bool) -> std::io::Result<Option<String>> {
+        let _echo = if secret { Some(EchoOff::new()?) } else { None };
+        let mut line = String::new();
+        let n = std::io::stdin().read_line(&mut line)?;
+        Ok((n > 0).then_some(line))
+    }
+}
+
+/// Turns terminal echo off on stdin while alive.
+struct EchoOff {
+    saved: libc::termios,
+}
+
+impl EchoOff {
+    fn new() -> std::io::Result<EchoOff> {
+        // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed termios that
+        // tcgetattr fills in.
+        unsafe {
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut saved) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut quiet = saved;
+            quiet.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL);
+            if libc::tcsetattr(0, libc::TCSAFLUSH, &quiet) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(EchoOff { saved })
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the attributes read in `new` on fd 0.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSAFLUSH, &self.saved);
+        }
+    }
+}
+
+#[cfg(test)]
+mod prompt_tests {
+    use super::*;
+
+    struct Script {
+        answers: Vec<&'static str>,
+        shown: String,
+        secret_reads: usize,
+    }
+
+    impl Prompt for Script {
+        fn show(&mut self, text: &str) -> std::io::Result<()> {
+            self.shown.push_str(text);
+            Ok(())
+        }
+        fn read_line(&mut self, secret: bool) -> std::io::Result<Option<String>> {
+            self.secret_reads += usize::from(secret);
+            Ok((!self.answers.is_empty()).then(|| format!("{}\n", self.answers.remove(0))))
+        }
+    }
+
+    fn spec(
+        kind: crate::spec::raw::ParamType,
+        secret: bool,
+        allowed: Vec<ParamValue>,
+    ) -> ParamSpec {
+        ParamSpec {
+            kind,
+            default: None,
+            required: true,
+            allowed,
+            secret,
+            description: Some("how many".into()),
+        }
+    }
+
+    #[test]
+    fn invalid_answers_are_asked_again_with_the_reason() {
+        let mut script = Script {
+            answers: vec!["many", "3"],
+            shown: String::new(),
+            secret_reads: 0,
+        };
+        let s = spec(crate::spec::raw::ParamType::Int, false, vec![]);
+        assert_eq!(ask_param("replicas", &s, &mut script).unwrap(), "3");
+        assert!(script.shown.contains("replicas (a whole number): how many"));
+        assert!(
+            script
+                .shown
+                .contains("`many` is not a whole number; try again")
+        );
+    }
+
+    #[test]
+    fn enum_choices_are_shown_and_enforced() {
+        let mut script = Script {
+            answers: vec!["prod", "staging"],
+            shown: String::new(),
+            secret_reads: 0,
+        };
+        let s = spec(
+            crate::spec::raw::ParamType::String,
+            false,
+            vec![
+                ParamValue::String("staging".into()),
+                ParamValue::String("production".into()),
+            ],
+        );
+        assert_eq!(ask_param("env", &s, &mut script).unwrap(), "staging");
+        assert!(script.shown.contains("one of: staging, production"));
+        assert!(
+            script
+                .shown
+                .contains("not one of staging, production; try again")
+        );
+    }
+
+    #[test]
+    fn secrets_are_read_without_echo_and_never_shown() {
+        let mut script = Script {
+            answers: vec!["hunter2x", "42"],
+            shown: String::new(),
+            secret_reads: 0,
+        };
+        let s = spec(crate::spec::raw::ParamType::Int, true, vec![]);
+        assert_eq!(ask_param("pin", &s, &mut script).unwrap(), "42");
+        assert_eq!(script.secret_reads, 2);
+        assert!(!script.shown.contains("hunter2x"), "{}", script.shown);
+        assert!(!script.shown.contains("42"), "{}", script.shown);
+    }
+
+    #[test]
+    fn end_of_input_is_an_error_naming_the_param() {
+        let mut script = Script {
+            answers: vec![],
+            shown: String::new(),
+            secret_reads: 0,
+        };
+        let s = spec(crate::spec::raw::ParamType::String, false, vec![]);
+        let err = ask_param("ns", &s, &mut script).unwrap_err();
+        assert!(err.to_string().contains("`ns`"));
+    }
+}

@@ -489,6 +489,8 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     };
     let clock = std::time::Instant::now();
     let run_dir = state::find_run(&options.state_dir, &run_id)?;
+    // a prefix or `latest` names the run: from here on, its full id
+    let run_id = run_dir.id.clone();
     let lock = run_dir.lock()?;
     // from here on a Ctrl-C or SIGTERM ends what runs (leftover clean-up,
     // done_if checks) and stops the resume cleanly instead of killing it

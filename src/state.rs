@@ -47,12 +47,26 @@ pub enum StateError {
         pid: String,
     },
     /// No such run.
-    #[error("no run `{run_id}` in {dir}")]
+    #[error("no run `{run_id}` in {dir}{}", close_matches(.close))]
     UnknownRun {
         /// The id asked for.
         run_id: String,
         /// Where runs were looked for.
         dir: PathBuf,
+        /// Ids of existing runs that look alike (may be empty).
+        close: Vec<String>,
+    },
+    /// A run id prefix matches more than one run.
+    #[error(
+        "`{prefix}` matches {} runs: {}; give more of the id",
+        .candidates.len(),
+        .candidates.join(", ")
+    )]
+    AmbiguousRun {
+        /// The prefix given.
+        prefix: String,
+        /// Every run id it matches, oldest first.
+        candidates: Vec<String>,
     },
     /// No runs at all.
     #[error("no runs in {0}")]
@@ -331,16 +345,88 @@ fn first_record_time(journal: &Path) -> Option<String> {
     )
 }
 
-/// The run with `id`, checking it exists.
-pub fn find_run(state: &Path, id: &str) -> Result<RunDir, StateError> {
-    let run = RunDir::new(state, id);
-    if id.contains('/') || !run.journal().exists() {
-        return Err(StateError::UnknownRun {
-            run_id: id.to_owned(),
-            dir: state.join("runs"),
-        });
+fn close_matches(close: &[String]) -> String {
+    match close {
+        [] => String::new(),
+        [one] => format!("; did you mean {one}?"),
+        many => format!("; close matches: {}", many.join(", ")),
     }
-    Ok(run)
+}
+
+/// The word that names the most recent run wherever a run id is taken.
+pub const LATEST: &str = "latest";
+
+/// The run named by `text`, as typed by a person: a full run id, a unique
+/// prefix of one, or `latest` (the most recent run). Used by every command
+/// that takes a run id (`status`, `resume`, `approve`, `logs`, ...).
+///
+/// Errors: `UnknownRun` (with up to three close matches), `AmbiguousRun`
+/// (listing the candidates), `NoRuns` for `latest` in an empty state dir.
+pub fn resolve_run(state: &Path, text: &str) -> Result<RunDir, StateError> {
+    let text = text.trim();
+    if text == LATEST {
+        let ids = list_runs(state)?;
+        return match ids.last() {
+            Some(id) => Ok(RunDir::new(state, id)),
+            None => Err(StateError::NoRuns(state.join("runs"))),
+        };
+    }
+    let exact = RunDir::new(state, text);
+    if !text.is_empty()
+        && !text.contains('/')
+        && text != "."
+        && text != ".."
+        && exact.journal().exists()
+    {
+        return Ok(exact);
+    }
+    let ids = list_runs(state)?;
+    let candidates: Vec<String> = if text.is_empty() || text.contains('/') {
+        Vec::new()
+    } else {
+        ids.iter()
+            .filter(|id| id.starts_with(text))
+            .cloned()
+            .collect()
+    };
+    match candidates.len() {
+        1 => Ok(RunDir::new(state, &candidates[0])),
+        0 => {
+            let mut scored: Vec<(f64, &String)> = ids
+                .iter()
+                .map(|id| (close_score(text, id), id))
+                .filter(|(score, _)| *score > 0.7)
+                .collect();
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+            Err(StateError::UnknownRun {
+                run_id: text.to_owned(),
+                dir: state.join("runs"),
+                close: scored
+                    .into_iter()
+                    .take(3)
+                    .map(|(_, id)| id.clone())
+                    .collect(),
+            })
+        }
+        _ => Err(StateError::AmbiguousRun {
+            prefix: text.to_owned(),
+            candidates,
+        }),
+    }
+}
+
+/// How much `id` looks like what was typed: the similarity of the typed
+/// text to the id's start of the same length (a mistyped prefix), or to
+/// the whole id.
+fn close_score(typed: &str, id: &str) -> f64 {
+    let head: String = id.chars().take(typed.chars().count()).collect();
+    strsim::jaro_winkler(typed, &head).max(strsim::jaro_winkler(typed, id))
+}
+
+/// The run with `id` (a full id, a unique prefix, or `latest`), checking
+/// it exists: see `resolve_run`.
+pub fn find_run(state: &Path, id: &str) -> Result<RunDir, StateError> {
+    resolve_run(state, id)
 }
 
 #[cfg(test)]

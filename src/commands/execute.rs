@@ -58,10 +58,7 @@ fn report_error(error: RunError, style: Style) -> u8 {
             say_err!("error: {message}\n  help: {help}");
             exit::INVALID
         }
-        RunError::State(e) => {
-            say_err!("error: {e}");
-            exit::RUNTIME
-        }
+        RunError::State(e) => super::failure::Failure::from(&e).emit(false),
         RunError::Journal(e) => {
             say_err!("error: {e}");
             exit::RUNTIME
@@ -373,10 +370,18 @@ fn thousands(n: usize) -> String {
 
 /// `runbook approve RUN_ID STEP`.
 pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
+    // state-directory errors keep their own exit code (unknown run 2,
+    // lock held 4); the rest of what approve refuses is invalid input
+    let mut state_code = None;
     let outcome = (|| -> Result<String, String> {
-        let state_dir = state::state_dir(state_dir).map_err(|e| e.to_string())?;
-        let run = state::find_run(&state_dir, run_id).map_err(|e| e.to_string())?;
-        let _lock = run.lock().map_err(|e| e.to_string())?;
+        let mut state_err = |e: state::StateError| {
+            state_code = Some(exit::of_state_error(&e));
+            e.to_string()
+        };
+        let state_dir = state::state_dir(state_dir).map_err(&mut state_err)?;
+        let run = state::find_run(&state_dir, run_id).map_err(&mut state_err)?;
+        let _lock = run.lock().map_err(&mut state_err)?;
+        let run_id = run.id.as_str();
         let (run_state, read) = journal::load_state(&run.journal()).map_err(|e| e.to_string())?;
         let (runbook, _) = validate::load_file(&run.runbook_copy()).map_err(|r| {
             format!(
@@ -429,7 +434,7 @@ pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
             let mut report = Report::new("approve", None);
             report.problems.push(Problem::new("approve", message));
             say_err!("error: {}", report.problems[0].message);
-            exit::INVALID
+            state_code.unwrap_or(exit::INVALID)
         }
     }
 }

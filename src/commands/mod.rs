@@ -11,20 +11,37 @@ macro_rules! say_err {
 }
 
 mod execute;
+mod failure;
+mod init;
 mod inspect;
+mod show;
+mod table;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-use crate::cli::{Cli, ColorChoice, Command, ParamArgs, PlanFormat, ValidateFormat};
+use crate::cli::{Cli, ColorChoice, Command, ParamArgs, PlanFormat, RunsAction, ValidateFormat};
 use crate::diagnostic::{Report, Style};
 use crate::exit;
 use crate::params::{ParamInput, ParamValues};
 use crate::plan::Plan;
 use crate::{render, validate};
 
+/// `--no-input` (or RUNBOOK_NO_INPUT, or CI=true): never ask questions.
+static NO_INPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether missing params may be asked for: stdin and stderr are terminals
+/// and neither `--no-input`, RUNBOOK_NO_INPUT nor CI=true is set.
+fn may_prompt() -> bool {
+    !NO_INPUT.load(std::sync::atomic::Ordering::Relaxed)
+        && !std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+        && std::io::stdin().is_terminal()
+        && std::io::stderr().is_terminal()
+}
+
 /// Runs the parsed command line.
 pub fn dispatch(cli: Cli) -> u8 {
+    NO_INPUT.store(cli.no_input, std::sync::atomic::Ordering::Relaxed);
     let style = report_style(cli.color);
     match cli.command {
         Command::Validate { files, output } => validate_files(&files, output, style),
@@ -85,9 +102,62 @@ pub fn dispatch(cli: Cli) -> u8 {
             run_id,
             state_dir,
             output,
-        } => inspect::status(run_id.as_deref(), state_dir.as_deref(), output),
-        Command::Runs { state_dir, output } => inspect::runs(state_dir.as_deref(), output),
+            watch,
+        } => inspect::status(
+            run_id.as_deref(),
+            &state_dir,
+            output,
+            &watch,
+            stdout_paint(cli.color),
+        ),
+        Command::Runs {
+            state_dir,
+            output,
+            filter,
+            action,
+        } => match action {
+            None => inspect::runs(&state_dir, output, &filter, stdout_paint(cli.color)),
+            Some(RunsAction::Prune {
+                older_than,
+                dry_run,
+                state_dir,
+                output,
+            }) => inspect::prune(&state_dir, older_than, dry_run, output),
+        },
+        Command::Show { file, output } => show::show(&file, output, stdout_paint(cli.color), style),
+        Command::Init { name } => init::init(name.as_deref(), style),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut command, "runbook", &mut out);
+            write_stdout(&out)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(command).render(&mut out) {
+                Ok(()) => write_stdout(&out),
+                Err(e) => {
+                    say_err!("error: cannot render the man page: {e}");
+                    exit::RUNTIME
+                }
+            }
+        }
     }
+}
+
+/// Whether tables and state words on stdout are coloured: `--color always`,
+/// or `auto` with stdout a terminal and NO_COLOR unset or empty.
+fn stdout_paint(choice: ColorChoice) -> table::Paint {
+    let on = match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::stdout().is_terminal()
+        }
+    };
+    table::Paint { on }
 }
 
 fn report_style(choice: ColorChoice) -> Style {
@@ -122,7 +192,76 @@ pub(crate) fn write_stdout(bytes: &[u8]) -> u8 {
     }
 }
 
-fn validate_files(files: &[std::path::PathBuf], output: ValidateFormat, style: Style) -> u8 {
+/// The files to validate: each FILE as given; for each DIR, every
+/// `*.yaml`/`*.yml` under it (recursively, sorted, hidden entries skipped)
+/// whose top level says `kind: Runbook` (other YAML, such as params files
+/// or Kubernetes manifests, is left out). A directory holding no runbook is
+/// an error.
+fn expand_dirs(paths: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let mut found = Vec::new();
+        let mut stack = vec![path.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = std::fs::read_dir(&dir)
+                .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+            for entry in entries.filter_map(Result::ok) {
+                let p = entry.path();
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                    && is_runbook_kind(&p)
+                {
+                    found.push(p);
+                }
+            }
+        }
+        if found.is_empty() {
+            return Err(format!(
+                "{} holds no runbook (no *.yaml or *.yml file with `kind: Runbook`)",
+                path.display()
+            ));
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
+/// Whether a YAML file's top level has `kind: Runbook` (read as text: a
+/// file too broken to parse but saying so is still validated, to show why).
+fn is_runbook_kind(path: &Path) -> bool {
+    let Ok(bytes) = crate::limits::read_bounded(path, crate::spec::MAX_FILE_BYTES) else {
+        return false;
+    };
+    String::from_utf8_lossy(&bytes).lines().any(|line| {
+        let line = line.trim_end();
+        line.strip_prefix("kind:")
+            .map(|rest| rest.trim().trim_matches(['"', '\'']) == "Runbook")
+            .unwrap_or(false)
+    })
+}
+
+fn validate_files(paths: &[std::path::PathBuf], output: ValidateFormat, style: Style) -> u8 {
+    let files = match expand_dirs(paths) {
+        Ok(files) => files,
+        Err(message) => {
+            return failure::Failure::new("validate::dir", exit::INVALID, message)
+                .help("pass runbook files, or a directory that holds some")
+                .emit(output == ValidateFormat::Json);
+        }
+    };
+    let files = &files;
     let mut reports = Vec::new();
     let mut summaries = Vec::new();
     let mut warnings = Vec::new();
@@ -133,13 +272,13 @@ fn validate_files(files: &[std::path::PathBuf], output: ValidateFormat, style: S
                     warnings.push((file.display().to_string(), w));
                 }
                 format!(
-                    "✓ {}: {} {} is valid ({} steps in {} waves, {} params)",
+                    "✓ {}: {} {} is valid ({} in {}, {})",
                     file.display(),
                     runbook.name,
                     runbook.version,
-                    runbook.steps.len(),
-                    runbook.graph.wave_count(),
-                    runbook.params.len()
+                    crate::model::count(runbook.steps.len(), "step", "steps"),
+                    crate::model::count(runbook.graph.wave_count(), "wave", "waves"),
+                    crate::model::count(runbook.params.len(), "param", "params")
                 )
             }),
             Err(report) => reports.push(report),
@@ -268,10 +407,27 @@ pub(crate) fn load_with_params(
         print_reports(&[report], style);
         exit::INVALID
     })?;
-    let input = ParamInput {
+    let mut input = ParamInput {
         cli: params.params.clone(),
         file: params.params_file.clone(),
     };
+    if may_prompt() {
+        // asked values count as given with -p (they were typed by the operator)
+        for name in crate::params::missing_required(&runbook.params, &input) {
+            let Some(spec) = runbook.params.get(&name) else {
+                continue;
+            };
+            match crate::params::ask_param(&name, spec, &mut crate::params::TerminalPrompt) {
+                Ok(text) => input.cli.push(format!("{name}={text}")),
+                Err(e) => {
+                    say_err!(
+                        "error: {e}\n  help: pass it with -p {name}=..., or use --no-input in scripts"
+                    );
+                    return Err(exit::INVALID);
+                }
+            }
+        }
+    }
     let values = ParamValues::resolve(&runbook.params, &input).map_err(|report| {
         print_reports(&[report], style);
         exit::INVALID

@@ -410,6 +410,35 @@ fn explain(known: &Known, e: &minijinja::Error, text: &str, expression: bool) ->
     why.unwrap_or_else(|| render_error(e))
 }
 
+/// `run_finished` with the run id, this session's duration and the steps
+/// per state.
+fn finished(
+    ctx: &RunContext,
+    outcome: RunOutcome,
+    began: Instant,
+    finish: &[Option<Finish>],
+) -> RunEvent {
+    use crate::events::StepState as S;
+    let mut counts = crate::events::StateCounts::default();
+    for f in finish {
+        counts.add(match f {
+            None => S::Pending,
+            Some(Finish::Succeeded) => S::Succeeded,
+            Some(Finish::Skipped) => S::Skipped,
+            Some(Finish::Failed) => S::Failed,
+            Some(Finish::Blocked) => S::Blocked,
+            Some(Finish::Interrupted) => S::Interrupted,
+            Some(Finish::Paused) => S::Paused,
+        });
+    }
+    RunEvent::RunFinished {
+        outcome,
+        run_id: ctx.facts.id.clone(),
+        duration_ms: u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
+        counts,
+    }
+}
+
 /// Runs the steps that are not done; returns how the run ended.
 pub async fn execute(
     ctx: Arc<RunContext>,
@@ -417,6 +446,7 @@ pub async fn execute(
     options: Options,
     dispatch: Arc<Dispatch>,
 ) -> Summary {
+    let began = Instant::now();
     let runbook = ctx.runbook.clone();
     let n = runbook.steps.len();
     let mut finish: Vec<Option<Finish>> = vec![None; n];
@@ -481,9 +511,7 @@ pub async fn execute(
             (a, b)
         }
         _ => {
-            dispatch.emit(RunEvent::RunFinished {
-                outcome: RunOutcome::Failed,
-            });
+            dispatch.emit(finished(&ctx, RunOutcome::Failed, began, &finish));
             return Summary {
                 outcome: RunOutcome::Failed,
                 failed: Vec::new(),
@@ -673,7 +701,7 @@ pub async fn execute(
     } else {
         RunOutcome::Failed
     };
-    dispatch.emit(RunEvent::RunFinished { outcome });
+    dispatch.emit(finished(&ctx, outcome, began, &finish));
     let flushed = dispatch.journal.flush().await;
     if journal_error.is_none() {
         journal_error = match flushed {
