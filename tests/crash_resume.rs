@@ -136,7 +136,7 @@ fn sigkill_at_many_points_then_resume_runs_every_step_once_it_finished() {
         let mut succeeded = BTreeSet::new();
         let mut in_flight = BTreeSet::new();
         for (step, state) in status["steps"].as_object().unwrap() {
-            let s = state["status"].as_str().unwrap();
+            let s = state["state"].as_str().unwrap();
             if s == "succeeded" {
                 succeeded.insert(step.clone());
             } else if s == "running" || s == "interrupted" || counts.contains_key(step) {
@@ -620,7 +620,7 @@ fn resume_refuses_to_rerun_an_interrupted_non_idempotent_step_until_told() {
 
     let status = lab.status(&id);
     let step = &status["steps"]["load-dump"];
-    assert_eq!(step["status"], "succeeded", "{status:#}");
+    assert_eq!(step["state"], "succeeded", "{status:#}");
     assert_eq!(step["via"], "marked-done", "{status:#}");
     assert_eq!(step["reason"], "checked by hand", "{status:#}");
     let out = lab.cmd(&["status", &id]);

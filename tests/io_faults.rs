@@ -240,7 +240,7 @@ fn a_saved_plan_and_step_outputs_are_read_within_limits() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let status = lab.status();
     for step in ["device", "fifo"] {
-        assert_eq!(status["steps"][step]["status"], "failed", "{status}");
+        assert_eq!(status["steps"][step]["state"], "failed", "{status}");
         assert!(
             status["steps"][step]["error"]
                 .as_str()
@@ -310,8 +310,8 @@ fn a_full_disk_under_a_log_loses_output_not_the_step() {
             .contains("No space left on device")
     );
     let status = lab.status();
-    assert_eq!(status["steps"]["chatty"]["status"], "succeeded");
-    assert_eq!(status["steps"]["after"]["status"], "succeeded");
+    assert_eq!(status["steps"]["chatty"]["state"], "succeeded");
+    assert_eq!(status["steps"]["after"]["state"], "succeeded");
     assert!(
         status["steps"]["chatty"]["log_incomplete"]
             .as_str()
@@ -431,12 +431,12 @@ fn run_with_stdout_never_read(log_format: &str) {
     assert_eq!(state["outcome"], "failed", "{state}");
     for i in 0..200 {
         assert_eq!(
-            state["steps"][format!("s{i}")]["status"],
+            state["steps"][format!("s{i}")]["state"],
             "succeeded",
             "s{i}"
         );
     }
-    assert_eq!(state["steps"]["slow"]["status"], "failed");
+    assert_eq!(state["steps"]["slow"]["state"], "failed");
     assert_eq!(state["steps"]["slow"]["error"], "timed out after 2s");
     drop(reader);
 }
@@ -518,7 +518,7 @@ fn all_succeeded(lab: &Lab, n: usize) {
     let state = lab.status();
     for i in 0..n {
         assert_eq!(
-            state["steps"][format!("s{i}")]["status"],
+            state["steps"][format!("s{i}")]["state"],
             "succeeded",
             "s{i}: {}",
             state["steps"][format!("s{i}")]

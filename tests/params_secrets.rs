@@ -124,8 +124,8 @@ fn templates_see_step_status_and_cope_with_outputs_of_skipped_or_failed_steps() 
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let status = lab.status();
     let steps = &status["steps"];
-    assert_eq!(steps["report"]["status"], "succeeded", "{status:#}");
-    assert_eq!(steps["after-failure"]["status"], "succeeded", "{status:#}");
+    assert_eq!(steps["report"]["state"], "succeeded", "{status:#}");
+    assert_eq!(steps["after-failure"]["state"], "succeeded", "{status:#}");
     let logs = lab.path(&format!(
         "state/runs/{}/logs",
         status["run_id"].as_str().unwrap()
@@ -138,7 +138,7 @@ fn templates_see_step_status_and_cope_with_outputs_of_skipped_or_failed_steps() 
     let cleanup = std::fs::read_to_string(logs.join("after-failure.log")).unwrap();
     assert!(cleanup.contains("broken=failed half=gone\n"), "{cleanup}");
     for id in ["unguarded", "unguarded-when"] {
-        assert_eq!(steps[id]["status"], "failed", "{status:#}");
+        assert_eq!(steps[id]["state"], "failed", "{status:#}");
         let error = steps[id]["error"].as_str().unwrap();
         assert!(
             error.contains("steps['dump'].outputs.path is undefined: step `dump` was skipped"),

@@ -17,7 +17,7 @@ fn text(out: &std::process::Output) -> String {
 }
 
 fn status_of(status: &serde_json::Value, step: &str) -> String {
-    status["steps"][step]["status"]
+    status["steps"][step]["state"]
         .as_str()
         .unwrap_or("?")
         .to_owned()
@@ -501,7 +501,7 @@ fn runs_lists_history_and_kubernetes_runbooks_are_refused_for_now() {
         .output()
         .unwrap();
     let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(runs[0]["runbook"], "hist");
+    assert_eq!(runs[0]["runbook"]["name"], "hist");
     assert_eq!(runs[0]["state"], "succeeded");
     let out = runbook()
         .args(["runs", "--state-dir", &lab.state()])

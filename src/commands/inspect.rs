@@ -226,11 +226,18 @@ fn shown_params(state: &RunState) -> IndexMap<&str, serde_json::Value> {
 
 /// Loads a run for `status`: the run named by `run_id` (id, prefix,
 /// `latest`; default the most recent).
-fn load(state_dir: &StateDirArg, run_id: Option<&str>) -> Result<(RunState, RunDir), Failure> {
+/// Returns its state and the pid of its runner, read in that order: the
+/// holder first, so that a run seen without one has its whole journal
+/// (a runner writes `run_finished` before it lets go of the lock).
+fn load(
+    state_dir: &StateDirArg,
+    run_id: Option<&str>,
+) -> Result<(RunState, RunDir, Option<u32>), Failure> {
     let dir = state::state_dir(state_dir.as_deref())?;
     let run = state::find_run(&dir, run_id.unwrap_or(state::LATEST))?;
+    let pid = lock_holder(&run);
     let (state, _) = journal::load_state(&run.journal())?;
-    Ok((state, run))
+    Ok((state, run, pid))
 }
 
 /// `runbook status`.
@@ -247,12 +254,11 @@ pub fn status(
     // that run even when a newer one starts
     let mut fixed: Option<String> = None;
     loop {
-        let (state, run) = match load(state_dir, fixed.as_deref().or(run_id)) {
+        let (state, run, pid) = match load(state_dir, fixed.as_deref().or(run_id)) {
             Ok(r) => r,
             Err(f) => return f.emit(json),
         };
         fixed.get_or_insert_with(|| run.id.clone());
-        let pid = lock_holder(&run);
         let text = match output {
             ListFormat::Json => {
                 let mut t = status_json(&state, &run, pid);
@@ -479,11 +485,10 @@ pub fn runs(state_dir: &StateDirArg, output: ListFormat, filter: &RunsFilter, pa
             break;
         }
         let run = RunDir::new(&dir, id);
+        // the holder before the journal: see `load`
+        let pid = lock_holder(&run);
         let entry = journal::load_state(&run.journal())
-            .map(|(s, _)| {
-                let pid = lock_holder(&run);
-                (s, run, pid)
-            })
+            .map(|(s, _)| (s, run, pid))
             .map_err(|e| e.to_string());
         loaded.push((id.clone(), entry));
     }

@@ -346,7 +346,7 @@ impl Lab {
     }
 
     pub fn step_status(&self, id: &str, step: &str) -> String {
-        self.status(id)["steps"][step]["status"]
+        self.status(id)["steps"][step]["state"]
             .as_str()
             .unwrap_or("<none>")
             .to_owned()
@@ -403,7 +403,7 @@ pub fn pids_running(cmdline: &str) -> Vec<i32> {
 }
 
 pub fn status_of(status: &Value, step: &str) -> String {
-    status["steps"][step]["status"]
+    status["steps"][step]["state"]
         .as_str()
         .unwrap_or("<none>")
         .to_owned()

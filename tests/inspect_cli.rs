@@ -1,0 +1,731 @@
+//! The commands for finding your way and scripting: `show`, `init`,
+//! `completions`, `man`, run ids by prefix and `latest`, `runs` filters and
+//! `runs prune`, `status --watch`, `validate DIR`, the JSON shapes of
+//! `status`, `runs` and `run_finished`, JSON errors, exit codes, and
+//! prompting for missing params on a terminal.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::scratch::{BOUND, Scratch};
+use common::{repo_root, runbook, runbook_process};
+use serde_json::Value;
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(bytes)))
+}
+
+const SHOW: &str = "tests/fixtures/show/maintenance.yaml";
+
+#[test]
+fn show_describes_a_runbook_without_param_values() {
+    // `node` is required and not given: show never needs it
+    let out = runbook().args(["show", SHOW]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    insta::assert_snapshot!("show_text", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn show_json_has_params_steps_and_waves() {
+    let out = runbook()
+        .args(["show", SHOW, "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v = json(&out.stdout);
+    insta::assert_json_snapshot!("show_json", v);
+    let required: Vec<&str> = v["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["required"] == true)
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(required, ["node"]);
+    // an optional secret without default shows as unset, never ***
+    assert_eq!(v["params"][3]["name"], "api_token");
+    assert_eq!(v["params"][3]["default"], Value::Null);
+    assert_eq!(v["waves"][0], serde_json::json!(["drain"]));
+    assert_eq!(v["steps"][2]["idempotent"], false);
+    assert_eq!(v["steps"][4]["always"], true);
+    assert_eq!(v["steps"][3]["when"], "params.reboot");
+}
+
+#[test]
+fn show_of_an_invalid_file_fails_with_exit_2_and_json_error() {
+    let out = runbook()
+        .args([
+            "show",
+            "tests/fixtures/invalid/12-missing-steps.yaml",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(out.stdout.is_empty());
+    let err = json(&out.stderr);
+    assert_eq!(err["error"]["code"], "runbook::invalid");
+    assert!(
+        err["error"]["help"]
+            .as_str()
+            .unwrap()
+            .contains("runbook validate")
+    );
+}
+
+#[test]
+fn init_writes_a_starter_that_validates_and_runs_and_never_overwrites() {
+    let lab = Scratch::new();
+    let dir = lab.path("");
+    let out = runbook()
+        .current_dir(&dir)
+        .args(["init", "nightly"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    insta::assert_snapshot!("init_stdout", String::from_utf8_lossy(&out.stdout));
+    let written = std::fs::read_to_string(lab.path("nightly.yaml")).unwrap();
+    insta::assert_snapshot!("init_file", written);
+    assert!(written.starts_with("# yaml-language-server: $schema=runbook.schema.json\n"));
+    let schema: Value = json(&std::fs::read(lab.path("runbook.schema.json")).unwrap());
+    assert!(schema.is_object());
+
+    let out = runbook()
+        .current_dir(&dir)
+        .args(["validate", "nightly.yaml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = runbook()
+        .current_dir(&dir)
+        .args(["run", "nightly.yaml", "--state-dir", &lab.state()])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // a second init refuses and leaves the file alone
+    std::fs::write(lab.path("nightly.yaml"), "mine\n").unwrap();
+    let out = runbook()
+        .current_dir(&dir)
+        .args(["init", "nightly"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(
+        std::fs::read_to_string(lab.path("nightly.yaml")).unwrap(),
+        "mine\n"
+    );
+
+    // default name
+    let out = runbook().current_dir(&dir).arg("init").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(lab.path("runbook.yaml").exists());
+}
+
+#[test]
+fn completions_and_man_page() {
+    let out = runbook().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let script = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "_runbook",
+        "show",
+        "resume",
+        "status",
+        "completions",
+        "--state-dir",
+    ] {
+        assert!(script.contains(word), "bash completion lacks {word}");
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = runbook().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
+    }
+    let out = runbook().arg("man").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH runbook"),
+        "{page}"
+    );
+    assert!(page.contains(".TH runbook 1"), "{page}");
+    assert!(page.contains("validate"));
+}
+
+/// A runbook whose one step succeeds, or fails when `fail` is true.
+fn simple(lab: &Scratch, name: &str) -> std::path::PathBuf {
+    lab.runbook(
+        name,
+        "  fail: { type: string, default: \"no\" }\n  token: { type: string, secret: true, required: false }",
+        "  - { id: one, run: 'test {{ params.fail }} = no' }\n  - { id: two, needs: [one], run: 'true' }\n",
+    )
+}
+
+/// Run ids, newest first (ids of one second sort by their random part, so
+/// `Scratch::run_id` cannot tell which is the latest).
+fn newest_first(lab: &Scratch) -> Vec<String> {
+    let out = lab.cmd(&["runs", "--state-dir", &lab.state(), "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    json(&out.stdout)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn status_json(lab: &Scratch, id: &str) -> std::process::Output {
+    lab.cmd(&["status", "--state-dir", &lab.state(), "-o", "json", id])
+}
+
+#[test]
+fn run_ids_accept_a_unique_prefix_and_latest() {
+    let lab = Scratch::new();
+    let file = simple(&lab, "ids");
+    assert!(lab.run(&file, &[]).status.success());
+    assert!(lab.run(&file, &[]).status.success());
+    let (second, first) = match newest_first(&lab).as_slice() {
+        [a, b] => (a.clone(), b.clone()),
+        other => panic!("{other:?}"),
+    };
+
+    let out = status_json(&lab, "latest");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(json(&out.stdout)["run_id"], second.as_str());
+
+    // the shortest prefix of `first` that `second` does not share
+    let common = first
+        .chars()
+        .zip(second.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let prefix = &first[..common + 1];
+    let out = status_json(&lab, prefix);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(json(&out.stdout)["run_id"], first.as_str());
+
+    // ambiguous: exit 2 naming both
+    let out = lab.cmd(&["status", "--state-dir", &lab.state(), &first[..common]]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&first) && err.contains(&second), "{err}");
+
+    // unknown: exit 2 with a close match, the same in status, resume, approve
+    let typo = format!("{}x", &first[..first.len() - 1]);
+    let state = lab.state();
+    for args in [
+        vec!["status", typo.as_str()],
+        vec!["resume", typo.as_str()],
+        vec!["approve", typo.as_str(), "one"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--state-dir", state.as_str()]);
+        let out = lab.cmd(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no run"), "{args:?}: {err}");
+        assert!(err.contains(&first), "{args:?} names no close match: {err}");
+    }
+
+    // JSON error on stderr with -o json
+    let out = status_json(&lab, "nope");
+    assert_eq!(out.status.code(), Some(2));
+    let err = json(&out.stderr);
+    assert_eq!(err["error"]["code"], "run::unknown");
+    assert_eq!(err["error"]["exit_code"], 2);
+    assert!(err["error"]["message"].as_str().unwrap().contains("nope"));
+}
+
+#[test]
+fn approve_and_resume_take_a_prefix() {
+    let lab = Scratch::new();
+    let file = lab.runbook(
+        "gated",
+        "  x: { type: int, default: 1 }",
+        "  - { id: gate, pause: { message: look } }\n  - { id: after, needs: [gate], run: 'true' }\n",
+    );
+    assert_eq!(lab.run(&file, &[]).status.code(), Some(3));
+    let id = newest_first(&lab).remove(0);
+    let prefix = &id[..id.len() - 3];
+    let out = lab.cmd(&["approve", prefix, "gate", "--state-dir", &lab.state()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = lab.resume(&["latest"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(lab.status()["state"], "succeeded");
+}
+
+#[test]
+fn status_and_runs_json_share_one_shape() {
+    let lab = Scratch::new();
+    let file = simple(&lab, "shape");
+    let out = lab.run(&file, &["-p", "fail=yes", "--log-format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| json(l.as_bytes()))
+        .collect();
+    let finished = events.last().unwrap();
+    assert_eq!(finished["event"], "run_finished");
+    assert_eq!(finished["outcome"], "failed");
+    let id = newest_first(&lab).remove(0);
+    assert_eq!(finished["run_id"], id.as_str());
+    assert!(finished["duration_ms"].is_u64());
+    assert_eq!(finished["counts"]["failed"], 1);
+    assert_eq!(finished["counts"]["blocked"], 1);
+    assert_eq!(finished["counts"]["succeeded"], 0);
+
+    let status = lab.status();
+    assert_eq!(status["state"], "failed");
+    assert_eq!(status["pid"], Value::Null);
+    assert!(status["duration_ms"].is_u64());
+    assert_eq!(status["steps"]["one"]["state"], "failed");
+    assert_eq!(status["steps"]["two"]["state"], "blocked");
+    assert_eq!(status["counts"], finished["counts"], "{status:#}");
+    // an optional secret that was not given is unset, not ***
+    assert_eq!(status["params"]["token"], Value::Null, "{status:#}");
+    assert_eq!(status["params"]["fail"], "yes");
+    assert!(humantime::parse_rfc3339(status["started_at"].as_str().unwrap()).is_ok());
+
+    let out = lab.cmd(&["runs", "--state-dir", &lab.state(), "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let runs = json(&out.stdout);
+    let row = &runs[0];
+    for key in [
+        "run_id",
+        "runbook",
+        "state",
+        "pid",
+        "outcome",
+        "started_at",
+        "updated_at",
+        "duration_ms",
+        "resumes",
+        "step_count",
+        "counts",
+    ] {
+        assert_eq!(
+            row[key], status[key],
+            "key {key} differs between runs and status"
+        );
+    }
+    assert!(row["runbook"]["name"] == "shape");
+
+    // a given secret shows as ***
+    let out = lab.run(&file, &["-p", "token=s3cret-value"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = lab.status();
+    assert_eq!(status["params"]["token"], "***");
+    assert!(!status.to_string().contains("s3cret-value"));
+}
+
+#[test]
+fn runs_filters_by_state_runbook_and_limit() {
+    let lab = Scratch::new();
+    let a = simple(&lab, "alpha");
+    let b = simple(&lab, "beta");
+    assert_eq!(lab.run(&a, &[]).status.code(), Some(0));
+    assert_eq!(lab.run(&a, &["-p", "fail=yes"]).status.code(), Some(1));
+    assert_eq!(lab.run(&b, &[]).status.code(), Some(0));
+    let runs = |args: &[&str]| -> Vec<Value> {
+        let state = lab.state();
+        let mut all = vec!["runs", "--state-dir", state.as_str(), "-o", "json"];
+        all.extend(args);
+        let out = lab.cmd(&all);
+        assert!(out.status.success(), "{}", text(&out));
+        json(&out.stdout).as_array().unwrap().clone()
+    };
+    assert_eq!(runs(&[]).len(), 3);
+    let alpha = runs(&["--runbook", "alpha"]);
+    assert_eq!(alpha.len(), 2);
+    assert!(alpha.iter().all(|r| r["runbook"]["name"] == "alpha"));
+    let failed = runs(&["--state", "failed"]);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["runbook"]["name"], "alpha");
+    let newest = runs(&["--limit", "1"]);
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0]["runbook"]["name"], "beta");
+    assert_eq!(
+        runs(&["--state", "succeeded", "--runbook", "alpha"]).len(),
+        1
+    );
+
+    // the table sizes its columns to the content
+    let out = lab.cmd(&["runs", "--state-dir", &lab.state()]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let header = table.lines().next().unwrap();
+    let widest = runs(&[])
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().len())
+        .max()
+        .unwrap();
+    assert!(
+        header.starts_with(&format!("RUN{}  RUNBOOK  VERSION", " ".repeat(widest - 3))),
+        "{table}"
+    );
+}
+
+/// Starts `run FILE` in the background and waits until its runner holds
+/// the run.
+fn start_slow(lab: &Scratch, file: &std::path::Path) -> (std::process::Child, String) {
+    let child = runbook_process()
+        .arg("run")
+        .arg(file)
+        .args(["--state-dir", &lab.state()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let began = Instant::now();
+    loop {
+        let out = lab.cmd(&["status", "--state-dir", &lab.state(), "-o", "json"]);
+        if out.status.success() {
+            let v = json(&out.stdout);
+            if v["state"] == "running" && v["steps"]["hold"]["state"] == "running" {
+                assert!(v["pid"].is_u64(), "{v:#}");
+                return (child, v["run_id"].as_str().unwrap().to_owned());
+            }
+        }
+        assert!(began.elapsed() < BOUND, "the run did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(mut child: std::process::Child) {
+    // SAFETY: signalling the child this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let began = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(began.elapsed() < BOUND, "the runner did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn prune_deletes_old_runs_but_never_a_running_one() {
+    let lab = Scratch::new();
+    let done = simple(&lab, "done");
+    assert!(lab.run(&done, &[]).status.success());
+    let finished = newest_first(&lab).remove(0);
+    let slow = lab.runbook(
+        "slow",
+        "  x: { type: int, default: 1 }",
+        "  - { id: hold, run: 'sleep 30' }\n",
+    );
+    let (child, running) = start_slow(&lab, &slow);
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let prune = |extra: &[&str]| {
+        let mut args = vec![
+            "runs",
+            "prune",
+            "--older-than",
+            "1s",
+            "-o",
+            "json",
+            "--state-dir",
+        ];
+        let state = lab.state();
+        args.push(&state);
+        args.extend(extra);
+        let out = lab.cmd(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        json(&out.stdout)
+    };
+    let dry = prune(&["--dry-run"]);
+    assert_eq!(dry["pruned"], serde_json::json!([finished]));
+    assert_eq!(dry["kept_running"], serde_json::json!([running]));
+    assert!(
+        lab.path("state/runs").join(&finished).exists(),
+        "dry run deleted"
+    );
+
+    let done = prune(&[]);
+    assert_eq!(done["pruned"], serde_json::json!([finished]));
+    assert_eq!(done["kept_running"], serde_json::json!([running]));
+    assert!(!lab.path("state/runs").join(&finished).exists());
+    assert!(
+        lab.path("state/runs")
+            .join(&running)
+            .join("journal.jsonl")
+            .exists()
+    );
+
+    // lock held: 4 for approve and resume alike
+    for args in [
+        vec!["resume", running.as_str()],
+        vec!["approve", running.as_str(), "hold"],
+    ] {
+        let mut all = args.clone();
+        let state = lab.state();
+        all.extend(["--state-dir", &state]);
+        let out = lab.cmd(&all);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("in use"),
+            "{}",
+            text(&out)
+        );
+    }
+    stop(child);
+}
+
+#[test]
+fn status_watch_ends_when_the_run_ends() {
+    let lab = Scratch::new();
+    let slow = lab.runbook(
+        "watched",
+        "  x: { type: int, default: 1 }",
+        "  - { id: hold, run: 'sleep 2' }\n  - { id: next, needs: [hold], run: 'true' }\n",
+    );
+    let (mut child, id) = start_slow(&lab, &slow);
+    let out = runbook()
+        .args([
+            "status",
+            "--watch",
+            "--interval",
+            "200ms",
+            "--state-dir",
+            &lab.state(),
+            &id,
+        ])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let views = String::from_utf8_lossy(&out.stdout);
+    // not a terminal: plain views one after another, no escape codes
+    assert!(!views.contains('\x1b'), "{views}");
+    assert!(views.matches("Run      ").count() >= 2, "{views}");
+    assert!(views.contains("State    running (pid "), "{views}");
+    let last = views.rsplit("Run      ").next().unwrap();
+    assert!(last.contains("State    succeeded"), "{views}");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn validate_a_directory_checks_every_runbook_under_it() {
+    let lab = Scratch::new();
+    std::fs::create_dir_all(lab.path("books/nested")).unwrap();
+    std::fs::copy(repo_root().join(SHOW), lab.path("books/maintenance.yaml")).unwrap();
+    std::fs::copy(
+        repo_root().join("runbooks/local-backup.yaml"),
+        lab.path("books/nested/backup.yml"),
+    )
+    .unwrap();
+    // not runbooks: left out
+    std::fs::write(lab.path("books/params.yaml"), "node: n1\n").unwrap();
+    std::fs::write(lab.path("books/nested/deploy.yaml"), "kind: Deployment\n").unwrap();
+    let out = lab.cmd(&["validate", &lab.p("books")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(stdout.contains("maintenance.yaml") && stdout.contains("backup.yml"));
+
+    std::fs::copy(
+        repo_root().join("tests/fixtures/invalid/12-missing-steps.yaml"),
+        lab.path("books/nested/broken.yaml"),
+    )
+    .unwrap();
+    let out = lab.cmd(&["validate", &lab.p("books")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 of 3 files invalid"),
+        "{}",
+        text(&out)
+    );
+
+    std::fs::create_dir_all(lab.path("empty")).unwrap();
+    let out = lab.cmd(&["validate", &lab.p("empty")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no runbook"));
+}
+
+#[test]
+fn colour_follows_the_flag_and_no_color() {
+    let lab = Scratch::new();
+    let file = simple(&lab, "colours");
+    assert_eq!(lab.run(&file, &["-p", "fail=yes"]).status.code(), Some(1));
+    let out = lab.cmd(&["status", "--state-dir", &lab.state(), "--color", "always"]);
+    let coloured = String::from_utf8_lossy(&out.stdout);
+    assert!(coloured.contains("\x1b[31mfailed\x1b[0m"), "{coloured}");
+    let out = lab.cmd(&["runs", "--state-dir", &lab.state(), "--color", "always"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\x1b[31mfailed"));
+    // NO_COLOR (set by the test environment) and no terminal: plain
+    let out = lab.cmd(&["status", "--state-dir", &lab.state()]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains('\x1b'));
+    // RUST_LOG output to a file (not a terminal) has no colour codes
+    let out = runbook()
+        .env("RUST_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .args(["status", "--state-dir", &lab.state()])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains('\x1b'));
+}
+
+mod pty {
+    use super::*;
+    use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+
+    struct Session {
+        child: Box<dyn portable_pty::Child + Send + Sync>,
+        screen: Arc<Mutex<Vec<u8>>>,
+        writer: Box<dyn Write + Send>,
+    }
+
+    impl Session {
+        fn start(args: &[&str], extra_env: &[(&str, &str)]) -> Session {
+            let pair = native_pty_system()
+                .openpty(PtySize {
+                    rows: 40,
+                    cols: 100,
+                    pixel_width: 0,
+                    pixel_height: 0,
+                })
+                .unwrap();
+            let mut cmd = CommandBuilder::new(assert_cmd::cargo::cargo_bin("runbook"));
+            cmd.args(args);
+            cmd.cwd(repo_root());
+            cmd.env_clear();
+            for key in ["PATH", "HOME", "USER"] {
+                if let Ok(v) = std::env::var(key) {
+                    cmd.env(key, v);
+                }
+            }
+            cmd.env("NO_COLOR", "1");
+            for (k, v) in extra_env {
+                cmd.env(k, v);
+            }
+            let child = pair.slave.spawn_command(cmd).unwrap();
+            drop(pair.slave);
+            let mut reader = pair.master.try_clone_reader().unwrap();
+            let writer = pair.master.take_writer().unwrap();
+            let screen = Arc::new(Mutex::new(Vec::new()));
+            let sink = screen.clone();
+            std::thread::spawn(move || {
+                let _master = pair.master;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = reader.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            Session {
+                child,
+                screen,
+                writer,
+            }
+        }
+
+        fn screen(&self) -> String {
+            String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+        }
+
+        fn wait_for(&self, text: &str, count: usize) {
+            let began = Instant::now();
+            while self.screen().matches(text).count() < count {
+                assert!(
+                    began.elapsed() < Duration::from_secs(30),
+                    "waited for {text:?}; screen:\n{}",
+                    self.screen()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        fn type_line(&mut self, line: &str) {
+            self.writer
+                .write_all(format!("{line}\r").as_bytes())
+                .unwrap();
+            self.writer.flush().unwrap();
+        }
+
+        fn exit_code(&mut self) -> u32 {
+            let began = Instant::now();
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    // let the reader take the last output
+                    std::thread::sleep(Duration::from_millis(100));
+                    return status.exit_code();
+                }
+                if began.elapsed() > Duration::from_secs(30) {
+                    let _ = self.child.kill();
+                    panic!("did not exit; screen:\n{}", self.screen());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    const PROMPTED: &str = "tests/fixtures/show/prompted.yaml";
+
+    #[test]
+    fn missing_params_are_asked_for_on_a_terminal_secrets_without_echo() {
+        let mut s = Session::start(&["plan", PROMPTED, "-o", "json"], &[]);
+        s.wait_for("replicas> ", 1);
+        assert!(
+            s.screen()
+                .contains("replicas (a whole number): How many to run.")
+        );
+        s.type_line("many");
+        s.wait_for("not a whole number; try again", 1);
+        s.wait_for("replicas> ", 2);
+        s.type_line("3");
+        s.wait_for("env> ", 1);
+        assert!(s.screen().contains("one of: staging, production"));
+        s.type_line("staging");
+        s.wait_for("token> ", 1);
+        assert!(s.screen().contains("token (a string, secret: not echoed)"));
+        s.type_line("pty-secret-value");
+        assert_eq!(s.exit_code(), 0, "{}", s.screen());
+        let screen = s.screen();
+        assert!(
+            !screen.contains("pty-secret-value"),
+            "the secret was echoed:\n{screen}"
+        );
+        assert!(screen.contains("\"value\": 3"), "{screen}");
+        assert!(screen.contains("\"value\": \"***\""), "{screen}");
+    }
+
+    #[test]
+    fn no_input_fails_as_before_on_a_terminal() {
+        for env in [
+            vec![("RUNBOOK_NO_INPUT", "1")],
+            vec![("CI", "true")],
+            vec![],
+        ] {
+            let mut args = vec!["plan", PROMPTED];
+            if env.is_empty() {
+                args.push("--no-input");
+            }
+            let mut s = Session::start(&args, &env);
+            assert_eq!(s.exit_code(), 2, "{env:?}: {}", s.screen());
+            let screen = s.screen();
+            assert!(
+                screen.contains("missing required params"),
+                "{env:?}: {screen}"
+            );
+            assert!(!screen.contains("replicas> "), "{env:?}: {screen}");
+        }
+    }
+}
