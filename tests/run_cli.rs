@@ -193,7 +193,7 @@ fn failure_stops_dependents_while_other_branches_and_always_steps_run() {
     let status = lab.status();
     assert_eq!(status_of(&status, "broken"), "failed");
     assert_eq!(status["steps"]["broken"]["exit_code"], 7);
-    assert_eq!(status_of(&status, "after-broken"), "pending");
+    assert_eq!(status_of(&status, "after-broken"), "blocked");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("runbook resume"), "{stdout}");
 

@@ -180,6 +180,11 @@ struct StatusJson<'a> {
     cwd: Option<&'a str>,
     containment: Option<&'a crate::events::ContainmentInfo>,
     params: IndexMap<&'a str, serde_json::Value>,
+    secret_params: &'a [String],
+    secret_params_set: Option<&'a [String]>,
+    jobs: u32,
+    fail_fast: bool,
+    leftovers_terminated: usize,
     steps: IndexMap<&'a str, StepJson<'a>>,
 }
 
@@ -199,6 +204,8 @@ struct StepJson<'a> {
     skipped_because: Option<&'a str>,
     done_if: Option<&'a str>,
     log_incomplete: Option<&'a str>,
+    pgids: &'a [i32],
+    cgroup: Option<&'a str>,
     log: String,
 }
 
@@ -289,6 +296,11 @@ fn status_json(state: &RunState, run: &RunDir, pid: Option<u32>) -> String {
         cwd: state.cwd.as_deref(),
         containment: state.containment.as_ref(),
         params: shown_params(state),
+        secret_params: &state.secret_params,
+        secret_params_set: state.secret_params_set.as_deref(),
+        jobs: state.jobs,
+        fail_fast: state.fail_fast,
+        leftovers_terminated: state.leftovers_terminated,
         steps: state
             .steps
             .iter()
@@ -310,6 +322,8 @@ fn status_json(state: &RunState, run: &RunDir, pid: Option<u32>) -> String {
                         skipped_because: s.skipped_because.as_deref(),
                         done_if: s.done_if.as_deref(),
                         log_incomplete: s.log_incomplete.as_deref(),
+                        pgids: &s.pgids,
+                        cgroup: s.cgroup.as_deref(),
                         log: run.log(id).display().to_string(),
                     },
                 )
