@@ -393,12 +393,15 @@ impl ParamValues {
             .collect()
     }
 
-    /// Values for display and journals: secrets as `***`.
+    /// Values for display and journals: secrets as `***`, and `null` for
+    /// an optional secret that was given no value (unset, not hidden).
     pub fn masked(&self) -> IndexMap<String, serde_json::Value> {
         self.values
             .iter()
             .map(|(k, r)| {
-                let v = if r.secret {
+                let v = if r.secret && r.unset {
+                    serde_json::Value::Null
+                } else if r.secret {
                     serde_json::Value::from(crate::template::MASK)
                 } else {
                     serde_json::to_value(&r.value).unwrap_or(serde_json::Value::Null)

@@ -324,6 +324,13 @@ fn status_and_runs_json_share_one_shape() {
     }
     assert!(row["runbook"]["name"] == "shape");
 
+    // the same in the plan
+    let out = lab.cmd(&["plan", &file.display().to_string(), "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = json(&out.stdout);
+    let token = plan["params"].as_array().unwrap().iter().find(|p| p["name"] == "token").unwrap();
+    assert_eq!(token["value"], Value::Null, "{plan:#}");
+
     // a given secret shows as ***
     let out = lab.run(&file, &["-p", "token=s3cret-value"]);
     assert!(out.status.success(), "{}", text(&out));
