@@ -111,9 +111,9 @@ pub fn text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     let later = plan.count(Disposition::DecidedAtRunTime);
     write!(
         out,
-        "  steps:  {} in {} waves",
+        "  steps:  {} in {}",
         plan.steps.len(),
-        plan.waves
+        crate::model::count(plan.waves, "wave", "waves")
     )?;
     if skipped > 0 {
         write!(out, ", {skipped} skipped by `when`")?;
@@ -204,9 +204,9 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "| Params digest | `{}` |", plan.params_digest)?;
     writeln!(
         out,
-        "| Steps | {} in {} waves |",
+        "| Steps | {} in {} |",
         plan.steps.len(),
-        plan.waves
+        crate::model::count(plan.waves, "wave", "waves")
     )?;
     writeln!(out)?;
     if !plan.params.is_empty() {

@@ -328,7 +328,12 @@ fn status_and_runs_json_share_one_shape() {
     let out = lab.cmd(&["plan", &file.display().to_string(), "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let plan = json(&out.stdout);
-    let token = plan["params"].as_array().unwrap().iter().find(|p| p["name"] == "token").unwrap();
+    let token = plan["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "token")
+        .unwrap();
     assert_eq!(token["value"], Value::Null, "{plan:#}");
 
     // a given secret shows as ***
@@ -385,17 +390,51 @@ fn runs_filters_by_state_runbook_and_limit() {
     );
 }
 
+/// A runner started by a test: stopped (SIGTERM, then SIGKILL) and reaped
+/// when dropped, so a failing test leaves no process behind.
+struct Runner(std::process::Child);
+
+impl Runner {
+    /// SIGTERM, and wait (bounded) for the runner to stop its steps and exit.
+    fn stop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // SAFETY: signalling the child this test started.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let began = Instant::now();
+        while self.0.try_wait().ok().flatten().is_none() {
+            if began.elapsed() > BOUND {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Starts `run FILE` in the background and waits until its runner holds
-/// the run.
-fn start_slow(lab: &Scratch, file: &std::path::Path) -> (std::process::Child, String) {
-    let child = runbook_process()
-        .arg("run")
-        .arg(file)
-        .args(["--state-dir", &lab.state()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+/// the run and its step `hold` runs.
+fn start_slow(lab: &Scratch, file: &std::path::Path) -> (Runner, String) {
+    let runner = Runner(
+        runbook_process()
+            .arg("run")
+            .arg(file)
+            .args(["--state-dir", &lab.state()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let began = Instant::now();
     loop {
         let out = lab.cmd(&["status", "--state-dir", &lab.state(), "-o", "json"]);
@@ -403,23 +442,11 @@ fn start_slow(lab: &Scratch, file: &std::path::Path) -> (std::process::Child, St
             let v = json(&out.stdout);
             if v["state"] == "running" && v["steps"]["hold"]["state"] == "running" {
                 assert!(v["pid"].is_u64(), "{v:#}");
-                return (child, v["run_id"].as_str().unwrap().to_owned());
+                return (runner, v["run_id"].as_str().unwrap().to_owned());
             }
         }
         assert!(began.elapsed() < BOUND, "the run did not start");
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stop(mut child: std::process::Child) {
-    // SAFETY: signalling the child this test started.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let began = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(began.elapsed() < BOUND, "the runner did not stop");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -434,7 +461,7 @@ fn prune_deletes_old_runs_but_never_a_running_one() {
         "  x: { type: int, default: 1 }",
         "  - { id: hold, run: 'sleep 30' }\n",
     );
-    let (child, running) = start_slow(&lab, &slow);
+    let (mut runner, running) = start_slow(&lab, &slow);
     std::thread::sleep(Duration::from_millis(1100));
 
     let prune = |extra: &[&str]| {
@@ -489,7 +516,7 @@ fn prune_deletes_old_runs_but_never_a_running_one() {
             text(&out)
         );
     }
-    stop(child);
+    runner.stop();
 }
 
 #[test]
@@ -500,7 +527,7 @@ fn status_watch_ends_when_the_run_ends() {
         "  x: { type: int, default: 1 }",
         "  - { id: hold, run: 'sleep 2' }\n  - { id: next, needs: [hold], run: 'true' }\n",
     );
-    let (mut child, id) = start_slow(&lab, &slow);
+    let (mut runner, id) = start_slow(&lab, &slow);
     let out = runbook()
         .args([
             "status",
@@ -522,7 +549,7 @@ fn status_watch_ends_when_the_run_ends() {
     assert!(views.contains("State    running (pid "), "{views}");
     let last = views.rsplit("Run      ").next().unwrap();
     assert!(last.contains("State    succeeded"), "{views}");
-    assert!(child.wait().unwrap().success());
+    assert!(runner.0.wait().unwrap().success());
 }
 
 #[test]

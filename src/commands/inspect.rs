@@ -446,7 +446,7 @@ fn counts_line(c: &StateCounts, paint: Paint) -> String {
     .map(|(word, n)| format!("{n} {}", paint.state(word)))
     .collect();
     format!(
-        "({} of {})",
+        "({}; {})",
         parts.join(", "),
         count(c.total(), "step", "steps")
     )
@@ -481,6 +481,9 @@ fn matches_filter(row: &RunSummary<'_>, filter: &RunsFilter) -> bool {
             .is_none_or(|n| n == row.runbook.name)
 }
 
+/// A run read for `runs`: its state, directory and runner pid.
+type Loaded = (RunState, RunDir, Option<u32>);
+
 /// `runbook runs`.
 pub fn runs(state_dir: &StateDirArg, output: ListFormat, filter: &RunsFilter, paint: Paint) -> u8 {
     let json = output == ListFormat::Json;
@@ -493,7 +496,7 @@ pub fn runs(state_dir: &StateDirArg, output: ListFormat, filter: &RunsFilter, pa
         Err(e) => return Failure::from(e).emit(json),
     };
     let filtered = filter.state.is_some() || filter.runbook.is_some();
-    let mut loaded: Vec<(String, Result<(RunState, RunDir, Option<u32>), String>)> = Vec::new();
+    let mut loaded: Vec<(String, Result<Loaded, String>)> = Vec::new();
     for id in ids.iter().rev() {
         if filter.limit.is_some_and(|n| loaded.len() >= n) && !filtered {
             break;

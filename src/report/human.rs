@@ -146,17 +146,18 @@ impl EventSink for Human {
         };
         let text = match event {
             RunEvent::RunStarted { run_id, runbook, .. } => {
-                format!("Run {run_id}: {} {} ({} steps)", runbook.name, runbook.version, live.total)
+                format!("Run {run_id}: {} {} ({})", runbook.name, runbook.version, crate::model::count(live.total, "step", "steps"))
             }
             RunEvent::RunResumed { changed_steps, .. } => {
-                let mut t = format!("Resuming ({} of {} steps done)", live.done, live.total);
+                let mut t = format!("Resuming ({} of {} done)", live.done, crate::model::count(live.total, "step", "steps"));
                 if !changed_steps.is_empty() {
                     t.push_str(&format!("; changed steps: {}", changed_steps.join(", ")));
                 }
                 t
             }
             RunEvent::JobsLimited { requested, jobs, open_files_limit } => format!(
-                "Running at most {jobs} steps at once, not {requested} (-j): the open-file limit is {open_files_limit} (raise `ulimit -n` for more)"
+                "Running at most {} at once, not {requested} (-j): the open-file limit is {open_files_limit} (raise `ulimit -n` for more)",
+                crate::model::count(*jobs as usize, "step", "steps")
             ),
             RunEvent::StepStarted { step, attempt, command, .. } => {
                 live.running.insert(step.clone(), (Instant::now(), None));
