@@ -86,6 +86,32 @@ fn show_of_an_invalid_file_fails_with_exit_2_and_json_error() {
 }
 
 #[test]
+fn plan_with_json_output_reports_problems_as_json_on_stderr() {
+    let out = runbook()
+        .args(["plan", SHOW, "-o", "json", "-p", "retries=many"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    let err = json(&out.stderr);
+    assert_eq!(err["error"]["exit_code"], 2);
+    let codes: Vec<&str> = err["error"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"param::missing"), "{err:#}");
+    assert!(codes.contains(&"param::type"), "{err:#}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 problems")
+    );
+}
+
+#[test]
 fn init_writes_a_starter_that_validates_and_runs_and_never_overwrites() {
     let lab = Scratch::new();
     let dir = lab.path("");

@@ -42,6 +42,14 @@ fn may_prompt() -> bool {
 /// Runs the parsed command line.
 pub fn dispatch(cli: Cli) -> u8 {
     NO_INPUT.store(cli.no_input, std::sync::atomic::Ordering::Relaxed);
+    let json_errors = match &cli.command {
+        Command::Plan { output, .. } => *output == PlanFormat::Json,
+        Command::Show { output, .. } | Command::Status { output, .. } => {
+            *output == crate::cli::ListFormat::Json
+        }
+        _ => false,
+    };
+    JSON_ERRORS.store(json_errors, std::sync::atomic::Ordering::Relaxed);
     let style = report_style(cli.color);
     match cli.command {
         Command::Validate { files, output } => validate_files(&files, output, style),
@@ -172,8 +180,42 @@ fn report_style(choice: ColorChoice) -> Style {
     if color { Style::Fancy } else { Style::Plain }
 }
 
-/// Prints reports to stderr.
+/// Set when the command was given `-o json`: problems are then printed on
+/// stderr as JSON (see `print_reports`).
+static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints reports to stderr: as text, or, when the command was given
+/// `-o json`, as one JSON object per report, `{"error": {"code", "message",
+/// "help", "exit_code": 2, "problems": [...]}}` (reports are invalid input).
 pub(crate) fn print_reports(reports: &[Report], style: Style) {
+    if JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
+        for report in reports {
+            let problems = report.to_json();
+            let first = problems.first();
+            let message = match (problems.len(), first) {
+                (1, Some(p)) => p.message.clone(),
+                (n, _) => format!(
+                    "{} in {}",
+                    crate::model::count(n, "problem", "problems"),
+                    report.name
+                ),
+            };
+            let mut error = serde_json::json!({
+                "code": first.map_or("invalid", |p| p.code),
+                "message": message,
+                "exit_code": exit::INVALID,
+                "problems": problems,
+            });
+            if let Some(help) = first
+                .and_then(|p| p.help.clone())
+                .filter(|_| problems.len() == 1)
+            {
+                error["help"] = serde_json::Value::from(help);
+            }
+            say_err!("{}", serde_json::json!({ "error": error }));
+        }
+        return;
+    }
     let mut stderr = std::io::stderr().lock();
     for report in reports {
         let _ = stderr.write_all(report.render(style).as_bytes());
