@@ -336,8 +336,8 @@ pub enum RunStateFilter {
 /// Subcommands of `runs`.
 #[derive(Debug, Subcommand)]
 pub enum RunsAction {
-    /// Delete the directories of finished runs older than a duration. A run
-    /// whose runner is alive is never deleted.
+    /// Delete the directories of runs that started longer ago than a
+    /// duration. A run whose runner is alive is never deleted.
     Prune {
         /// Delete runs started longer ago than this, e.g. 30d, 12h, 2w.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
