@@ -82,6 +82,8 @@ fn params_summary(plan: &Plan) -> Vec<String> {
         .map(|p| {
             let value = match &p.value {
                 serde_json::Value::String(s) => s.clone(),
+                // an optional secret given no value
+                serde_json::Value::Null => "(unset)".to_owned(),
                 other => other.to_string(),
             };
             let source = match p.source {
@@ -217,6 +219,7 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         for p in &plan.params {
             let value = match &p.value {
                 serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "(unset)".to_owned(),
                 other => other.to_string(),
             };
             let source = serde_json::to_value(p.source)

@@ -361,6 +361,13 @@ fn status_and_runs_json_share_one_shape() {
         .find(|p| p["name"] == "token")
         .unwrap();
     assert_eq!(token["value"], Value::Null, "{plan:#}");
+    let out = lab.cmd(&["plan", &file.display().to_string()]);
+    let plan_text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan_text.contains("token = (unset)  (default, secret)"),
+        "{plan_text}"
+    );
+    assert!(!plan_text.contains("token = ***"), "{plan_text}");
 
     // a given secret shows as ***
     let out = lab.run(&file, &["-p", "token=s3cret-value"]);
