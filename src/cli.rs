@@ -183,9 +183,8 @@ Ctrl-C stops watching (exit 130). Not on a terminal, each view is printed in tur
         run_id: Option<String>,
         #[command(flatten)]
         state_dir: StateDirArg,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = ListFormat::Text)]
-        output: ListFormat,
+        #[command(flatten)]
+        output: ListOutput,
         #[command(flatten)]
         watch: WatchArgs,
     },
@@ -195,9 +194,8 @@ Ctrl-C stops watching (exit 130). Not on a terminal, each view is printed in tur
     Runs {
         #[command(flatten)]
         state_dir: StateDirArg,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = ListFormat::Text)]
-        output: ListFormat,
+        #[command(flatten)]
+        output: ListOutput,
         #[command(flatten)]
         filter: RunsFilter,
         /// `runs prune`.
@@ -230,9 +228,8 @@ runbook show FILE -o json | jq '.params | map(select(.required)) | map(.name)'"
         /// The runbook file.
         #[arg(value_name = "FILE")]
         file: PathBuf,
-        /// Output format (JSON: docs/state-format.md, "show -o json").
-        #[arg(short, long, value_enum, default_value_t = ListFormat::Text)]
-        output: ListFormat,
+        #[command(flatten)]
+        output: ListOutput,
     },
 
     /// Write a commented starter runbook (NAME.yaml, default runbook.yaml)
@@ -282,6 +279,15 @@ impl StateDirArg {
     pub fn is_some(&self) -> bool {
         self.dir.is_some()
     }
+}
+
+/// `-o` of `status`, `runs`, `runs prune` and `show`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ListOutput {
+    /// Output format: `text` for people, `json` for scripts
+    /// (docs/state-format.md; errors are then JSON on stderr too).
+    #[arg(short, long = "output", value_enum, default_value_t = ListFormat::Text)]
+    pub format: ListFormat,
 }
 
 /// `status --watch`.
@@ -347,9 +353,8 @@ pub enum RunsAction {
         dry_run: bool,
         #[command(flatten)]
         state_dir: StateDirArg,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = ListFormat::Text)]
-        output: ListFormat,
+        #[command(flatten)]
+        output: ListOutput,
     },
 }
 

@@ -45,7 +45,7 @@ pub fn dispatch(cli: Cli) -> u8 {
     let json_errors = match &cli.command {
         Command::Plan { output, .. } => *output == PlanFormat::Json,
         Command::Show { output, .. } | Command::Status { output, .. } => {
-            *output == crate::cli::ListFormat::Json
+            output.format == crate::cli::ListFormat::Json
         }
         _ => false,
     };
@@ -114,7 +114,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         } => inspect::status(
             run_id.as_deref(),
             &state_dir,
-            output,
+            output.format,
             &watch,
             stdout_paint(cli.color),
         ),
@@ -124,15 +124,17 @@ pub fn dispatch(cli: Cli) -> u8 {
             filter,
             action,
         } => match action {
-            None => inspect::runs(&state_dir, output, &filter, stdout_paint(cli.color)),
+            None => inspect::runs(&state_dir, output.format, &filter, stdout_paint(cli.color)),
             Some(RunsAction::Prune {
                 older_than,
                 dry_run,
                 state_dir,
                 output,
-            }) => inspect::prune(&state_dir, older_than, dry_run, output),
+            }) => inspect::prune(&state_dir, older_than, dry_run, output.format),
         },
-        Command::Show { file, output } => show::show(&file, output, stdout_paint(cli.color), style),
+        Command::Show { file, output } => {
+            show::show(&file, output.format, stdout_paint(cli.color), style)
+        }
         Command::Init { name } => init::init(name.as_deref(), style),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
