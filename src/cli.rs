@@ -286,7 +286,7 @@ impl StateDirArg {
 pub struct ListOutput {
     /// Output format: `text` for people, `json` for scripts
     /// (docs/state-format.md; errors are then JSON on stderr too).
-    #[arg(short, long = "output", value_enum, default_value_t = ListFormat::Text)]
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Text)]
     pub format: ListFormat,
 }
 
