@@ -26,6 +26,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
     pub color: ColorChoice,
 
+    /// Never ask questions (missing params are errors): for scripts and CI.
+    /// Also set by RUNBOOK_NO_INPUT=1 or CI=true. Without it, `plan` and
+    /// `run` on a terminal ask for missing required params.
+    #[arg(long, global = true, env = "RUNBOOK_NO_INPUT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_input: bool,
+
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -119,6 +125,8 @@ drifted plan, 3 paused at a gate (approve, then resume), 4 runtime error, 130 in
         /// only the steps that need it; other branches finish).
         #[arg(long)]
         fail_fast: bool,
+        #[command(flatten)]
+        scope: ScopeArgs,
     },
 
     /// Continue an interrupted, failed or paused run where it stopped.
@@ -193,6 +201,9 @@ runbook resume RUN --approve confirm-overwrite"
         /// The `pause` step to approve.
         #[arg(value_name = "STEP")]
         step: String,
+        /// Why it is safe to continue (journaled, shown by `status`).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         /// State directory (default: $RUNBOOK_STATE_DIR, else $XDG_STATE_HOME/runbook).
         #[arg(long, env = "RUNBOOK_STATE_DIR", value_name = "DIR")]
         state_dir: Option<PathBuf>,
@@ -222,6 +233,32 @@ pub struct ExecArgs {
     #[arg(long, env = "RUNBOOK_LOG_LIMIT", value_name = "SIZE", default_value = "64MiB",
           value_parser = crate::limits::parse_size)]
     pub log_limit: u64,
+    /// Run even if another run of the same runbook with the same params is
+    /// running (by default refused, exit 4).
+    #[arg(long)]
+    pub allow_concurrent: bool,
+}
+
+/// `run --only/--from/--skip/--approve`: which part of the graph runs and
+/// which gates are approved in advance.
+#[derive(Debug, Args)]
+pub struct ScopeArgs {
+    /// Run only this step (repeatable); the others are skipped as `not
+    /// selected`. Refused if a selected step uses outputs of one left out.
+    #[arg(long, value_name = "STEP")]
+    pub only: Vec<String>,
+    /// Run this step and everything downstream of it (repeatable); the
+    /// steps before it are skipped as `not selected`.
+    #[arg(long, value_name = "STEP")]
+    pub from: Vec<String>,
+    /// Do not run this step (repeatable); steps that need it still run
+    /// unless they use its outputs (then the run is refused).
+    #[arg(long, value_name = "STEP")]
+    pub skip: Vec<String>,
+    /// Approve this `pause` gate in advance, for unattended runs
+    /// (repeatable; journaled with who approved).
+    #[arg(long, value_name = "STEP")]
+    pub approve: Vec<String>,
 }
 
 /// `--log-format`.

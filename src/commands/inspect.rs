@@ -102,6 +102,7 @@ pub fn status(run_id: Option<&str>, state_dir: Option<&Path>, output: ListFormat
                 state.runbook.name, state.runbook.version, state.runbook.file
             ));
             out.push_str(&format!("State    {label}\n"));
+            out.push_str(&scope_lines(&state));
             out.push_str(&format!(
                 "Started  {}   updated {}",
                 state.started_at, state.updated_at
@@ -155,8 +156,14 @@ pub fn status(run_id: Option<&str>, state_dir: Option<&Path>, output: ListFormat
                         )
                     }
                     (StepStatus::Succeeded, Some(crate::events::SuccessVia::Approval)) => {
-                        format!("approved by {}", s.by.as_deref().unwrap_or("?"))
+                        match &s.reason {
+                            Some(reason) => {
+                                format!("approved by {}: {reason}", s.by.as_deref().unwrap_or("?"))
+                            }
+                            None => format!("approved by {}", s.by.as_deref().unwrap_or("?")),
+                        }
                     }
+                    (StepStatus::Paused, _) => s.message.clone().unwrap_or_default(),
                     (StepStatus::Succeeded, Some(crate::events::SuccessVia::DoneIf)) => {
                         "done_if held on resume".into()
                     }
@@ -189,9 +196,59 @@ pub fn status(run_id: Option<&str>, state_dir: Option<&Path>, output: ListFormat
                     s.attempts
                 ));
             }
+            if running.is_none() {
+                out.push_str(&gate_lines(&state));
+            }
             write_stdout(out.as_bytes())
         }
     }
+}
+
+/// `Scope` and `Approve` header lines: the part of the graph the run is
+/// limited to and the gates approved in advance.
+fn scope_lines(state: &RunState) -> String {
+    let mut out = String::new();
+    if let Some(selection) = &state.selection {
+        out.push_str(&format!(
+            "Scope    {}  ({} of {} steps",
+            selection.flags(),
+            selection.selected,
+            selection.total
+        ));
+        if !selection.kept.is_empty() {
+            out.push_str(&format!("; kept: {}", selection.kept.join(", ")));
+        }
+        out.push_str(")\n");
+    }
+    if !state.approved_in_advance.is_empty() {
+        out.push_str(&format!(
+            "Approve  {} (in advance, run --approve)\n",
+            state.approved_in_advance.join(", ")
+        ));
+    }
+    out
+}
+
+/// For each gate the run is paused at: its message and the command that
+/// continues.
+fn gate_lines(state: &RunState) -> String {
+    let mut out = String::new();
+    for (id, s) in state
+        .steps
+        .iter()
+        .filter(|(_, s)| s.status == StepStatus::Paused)
+    {
+        out.push_str(&format!("\nPaused at gate `{id}`"));
+        match &s.message {
+            Some(message) => out.push_str(&format!(": {message}\n")),
+            None => out.push('\n'),
+        }
+        out.push_str(&format!(
+            "  When it is safe to continue: runbook approve {run} {id} && runbook resume {run}\n",
+            run = state.run_id
+        ));
+    }
+    out
 }
 
 #[derive(Serialize)]
