@@ -155,7 +155,8 @@ runbook resume RUN --approve confirm-overwrite"
         /// Record this step as done without running it (needs --reason). Repeatable.
         #[arg(long, value_name = "STEP", requires = "reason")]
         mark_done: Vec<String>,
-        /// Why the steps given with --mark-done are done (journaled, shown by `status`).
+        /// Why the steps given with --mark-done are done, or why the gates
+        /// given with --approve may pass (journaled, shown by `status`).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
         /// Approve these `pause` gates before continuing. Repeatable.

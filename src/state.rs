@@ -65,12 +65,15 @@ pub enum StateError {
 /// Another run of the same runbook with the same params holds the lock.
 #[derive(Debug, Error)]
 #[error(
-    "another run of {runbook} with the same params is running: run {holder_run} (pid {pid} on {host}, started {started}); two at once would race on the same targets\n  help: wait for it (`runbook status {holder_run}`), or pass --allow-concurrent if running both at once is safe (lock: {path})"
+    "another run of {runbook} with the same params is running: {} (pid {pid} on {host}, started {started}); two at once would race on the same targets\n  help: wait for it{}, or pass --allow-concurrent if running both at once is safe (lock: {path})",
+    if holder_run.is_empty() { "a run still being set up".to_owned() } else { format!("run {holder_run}") },
+    if holder_run.is_empty() { String::new() } else { format!(" (`runbook status {holder_run}`)") },
+    path = path.display()
 )]
 pub struct RunbookLocked {
     /// The runbook name.
     pub runbook: String,
-    /// The holder's run id.
+    /// The holder's run id (empty while it is being set up).
     pub holder_run: String,
     /// The holder's pid.
     pub pid: String,
@@ -383,7 +386,7 @@ impl RunbookLock {
                 let or_unknown = |s: String| if s.is_empty() { "?".to_owned() } else { s };
                 return Err(StateError::RunbookLocked(Box::new(RunbookLocked {
                     runbook: name.to_owned(),
-                    holder_run: or_unknown(holder.run_id),
+                    holder_run: holder.run_id,
                     pid: if holder.pid == 0 {
                         "?".into()
                     } else {

@@ -307,7 +307,12 @@ impl EventSink for Human {
                 self.paint("33", "⚠"),
                 crate::limits::size(*limit_bytes)
             ),
-            RunEvent::StepApproved { step, by, .. } => format!("Approved {step} (by {by})"),
+            RunEvent::StepApproved { step, by, .. } => {
+                // reported only when the run passes the gate (at the prompt
+                // or approved in advance): one more step done
+                live.done += 1;
+                format!("Approved {step} (by {by})")
+            }
             RunEvent::StepMarkedDone { step, reason, .. } => format!("Marked {step} done: {reason}"),
             RunEvent::RerunRequested { step } => format!("{step} will run again"),
             RunEvent::AttemptSpawned { .. }
