@@ -18,7 +18,7 @@ runbook validate runbooks/*.yaml          # every mistake, located, at once\n  \
 runbook plan runbooks/local-backup.yaml   # the exact commands, in order\n  \
 runbook plan FILE -o markdown > ticket.md # paste into the change ticket",
     after_help = "Exit codes: 0 success, 1 a step failed, 2 invalid input (runbook, params, flags), \
-3 paused at a gate, 4 runtime or environment error, 130 interrupted.\n\
+3 paused at a gate, 4 runtime or environment error (or a lock held), 130 interrupted.\n\
 Logs: set RUST_LOG=debug for diagnostics on stderr. Docs: docs/format.md"
 )]
 pub struct Cli {
@@ -105,9 +105,14 @@ Ctrl-C once: start nothing new, let running steps finish, checkpoint, exit 130. 
 Ctrl-C twice: also terminate running steps (SIGTERM, then SIGKILL).",
         after_help = "Examples:\n  runbook run runbooks/local-backup.yaml -p backup_dir=/tmp/bk\n  \
 runbook plan FILE --save plan.json && runbook run --plan plan.json\n  \
-runbook run FILE -j 8 --fail-fast --log-format json\n\n\
+runbook run FILE -j 8 --fail-fast --log-format json\n  \
+runbook run FILE --approve confirm-restore   # unattended: the gate is approved in advance\n  \
+runbook run FILE --from restore-db           # restore-db and everything after it\n\n\
+On a terminal a `pause` gate asks `Approve STEP? [y/N]` and the run goes on after `y`; \
+without one (or with --no-input) the run stops there (exit 3).\n\n\
 Exit codes: 0 all steps succeeded or were skipped, 1 a step failed, 2 invalid input or a \
-drifted plan, 3 paused at a gate (approve, then resume), 4 runtime error, 130 interrupted."
+drifted plan, 3 paused at a gate (approve, then resume), 4 runtime error or another run of \
+the same runbook with the same params is running, 130 interrupted."
     )]
     Run {
         /// The runbook file (not needed with --plan).

@@ -164,10 +164,15 @@ fn yes_at_the_gate_prompt_continues_the_same_run() {
     });
     pty.wait_for("✓ side");
     assert!(!lab.path("restored").exists(), "nothing past the gate yet");
+    let id = lab.run_id();
+    let shown = text(&lab.cmd(&["status", &id]).stdout);
+    assert!(
+        shown.contains("Waiting at gate `confirm-restore` for an answer on the runner's terminal"),
+        "{shown}"
+    );
     pty.type_keys("y\r");
     assert_eq!(pty.exit_code(), 0, "{}", pty.screen());
     assert!(lab.path("restored").exists(), "{}", pty.screen());
-    let id = lab.run_id();
     let approved = approvals(&lab, &id);
     assert_eq!(approved.len(), 1, "{approved:?}");
     assert_eq!(approved[0]["step"], "confirm-restore");
@@ -218,6 +223,20 @@ fn no_or_enter_at_the_gate_prompt_leaves_the_run_paused() {
             "the command to continue: {screen}"
         );
     }
+}
+
+#[test]
+fn ctrl_c_at_the_gate_prompt_interrupts_and_leaves_the_gate_paused() {
+    let lab = Lab::new();
+    let file = lab.runbook("gated", GATED);
+    let mut pty = Pty::spawn(&lab, &["run", &file], &[]);
+    pty.wait_for("[y/N] ");
+    pty.type_keys("\x03");
+    assert_eq!(pty.exit_code(), 130, "{}", pty.screen());
+    let id = lab.run_id();
+    assert_eq!(lab.step_status(&id, "confirm-restore"), "paused");
+    assert!(approvals(&lab, &id).is_empty());
+    assert!(pty.screen().contains("no answer"), "{}", pty.screen());
 }
 
 #[test]

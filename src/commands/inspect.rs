@@ -196,9 +196,7 @@ pub fn status(run_id: Option<&str>, state_dir: Option<&Path>, output: ListFormat
                     s.attempts
                 ));
             }
-            if running.is_none() {
-                out.push_str(&gate_lines(&state));
-            }
+            out.push_str(&gate_lines(&state, running.is_some()));
             write_stdout(out.as_bytes())
         }
     }
@@ -230,23 +228,31 @@ fn scope_lines(state: &RunState) -> String {
 }
 
 /// For each gate the run is paused at: its message and the command that
-/// continues.
-fn gate_lines(state: &RunState) -> String {
+/// continues (while a runner holds the run, it is asking on its terminal).
+fn gate_lines(state: &RunState, running: bool) -> String {
     let mut out = String::new();
     for (id, s) in state
         .steps
         .iter()
         .filter(|(_, s)| s.status == StepStatus::Paused)
     {
-        out.push_str(&format!("\nPaused at gate `{id}`"));
+        if running {
+            out.push_str(&format!(
+                "\nWaiting at gate `{id}` for an answer on the runner's terminal"
+            ));
+        } else {
+            out.push_str(&format!("\nPaused at gate `{id}`"));
+        }
         match &s.message {
             Some(message) => out.push_str(&format!(": {message}\n")),
             None => out.push('\n'),
         }
-        out.push_str(&format!(
-            "  When it is safe to continue: runbook approve {run} {id} && runbook resume {run}\n",
-            run = state.run_id
-        ));
+        if !running {
+            out.push_str(&format!(
+                "  When it is safe to continue: runbook approve {run} {id} && runbook resume {run}\n",
+                run = state.run_id
+            ));
+        }
     }
     out
 }
