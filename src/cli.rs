@@ -18,7 +18,7 @@ runbook validate runbooks/*.yaml          # every mistake, located, at once\n  \
 runbook plan runbooks/local-backup.yaml   # the exact commands, in order\n  \
 runbook plan FILE -o markdown > ticket.md # paste into the change ticket",
     after_help = "Exit codes: 0 success, 1 a step failed, 2 invalid input (runbook, params, flags), \
-3 paused at a gate, 4 runtime or environment error (or a lock held), 130 interrupted.\n\
+3 paused at a gate, 4 runtime or environment error, 130 interrupted.\n\
 Logs: set RUST_LOG=debug for diagnostics on stderr. Docs: docs/format.md"
 )]
 pub struct Cli {

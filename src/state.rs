@@ -1,5 +1,6 @@
 //! Where runs live: the state directory, one directory per run, run ids,
-//! private file creation (0600) and the per-run lock.
+//! private file creation (0600), the per-run lock and the lock per runbook
+//! and params that keeps two runs of one procedure from overlapping.
 //!
 //! Layout:
 //! ```text
@@ -10,6 +11,9 @@
 //!     lock               flock'ed by the process running the run; holds its pid
 //!     logs/<step>.log    output of each step, all attempts
 //!     outputs/<step>.<attempt>.env   $RUNBOOK_OUTPUT files
+//! <state-dir>/locks/<runbook>-<params digest>.lock
+//!                        flock'ed by the runner of a run of that runbook with
+//!                        those params (`RunbookLock`); names the holder
 //! ```
 
 use std::fs::{File, OpenOptions};
