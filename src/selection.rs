@@ -257,3 +257,81 @@ fn collect_strings(value: &serde_json::Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// a -> b -> c (c uses b's outputs), a -> gate -> g, tunnel (daemon) -> t
+    fn runbook() -> Runbook {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sel.yaml");
+        std::fs::write(
+            &path,
+            r#"apiVersion: runbook/v1
+kind: Runbook
+metadata: { name: sel, version: 1.0.0 }
+steps:
+  - { id: a, run: 'true' }
+  - { id: b, needs: [a], run: 'echo n=1 >> "$RUNBOOK_OUTPUT"' }
+  - { id: c, needs: [b], run: 'echo {{ steps.b.outputs.n }}' }
+  - { id: gate, needs: [a], pause: { message: ok? } }
+  - { id: g, needs: [gate], run: 'true' }
+  - { id: tunnel, daemon: true, run: 'sleep 60' }
+  - { id: t, needs: [tunnel], run: 'true' }
+"#,
+        )
+        .unwrap();
+        crate::validate::load_file(&path).unwrap().0
+    }
+
+    fn ids(rb: &Runbook, selected: &[bool]) -> Vec<String> {
+        rb.steps
+            .iter()
+            .zip(selected)
+            .filter(|(_, s)| **s)
+            .map(|(st, _)| st.id.clone())
+            .collect()
+    }
+
+    fn v(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn from_takes_everything_downstream_and_keeps_gates_and_daemons() {
+        let rb = runbook();
+        let (sel, selection) = resolve(&rb, &[], &v(&["b"]), &[]).unwrap();
+        assert_eq!(ids(&rb, &sel), ["b", "c"]);
+        assert_eq!(selection.unwrap().selected, 2);
+
+        let (sel, selection) = resolve(&rb, &v(&["g", "t"]), &[], &[]).unwrap();
+        assert_eq!(ids(&rb, &sel), ["gate", "g", "tunnel", "t"]);
+        assert_eq!(selection.unwrap().kept, ["gate", "tunnel"]);
+
+        let (sel, none) = resolve(&rb, &[], &[], &[]).unwrap();
+        assert!(none.is_none() && sel.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn outputs_across_the_boundary_and_skipped_gates_are_refused() {
+        let rb = runbook();
+        let err = resolve(&rb, &v(&["c"]), &[], &[]).unwrap_err();
+        assert_eq!(err.problems[0].code, "selection::missing-output");
+        let err = resolve(&rb, &[], &[], &v(&["gate"])).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{:?}", err.problems);
+        assert_eq!(err.problems[0].code, "selection::needed");
+        let err = resolve(&rb, &v(&["x"]), &v(&["y"]), &[]).unwrap_err();
+        assert_eq!(err.problems.len(), 2);
+        // skipping a step whose dependents do not use its outputs is fine
+        let (sel, _) = resolve(&rb, &[], &[], &v(&["a"])).unwrap();
+        assert_eq!(ids(&rb, &sel), ["b", "c", "gate", "g", "tunnel", "t"]);
+    }
+
+    #[test]
+    fn a_journaled_selection_is_reapplied_on_resume() {
+        let rb = runbook();
+        let (sel, selection) = resolve(&rb, &v(&["g"]), &[], &[]).unwrap();
+        assert_eq!(reapply(&rb, &selection.unwrap()), sel);
+    }
+}
