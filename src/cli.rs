@@ -107,9 +107,14 @@ Ctrl-C once: start nothing new, let running steps finish, checkpoint, exit 130. 
 Ctrl-C twice: also terminate running steps (SIGTERM, then SIGKILL).",
         after_help = "Examples:\n  runbook run runbooks/local-backup.yaml -p backup_dir=/tmp/bk\n  \
 runbook plan FILE --save plan.json && runbook run --plan plan.json\n  \
-runbook run FILE -j 8 --fail-fast --log-format json\n\n\
+runbook run FILE -j 8 --fail-fast --log-format json\n  \
+runbook run FILE --approve confirm-restore   # unattended: the gate is approved in advance\n  \
+runbook run FILE --from restore-db           # restore-db and everything after it\n\n\
+On a terminal a `pause` gate asks `Approve STEP? [y/N]` and the run goes on after `y`; \
+without one (or with --no-input) the run stops there (exit 3).\n\n\
 Exit codes: 0 all steps succeeded or were skipped, 1 a step failed, 2 invalid input or a \
-drifted plan, 3 paused at a gate (approve, then resume), 4 runtime error, 130 interrupted."
+drifted plan, 3 paused at a gate (approve, then resume), 4 runtime error or another run of \
+the same runbook with the same params is running, 130 interrupted."
     )]
     Run {
         /// The runbook file (not needed with --plan).
@@ -127,6 +132,8 @@ drifted plan, 3 paused at a gate (approve, then resume), 4 runtime error, 130 in
         /// only the steps that need it; other branches finish).
         #[arg(long)]
         fail_fast: bool,
+        #[command(flatten)]
+        scope: ScopeArgs,
     },
 
     /// Continue an interrupted, failed or paused run where it stopped.
@@ -156,7 +163,8 @@ runbook resume RUN --approve confirm-overwrite"
         /// Record this step as done without running it (needs --reason). Repeatable.
         #[arg(long, value_name = "STEP", requires = "reason")]
         mark_done: Vec<String>,
-        /// Why the steps given with --mark-done are done (journaled, shown by `status`).
+        /// Why the steps given with --mark-done are done, or why the gates
+        /// given with --approve may pass (journaled, shown by `status`).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
         /// Approve these `pause` gates before continuing. Repeatable.
@@ -211,6 +219,9 @@ Ctrl-C stops watching (exit 130). Not on a terminal, each view is printed in tur
         /// The `pause` step to approve.
         #[arg(value_name = "STEP")]
         step: String,
+        /// Why it is safe to continue (journaled, shown by `status`).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         #[command(flatten)]
         state_dir: StateDirArg,
     },
@@ -376,6 +387,32 @@ pub struct ExecArgs {
     #[arg(long, env = "RUNBOOK_LOG_LIMIT", value_name = "SIZE", default_value = "64MiB",
           value_parser = crate::limits::parse_size)]
     pub log_limit: u64,
+    /// Run even if another run of the same runbook with the same params is
+    /// running (by default refused, exit 4).
+    #[arg(long)]
+    pub allow_concurrent: bool,
+}
+
+/// `run --only/--from/--skip/--approve`: which part of the graph runs and
+/// which gates are approved in advance.
+#[derive(Debug, Args)]
+pub struct ScopeArgs {
+    /// Run only this step (repeatable); the others are skipped as `not
+    /// selected`. Refused if a selected step uses outputs of one left out.
+    #[arg(long, value_name = "STEP")]
+    pub only: Vec<String>,
+    /// Run this step and everything downstream of it (repeatable); the
+    /// steps before it are skipped as `not selected`.
+    #[arg(long, value_name = "STEP")]
+    pub from: Vec<String>,
+    /// Do not run this step (repeatable); steps that need it still run
+    /// unless they use its outputs (then the run is refused).
+    #[arg(long, value_name = "STEP")]
+    pub skip: Vec<String>,
+    /// Approve this `pause` gate in advance, for unattended runs
+    /// (repeatable; journaled with who approved).
+    #[arg(long, value_name = "STEP")]
+    pub approve: Vec<String>,
 }
 
 /// `--log-format`.

@@ -48,6 +48,47 @@ pub enum SuccessVia {
     MarkedDone,
 }
 
+/// The part of the graph a run is limited to (`run --only/--from/--skip`).
+/// Steps outside it are skipped with the reason `not selected`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    /// `--only`: these steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<String>,
+    /// `--from`: these steps and everything downstream of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
+    /// `--skip`: not these steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip: Vec<String>,
+    /// Steps added because selected steps need them to be passed or
+    /// running: pause gates upstream of a selected step and daemons a
+    /// selected step needs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
+    /// How many steps the selection runs.
+    pub selected: usize,
+    /// How many steps the runbook has.
+    pub total: usize,
+}
+
+impl Selection {
+    /// The flags as typed: `--from restore-db --skip verify`.
+    pub fn flags(&self) -> String {
+        let mut words = Vec::new();
+        for (flag, ids) in [
+            ("--only", &self.only),
+            ("--from", &self.from),
+            ("--skip", &self.skip),
+        ] {
+            for id in ids {
+                words.push(format!("{flag} {id}"));
+            }
+        }
+        words.join(" ")
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -193,6 +234,17 @@ pub enum RunEvent {
         /// How this runner contains step processes.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         containment: Option<ContainmentInfo>,
+        /// `--only/--from/--skip`: the part of the graph this run is limited
+        /// to (absent: the whole graph). Resumes keep it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        selection: Option<Selection>,
+        /// Gates approved in advance with `run --approve STEP` (approved,
+        /// with `step_approved`, when the run reaches them; resumes keep it).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approved_in_advance: Vec<String>,
+        /// Who started the run (`$USER`, else the account name, else the uid).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_by: Option<String>,
     },
     /// A `resume` took over the run.
     RunResumed {
@@ -345,8 +397,12 @@ pub enum RunEvent {
     StepApproved {
         /// Step id.
         step: String,
-        /// `$USER` of the approver.
+        /// The approver: `$USER`, else the account name, else the uid.
         by: String,
+        /// `approve --reason`, or how it was approved (`at the prompt`,
+        /// `in advance (run --approve)`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// An operator marked a step done.
     StepMarkedDone {

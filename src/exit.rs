@@ -24,6 +24,6 @@ pub fn of_state_error(error: &crate::state::StateError) -> u8 {
     use crate::state::StateError as E;
     match error {
         E::UnknownRun { .. } | E::AmbiguousRun { .. } | E::NoRuns(_) => INVALID,
-        E::NoStateDir | E::Io { .. } | E::Locked { .. } => RUNTIME,
+        E::NoStateDir | E::Io { .. } | E::Locked { .. } | E::RunbookLocked(_) => RUNTIME,
     }
 }

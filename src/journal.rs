@@ -422,6 +422,9 @@ pub struct StepState {
     /// Output missing from its log: the last write error or size limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_incomplete: Option<String>,
+    /// What a `pause` gate asks to check (as shown when it was reached).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl Default for StepState {
@@ -444,6 +447,7 @@ impl Default for StepState {
             done_if: None,
             skipped_because: None,
             log_incomplete: None,
+            message: None,
         }
     }
 }
@@ -497,6 +501,16 @@ pub struct RunState {
     /// Slot cgroup name to the step whose attempt used it last.
     #[serde(skip)]
     pub slot_steps: std::collections::HashMap<String, String>,
+    /// `run --only/--from/--skip`, when the run is limited to part of the
+    /// graph.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<crate::events::Selection>,
+    /// Gates approved in advance (`run --approve`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approved_in_advance: Vec<String>,
+    /// Who started the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
 }
 
 impl RunState {
@@ -554,6 +568,9 @@ impl RunState {
                     cwd,
                     marker,
                     containment,
+                    selection,
+                    approved_in_advance,
+                    started_by,
                     ..
                 },
             ..
@@ -586,6 +603,9 @@ impl RunState {
             containment: containment.clone(),
             sessions: containment.iter().cloned().collect(),
             slot_steps: HashMap::new(),
+            selection: selection.clone(),
+            approved_in_advance: approved_in_advance.clone(),
+            started_by: started_by.clone(),
         };
         for record in &records[1..] {
             state.updated_at.clone_from(&record.at);
@@ -719,11 +739,15 @@ impl RunState {
                     s.status = StepStatus::Skipped;
                     s.skipped_because = Some(reason.clone());
                 }
-                (RunEvent::StepPaused { .. }, Some(s)) => s.status = StepStatus::Paused,
-                (RunEvent::StepApproved { by, .. }, Some(s)) => {
+                (RunEvent::StepPaused { message, .. }, Some(s)) => {
+                    s.status = StepStatus::Paused;
+                    s.message.clone_from(message);
+                }
+                (RunEvent::StepApproved { by, reason, .. }, Some(s)) => {
                     s.status = StepStatus::Succeeded;
                     s.via = Some(SuccessVia::Approval);
                     s.by = Some(by.clone());
+                    s.reason.clone_from(reason);
                 }
                 (RunEvent::StepMarkedDone { reason, by, .. }, Some(s)) => {
                     s.status = StepStatus::Succeeded;
@@ -828,6 +852,9 @@ mod tests {
             cwd: "/".into(),
             marker: "m".into(),
             containment: None,
+            selection: None,
+            approved_in_advance: Vec::new(),
+            started_by: None,
         }
     }
 

@@ -24,6 +24,7 @@ pub mod report;
 pub mod runner;
 pub mod schema;
 pub mod secrets;
+pub mod selection;
 pub mod spec;
 pub mod state;
 pub mod template;

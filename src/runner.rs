@@ -21,7 +21,7 @@ use crate::model::{Action, Runbook};
 use crate::params::{ParamInput, ParamValues};
 use crate::plan::{Plan, params_digest};
 use crate::spec::SourceFile;
-use crate::state::{self, RunDir, RunLock, StateError};
+use crate::state::{self, RunDir, RunLock, RunbookLock, StateError};
 use crate::template::{self, Context, Outputs, RunFacts};
 use crate::validate;
 
@@ -96,6 +96,11 @@ pub struct Prepared {
     pub already_done: usize,
     /// Held for the whole run.
     pub lock: RunLock,
+    /// The lock on the runbook and params, held for the whole run (none
+    /// with `--allow-concurrent`).
+    pub runbook_lock: Option<RunbookLock>,
+    /// Gates approved in advance (`run --approve`, kept by resumes).
+    pub approved_in_advance: Vec<String>,
     /// The first event to report (run_started or run_resumed).
     pub opening: RunEvent,
     /// Events already journaled while preparing (leftovers terminated,
@@ -114,6 +119,86 @@ pub struct ExecOptions {
     pub state_dir: PathBuf,
     /// Set when `jobs` was lowered to fit the open-files limit (journaled).
     pub jobs_limited: Option<crate::limits::JobsCap>,
+    /// `--allow-concurrent`: do not take the runbook lock.
+    pub allow_concurrent: bool,
+}
+
+/// `run --only/--from/--skip/--approve`.
+#[derive(Debug, Clone, Default)]
+pub struct RunScope {
+    /// `--only`.
+    pub only: Vec<String>,
+    /// `--from`.
+    pub from: Vec<String>,
+    /// `--skip`.
+    pub skip: Vec<String>,
+    /// `--approve`: gates approved in advance.
+    pub approve: Vec<String>,
+}
+
+/// Takes the lock on runbook `name` with these params unless
+/// `--allow-concurrent` was given.
+fn lock_runbook(
+    options: &ExecOptions,
+    name: &str,
+    params: &ParamValues,
+    run_id: &str,
+) -> Result<Option<RunbookLock>, RunError> {
+    if options.allow_concurrent {
+        return Ok(None);
+    }
+    Ok(Some(RunbookLock::acquire(
+        &options.state_dir,
+        name,
+        &params_digest(params),
+        run_id,
+    )?))
+}
+
+/// Checks `run --approve` names: steps of the runbook that are gates.
+fn check_approvals(runbook: &Runbook, approve: &[String]) -> Result<(), RunError> {
+    let mut report = Report::new("--approve", None);
+    for id in approve {
+        match runbook.steps.iter().find(|s| &s.id == id) {
+            None => {
+                let hint = did_you_mean(id, runbook.steps.iter().map(|s| s.id.as_str()))
+                    .map(|b| format!("did you mean `{b}`?"))
+                    .unwrap_or_else(|| "`runbook plan FILE` lists the steps".into());
+                report.problems.push(
+                    Problem::new(
+                        "run::unknown-gate",
+                        format!("--approve {id}: no such step in runbook {}", runbook.name),
+                    )
+                    .help(hint),
+                );
+            }
+            Some(step) if !matches!(step.action, Action::Pause { .. }) => {
+                let gates: Vec<&str> = runbook
+                    .steps
+                    .iter()
+                    .filter(|s| matches!(s.action, Action::Pause { .. }))
+                    .map(|s| s.id.as_str())
+                    .collect();
+                report.problems.push(
+                    Problem::new(
+                        "run::not-a-gate",
+                        format!("--approve {id}: `{id}` is not a `pause` step"),
+                    )
+                    .help(if gates.is_empty() {
+                        "this runbook has no pause gates; --approve is for them only".to_owned()
+                    } else {
+                        format!("its pause gates are: {}", gates.join(", "))
+                    }),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::Invalid(vec![report]))
+    }
 }
 
 /// Time between SIGTERM and SIGKILL when steps are terminated.
@@ -285,15 +370,24 @@ pub fn start(
     file: &Path,
     mut params: ParamValues,
     options: &ExecOptions,
+    scope: &RunScope,
 ) -> Result<Prepared, RunError> {
     check_supported(&runbook)?;
+    check_approvals(&runbook, &scope.approve)?;
+    let (selected, selection) =
+        crate::selection::resolve(&runbook, &scope.only, &scope.from, &scope.skip)?;
     let cwd = std::env::current_dir().map_err(|e| RunError::Environment {
         message: format!("cannot read the current directory: {e}"),
         help: "run from a directory that exists".into(),
     })?;
     absolutize_paths(&runbook, &mut params, &cwd);
+    // before the run directory exists: a refused run leaves nothing behind
+    let mut runbook_lock = lock_runbook(options, &runbook.name, &params, "")?;
     let run_dir = RunDir::create_new(&options.state_dir, &runbook.name)?;
     let run_id = run_dir.id.clone();
+    if let Some(l) = runbook_lock.as_mut() {
+        l.set_run(&run_id)?;
+    }
     let lock = run_dir.lock()?;
     state::write_private(&run_dir.runbook_copy(), source.text.as_bytes())?;
     let masked = params.masked();
@@ -324,8 +418,20 @@ pub fn start(
         cwd: cwd.display().to_string(),
         marker,
         containment: Some(containment.info().clone()),
+        selection,
+        approved_in_advance: scope.approve.clone(),
+        started_by: Some(operator()),
     };
-    let initial = vec![Initial::Pending { next_attempt: 1 }; runbook.steps.len()];
+    let initial = selected
+        .iter()
+        .map(|&run| {
+            if run {
+                Initial::Pending { next_attempt: 1 }
+            } else {
+                Initial::NotSelected
+            }
+        })
+        .collect();
     let secrets = Arc::new(params.secret_set());
     let facts = RunFacts {
         id: run_id,
@@ -347,6 +453,8 @@ pub fn start(
         journal,
         already_done: 0,
         lock,
+        runbook_lock,
+        approved_in_advance: scope.approve.clone(),
         opening,
         notices: Vec::new(),
     })
@@ -395,10 +503,43 @@ pub fn latest_unfinished(state_dir: &Path) -> Result<String, RunError> {
     })
 }
 
-fn user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+/// Who is at the controls: `$USER`, else the name of the effective uid's
+/// account, else the uid as a number; never "unknown".
+pub fn operator() -> String {
+    if let Ok(user) = std::env::var("USER")
+        && !user.trim().is_empty()
+    {
+        return user;
+    }
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    account_name(uid).unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// The name of account `uid` (getpwuid_r), if it has one.
+fn account_name(uid: libc::uid_t) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: an all-zero passwd is a valid value to be overwritten.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: pwd, buf and result are valid for the call; buf outlives
+    // the use of the strings pwd points into.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points to a NUL-terminated string inside buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    let name = name.to_string_lossy().into_owned();
+    (!name.is_empty()).then_some(name)
 }
 
 /// Loads the runbook a run should continue with: the original file if it is
@@ -547,6 +688,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     }
     absolutize_paths(&runbook, &mut params, &cwd);
     let secrets = Arc::new(params.secret_set());
+    let runbook_lock = lock_runbook(options, &run_state.original_runbook.name, &params, &run_id)?;
 
     for id in &request.rerun {
         check_step(&runbook, id, "--rerun")?;
@@ -578,12 +720,13 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
     }
 
     // operator decisions first, so they are on record whatever happens next
-    let by = user();
+    let by = operator();
     let mut emitted = Vec::new();
     for id in &request.approve {
         emitted.push(RunEvent::StepApproved {
             step: id.clone(),
             by: by.clone(),
+            reason: request.reason.clone(),
         });
     }
     for id in &request.mark_done {
@@ -701,6 +844,10 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
             .is_some_and(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped))
     };
     let mut already_done = 0;
+    let selected = match &run_state.selection {
+        Some(selection) => crate::selection::reapply(&runbook, selection),
+        None => vec![true; runbook.steps.len()],
+    };
     for (index, step) in runbook.steps.iter().enumerate() {
         let state = run_state.steps.get(&step.id);
         let attempts = state.map_or(0, |s| s.attempts);
@@ -726,6 +873,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                 Initial::Done(known.outputs.get(&step.id).cloned().unwrap_or_default())
             }
             StepStatus::Skipped => Initial::Skipped,
+            _ if !selected[index] => Initial::NotSelected,
             _ if in_flight => {
                 let held = match &step.done_if {
                     Some(check) => {
@@ -828,6 +976,8 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         journal,
         already_done,
         lock,
+        runbook_lock,
+        approved_in_advance: run_state.approved_in_advance.clone(),
         opening,
         notices,
     })
@@ -1042,12 +1192,15 @@ pub async fn execute(
     prepared: Prepared,
     options: &ExecOptions,
     reporters: Vec<Box<dyn crate::events::EventSink>>,
+    prompt: Option<Arc<dyn engine::GatePrompt>>,
 ) -> (engine::Summary, Arc<RunContext>) {
     let Prepared {
         ctx,
         initial,
         journal,
         lock,
+        runbook_lock,
+        approved_in_advance,
         opening,
         notices,
         ..
@@ -1067,6 +1220,11 @@ pub async fn execute(
             jobs: options.jobs as usize,
             fail_fast: options.fail_fast,
             grace: GRACE,
+            gates: engine::Gates {
+                prompt,
+                approved_in_advance,
+                operator: operator(),
+            },
         },
         dispatch.clone(),
     )
@@ -1082,5 +1240,6 @@ pub async fn execute(
     let _ = dispatch.journal.flush().await;
     ctx.containment.remove();
     drop(lock);
+    drop(runbook_lock);
     (summary, ctx)
 }

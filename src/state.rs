@@ -1,5 +1,6 @@
 //! Where runs live: the state directory, one directory per run, run ids,
-//! private file creation (0600) and the per-run lock.
+//! private file creation (0600), the per-run lock and the lock per runbook
+//! and params that keeps two runs of one procedure from overlapping.
 //!
 //! Layout:
 //! ```text
@@ -10,6 +11,9 @@
 //!     lock               flock'ed by the process running the run; holds its pid
 //!     logs/<step>.log    output of each step, all attempts
 //!     outputs/<step>.<attempt>.env   $RUNBOOK_OUTPUT files
+//! <state-dir>/locks/<runbook>-<params digest>.lock
+//!                        flock'ed by the runner of a run of that runbook with
+//!                        those params (`RunbookLock`); names the holder
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -71,6 +75,32 @@ pub enum StateError {
     /// No runs at all.
     #[error("no runs in {0}")]
     NoRuns(PathBuf),
+    /// Another run of the same runbook with the same params is running.
+    #[error(transparent)]
+    RunbookLocked(Box<RunbookLocked>),
+}
+
+/// Another run of the same runbook with the same params holds the lock.
+#[derive(Debug, Error)]
+#[error(
+    "another run of {runbook} with the same params is running: {} (pid {pid} on {host}, started {started}); two at once would race on the same targets\n  help: wait for it{}, or pass --allow-concurrent if running both at once is safe (lock: {path})",
+    if holder_run.is_empty() { "a run still being set up".to_owned() } else { format!("run {holder_run}") },
+    if holder_run.is_empty() { String::new() } else { format!(" (`runbook status {holder_run}`)") },
+    path = path.display()
+)]
+pub struct RunbookLocked {
+    /// The runbook name.
+    pub runbook: String,
+    /// The holder's run id (empty while it is being set up).
+    pub holder_run: String,
+    /// The holder's pid.
+    pub pid: String,
+    /// The holder's host.
+    pub host: String,
+    /// When the holder took the lock.
+    pub started: String,
+    /// The lock file.
+    pub path: PathBuf,
 }
 
 /// Wraps an I/O error with what was done to which path.
@@ -299,6 +329,140 @@ impl RunDir {
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
+}
+
+/// What a runbook lock file says about its holder.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct LockHolder {
+    /// Process id of the runner.
+    pub pid: u32,
+    /// The run it runs (empty until the run directory exists).
+    pub run_id: String,
+    /// Host name of the runner.
+    pub host: String,
+    /// When it took the lock (RFC 3339).
+    pub started_at: String,
+}
+
+/// Held by the runner of a run for as long as it runs: one per runbook name
+/// and params digest, so two runs of the same procedure on the same targets
+/// cannot overlap. `flock`ed, so a runner that dies (even `kill -9`)
+/// releases it with its last descriptor.
+#[derive(Debug)]
+pub struct RunbookLock {
+    file: File,
+    path: PathBuf,
+    holder: LockHolder,
+}
+
+impl RunbookLock {
+    /// The lock file of runbook `name` with params digest `digest`:
+    /// `<state>/locks/<name>-<first 16 hex digits>.lock`.
+    pub fn path(state: &Path, name: &str, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        let short: String = hex.chars().take(16).collect();
+        let name: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        state.join("locks").join(format!("{name}-{short}.lock"))
+    }
+
+    /// Takes the lock of runbook `name` with params digest `digest` for
+    /// run `run_id` (empty when the run directory does not exist yet), or
+    /// fails at once naming the holder.
+    pub fn acquire(
+        state: &Path,
+        name: &str,
+        digest: &str,
+        run_id: &str,
+    ) -> Result<RunbookLock, StateError> {
+        create_private_dir(&state.join("locks"))?;
+        let path = RunbookLock::path(state, name, digest);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("cannot open", &path))?;
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let holder: LockHolder = serde_json::from_str(&text).unwrap_or_default();
+                let or_unknown = |s: String| if s.is_empty() { "?".to_owned() } else { s };
+                return Err(StateError::RunbookLocked(Box::new(RunbookLocked {
+                    runbook: name.to_owned(),
+                    holder_run: holder.run_id,
+                    pid: if holder.pid == 0 {
+                        "?".into()
+                    } else {
+                        holder.pid.to_string()
+                    },
+                    host: or_unknown(holder.host),
+                    started: or_unknown(holder.started_at),
+                    path,
+                })));
+            }
+            return Err(StateError::Io {
+                action: "cannot lock",
+                path,
+                source: err,
+            });
+        }
+        let mut lock = RunbookLock {
+            file,
+            path,
+            holder: LockHolder {
+                pid: std::process::id(),
+                run_id: run_id.to_owned(),
+                host: hostname(),
+                started_at: crate::events::now_rfc3339(),
+            },
+        };
+        lock.write()?;
+        Ok(lock)
+    }
+
+    /// Names the run once its directory exists.
+    pub fn set_run(&mut self, run_id: &str) -> Result<(), StateError> {
+        run_id.clone_into(&mut self.holder.run_id);
+        self.write()
+    }
+
+    fn write(&mut self) -> Result<(), StateError> {
+        let text = serde_json::to_string(&self.holder).unwrap_or_default();
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.rewind())
+            .and_then(|()| self.file.write_all(text.as_bytes()))
+            .and_then(|()| self.file.sync_data())
+            .map_err(io_err("cannot write", &self.path))
+    }
+}
+
+/// This machine's host name (empty when it cannot be read).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// Ids of all runs in the state dir, oldest first (by the time in the first

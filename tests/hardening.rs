@@ -660,12 +660,16 @@ fn sigterm_and_a_double_ctrl_c_terminate_running_steps_and_checkpoint() {
 // ------------------------------------------------------------ point 11
 
 /// Runs started together never share a directory (ids are drawn again on
-/// a clash): many runs of one runbook at once each get their own journal.
+/// a clash): many runs of one runbook at once each get their own journal
+/// (`--allow-concurrent`: without it all but one are refused, see
+/// tests/run_control.rs).
 #[test]
 fn runs_started_at_once_get_distinct_directories() {
     let lab = Lab::new();
     let file = lab.runbook("same", "  - id: a\n    run: 'true'\n");
-    let mut runs: Vec<Proc> = (0..16).map(|_| lab.spawn(&["run", &file])).collect();
+    let mut runs: Vec<Proc> = (0..16)
+        .map(|_| lab.spawn(&["run", &file, "--allow-concurrent"]))
+        .collect();
     for r in &mut runs {
         assert!(r.wait(PATIENCE * 2).success(), "{}", r.describe());
     }

@@ -45,7 +45,24 @@ fn options(exec: &ExecArgs, fail_fast: bool) -> Result<ExecOptions, u8> {
         fail_fast,
         state_dir,
         jobs_limited,
+        allow_concurrent: exec.allow_concurrent,
     })
+}
+
+/// `run`'s scope flags and whether questions may be asked.
+pub struct Interaction {
+    /// `--only/--from/--skip/--approve`.
+    pub scope: crate::cli::ScopeArgs,
+    /// `--no-input`.
+    pub no_input: bool,
+}
+
+/// Whether a gate may be asked about at the terminal: stdin and stderr are
+/// terminals, and neither `--no-input` nor `CI` says otherwise.
+fn can_ask(no_input: bool) -> bool {
+    use std::io::IsTerminal;
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    !no_input && !ci && std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
 }
 
 fn report_error(error: RunError, style: Style) -> u8 {
@@ -122,10 +139,17 @@ pub fn run(
     exec: &ExecArgs,
     fail_fast: bool,
     style: Style,
+    interaction: &Interaction,
 ) -> u8 {
     let options = match options(exec, fail_fast) {
         Ok(o) => o,
         Err(code) => return code,
+    };
+    let scope = runner::RunScope {
+        only: interaction.scope.only.clone(),
+        from: interaction.scope.from.clone(),
+        skip: interaction.scope.skip.clone(),
+        approve: interaction.scope.approve.clone(),
     };
     let saved = match plan.map(read_plan).transpose() {
         Ok(p) => p,
@@ -148,7 +172,7 @@ pub fn run(
     {
         return report_error(e, style);
     }
-    let prepared = match runner::start(runbook, &source, &path, values, &options) {
+    let prepared = match runner::start(runbook, &source, &path, values, &options, &scope) {
         Ok(p) => p,
         Err(e) => return report_error(e, style),
     };
@@ -161,6 +185,7 @@ pub fn run(
         &options,
         exec.log_format,
         exec.state_dir.is_some(),
+        can_ask(interaction.no_input),
     )
 }
 
@@ -207,7 +232,13 @@ fn read_plan(path: &Path) -> Result<Plan, u8> {
 }
 
 /// `runbook resume`.
-pub fn resume(request: ResumeRequest, exec: &ExecArgs, fail_fast: bool, style: Style) -> u8 {
+pub fn resume(
+    request: ResumeRequest,
+    exec: &ExecArgs,
+    fail_fast: bool,
+    style: Style,
+    no_input: bool,
+) -> u8 {
     let options = match options(exec, fail_fast) {
         Ok(o) => o,
         Err(code) => return code,
@@ -225,6 +256,7 @@ pub fn resume(request: ResumeRequest, exec: &ExecArgs, fail_fast: bool, style: S
         &options,
         exec.log_format,
         exec.state_dir.is_some(),
+        can_ask(no_input),
     )
 }
 
@@ -238,10 +270,12 @@ fn finish(
     options: &ExecOptions,
     format: LogFormat,
     explicit_state_dir: bool,
+    ask: bool,
 ) -> u8 {
     let run_id = prepared.ctx.facts.id.clone();
     let total = prepared.ctx.runbook.steps.len();
     let logs = prepared.ctx.run_dir.path.join("logs");
+    let mut status_line = None;
     let (reporter, terminal): (Box<dyn crate::events::EventSink>, _) = match format {
         LogFormat::Human => {
             let titles = prepared
@@ -253,6 +287,7 @@ fn finish(
                 .collect();
             let human = Human::new(total, prepared.already_done, logs, titles);
             let terminal = human.terminal();
+            status_line = human.question_line();
             (Box::new(human), terminal)
         }
         LogFormat::Json => {
@@ -266,8 +301,25 @@ fn finish(
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+    let prompt = ask.then(|| {
+        std::sync::Arc::new(crate::report::prompt::TerminalPrompt::new(
+            runner::operator(),
+            status_line,
+        ))
+    });
     let began = std::time::Instant::now();
-    let (summary, ctx) = rt.block_on(runner::execute(prepared, options, vec![reporter]));
+    let (summary, ctx) = rt.block_on(runner::execute(
+        prepared,
+        options,
+        vec![reporter],
+        prompt
+            .clone()
+            .map(|p| p as std::sync::Arc<dyn crate::engine::GatePrompt>),
+    ));
+    if let Some(prompt) = &prompt {
+        // the terminal back as it was, before the last lines
+        prompt.close();
+    }
     let took = crate::model::fmt_duration(std::time::Duration::from_millis(
         began.elapsed().as_millis() as u64,
     ));
@@ -307,7 +359,7 @@ fn finish(
         RunOutcome::Paused => {
             let gate = paused.first().cloned().unwrap_or_else(|| "STEP".into());
             format!(
-                "Run {run_id} is paused at `{gate}`.\n  When it is safe to continue: runbook resume {run_id} --approve {gate}{state_flag}\n  (or: runbook approve {run_id} {gate}{state_flag} && runbook resume {run_id}{state_flag})"
+                "Run {run_id} is paused at `{gate}`.\n  When it is safe to continue: runbook approve {run_id} {gate}{state_flag} && runbook resume {run_id}{state_flag}\n  (or in one step: runbook resume {run_id} --approve {gate}{state_flag})"
             )
         }
         RunOutcome::Interrupted => format!(
@@ -369,7 +421,7 @@ fn thousands(n: usize) -> String {
 }
 
 /// `runbook approve RUN_ID STEP`.
-pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
+pub fn approve(run_id: &str, step: &str, reason: Option<&str>, state_dir: Option<&Path>) -> u8 {
     // state-directory errors keep their own exit code (unknown run 2,
     // lock held 4); the rest of what approve refuses is invalid input
     let mut state_code = None;
@@ -417,7 +469,8 @@ pub fn approve(run_id: &str, step: &str, state_dir: Option<&Path>) -> u8 {
             .map_err(|e| e.to_string())?;
         writer.append(&RunEvent::StepApproved {
             step: step.to_owned(),
-            by: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            by: runner::operator(),
+            reason: reason.map(str::to_owned),
         });
         writer.close().map_err(|e| e.to_string())?;
         Ok(format!(

@@ -72,6 +72,7 @@ impl From<&StateError> for Failure {
             StateError::AmbiguousRun { .. } => "run::ambiguous",
             StateError::NoRuns(_) => "run::none",
             StateError::Locked { .. } => "run::locked",
+            StateError::RunbookLocked(_) => "runbook::locked",
             StateError::NoStateDir => "state::no-dir",
             StateError::Io { .. } => "state::io",
         };

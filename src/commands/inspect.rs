@@ -185,6 +185,13 @@ struct StatusJson<'a> {
     jobs: u32,
     fail_fast: bool,
     leftovers_terminated: usize,
+    /// `--only/--from/--skip` the run is limited to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    selection: Option<&'a crate::events::Selection>,
+    /// Gates approved with `run --approve`.
+    approved_in_advance: &'a [String],
+    /// Who started the run.
+    started_by: Option<&'a str>,
     steps: IndexMap<&'a str, StepJson<'a>>,
 }
 
@@ -201,6 +208,8 @@ struct StepJson<'a> {
     outputs: &'a IndexMap<String, String>,
     by: Option<&'a str>,
     reason: Option<&'a str>,
+    /// A paused gate's message.
+    message: Option<&'a str>,
     skipped_because: Option<&'a str>,
     done_if: Option<&'a str>,
     log_incomplete: Option<&'a str>,
@@ -301,6 +310,9 @@ fn status_json(state: &RunState, run: &RunDir, pid: Option<u32>) -> String {
         jobs: state.jobs,
         fail_fast: state.fail_fast,
         leftovers_terminated: state.leftovers_terminated,
+        selection: state.selection.as_ref(),
+        approved_in_advance: &state.approved_in_advance,
+        started_by: state.started_by.as_deref(),
         steps: state
             .steps
             .iter()
@@ -319,6 +331,7 @@ fn status_json(state: &RunState, run: &RunDir, pid: Option<u32>) -> String {
                         outputs: &s.outputs,
                         by: s.by.as_deref(),
                         reason: s.reason.as_deref(),
+                        message: s.message.as_deref(),
                         skipped_because: s.skipped_because.as_deref(),
                         done_if: s.done_if.as_deref(),
                         log_incomplete: s.log_incomplete.as_deref(),
@@ -351,6 +364,7 @@ fn status_text(state: &RunState, run: &RunDir, pid: Option<u32>, paint: Paint) -
         "State    {label}  {}\n",
         counts_line(&summary.counts, paint)
     ));
+    out.push_str(&scope_lines(state));
     out.push_str(&format!(
         "Started  {}   updated {}   took {}",
         state.started_at,
@@ -388,9 +402,11 @@ fn status_text(state: &RunState, run: &RunDir, pid: Option<u32>, paint: Paint) -
                 s.by.as_deref().unwrap_or("?"),
                 s.reason.as_deref().unwrap_or("")
             ),
-            (StepState::Succeeded, Some(SuccessVia::Approval)) => {
-                format!("approved by {}", s.by.as_deref().unwrap_or("?"))
-            }
+            (StepState::Succeeded, Some(SuccessVia::Approval)) => match &s.reason {
+                Some(reason) => format!("approved by {}: {reason}", s.by.as_deref().unwrap_or("?")),
+                None => format!("approved by {}", s.by.as_deref().unwrap_or("?")),
+            },
+            (StepState::Paused, _) => s.message.clone().unwrap_or_default(),
             (StepState::Succeeded, Some(SuccessVia::DoneIf)) => "done_if held on resume".into(),
             (StepState::Skipped, _) => s.skipped_because.clone().unwrap_or_default(),
             (StepState::Blocked, _) => "a step it needs failed".into(),
@@ -426,6 +442,62 @@ fn status_text(state: &RunState, run: &RunDir, pid: Option<u32>, paint: Paint) -
         ]);
     }
     out.push_str(&table.render(paint));
+    out.push_str(&gate_lines(state, pid.is_some()));
+    out
+}
+
+/// `Scope` and `Approve` header lines: the part of the graph the run is
+/// limited to and the gates approved in advance.
+fn scope_lines(state: &RunState) -> String {
+    let mut out = String::new();
+    if let Some(selection) = &state.selection {
+        out.push_str(&format!(
+            "Scope    {}  ({} of {} steps",
+            selection.flags(),
+            selection.selected,
+            selection.total
+        ));
+        if !selection.kept.is_empty() {
+            out.push_str(&format!("; kept: {}", selection.kept.join(", ")));
+        }
+        out.push_str(")\n");
+    }
+    if !state.approved_in_advance.is_empty() {
+        out.push_str(&format!(
+            "Approve  {} (in advance, run --approve)\n",
+            state.approved_in_advance.join(", ")
+        ));
+    }
+    out
+}
+
+/// For each gate the run is paused at: its message and the command that
+/// continues (while a runner holds the run, it is asking on its terminal).
+fn gate_lines(state: &RunState, running: bool) -> String {
+    let mut out = String::new();
+    for (id, s) in state
+        .steps
+        .iter()
+        .filter(|(_, s)| s.status == StepStatus::Paused)
+    {
+        if running {
+            out.push_str(&format!(
+                "\nWaiting at gate `{id}` for an answer on the runner's terminal"
+            ));
+        } else {
+            out.push_str(&format!("\nPaused at gate `{id}`"));
+        }
+        match &s.message {
+            Some(message) => out.push_str(&format!(": {message}\n")),
+            None => out.push('\n'),
+        }
+        if !running {
+            out.push_str(&format!(
+                "  When it is safe to continue: runbook approve {run} {id} && runbook resume {run}\n",
+                run = state.run_id
+            ));
+        }
+    }
     out
 }
 

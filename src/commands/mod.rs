@@ -66,6 +66,7 @@ pub fn dispatch(cli: Cli) -> u8 {
             plan,
             exec,
             fail_fast,
+            scope,
         } => execute::run(
             file.as_deref(),
             &params,
@@ -73,6 +74,10 @@ pub fn dispatch(cli: Cli) -> u8 {
             &exec,
             fail_fast,
             style,
+            &execute::Interaction {
+                scope,
+                no_input: cli.no_input,
+            },
         ),
         Command::Resume {
             run_id,
@@ -100,12 +105,14 @@ pub fn dispatch(cli: Cli) -> u8 {
             &exec,
             fail_fast,
             style,
+            cli.no_input,
         ),
         Command::Approve {
             run_id,
             step,
+            reason,
             state_dir,
-        } => execute::approve(&run_id, &step, state_dir.as_deref()),
+        } => execute::approve(&run_id, &step, reason.as_deref(), state_dir.as_deref()),
         Command::Status {
             run_id,
             state_dir,

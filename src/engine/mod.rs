@@ -60,6 +60,40 @@ pub enum Initial {
     Done(IndexMap<String, String>),
     /// Skipped by its `when` earlier.
     Skipped,
+    /// Outside the run's selection (`--only/--from/--skip`): skipped as
+    /// `not selected` when the engine begins.
+    NotSelected,
+}
+
+/// Asks an operator, while the run goes on, to approve a `pause` gate
+/// (implemented by the terminal prompt in `report::prompt`).
+pub trait GatePrompt: Send + Sync {
+    /// Starts asking about gate `step`; resolves to the approver when
+    /// approved, to `None` when declined, unanswered or cancelled.
+    fn ask(&self, step: &str, message: Option<&str>) -> oneshot::Receiver<Option<String>>;
+    /// Withdraws the open question (the run is stopping); its answer is
+    /// `None`.
+    fn cancel(&self);
+}
+
+/// The prompt for gates, if the run has a terminal to ask on.
+#[derive(Clone, Default)]
+pub struct Gates {
+    /// Asks at the terminal; `None`: a gate pauses the run.
+    pub prompt: Option<Arc<dyn GatePrompt>>,
+    /// Gates approved in advance (`run --approve`).
+    pub approved_in_advance: Vec<String>,
+    /// Who approves them (`$USER`, else the account name, else the uid).
+    pub operator: String,
+}
+
+impl std::fmt::Debug for Gates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gates")
+            .field("prompt", &self.prompt.is_some())
+            .field("approved_in_advance", &self.approved_in_advance)
+            .finish()
+    }
 }
 
 /// How the engine runs.
@@ -71,6 +105,8 @@ pub struct Options {
     pub fail_fast: bool,
     /// Time between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// How `pause` gates are passed.
+    pub gates: Gates,
 }
 
 /// Fans events out to the journal and the reporters.
@@ -470,6 +506,14 @@ pub async fn execute(
                     finish[i] = Some(Finish::Skipped);
                     statuses.set(i, Status::Skipped);
                 }
+                Initial::NotSelected => {
+                    finish[i] = Some(Finish::Skipped);
+                    statuses.set(i, Status::Skipped);
+                    dispatch.emit(RunEvent::StepSkipped {
+                        step: runbook.steps[i].id.clone(),
+                        reason: "not selected".into(),
+                    });
+                }
                 Initial::Pending { next_attempt: a } => next_attempt[i] = *a,
             }
         }
@@ -522,8 +566,38 @@ pub async fn execute(
         }
     };
 
+    // the gate being asked about at the terminal, and those waiting their turn
+    let mut asking: Option<usize> = None;
+    let mut gate_queue: VecDeque<(usize, Option<String>)> = VecDeque::new();
+    let (answer_tx, mut answers) =
+        tokio::sync::mpsc::unbounded_channel::<(usize, Option<String>)>();
+    let ask = |i: usize, message: Option<String>| {
+        let prompt = options.gates.prompt.as_ref()?;
+        let reply = prompt.ask(&runbook.steps[i].id, message.as_deref());
+        let tx = answer_tx.clone();
+        tokio::spawn(async move {
+            let answer = reply.await.ok().flatten();
+            let _ = tx.send((i, answer));
+        });
+        Some(i)
+    };
     let mut journal_error = None;
     loop {
+        // a stopping run asks nothing more: open and waiting gates pause
+        if stopping && (asking.is_some() || !gate_queue.is_empty()) {
+            let open = asking.take();
+            if open.is_some()
+                && let Some(prompt) = &options.gates.prompt
+            {
+                prompt.cancel();
+            }
+            for i in open.into_iter().chain(gate_queue.drain(..).map(|(g, _)| g)) {
+                if finish[i].is_none() {
+                    finish[i] = Some(Finish::Paused);
+                    paused = true;
+                }
+            }
+        }
         // without a journal there are no checkpoints: start nothing more
         if journal_error.is_none()
             && let Some(error) = dispatch.journal.error()
@@ -578,6 +652,24 @@ pub async fn execute(
                     );
                     continue;
                 }
+                if options.gates.approved_in_advance.contains(&step.id) {
+                    dispatch.emit(RunEvent::StepApproved {
+                        step: step.id.clone(),
+                        by: options.gates.operator.clone(),
+                        reason: Some("approved in advance (run --approve)".into()),
+                    });
+                    finish[i] = Some(Finish::Succeeded);
+                    statuses.set(i, Status::Succeeded);
+                    settle(
+                        i,
+                        &runbook,
+                        &mut finish,
+                        &mut remaining,
+                        &mut ready,
+                        &dispatch,
+                    );
+                    continue;
+                }
                 let message = message.as_ref().map(|m| {
                     Context::new(
                         &ctx.params.template_values(true),
@@ -587,10 +679,21 @@ pub async fn execute(
                     .render(template::environment(), m)
                     .map_or_else(|_| m.clone(), |text| ctx.secrets.mask(&text))
                 });
+                // journaled first: a runner that dies while asking leaves
+                // the run paused at this gate
                 dispatch.emit(RunEvent::StepPaused {
                     step: step.id.clone(),
-                    message,
+                    message: message.clone(),
                 });
+                if options.gates.prompt.is_some() {
+                    // other steps go on while the operator reads and answers
+                    if asking.is_none() {
+                        asking = ask(i, message);
+                    } else {
+                        gate_queue.push_back((i, message));
+                    }
+                    continue;
+                }
                 finish[i] = Some(Finish::Paused);
                 paused = true;
                 stopping = true;
@@ -609,11 +712,39 @@ pub async fn execute(
             running.spawn(async move { (task.index, task.run().await) });
         }
         stop_unneeded_daemons(&runbook, &finish, &mut daemon_stops);
-        if running.is_empty() {
+        if running.is_empty() && asking.is_none() {
             break;
         }
         tokio::select! {
-            joined = running.join_next() => {
+            Some((i, answer)) = answers.recv(), if asking.is_some() => {
+                if asking != Some(i) || finish[i].is_some() {
+                    continue;
+                }
+                asking = None;
+                match answer {
+                    Some(by) => {
+                        dispatch.emit(RunEvent::StepApproved {
+                            step: runbook.steps[i].id.clone(),
+                            by,
+                            reason: Some("approved at the prompt".into()),
+                        });
+                        finish[i] = Some(Finish::Succeeded);
+                        statuses.set(i, Status::Succeeded);
+                        settle(i, &runbook, &mut finish, &mut remaining, &mut ready, &dispatch);
+                        if let Some((next, message)) = gate_queue.pop_front() {
+                            asking = ask(next, message);
+                        }
+                    }
+                    None => {
+                        // not approved: stop as a run without a terminal
+                        // does, at this gate (and any waiting their turn)
+                        finish[i] = Some(Finish::Paused);
+                        paused = true;
+                        stopping = true;
+                    }
+                }
+            }
+            joined = running.join_next(), if !running.is_empty() => {
                 let Some(joined) = joined else { continue };
                 let (i, result) = match joined {
                     Ok(pair) => pair,

@@ -19,6 +19,8 @@ struct Live {
     running: BTreeMap<String, (Instant, Option<String>)>,
     done: usize,
     total: usize,
+    /// A question at a gate, shown in place of the status line.
+    question: Option<String>,
 }
 
 /// Prints a run for people.
@@ -46,6 +48,7 @@ impl Human {
             running: BTreeMap::new(),
             done: already_done,
             total,
+            question: None,
         }));
         // on a terminal, the writer thread redraws the status line from the
         // latest state (it takes the lock only to format, never to write)
@@ -63,6 +66,17 @@ impl Human {
             titles,
             terminal: Terminal::stdout(status, text_gap),
         }
+    }
+
+    /// On a terminal, where a gate's question is shown: in place of the
+    /// status line, with transition lines printed above it.
+    pub fn question_line(&self) -> Option<Arc<dyn super::prompt::QuestionLine>> {
+        std::io::stdout().is_terminal().then(|| {
+            Arc::new(Question {
+                live: self.live.clone(),
+                terminal: self.terminal.clone(),
+            }) as Arc<dyn super::prompt::QuestionLine>
+        })
     }
 
     /// The writer this reporter prints through (to add the last line and
@@ -84,7 +98,29 @@ impl Human {
     }
 }
 
+struct Question {
+    live: Arc<Mutex<Live>>,
+    terminal: Arc<Terminal>,
+}
+
+impl super::prompt::QuestionLine for Question {
+    fn set(&self, text: Option<String>) {
+        if let Ok(mut live) = self.live.lock() {
+            live.question = text;
+        }
+        // an empty item: the writer redraws the status line now
+        self.terminal.progress(Vec::new());
+    }
+
+    fn line(&self, text: String) {
+        self.terminal.line(format!("{text}\n").into_bytes());
+    }
+}
+
 fn status_text(live: &Live, color: bool) -> String {
+    if let Some(question) = &live.question {
+        return question.clone();
+    }
     let mut text = format!(
         "[{}/{}] {}",
         live.done,
@@ -272,7 +308,12 @@ impl EventSink for Human {
                 self.paint("33", "⚠"),
                 crate::limits::size(*limit_bytes)
             ),
-            RunEvent::StepApproved { step, by } => format!("Approved {step} (by {by})"),
+            RunEvent::StepApproved { step, by, .. } => {
+                // reported only when the run passes the gate (at the prompt
+                // or approved in advance): one more step done
+                live.done += 1;
+                format!("Approved {step} (by {by})")
+            }
             RunEvent::StepMarkedDone { step, reason, .. } => format!("Marked {step} done: {reason}"),
             RunEvent::RerunRequested { step } => format!("{step} will run again"),
             RunEvent::AttemptSpawned { .. }
