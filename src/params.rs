@@ -799,35 +799,69 @@ impl Prompt for TerminalPrompt {
     }
 }
 
-/// Turns terminal echo off on stdin while alive.
+/// Turns terminal echo off on stdin while alive. A Ctrl-C (or SIGTERM,
+/// SIGHUP) while echo is off restores the terminal before the process
+/// ends, so the shell is not left without echo.
 struct EchoOff {
     saved: libc::termios,
+    handlers: [(libc::c_int, libc::sighandler_t); 3],
+}
+
+/// The attributes to restore from a signal handler (set while an `EchoOff`
+/// is alive; only one question is asked at a time).
+static mut SAVED_TERMIOS: Option<libc::termios> = None;
+
+extern "C" fn restore_terminal_and_die(signal: libc::c_int) {
+    // SAFETY: tcsetattr, signal and raise are async-signal-safe; the
+    // static is written before the handler is installed and only read here.
+    unsafe {
+        if let Some(saved) = (*std::ptr::addr_of!(SAVED_TERMIOS)).as_ref() {
+            libc::tcsetattr(0, libc::TCSAFLUSH, saved);
+        }
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
 }
 
 impl EchoOff {
     fn new() -> std::io::Result<EchoOff> {
         // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed termios that
-        // tcgetattr fills in.
+        // tcgetattr fills in; the static is set before the handlers that
+        // read it are installed.
         unsafe {
             let mut saved: libc::termios = std::mem::zeroed();
             if libc::tcgetattr(0, &mut saved) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            *std::ptr::addr_of_mut!(SAVED_TERMIOS) = Some(saved);
+            let handler = restore_terminal_and_die as extern "C" fn(libc::c_int);
+            let mut handlers = [(libc::SIGINT, 0), (libc::SIGTERM, 0), (libc::SIGHUP, 0)];
+            for (signal, previous) in &mut handlers {
+                *previous = libc::signal(*signal, handler as libc::sighandler_t);
+            }
             let mut quiet = saved;
             quiet.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL);
             if libc::tcsetattr(0, libc::TCSAFLUSH, &quiet) != 0 {
-                return Err(std::io::Error::last_os_error());
+                let error = std::io::Error::last_os_error();
+                for (signal, previous) in handlers {
+                    libc::signal(signal, previous);
+                }
+                return Err(error);
             }
-            Ok(EchoOff { saved })
+            Ok(EchoOff { saved, handlers })
         }
     }
 }
 
 impl Drop for EchoOff {
     fn drop(&mut self) {
-        // SAFETY: restores the attributes read in `new` on fd 0.
+        // SAFETY: restores the attributes read in `new` on fd 0, then the
+        // signal dispositions replaced in `new`.
         unsafe {
             libc::tcsetattr(0, libc::TCSAFLUSH, &self.saved);
+            for (signal, previous) in self.handlers {
+                libc::signal(signal, previous);
+            }
         }
     }
 }

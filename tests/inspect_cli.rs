@@ -660,6 +660,11 @@ mod pty {
 
     impl Session {
         fn start(args: &[&str], extra_env: &[(&str, &str)]) -> Session {
+            let bin = assert_cmd::cargo::cargo_bin("runbook");
+            Session::start_program(&bin.to_string_lossy(), args, extra_env)
+        }
+
+        fn start_program(program: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Session {
             let pair = native_pty_system()
                 .openpty(PtySize {
                     rows: 40,
@@ -668,7 +673,7 @@ mod pty {
                     pixel_height: 0,
                 })
                 .unwrap();
-            let mut cmd = CommandBuilder::new(assert_cmd::cargo::cargo_bin("runbook"));
+            let mut cmd = CommandBuilder::new(program);
             cmd.args(args);
             cmd.cwd(repo_root());
             cmd.env_clear();
@@ -772,6 +777,29 @@ mod pty {
         );
         assert!(screen.contains("\"value\": 3"), "{screen}");
         assert!(screen.contains("\"value\": \"***\""), "{screen}");
+    }
+
+    #[test]
+    fn ctrl_c_at_a_secret_question_gives_the_shell_its_echo_back() {
+        // the shell traps INT so that it outlives runbook and reports the
+        // terminal's echo setting after runbook died of the Ctrl-C
+        let bin = assert_cmd::cargo::cargo_bin("runbook");
+        let script = format!(
+            "trap 'echo trapped' INT; '{}' plan {PROMPTED}; stty -a | tr ' ' '\\n' | grep -x -- '-*echo' | sed 's/^/echo-setting:/'",
+            bin.display()
+        );
+        let mut s = Session::start_program("sh", &["-c", &script], &[]);
+        s.wait_for("replicas> ", 1);
+        s.type_line("3");
+        s.wait_for("env> ", 1);
+        s.type_line("staging");
+        s.wait_for("token> ", 1);
+        s.writer.write_all(b"\x03").unwrap();
+        s.writer.flush().unwrap();
+        assert_eq!(s.exit_code(), 0, "{}", s.screen());
+        let screen = s.screen();
+        assert!(screen.contains("echo-setting:echo"), "{screen}");
+        assert!(!screen.contains("echo-setting:-echo"), "{screen}");
     }
 
     #[test]
