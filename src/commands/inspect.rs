@@ -16,7 +16,7 @@ use super::write_stdout;
 
 /// Whether a runner process holds the run now (the pid in its lock file is
 /// alive and is a runbook process).
-fn is_running(run: &RunDir) -> Option<u32> {
+pub(super) fn is_running(run: &RunDir) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(run.path.join("lock"))
         .ok()?
         .trim()

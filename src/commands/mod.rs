@@ -12,6 +12,7 @@ macro_rules! say_err {
 
 mod execute;
 mod inspect;
+mod logs;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -87,6 +88,11 @@ pub fn dispatch(cli: Cli) -> u8 {
             output,
         } => inspect::status(run_id.as_deref(), state_dir.as_deref(), output),
         Command::Runs { state_dir, output } => inspect::runs(state_dir.as_deref(), output),
+        Command::Logs {
+            args,
+            follow,
+            state_dir,
+        } => logs::logs(&args, follow, state_dir.as_deref()),
     }
 }
 

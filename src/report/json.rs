@@ -1,7 +1,8 @@
 //! `--log-format json`: one `Record` per line on stdout (docs/events.md),
-//! through the `Terminal` writer: a blocked stdout drops `step_output`
-//! records first, then stands for the records it could not keep with one
-//! `lines_not_shown` record.
+//! through the `Terminal` writer. Every output line of every step is a
+//! `step_output` record, queued like any other record (never dropped for
+//! being output); only a stdout that stays blocked past the backlog loses
+//! records, and one `lines_not_shown` record stands in their place.
 
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ impl JsonLines {
     /// A reporter writing to stdout.
     pub fn new() -> JsonLines {
         JsonLines {
-            terminal: Terminal::stdout(None, gap_record),
+            terminal: Terminal::stdout_streaming(None, gap_record),
         }
     }
 
@@ -53,9 +54,6 @@ impl EventSink for JsonLines {
             return;
         };
         line.push(b'\n');
-        match event {
-            RunEvent::StepOutput { .. } => self.terminal.progress(line),
-            _ => self.terminal.line(line),
-        }
+        self.terminal.line(line);
     }
 }
