@@ -207,10 +207,14 @@ fn status_text(live: &Live, color: bool, width: usize) -> String {
         let left = at.saturating_duration_since(Instant::now());
         // counting down in whole seconds, rounded up: never "in 0s" early
         let secs = left.as_millis().div_ceil(1000) as u64;
-        text.push_str(&format!(
-            "  {id}: retry in {}",
-            fmt_duration(Duration::from_secs(secs))
-        ));
+        if secs == 0 {
+            text.push_str(&format!("  {id}: retrying"));
+        } else {
+            text.push_str(&format!(
+                "  {id}: retry in {}",
+                fmt_duration(Duration::from_secs(secs))
+            ));
+        }
     }
     if live.retrying.len() > 2 {
         text.push_str(&format!(" +{}", live.retrying.len() - 2));
