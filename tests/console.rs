@@ -147,7 +147,7 @@ fn json_carries_every_output_line_in_order_before_the_failure() {
     let file = lab.runbook(
         "json-lines",
         "  {}",
-        r#"  - { id: chatty, run: 'seq 1 5000; exit 1' }
+        r#"  - { id: chatty, run: 'seq 1 5000; echo "on stderr" >&2; exit 1' }
 "#,
     );
     let out = lab.run(&file, &["--log-format", "json"]);
@@ -156,16 +156,27 @@ fn json_carries_every_output_line_in_order_before_the_failure() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let lines: Vec<&str> = records
-        .iter()
-        .filter(|r| r["event"] == "step_output")
-        .map(|r| {
-            assert_eq!(r["step"], "chatty");
-            r["line"].as_str().unwrap()
-        })
-        .collect();
+    let output = |stream: &str| -> Vec<&str> {
+        records
+            .iter()
+            .filter(|r| r["event"] == "step_output" && r["stream"] == stream)
+            .map(|r| {
+                assert_eq!(r["step"], "chatty");
+                r["line"].as_str().unwrap()
+            })
+            .collect()
+    };
     let expected: Vec<String> = (1..=5000).map(|i| i.to_string()).collect();
-    assert_eq!(lines, expected);
+    assert_eq!(output("stdout"), expected);
+    assert_eq!(output("stderr"), ["on stderr"]);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["event"] == "step_output")
+            .count(),
+        5001,
+        "every record has its stream"
+    );
     let failed = records
         .iter()
         .position(|r| r["event"] == "step_failed")
@@ -176,6 +187,33 @@ fn json_carries_every_output_line_in_order_before_the_failure() {
         .unwrap();
     assert!(last_output < failed);
     assert!(!records.iter().any(|r| r["event"] == "lines_not_shown"));
+}
+
+#[test]
+fn stdout_and_stderr_read_apart_never_mix_within_a_line_of_the_log() {
+    let lab = Lab::new();
+    // both streams write lines in pieces, interleaved
+    let file = lab.runbook(
+        "apart",
+        "  {}",
+        r#"  - id: both
+    run: |
+      for i in $(seq 1 200); do
+        printf 'out-%s-' $i; printf 'err-%s-' $i >&2; printf 'end\n'; printf 'end\n' >&2
+      done
+"#,
+    );
+    let out = lab.run(&file, &["--log-format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = std::fs::read_to_string(lab.run_dir().join("logs/both.log")).unwrap();
+    let body: Vec<&str> = log.lines().filter(|l| !l.starts_with("---")).collect();
+    assert_eq!(body.len(), 400, "{log}");
+    for line in body {
+        let ok = (line.starts_with("out-") || line.starts_with("err-"))
+            && line.ends_with("-end")
+            && line.matches('-').count() == 2;
+        assert!(ok, "mixed line {line:?}");
+    }
 }
 
 fn logs(lab: &Lab, args: &[&str]) -> std::process::Output {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
-use crate::events::RunEvent;
+use crate::events::{OutputStream, RunEvent};
 use crate::secrets::Scrubber;
 
 /// Default cap on the output kept in one step's log (all attempts).
@@ -221,8 +221,9 @@ pub enum Pumped<'a> {
     /// A line of output (secrets masked, without its newline): every line
     /// in every-line mode, else the latest complete line at most every
     /// 250 ms, or the latest `\r` segment of a line still being written
-    /// (rsync, curl and pv redraw their progress with `\r`).
-    Line(&'a str),
+    /// (rsync, curl and pv redraw their progress with `\r`); with the
+    /// stream it came from when stdout and stderr are read apart.
+    Line(&'a str, Option<OutputStream>),
     /// The log lost output; draining goes on.
     Trouble(LogTrouble),
 }
@@ -240,16 +241,23 @@ pub fn last_cr_segment(line: &[u8]) -> &[u8] {
 /// Streams one pipe into the log until its end; reports output lines
 /// (see `Pumped::Line`) and log trouble through `on`. A log that fails or
 /// fills up is reported and the pipe is drained all the same.
+///
+/// `stream` is set when stdout and stderr have pipes of their own, both
+/// pumped into the same log: each pump then writes whole lines only, so
+/// that the two never mix within a line.
 pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
     mut reader: R,
     log: std::sync::Arc<std::sync::Mutex<StepLog>>,
     mut scrubber: Scrubber,
+    stream: Option<OutputStream>,
     mut on: impl FnMut(Pumped<'_>),
 ) -> std::io::Result<u64> {
     // small at first: most steps print little; grows for chatty ones
     let mut buffer = vec![0u8; 4 * 1024];
     let mut total = 0u64;
     let every = every_line();
+    // with `stream`: output not yet written to the log (an unfinished line)
+    let mut held: Vec<u8> = Vec::new();
     let mut lines = if every {
         LineSplitter::every()
     } else {
@@ -265,19 +273,35 @@ pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
             buffer.resize(64 * 1024, 0);
         }
         let clean = scrubber.feed(&buffer[..n]);
-        let trouble = log.lock().ok().and_then(|mut file| file.write(&clean));
+        let whole;
+        let to_log: &[u8] = if stream.is_some() {
+            held.extend_from_slice(&clean);
+            whole = match held.iter().rposition(|&b| b == b'\n') {
+                Some(end) => {
+                    let rest = held.split_off(end + 1);
+                    std::mem::replace(&mut held, rest)
+                }
+                None if held.len() >= MAX_LINE_BYTES => std::mem::take(&mut held),
+                None => Vec::new(),
+            };
+            &whole
+        } else {
+            &clean
+        };
+        let trouble = log.lock().ok().and_then(|mut file| file.write(to_log));
         if let Some(trouble) = trouble {
             on(Pumped::Trouble(trouble));
         }
-        lines.feed(&clean, &mut |line| on(Pumped::Line(line)));
+        lines.feed(&clean, &mut |line| on(Pumped::Line(line, stream)));
     }
     let rest = scrubber.finish();
-    let trouble = log.lock().ok().and_then(|mut file| file.write(&rest));
+    held.extend_from_slice(&rest);
+    let trouble = log.lock().ok().and_then(|mut file| file.write(&held));
     if let Some(trouble) = trouble {
         on(Pumped::Trouble(trouble));
     }
-    lines.feed(&rest, &mut |line| on(Pumped::Line(line)));
-    lines.finish(&mut |line| on(Pumped::Line(line)));
+    lines.feed(&rest, &mut |line| on(Pumped::Line(line, stream)));
+    lines.finish(&mut |line| on(Pumped::Line(line, stream)));
     Ok(total)
 }
 

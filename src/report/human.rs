@@ -59,6 +59,8 @@ pub struct Human {
     titles: std::collections::HashMap<String, String>,
     terminal: Arc<Terminal>,
     options: ConsoleOptions,
+    /// Whether a status line is shown (stdout is a terminal).
+    tty: bool,
 }
 
 impl Human {
@@ -112,6 +114,7 @@ impl Human {
             titles,
             terminal,
             options,
+            tty,
         }
     }
 
@@ -271,8 +274,9 @@ impl EventSink for Human {
                 };
                 format!("{} {step}{attempt}{}", self.paint("36", "▶"), self.paint("2", &detail))
             }
-            RunEvent::StepOutput { step, line } => {
-                if live.running.contains_key(step) {
+            RunEvent::StepOutput { step, line, .. } => {
+                // only a status line shows the latest line
+                if self.tty && live.running.contains_key(step) {
                     let shown = sanitize(line);
                     if !shown.trim().is_empty() {
                         live.latest = Some((step.clone(), shown.trim().to_owned()));
@@ -282,7 +286,7 @@ impl EventSink for Human {
                     return;
                 }
                 drop(live);
-                self.terminal.line(self.stream_line(step, line));
+                self.terminal.line_with(|| self.stream_line(step, line));
                 return;
             }
             RunEvent::AttemptFailed { step, attempt, error, retry_in_ms, .. } => {

@@ -50,10 +50,12 @@ fn gap_record(n: u64) -> Vec<u8> {
 
 impl EventSink for JsonLines {
     fn emit(&self, event: &RunEvent) {
-        let Ok(mut line) = serde_json::to_vec(&Record::now(event.clone())) else {
-            return;
-        };
-        line.push(b'\n');
-        self.terminal.line(line);
+        // serialized only if it is going to be written (a blocked stdout
+        // costs a count per record)
+        self.terminal.line_with(|| {
+            let mut line = serde_json::to_vec(&Record::now(event.clone())).unwrap_or_default();
+            line.push(b'\n');
+            line
+        });
     }
 }

@@ -182,9 +182,32 @@ impl Terminal {
     /// Queues a transition line (with its newline); beyond the backlog it is
     /// counted and shown as part of a "lines not shown" line.
     pub fn line(&self, bytes: Vec<u8>) {
-        if self.write_inline(&bytes) {
+        self.line_with(|| bytes);
+    }
+
+    /// As `line`, building the line only when it will be queued: a blocked
+    /// stdout then costs a count per line, not its formatting.
+    pub fn line_with(&self, make: impl FnOnce() -> Vec<u8>) {
+        if self.inline.is_some() {
+            self.write_inline(&make());
             return;
         }
+        let mut q = self.shared.lock();
+        if q.closed {
+            return;
+        }
+        if q.lines >= self.max_lines || q.bytes >= self.max_bytes {
+            q.not_shown += 1;
+            match q.items.back_mut() {
+                Some(Item::Gap(n)) => *n += 1,
+                _ => q.items.push_back(Item::Gap(1)),
+            }
+            self.wake_writer(&q);
+            return;
+        }
+        // formatted outside the lock: the writer thread may take the queue
+        drop(q);
+        let bytes = make();
         let mut q = self.shared.lock();
         if q.closed {
             return;
