@@ -209,12 +209,16 @@ recent run. With -f, keep printing what the step writes until the step and the r
 longer running.",
         after_help = "Examples:\n  runbook logs restore-db                 # in the most recent run\n  \
 runbook logs 20261121T081500Z-local-backup-3f9a restore-db\n  \
-runbook logs restore-db -f              # follow it while it runs"
+runbook logs restore-db -f              # follow it while it runs",
+        override_usage = "runbook logs [OPTIONS] [RUN] STEP"
     )]
     Logs {
-        /// `[RUN] STEP`: the run id (default: the most recent run) and the step.
-        #[arg(value_name = "RUN] [STEP", num_args = 1..=2, required = true)]
-        args: Vec<String>,
+        /// The run id; given alone, the step (of the most recent run).
+        #[arg(value_name = "RUN")]
+        run_or_step: String,
+        /// The step, when a run id is given before it.
+        #[arg(value_name = "STEP")]
+        step: Option<String>,
         /// Follow the log until the step (and its run) no longer runs.
         #[arg(short, long)]
         follow: bool,

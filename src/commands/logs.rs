@@ -15,18 +15,8 @@ use crate::state::{self, RunDir};
 /// How often `-f` looks for new output and for the end of the step.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
-/// `runbook logs`.
-pub fn logs(args: &[String], follow: bool, state_dir: Option<&Path>) -> u8 {
-    let (run_id, step) = match args {
-        [step] => (None, step.as_str()),
-        [run, step] => (Some(run.as_str()), step.as_str()),
-        _ => {
-            say_err!(
-                "error: give the step, and before it the run id if not the latest: runbook logs [RUN] STEP"
-            );
-            return exit::INVALID;
-        }
-    };
+/// `runbook logs [RUN] STEP`: `run_id` `None` for the most recent run.
+pub fn logs(run_id: Option<&str>, step: &str, follow: bool, state_dir: Option<&Path>) -> u8 {
     let dir = match state::state_dir(state_dir) {
         Ok(d) => d,
         Err(e) => {
@@ -108,6 +98,9 @@ pub fn logs(args: &[String], follow: bool, state_dir: Option<&Path>) -> u8 {
             }
         }
         if ended {
+            if offset == 0 {
+                say_err!("Step `{step}` of run {} printed nothing.", run.id);
+            }
             return exit::SUCCESS;
         }
         std::thread::sleep(FOLLOW_EVERY);

@@ -89,10 +89,14 @@ pub fn dispatch(cli: Cli) -> u8 {
         } => inspect::status(run_id.as_deref(), state_dir.as_deref(), output),
         Command::Runs { state_dir, output } => inspect::runs(state_dir.as_deref(), output),
         Command::Logs {
-            args,
+            run_or_step,
+            step,
             follow,
             state_dir,
-        } => logs::logs(&args, follow, state_dir.as_deref()),
+        } => match step {
+            Some(step) => logs::logs(Some(&run_or_step), &step, follow, state_dir.as_deref()),
+            None => logs::logs(None, &run_or_step, follow, state_dir.as_deref()),
+        },
     }
 }
 
