@@ -28,6 +28,8 @@ pub const STREAM_BACKLOG_BYTES: usize = 32 << 20;
 const MAX_QUEUED_FOR_PROGRESS: usize = 64;
 /// How often a terminal's status line is redrawn.
 const STATUS_EVERY: Duration = Duration::from_millis(500);
+/// How often a terminal's width is asked while the writer is idle.
+const RESIZE_CHECK: Duration = Duration::from_millis(100);
 /// After a write, lines arriving within this window go out together (one
 /// write instead of one per line when steps finish every few hundred µs).
 const BATCH_WINDOW: Duration = Duration::from_millis(3);
@@ -308,16 +310,27 @@ fn writer_loop(
     let mut status_shown = false;
     let mut broken = false;
     let mut last_status = Instant::now();
+    // a resize (SIGWINCH) is noticed by asking the width again every
+    // RESIZE_CHECK: no signal handler, and the status line is redrawn to
+    // the new width at once rather than at the next STATUS_EVERY
+    let mut width = terminal_width();
     loop {
         let (items, closing) = {
             let mut q = shared.lock();
             while q.items.is_empty() && !q.closed {
-                if status.is_some() && last_status.elapsed() >= STATUS_EVERY {
-                    break;
+                if status.is_some() {
+                    if last_status.elapsed() >= STATUS_EVERY {
+                        break;
+                    }
+                    let now = terminal_width();
+                    if now != width {
+                        width = now;
+                        break;
+                    }
                 }
                 q.writer_waiting = true;
                 q = match &status {
-                    Some(_) => match shared.wake.wait_timeout(q, STATUS_EVERY) {
+                    Some(_) => match shared.wake.wait_timeout(q, RESIZE_CHECK) {
                         Ok((q, _)) => q,
                         Err(e) => e.into_inner().0,
                     },
