@@ -113,13 +113,13 @@ fn stream_prefixes_every_line_with_its_step() {
     let lab = Lab::new();
     let file = lab.runbook(
         "stream",
-        "  {}",
+        "  token: { type: string, secret: true }",
         r#"  - { id: a, run: 'echo one; printf "\033[31mred\033[0m\n"; echo two >&2' }
-  - { id: longer-id, needs: [a], run: 'printf "x\ny\n"' }
+  - { id: longer-id, needs: [a], run: 'printf "x\ny\n"; echo "token=$RUNBOOK_PARAM_TOKEN"' }
 "#,
     );
     for flag in ["--stream", "-v"] {
-        let out = lab.run(&file, &[flag]);
+        let out = lab.run(&file, &[flag, "-p", "token=sw0rdf1sh-secret"]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         let so = stdout(&out);
         for line in [
@@ -128,6 +128,7 @@ fn stream_prefixes_every_line_with_its_step() {
             "a         | two\n",
             "longer-id | x\n",
             "longer-id | y\n",
+            "longer-id | token=***\n",
         ] {
             assert!(so.contains(line), "{flag}: missing {line:?} in\n{so}");
         }
@@ -135,9 +136,10 @@ fn stream_prefixes_every_line_with_its_step() {
         let one = so.find("a         | two").unwrap();
         let done = so.find("✓ a ").unwrap();
         assert!(one < done, "{so}");
+        assert!(!so.contains("sw0rdf1sh"), "{so}");
     }
     // without it, output stays in the logs
-    let out = lab.run(&file, &[]);
+    let out = lab.run(&file, &["-p", "token=sw0rdf1sh-secret"]);
     assert!(!stdout(&out).contains("| one"), "{}", text(&out));
 }
 
