@@ -229,6 +229,31 @@ Ctrl-C stops watching (exit 130). Not on a terminal, each view is printed in tur
     /// Print the JSON schema of the runbook format (for editors and CI).
     Schema,
 
+    /// Print a step's log (every attempt, each under its banner); -f follows it.
+    #[command(
+        long_about = "Print the output a step wrote to its log in a run: every attempt, each \
+under a `--- runbook: step STEP attempt N` banner, secrets masked. RUN defaults to the most \
+recent run. With -f, keep printing what the step writes until the step and the run are no \
+longer running.",
+        after_help = "Examples:\n  runbook logs restore-db                 # in the most recent run\n  \
+runbook logs 20261121T081500Z-local-backup-3f9a restore-db\n  \
+runbook logs restore-db -f              # follow it while it runs",
+        override_usage = "runbook logs [OPTIONS] [RUN] STEP"
+    )]
+    Logs {
+        /// The run id; given alone, the step (of the most recent run).
+        #[arg(value_name = "RUN")]
+        run_or_step: String,
+        /// The step, when a run id is given before it.
+        #[arg(value_name = "STEP")]
+        step: Option<String>,
+        /// Follow the log until the step (and its run) no longer runs.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        state_dir: StateDirArg,
+    },
+
     /// Describe a runbook: its params (to know what to pass), steps, waves,
     /// conditions and actions. Needs no param values.
     #[command(
@@ -387,6 +412,20 @@ pub struct ExecArgs {
     #[arg(long, env = "RUNBOOK_LOG_LIMIT", value_name = "SIZE", default_value = "64MiB",
           value_parser = crate::limits::parse_size)]
     pub log_limit: u64,
+    /// Print every line of every step's output as it comes, prefixed with
+    /// the step id (like `docker compose up`); in CI (no terminal) this is
+    /// how step output reaches the job log.
+    #[arg(long, short = 'v')]
+    pub stream: bool,
+    /// Lines of a failed step's (or failed attempt's) output shown under
+    /// it; 0 shows only where its log is.
+    #[arg(
+        long,
+        env = "RUNBOOK_TAIL_LINES",
+        value_name = "N",
+        default_value_t = 10
+    )]
+    pub tail_lines: usize,
     /// Run even if another run of the same runbook with the same params is
     /// running (by default refused, exit 4).
     #[arg(long)]

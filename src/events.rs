@@ -89,6 +89,16 @@ impl Selection {
     }
 }
 
+/// Which of a step's streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -472,12 +482,18 @@ pub enum RunEvent {
         /// The limit (`--log-limit`, `RUNBOOK_LOG_LIMIT`).
         limit_bytes: u64,
     },
-    /// The latest line a running step printed (reporters only; rate-limited).
+    /// A line a running step printed (reporters only): every line with
+    /// `--log-format json` or `--stream`, else the latest one, at most every
+    /// 250 ms.
     StepOutput {
         /// Step id.
         step: String,
         /// The line (secrets masked).
         line: String,
+        /// `stdout` or `stderr`; absent when the step's stdout and stderr
+        /// share one pipe (runs that do not show every line).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stream: Option<OutputStream>,
     },
     /// Ctrl-C or SIGTERM: no new steps start.
     RunInterrupting {

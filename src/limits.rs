@@ -219,9 +219,15 @@ impl JobsCap {
     }
 }
 
+/// Descriptors a running step holds in this run: `FDS_PER_STEP`, plus its
+/// stderr pipe when every output line is shown with its stream.
+pub fn fds_per_step() -> u64 {
+    FDS_PER_STEP + u64::from(crate::engine::output::every_line())
+}
+
 /// Most steps that fit in `limit` descriptors with `open` already in use.
 pub fn jobs_within(limit: u64, open: u64) -> u64 {
-    (limit.saturating_sub(open + FD_RESERVE) / FDS_PER_STEP).max(1)
+    (limit.saturating_sub(open + FD_RESERVE) / fds_per_step()).max(1)
 }
 
 /// Raises the open-files limit and caps `requested` steps at once by it;

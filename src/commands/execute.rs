@@ -32,6 +32,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, u8> {
 
 fn options(exec: &ExecArgs, fail_fast: bool) -> Result<ExecOptions, u8> {
     crate::engine::output::set_log_limit(exec.log_limit);
+    // every output line costs an event: only when a reporter shows them all
+    crate::engine::output::set_every_line(exec.stream || exec.log_format == LogFormat::Json);
     let state_dir = state::state_dir(exec.state_dir.as_deref()).map_err(|e| {
         say_err!("error: {e}");
         exit::RUNTIME
@@ -183,7 +185,7 @@ pub fn run(
         rt,
         prepared,
         &options,
-        exec.log_format,
+        exec,
         exec.state_dir.is_some(),
         can_ask(interaction.no_input),
     )
@@ -254,7 +256,7 @@ pub fn resume(
         rt,
         prepared,
         &options,
-        exec.log_format,
+        exec,
         exec.state_dir.is_some(),
         can_ask(no_input),
     )
@@ -268,10 +270,11 @@ fn finish(
     rt: tokio::runtime::Runtime,
     prepared: Prepared,
     options: &ExecOptions,
-    format: LogFormat,
+    exec: &ExecArgs,
     explicit_state_dir: bool,
     ask: bool,
 ) -> u8 {
+    let format = exec.log_format;
     let run_id = prepared.ctx.facts.id.clone();
     let total = prepared.ctx.runbook.steps.len();
     let logs = prepared.ctx.run_dir.path.join("logs");
@@ -285,7 +288,20 @@ fn finish(
                 .iter()
                 .filter_map(|s| s.name.clone().map(|n| (s.id.clone(), n)))
                 .collect();
-            let human = Human::new(total, prepared.already_done, logs, titles);
+            let console = crate::report::human::ConsoleOptions {
+                stream: exec.stream,
+                pad: prepared
+                    .ctx
+                    .runbook
+                    .steps
+                    .iter()
+                    .map(|s| s.id.chars().count())
+                    .max()
+                    .unwrap_or(0)
+                    .min(24),
+                tail_lines: exec.tail_lines,
+            };
+            let human = Human::with_options(total, prepared.already_done, logs, titles, console);
             let terminal = human.terminal();
             status_line = human.question_line();
             (Box::new(human), terminal)

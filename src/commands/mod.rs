@@ -14,6 +14,7 @@ mod execute;
 mod failure;
 mod init;
 mod inspect;
+mod logs;
 mod show;
 mod table;
 
@@ -160,6 +161,15 @@ pub fn dispatch(cli: Cli) -> u8 {
                 }
             }
         }
+        Command::Logs {
+            run_or_step,
+            step,
+            follow,
+            state_dir,
+        } => match step {
+            Some(step) => logs::logs(Some(&run_or_step), &step, follow, state_dir.as_deref()),
+            None => logs::logs(None, &run_or_step, follow, state_dir.as_deref()),
+        },
     }
 }
 

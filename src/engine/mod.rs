@@ -26,7 +26,7 @@ use indexmap::IndexMap;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::events::{RunEvent, RunOutcome, SuccessVia};
+use crate::events::{OutputStream, RunEvent, RunOutcome, SuccessVia};
 use crate::journal::JournalWriter;
 use crate::model::{Action, Runbook, Step};
 use crate::params::ParamValues;
@@ -223,7 +223,13 @@ pub async fn launch(
 ) -> std::io::Result<Option<Launched>> {
     let started = loop {
         let attempt = ctx.containment.acquire().and_then(|slot| {
-            match spawn::spawn_shell(script, env, &ctx.cwd, slot.as_ref().map(Slot::target)) {
+            match spawn::spawn_shell(
+                script,
+                env,
+                &ctx.cwd,
+                slot.as_ref().map(Slot::target),
+                output::every_line(),
+            ) {
                 Ok(child) => Ok((child, slot)),
                 Err(e) => {
                     if let Some(slot) = slot {
@@ -256,13 +262,58 @@ pub async fn launch(
     let hold = ctx.fds.hold();
     ctx.containment.register(child.pid);
     let reader = child.output.take();
+    let errors = child.errors.take();
     let scrubber = Scrubber::new(ctx.secrets.clone());
-    let pump = tokio::spawn(async move {
-        match reader {
-            Some(r) => output::pump(r, log, scrubber, on).await,
-            None => Ok(0),
+    let pump = match errors {
+        None => tokio::spawn(async move {
+            match reader {
+                Some(r) => output::pump(r, log, scrubber, None, on).await,
+                None => Ok(0),
+            }
+        }),
+        // stdout and stderr apart (every line is shown, with its stream):
+        // one task drains both into the log
+        Some(errors) => {
+            let err_scrubber = Scrubber::new(ctx.secrets.clone());
+            let on = Arc::new(std::sync::Mutex::new(on));
+            let on_err = on.clone();
+            let err_log = log.clone();
+            tokio::spawn(async move {
+                let out = async {
+                    match reader {
+                        Some(r) => {
+                            output::pump(
+                                r,
+                                log,
+                                scrubber,
+                                Some(OutputStream::Stdout),
+                                |p: output::Pumped<'_>| {
+                                    if let Ok(mut on) = on.lock() {
+                                        (*on)(p);
+                                    }
+                                },
+                            )
+                            .await
+                        }
+                        None => Ok(0),
+                    }
+                };
+                let err = output::pump(
+                    errors,
+                    err_log,
+                    err_scrubber,
+                    Some(OutputStream::Stderr),
+                    |p: output::Pumped<'_>| {
+                        if let Ok(mut on) = on_err.lock() {
+                            (*on)(p);
+                        }
+                    },
+                );
+                let (out, err) = tokio::join!(out, err);
+                Ok(out? + err?)
+            })
         }
-    });
+    };
     Ok(Some(Launched {
         child,
         slot,
@@ -1230,9 +1281,10 @@ impl StepTask {
             let id = step.id.clone();
             move |pumped: output::Pumped<'_>| {
                 dispatch.emit(match pumped {
-                    output::Pumped::Line(line) => RunEvent::StepOutput {
+                    output::Pumped::Line(line, stream) => RunEvent::StepOutput {
                         step: id.clone(),
                         line: line.to_owned(),
+                        stream,
                     },
                     output::Pumped::Trouble(trouble) => trouble.event(&id, attempt),
                 })

@@ -13,8 +13,13 @@ pub struct StepProcess {
     /// Pid of `sh`, also the process group id.
     pub pid: i32,
     /// Its stdout and stderr, one pipe (they go to the same log, and one
-    /// pipe keeps their relative order).
+    /// pipe keeps their relative order); only stdout when `errors` is set.
     pub output: Option<tokio::net::unix::pipe::Receiver>,
+    /// Its stderr, when asked for apart (`spawn_shell` with `split`), so
+    /// that each line can say which stream it came from.
+    /// (Boxed: most runs never read stderr apart, and the process is
+    /// carried in every daemon step's result.)
+    pub errors: Option<Box<tokio::net::unix::pipe::Receiver>>,
     pidfd: tokio::io::unix::AsyncFd<OwnedFd>,
     status: Option<std::process::ExitStatus>,
 }
@@ -53,6 +58,8 @@ struct ChildArgs {
     cwd: *const libc::c_char,
     stdin: libc::c_int,
     output: libc::c_int,
+    /// stderr: `output` unless it has a pipe of its own.
+    errput: libc::c_int,
     /// `cgroup.procs` of the cgroup to join before exec, or -1.
     cgroup: libc::c_int,
     parent: libc::pid_t,
@@ -99,7 +106,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if a.cgroup >= 0 && libc::write(a.cgroup, b"0".as_ptr().cast(), 1) != 1 {
             return fail(a, 6);
         }
-        if libc::dup2(a.stdin, 0) < 0 || libc::dup2(a.output, 1) < 0 || libc::dup2(a.output, 2) < 0
+        if libc::dup2(a.stdin, 0) < 0 || libc::dup2(a.output, 1) < 0 || libc::dup2(a.errput, 2) < 0
         {
             return fail(a, 3);
         }
@@ -357,13 +364,16 @@ unsafe fn clone3_vfork(
     -(libc::ENOSYS as i64)
 }
 
+/// Starts a step's command (see `start_child`); with `split`, its stderr
+/// gets a pipe of its own (`StepProcess::errors`).
 pub fn spawn_shell(
     command: &str,
     env: &[(String, String)],
     cwd: &Path,
     cgroup: Option<CgroupTarget<'_>>,
+    split: bool,
 ) -> std::io::Result<StepProcess> {
-    let (pid, out_r) = start_child(command, env, cwd, cgroup)?;
+    let (pid, out_r, err_r) = start_child(command, env, cwd, cgroup, split)?;
     // SAFETY: pidfd_open on our child's pid.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if pidfd < 0 {
@@ -380,6 +390,9 @@ pub fn spawn_shell(
     Ok(StepProcess {
         pid,
         output: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?),
+        errors: err_r
+            .map(|r| tokio::net::unix::pipe::Receiver::from_owned_fd(r).map(Box::new))
+            .transpose()?,
         // SAFETY: the AsyncFd owns the pidfd and nothing else closes it.
         pidfd: unsafe {
             tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)?
@@ -397,7 +410,7 @@ pub fn run_blocking(
     cgroup: Option<CgroupTarget<'_>>,
 ) -> std::io::Result<std::process::ExitStatus> {
     use std::os::unix::process::ExitStatusExt;
-    let (pid, out_r) = start_child(command, &[], cwd, cgroup)?;
+    let (pid, out_r, _) = start_child(command, &[], cwd, cgroup, false)?;
     drop(out_r);
     let mut raw = 0;
     // SAFETY: waiting for the child just created.
@@ -407,14 +420,15 @@ pub fn run_blocking(
     Ok(std::process::ExitStatus::from_raw(raw))
 }
 
-/// Creates the child (see `spawn_shell`): its pid and the read end of its
-/// output pipe.
+/// Creates the child (see `spawn_shell`): its pid and the read ends of its
+/// output pipe and, with `split`, of its stderr pipe.
 fn start_child(
     command: &str,
     env: &[(String, String)],
     cwd: &Path,
     cgroup: Option<CgroupTarget<'_>>,
-) -> std::io::Result<(libc::pid_t, OwnedFd)> {
+    split: bool,
+) -> std::io::Result<(libc::pid_t, OwnedFd, Option<OwnedFd>)> {
     use std::os::unix::ffi::OsStrExt;
     let (path, args) = match direct_command(command) {
         Some(direct) => direct,
@@ -449,6 +463,7 @@ fn start_child(
         }
     };
     let (out_r, out_w) = pipe()?;
+    let err_pipe = if split { Some(pipe()?) } else { None };
 
     // SAFETY: sigset operations on local values.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -463,6 +478,9 @@ fn start_child(
         cwd: cwd.as_ptr(),
         stdin: devnull.as_raw_fd(),
         output: out_w.as_raw_fd(),
+        errput: err_pipe
+            .as_ref()
+            .map_or(out_w.as_raw_fd(), |(_, w)| w.as_raw_fd()),
         cgroup: -1,
         parent: std::process::id() as libc::pid_t,
         mask: old,
@@ -556,7 +574,11 @@ fn start_child(
         ));
     }
     drop(out_w);
-    Ok((pid, out_r))
+    let err_r = err_pipe.map(|(r, w)| {
+        drop(w);
+        r
+    });
+    Ok((pid, out_r, err_r))
 }
 
 #[cfg(test)]

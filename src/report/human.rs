@@ -10,17 +10,47 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::terminal::{Terminal, text_gap};
+use super::terminal::{Terminal, fit, sanitize, terminal_width, text_gap};
+use crate::engine::output::{AttemptTail, attempt_tail};
 use crate::events::{EventSink, RunEvent, SuccessVia};
 use crate::model::{fmt_duration, fmt_elapsed};
 
+/// Default number of output lines shown under a failed step or attempt.
+pub const DEFAULT_TAIL_LINES: usize = 10;
+
 struct Live {
     started: Instant,
-    running: BTreeMap<String, (Instant, Option<String>)>,
+    running: BTreeMap<String, Instant>,
+    /// Steps waiting in a retry backoff, and when the next attempt starts.
+    retrying: BTreeMap<String, Instant>,
+    /// The most recent output line of a running step: the step and the
+    /// line (sanitized).
+    latest: Option<(String, String)>,
     done: usize,
     total: usize,
     /// A question at a gate, shown in place of the status line.
     question: Option<String>,
+}
+
+/// How the console shows step output.
+#[derive(Debug, Clone)]
+pub struct ConsoleOptions {
+    /// `--stream`: print every output line, prefixed with its step.
+    pub stream: bool,
+    /// Width the step ids are padded to in `--stream` prefixes.
+    pub pad: usize,
+    /// Output lines shown under a failed step or attempt (0: none).
+    pub tail_lines: usize,
+}
+
+impl Default for ConsoleOptions {
+    fn default() -> Self {
+        ConsoleOptions {
+            stream: false,
+            pad: 0,
+            tail_lines: DEFAULT_TAIL_LINES,
+        }
+    }
 }
 
 /// Prints a run for people.
@@ -30,6 +60,9 @@ pub struct Human {
     logs: PathBuf,
     titles: std::collections::HashMap<String, String>,
     terminal: Arc<Terminal>,
+    options: ConsoleOptions,
+    /// Whether a status line is shown (stdout is a terminal).
+    tty: bool,
 }
 
 impl Human {
@@ -41,11 +74,24 @@ impl Human {
         logs: PathBuf,
         titles: std::collections::HashMap<String, String>,
     ) -> Human {
+        Human::with_options(total, already_done, logs, titles, ConsoleOptions::default())
+    }
+
+    /// As `new`, showing step output as `options` say.
+    pub fn with_options(
+        total: usize,
+        already_done: usize,
+        logs: PathBuf,
+        titles: std::collections::HashMap<String, String>,
+        options: ConsoleOptions,
+    ) -> Human {
         let tty = std::io::stdout().is_terminal();
         let color = tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         let live = Arc::new(Mutex::new(Live {
             started: Instant::now(),
             running: BTreeMap::new(),
+            retrying: BTreeMap::new(),
+            latest: None,
             done: already_done,
             total,
             question: None,
@@ -55,16 +101,23 @@ impl Human {
         let status = tty.then(|| {
             let live = live.clone();
             Box::new(move || match live.lock() {
-                Ok(live) => status_text(&live, color),
+                Ok(live) => status_text(&live, color, terminal_width()),
                 Err(_) => String::new(),
             }) as super::terminal::StatusFn
         });
+        let terminal = if options.stream {
+            Terminal::stdout_streaming(status, text_gap)
+        } else {
+            Terminal::stdout(status, text_gap)
+        };
         Human {
             live,
             color,
             logs,
             titles,
-            terminal: Terminal::stdout(status, text_gap),
+            terminal,
+            options,
+            tty,
         }
     }
 
@@ -93,8 +146,53 @@ impl Human {
         }
     }
 
-    fn log_path(&self, step: &str) -> String {
-        self.logs.join(format!("{step}.log")).display().to_string()
+    fn log_file(&self, step: &str) -> PathBuf {
+        self.logs.join(format!("{step}.log"))
+    }
+
+    /// The lines under a `✗` or `↻` line: the end of the attempt's output
+    /// (as logged: secrets masked), then the log path, or "(no output)".
+    fn failure_tail(&self, step: &str, attempt: u32) -> String {
+        let path = self.log_file(step);
+        let tail = attempt_tail(&path, step, attempt, self.options.tail_lines.max(1));
+        let mut text = String::new();
+        match tail {
+            AttemptTail::NoLog => text.push_str("\n    (no output)"),
+            AttemptTail::NoOutput => {
+                text.push_str(&format!("\n    (no output)  log: {}", path.display()));
+            }
+            AttemptTail::Lines(lines) => {
+                if self.options.tail_lines > 0 {
+                    for line in &lines {
+                        text.push_str(&format!(
+                            "\n    {} {}",
+                            self.paint("2", "│"),
+                            sanitize(line)
+                        ));
+                    }
+                }
+                text.push_str(&format!("\n    log: {}", path.display()));
+            }
+        }
+        text
+    }
+
+    /// A `--stream` line: `step-id | text`, the prefix coloured per step on
+    /// a terminal.
+    fn stream_line(&self, step: &str, line: &str) -> Vec<u8> {
+        let prefix = format!("{step:<width$} |", width = self.options.pad);
+        let prefix = if self.color {
+            const COLORS: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
+            let hash = step
+                .bytes()
+                .fold(5381u32, |h, b| h.wrapping_mul(33) ^ u32::from(b));
+            self.paint(COLORS[hash as usize % COLORS.len()], &prefix)
+        } else {
+            prefix
+        };
+        let mut bytes = format!("{prefix} {}\n", sanitize(line)).into_bytes();
+        bytes.shrink_to_fit();
+        bytes
     }
 }
 
@@ -117,7 +215,7 @@ impl super::prompt::QuestionLine for Question {
     }
 }
 
-fn status_text(live: &Live, color: bool) -> String {
+fn status_text(live: &Live, color: bool, width: usize) -> String {
     if let Some(question) = &live.question {
         return question.clone();
     }
@@ -132,7 +230,7 @@ fn status_text(live: &Live, color: bool) -> String {
             .running
             .iter()
             .take(4)
-            .map(|(id, (since, _))| {
+            .map(|(id, since)| {
                 format!(
                     "{id} {}",
                     fmt_elapsed(Duration::from_secs(since.elapsed().as_secs()))
@@ -143,14 +241,29 @@ fn status_text(live: &Live, color: bool) -> String {
         if live.running.len() > 4 {
             text.push_str(&format!(" +{}", live.running.len() - 4));
         }
-        if let Some((_, (_, Some(last)))) =
-            live.running.iter().rev().find(|(_, (_, l))| l.is_some())
-        {
-            text.push_str(&format!("  › {last}"));
+    }
+    for (id, at) in live.retrying.iter().take(2) {
+        let left = at.saturating_duration_since(Instant::now());
+        // counting down in whole seconds, rounded up: never "in 0s" early
+        let secs = left.as_millis().div_ceil(1000) as u64;
+        if secs == 0 {
+            text.push_str(&format!("  {id}: retrying"));
+        } else {
+            text.push_str(&format!(
+                "  {id}: retry in {}",
+                fmt_duration(Duration::from_secs(secs))
+            ));
         }
     }
-    let width = terminal_width();
-    let text: String = text.chars().take(width.saturating_sub(1)).collect();
+    if live.retrying.len() > 2 {
+        text.push_str(&format!(" +{}", live.retrying.len() - 2));
+    }
+    if let Some((step, line)) = &live.latest {
+        text.push_str(&format!("  › {step}: {line}"));
+    }
+    // one column short of the width: a full last column makes some
+    // terminals wrap on the next character
+    let text = fit(&text, width.saturating_sub(1).max(1));
     if color {
         format!("\x1b[2m{text}\x1b[0m")
     } else {
@@ -166,13 +279,6 @@ fn pid_list(pids: &[i32]) -> String {
         text.push_str(&format!(" and {} more", pids.len() - 10));
     }
     text
-}
-
-fn terminal_width() -> usize {
-    std::env::var("COLUMNS")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(100)
 }
 
 impl EventSink for Human {
@@ -196,7 +302,8 @@ impl EventSink for Human {
                 crate::model::count(*jobs as usize, "step", "steps")
             ),
             RunEvent::StepStarted { step, attempt, command, .. } => {
-                live.running.insert(step.clone(), (Instant::now(), None));
+                live.retrying.remove(step);
+                live.running.insert(step.clone(), Instant::now());
                 let attempt = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
                 let detail = match self.titles.get(step) {
                     Some(title) => format!(": {title}"),
@@ -204,19 +311,39 @@ impl EventSink for Human {
                 };
                 format!("{} {step}{attempt}{}", self.paint("36", "▶"), self.paint("2", &detail))
             }
-            RunEvent::StepOutput { step, line } => {
-                if let Some(entry) = live.running.get_mut(step) {
-                    entry.1 = Some(line.clone());
+            RunEvent::StepOutput { step, line, .. } => {
+                // only a status line shows the latest line
+                if self.tty && live.running.contains_key(step) {
+                    let shown = sanitize(line);
+                    if !shown.trim().is_empty() {
+                        live.latest = Some((step.clone(), shown.trim().to_owned()));
+                    }
                 }
+                if !self.options.stream {
+                    return;
+                }
+                drop(live);
+                self.terminal.line_with(|| self.stream_line(step, line));
                 return;
             }
-            RunEvent::AttemptFailed { step, attempt, error, retry_in_ms, .. } => format!(
-                "{} {step} attempt {attempt} failed: {error}; retrying in {}",
-                self.paint("33", "↻"),
-                fmt_duration(Duration::from_millis(*retry_in_ms))
-            ),
+            RunEvent::AttemptFailed { step, attempt, error, retry_in_ms, .. } => {
+                live.running.remove(step);
+                forget_latest(&mut live, step);
+                live.retrying.insert(
+                    step.clone(),
+                    Instant::now() + Duration::from_millis(*retry_in_ms),
+                );
+                format!(
+                    "{} {step} attempt {attempt} failed: {error}; retrying in {}{}",
+                    self.paint("33", "↻"),
+                    fmt_duration(Duration::from_millis(*retry_in_ms)),
+                    self.failure_tail(step, *attempt)
+                )
+            }
             RunEvent::StepSucceeded { step, via, duration_ms, .. } => {
                 live.running.remove(step);
+                live.retrying.remove(step);
+                forget_latest(&mut live, step);
                 live.done += 1;
                 match via {
                     SuccessVia::Run => format!(
@@ -231,11 +358,15 @@ impl EventSink for Human {
             }
             RunEvent::StepFailed { step, error, attempt, .. } => {
                 live.running.remove(step);
+                live.retrying.remove(step);
+                forget_latest(&mut live, step);
+                // a step that failed before it ran (attempt not started)
+                // has no output of its own to show
                 format!(
-                    "{} {step} failed after {attempt} attempt{}: {error}\n    log: {}",
+                    "{} {step} failed after {attempt} attempt{}: {error}{}",
                     self.paint("31", "✗"),
                     if *attempt == 1 { "" } else { "s" },
-                    self.log_path(step)
+                    self.failure_tail(step, *attempt)
                 )
             }
             RunEvent::StepSkipped { step, reason } => {
@@ -252,6 +383,7 @@ impl EventSink for Human {
             ),
             RunEvent::AttemptInterrupted { step, .. } => {
                 live.running.remove(step);
+                forget_latest(&mut live, step);
                 format!("{} {step}  terminated", self.paint("31", "■"))
             }
             RunEvent::LeftoverTerminated { step, pids, cause } if cause == "attempt-end" => format!(
@@ -324,6 +456,13 @@ impl EventSink for Human {
         let mut bytes = text.into_bytes();
         bytes.push(b'\n');
         self.terminal.line(bytes);
+    }
+}
+
+/// Drops the latest output line when it is `step`'s (the step ended).
+fn forget_latest(live: &mut Live, step: &str) {
+    if live.latest.as_ref().is_some_and(|(s, _)| s == step) {
+        live.latest = None;
     }
 }
 

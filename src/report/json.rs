@@ -1,7 +1,8 @@
 //! `--log-format json`: one `Record` per line on stdout (docs/events.md),
-//! through the `Terminal` writer: a blocked stdout drops `step_output`
-//! records first, then stands for the records it could not keep with one
-//! `lines_not_shown` record.
+//! through the `Terminal` writer. Every output line of every step is a
+//! `step_output` record, queued like any other record (never dropped for
+//! being output); only a stdout that stays blocked past the backlog loses
+//! records, and one `lines_not_shown` record stands in their place.
 
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ impl JsonLines {
     /// A reporter writing to stdout.
     pub fn new() -> JsonLines {
         JsonLines {
-            terminal: Terminal::stdout(None, gap_record),
+            terminal: Terminal::stdout_streaming(None, gap_record),
         }
     }
 
@@ -49,13 +50,12 @@ fn gap_record(n: u64) -> Vec<u8> {
 
 impl EventSink for JsonLines {
     fn emit(&self, event: &RunEvent) {
-        let Ok(mut line) = serde_json::to_vec(&Record::now(event.clone())) else {
-            return;
-        };
-        line.push(b'\n');
-        match event {
-            RunEvent::StepOutput { .. } => self.terminal.progress(line),
-            _ => self.terminal.line(line),
-        }
+        // serialized only if it is going to be written (a blocked stdout
+        // costs a count per record)
+        self.terminal.line_with(|| {
+            let mut line = serde_json::to_vec(&Record::now(event.clone())).unwrap_or_default();
+            line.push(b'\n');
+            line
+        });
     }
 }

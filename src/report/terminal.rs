@@ -20,10 +20,16 @@ use std::time::{Duration, Instant};
 pub const MAX_BACKLOG_LINES: usize = 1000;
 /// Most bytes of transition lines waiting for the terminal.
 pub const MAX_BACKLOG_BYTES: usize = 1 << 20;
+/// Most lines waiting for a terminal that streams step output.
+pub const STREAM_BACKLOG_LINES: usize = 200_000;
+/// Most bytes waiting for a terminal that streams step output.
+pub const STREAM_BACKLOG_BYTES: usize = 32 << 20;
 /// Progress lines are dropped once this many items wait.
 const MAX_QUEUED_FOR_PROGRESS: usize = 64;
 /// How often a terminal's status line is redrawn.
 const STATUS_EVERY: Duration = Duration::from_millis(500);
+/// How often a terminal's width is asked while the writer is idle.
+const RESIZE_CHECK: Duration = Duration::from_millis(100);
 /// After a write, lines arriving within this window go out together (one
 /// write instead of one per line when steps finish every few hundred µs).
 const BATCH_WINDOW: Duration = Duration::from_millis(3);
@@ -66,6 +72,10 @@ impl Shared {
 /// Lines for a terminal (or any output), written by a thread of their own.
 pub struct Terminal {
     shared: Arc<Shared>,
+    /// Most transition lines waiting (`MAX_BACKLOG_LINES` unless raised).
+    max_lines: usize,
+    /// Most bytes waiting (`MAX_BACKLOG_BYTES` unless raised).
+    max_bytes: usize,
     /// When the writer thread could not start: lines are written inline.
     inline: Option<Mutex<Box<dyn Write + Send>>>,
     gap: GapFn,
@@ -138,9 +148,25 @@ impl Terminal {
         };
         Arc::new(Terminal {
             shared,
+            max_lines: MAX_BACKLOG_LINES,
+            max_bytes: MAX_BACKLOG_BYTES,
             inline,
             gap,
         })
+    }
+
+    /// A writer for stdout that carries every line of step output
+    /// (`--stream`, `--log-format json`): its backlog holds
+    /// `STREAM_BACKLOG_LINES` lines or `STREAM_BACKLOG_BYTES`, so that a
+    /// burst of output is written, not dropped, while stdout keeps up;
+    /// only a stdout that stays blocked loses lines (said by a gap line).
+    pub fn stdout_streaming(status: Option<StatusFn>, gap: GapFn) -> Arc<Terminal> {
+        let mut terminal = Terminal::stdout(status, gap);
+        if let Some(t) = Arc::get_mut(&mut terminal) {
+            t.max_lines = STREAM_BACKLOG_LINES;
+            t.max_bytes = STREAM_BACKLOG_BYTES;
+        }
+        terminal
     }
 
     fn write_inline(&self, bytes: &[u8]) -> bool {
@@ -158,14 +184,37 @@ impl Terminal {
     /// Queues a transition line (with its newline); beyond the backlog it is
     /// counted and shown as part of a "lines not shown" line.
     pub fn line(&self, bytes: Vec<u8>) {
-        if self.write_inline(&bytes) {
+        self.line_with(|| bytes);
+    }
+
+    /// As `line`, building the line only when it will be queued: a blocked
+    /// stdout then costs a count per line, not its formatting.
+    pub fn line_with(&self, make: impl FnOnce() -> Vec<u8>) {
+        if self.inline.is_some() {
+            self.write_inline(&make());
             return;
         }
         let mut q = self.shared.lock();
         if q.closed {
             return;
         }
-        if q.lines >= MAX_BACKLOG_LINES || q.bytes + bytes.len() > MAX_BACKLOG_BYTES {
+        if q.lines >= self.max_lines || q.bytes >= self.max_bytes {
+            q.not_shown += 1;
+            match q.items.back_mut() {
+                Some(Item::Gap(n)) => *n += 1,
+                _ => q.items.push_back(Item::Gap(1)),
+            }
+            self.wake_writer(&q);
+            return;
+        }
+        // formatted outside the lock: the writer thread may take the queue
+        drop(q);
+        let bytes = make();
+        let mut q = self.shared.lock();
+        if q.closed {
+            return;
+        }
+        if q.lines >= self.max_lines || q.bytes + bytes.len() > self.max_bytes {
             q.not_shown += 1;
             match q.items.back_mut() {
                 Some(Item::Gap(n)) => *n += 1,
@@ -261,16 +310,27 @@ fn writer_loop(
     let mut status_shown = false;
     let mut broken = false;
     let mut last_status = Instant::now();
+    // a resize (SIGWINCH) is noticed by asking the width again every
+    // RESIZE_CHECK: no signal handler, and the status line is redrawn to
+    // the new width at once rather than at the next STATUS_EVERY
+    let mut width = terminal_width();
     loop {
         let (items, closing) = {
             let mut q = shared.lock();
             while q.items.is_empty() && !q.closed {
-                if status.is_some() && last_status.elapsed() >= STATUS_EVERY {
-                    break;
+                if status.is_some() {
+                    if last_status.elapsed() >= STATUS_EVERY {
+                        break;
+                    }
+                    let now = terminal_width();
+                    if now != width {
+                        width = now;
+                        break;
+                    }
                 }
                 q.writer_waiting = true;
                 q = match &status {
-                    Some(_) => match shared.wake.wait_timeout(q, STATUS_EVERY) {
+                    Some(_) => match shared.wake.wait_timeout(q, RESIZE_CHECK) {
                         Ok((q, _)) => q,
                         Err(e) => e.into_inner().0,
                     },
@@ -319,10 +379,130 @@ fn writer_loop(
     }
 }
 
+/// Columns of the terminal on stdout: `TIOCGWINSZ` (asked again at each
+/// redraw, so a resize is followed), else `$COLUMNS`, else 80.
+pub fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    if rc == 0 && size.ws_col > 0 {
+        return usize::from(size.ws_col);
+    }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse().ok())
+        .filter(|&c: &usize| c > 0)
+        .unwrap_or(80)
+}
+
+/// Step output made safe to show on one line of a terminal: ANSI escape
+/// sequences (CSI, OSC, and two-byte escapes) removed, tabs as spaces,
+/// other control characters dropped, and of `\r`-redrawn progress only the
+/// latest segment kept.
+pub fn sanitize(text: &str) -> String {
+    let text: &str = text
+        .rsplit('\r')
+        .find(|seg| !seg.trim().is_empty())
+        .unwrap_or_default();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => match chars.next() {
+                // CSI: parameters and intermediates, then a final byte
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('\x40'..='\x7e').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC, DCS, PM, APC: up to BEL or ST (ESC \\)
+                Some(']' | 'P' | '^' | '_') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\x07' {
+                            break;
+                        }
+                        if c == '\x1b' {
+                            if chars.peek() == Some(&'\\') {
+                                chars.next();
+                            }
+                            break;
+                        }
+                    }
+                }
+                // charset selection and the like take one more character
+                Some('(' | ')' | '*' | '+' | '#' | '%') => {
+                    chars.next();
+                }
+                _ => {}
+            },
+            // CSI as one C1 character
+            '\u{9b}' => {
+                for c in chars.by_ref() {
+                    if ('\x40'..='\x7e').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            '\t' => out.push(' '),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `text` cut to at most `width` terminal columns (wide characters count
+/// two), ending in `…` when cut.
+pub fn fit(text: &str, width: usize) -> String {
+    use unicode_width::UnicodeWidthChar;
+    use unicode_width::UnicodeWidthStr;
+    if text.width() <= width {
+        return text.to_owned();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > width - 1 {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    out.push('…');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn step_output_is_stripped_of_escapes_and_controls() {
+        assert_eq!(sanitize("\x1b[1;31mred\x1b[0m text"), "red text");
+        assert_eq!(sanitize("\x1b]0;title\x07after"), "after");
+        assert_eq!(sanitize("a\tb\x08c\x00d"), "a bcd");
+        assert_eq!(sanitize("  10%\r  55%\r"), "  55%");
+        assert_eq!(
+            sanitize("\x1b(Bplain\x1b]8;;http://x\x1b\\link"),
+            "plainlink"
+        );
+    }
+
+    #[test]
+    fn fitting_counts_columns_not_bytes() {
+        assert_eq!(fit("short", 10), "short");
+        assert_eq!(fit("abcdefghij", 5), "abcd…");
+        // each of these takes two columns
+        assert_eq!(fit("日本語テキスト", 7), "日本語…");
+        assert!(unicode_width::UnicodeWidthStr::width(fit("日本語テキスト", 6).as_str()) <= 6);
+    }
 
     #[test]
     fn a_blocked_output_never_blocks_the_caller_and_close_is_bounded() {
