@@ -33,7 +33,7 @@ pub fn dispatch(cli: Cli) -> u8 {
             params,
             output,
             save,
-        } => plan(&file, &params, output, save.as_deref(), style),
+        } => plan(&file, &params, output, save.as_deref(), style, cli.color),
         Command::Schema => write_stdout(crate::schema::runbook_schema_json().as_bytes()),
         Command::Run {
             file,
@@ -100,6 +100,19 @@ fn report_style(choice: ColorChoice) -> Style {
         }
     };
     if color { Style::Fancy } else { Style::Plain }
+}
+
+/// Whether what goes to stdout is coloured: `--color always`, or `auto`
+/// on a terminal without `NO_COLOR`; never when piped.
+fn stdout_color(choice: ColorChoice) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::stdout().is_terminal()
+        }
+    }
 }
 
 /// Prints reports to stderr.
@@ -207,6 +220,7 @@ fn plan(
     output: PlanFormat,
     save: Option<&Path>,
     style: Style,
+    color: ColorChoice,
 ) -> u8 {
     let (runbook, source, values) = match load_with_params(file, params, style) {
         Ok(loaded) => loaded,
@@ -228,7 +242,7 @@ fn plan(
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let written = match output {
-        PlanFormat::Text => render::text(&plan, &mut out),
+        PlanFormat::Text => render::text_colored(&plan, &mut out, stdout_color(color)),
         PlanFormat::Json => serde_json::to_writer_pretty(&mut out, &plan)
             .map_err(std::io::Error::other)
             .and_then(|()| out.write_all(b"\n")),
