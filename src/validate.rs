@@ -1198,7 +1198,7 @@ fn action_of(raw: &RawStep) -> Option<Action> {
 /// Maps a byte range inside a scalar's text to a span of the file: finds the
 /// same fragment in the source after the node's start (block and quoted
 /// scalars do not map offset for offset).
-fn locate_in_node(
+pub(crate) fn locate_in_node(
     source: &str,
     node: Option<&Node>,
     text: &str,

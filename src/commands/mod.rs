@@ -141,9 +141,12 @@ fn validate_files(files: &[std::path::PathBuf], output: ValidateFormat, style: S
     let mut warnings = Vec::new();
     for file in files {
         match validate::load_file(file) {
-            Ok((runbook, _)) => summaries.push({
-                for w in crate::lint::warnings(&runbook) {
-                    warnings.push((file.display().to_string(), w));
+            Ok((runbook, source)) => summaries.push({
+                let found = crate::lint::warnings(&runbook, &source);
+                if !found.is_empty() {
+                    let mut report = Report::new(source.name.clone(), Some(source.text.clone()));
+                    report.problems = found;
+                    warnings.push(report);
                 }
                 format!(
                     "✓ {}: {} {} is valid ({} steps in {} waves, {} params)",
@@ -165,11 +168,12 @@ fn validate_files(files: &[std::path::PathBuf], output: ValidateFormat, style: S
                 .flat_map(Report::to_json)
                 .filter_map(|r| serde_json::to_value(r).ok())
                 .collect();
-            for (file, w) in &warnings {
-                let mut record = serde_json::to_value(w).unwrap_or_default();
-                record["file"] = serde_json::Value::from(file.as_str());
-                records.push(record);
-            }
+            records.extend(
+                warnings
+                    .iter()
+                    .flat_map(Report::to_json)
+                    .filter_map(|r| serde_json::to_value(r).ok()),
+            );
             let mut text = serde_json::to_string_pretty(&records).unwrap_or_else(|_| "[]".into());
             text.push('\n');
             let code = write_stdout(text.as_bytes());
@@ -179,14 +183,7 @@ fn validate_files(files: &[std::path::PathBuf], output: ValidateFormat, style: S
         }
         ValidateFormat::Text => {
             print_reports(&reports, style);
-            for (file, w) in &warnings {
-                say_err!(
-                    "warning[{}]: {file}: {}\n  help: {}",
-                    w.code,
-                    w.message,
-                    w.help
-                );
-            }
+            print_reports(&warnings, style);
             let mut text = summaries.join("\n");
             if !text.is_empty() {
                 text.push('\n');
