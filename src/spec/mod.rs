@@ -161,7 +161,13 @@ pub fn parse(source: &SourceFile) -> (Option<Parsed>, Vec<Problem>) {
             return (None, problems);
         }
         Err(e) => {
-            let colon = e.message.contains("mapping values are not allowed");
+            // `key: value: more` (a second `: ` after a key on the same
+            // line), not a mis-indented key
+            let colon = e.message.contains("mapping values are not allowed") && {
+                let before = source.text.get(..e.span.offset).unwrap_or("");
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                before[line_start..].contains(": ")
+            };
             problems.push(
                 Problem::new("yaml::syntax", format!("invalid YAML: {}", e.message))
                     .at_labeled(
