@@ -177,12 +177,22 @@ impl Plan {
                 };
                 let action = render_action(&step.action, &mut render);
                 let done_if = step.done_if.as_deref().and_then(&mut render);
-                let step_env: indexmap::IndexMap<String, String> = step
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), render(v).unwrap_or_default()))
-                    .collect();
-                let workdir = step.workdir.as_deref().and_then(&mut render);
+                // a gate starts no process: its shell, env and workdir
+                // (from `defaults`) mean nothing
+                let starts_process = !matches!(step.action, Action::Pause { .. });
+                let step_env: indexmap::IndexMap<String, String> = if starts_process {
+                    step.env
+                        .iter()
+                        .map(|(k, v)| (k.clone(), render(v).unwrap_or_default()))
+                        .collect()
+                } else {
+                    indexmap::IndexMap::new()
+                };
+                let workdir = step
+                    .workdir
+                    .as_deref()
+                    .filter(|_| starts_process)
+                    .and_then(&mut render);
                 let when = step.when.as_ref().map(|expr| {
                     let runtime =
                         template::analyze_expression(env, expr).map_or(true, |(_, _, refs)| {
@@ -239,7 +249,11 @@ impl Plan {
                     always: step.always,
                     idempotent: step.idempotent,
                     done_if,
-                    shell: step.shell.as_ref().map(crate::model::Shell::display),
+                    shell: step
+                        .shell
+                        .as_ref()
+                        .filter(|_| starts_process)
+                        .map(crate::model::Shell::display),
                     env: step_env,
                     workdir,
                     action: action.unwrap_or(serde_json::Value::Null),

@@ -596,9 +596,28 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         }
         writeln!(out, "  - {}", policy_line(step))?;
         writeln!(out)?;
-        md_block(out, "  ", "sh", &command_line(step))?;
+        md_block(out, "  ", code_language(step), &command_line(step))?;
     }
     Ok(())
+}
+
+/// The language of a step's command for Markdown highlighting.
+fn code_language(step: &PlannedStep) -> &'static str {
+    let program = step
+        .shell
+        .as_deref()
+        .and_then(|s| s.split_whitespace().next())
+        .map(|p| p.rsplit('/').next().unwrap_or(p).trim_matches('\''))
+        .unwrap_or("sh");
+    if step.action.get("type").and_then(serde_json::Value::as_str) != Some("run") {
+        "sh"
+    } else if program.starts_with("python") {
+        "python"
+    } else if program.starts_with("pwsh") || program.starts_with("powershell") {
+        "powershell"
+    } else {
+        "sh"
+    }
 }
 
 fn label(step: &PlannedStep) -> String {
