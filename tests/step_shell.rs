@@ -270,3 +270,30 @@ fn changing_a_steps_env_shell_or_workdir_is_a_change_for_resume() {
         );
     }
 }
+
+/// A daemon's `ready` check runs like the step: same shell, env and
+/// workdir (so does `done_if`, through the same preparation).
+#[test]
+fn checks_run_with_the_steps_shell_env_and_workdir() {
+    let lab = Lab::new();
+    std::fs::create_dir_all(lab.path("svc")).unwrap();
+    std::fs::write(lab.path("svc/ready-marker"), "").unwrap();
+    let file = lab.runbook(
+        "checks",
+        "  {}",
+        r#"  - id: server
+    daemon: true
+    timeout: 20s
+    shell: [bash, --noprofile, --norc, -c]
+    env: { FLAG: "up" }
+    workdir: svc
+    ready: 'test "$FLAG" = up && test -f ready-marker && test "$0" = bash'
+    run: exec sleep 30
+  - id: client
+    needs: [server]
+    run: 'true'
+"#,
+    );
+    let out = run_in_lab(&lab, &file, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
