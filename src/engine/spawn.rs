@@ -435,10 +435,13 @@ fn default_shell() -> &'static (std::ffi::CString, Vec<std::ffi::CString>) {
 fn command_line(
     command: &str,
     shell: Option<&[String]>,
+    env: &[(String, String)],
 ) -> std::io::Result<(std::ffi::CString, Vec<std::ffi::CString>)> {
     match shell {
         None => {
-            if let Some(direct) = direct_command(command) {
+            // a step that sets its own PATH gets the shell's lookup in it
+            let own_path = env.iter().any(|(k, _)| k == "PATH");
+            if !own_path && let Some(direct) = direct_command(command) {
                 return Ok(direct);
             }
             let (path, prefix) = default_shell();
@@ -493,7 +496,7 @@ fn start_child(
     cgroup: Option<CgroupTarget<'_>>,
 ) -> std::io::Result<(libc::pid_t, OwnedFd)> {
     use std::os::unix::ffi::OsStrExt;
-    let (path, args) = command_line(command, shell)?;
+    let (path, args) = command_line(command, shell, env)?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     // the runner's environment (C strings built once) minus what the step
