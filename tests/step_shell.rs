@@ -299,21 +299,25 @@ fn checks_run_with_the_steps_shell_env_and_workdir() {
 }
 
 /// A step that sets PATH finds its programs there, even a plain command
-/// that would otherwise be executed directly from the runner's PATH.
+/// that would otherwise be executed directly from the runner's PATH
+/// (`uname` is in /usr/bin too).
 #[test]
 fn a_step_with_its_own_path_finds_its_programs_there() {
     let lab = Lab::new();
     std::fs::create_dir_all(lab.path("bin")).unwrap();
-    let tool = lab.path("bin/only-here-tool");
+    let tool = lab.path("bin/uname");
     std::fs::write(&tool, "#!/bin/sh\necho from-own-path > \"$1\"\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
     let file = lab.runbook(
         "ownpath",
         "  dir: { type: path }",
-        "  - id: use\n    env: { PATH: \"{{ params.dir }}/bin:/usr/bin:/bin\" }\n    run: only-here-tool {{ params.dir }}/out\n",
+        "  - id: use\n    env: { PATH: \"{{ params.dir }}/bin:/usr/bin:/bin\" }\n    run: uname {{ params.dir }}/out\n",
     );
-    let out = lab.run(&file, &["-p", &format!("dir={}", lab.p("").trim_end_matches('/'))]);
+    let out = lab.run(
+        &file,
+        &["-p", &format!("dir={}", lab.p("").trim_end_matches('/'))],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(lab.read("out").trim(), "from-own-path");
 }
