@@ -252,9 +252,10 @@ pub struct Step {
     pub ready: Option<String>,
     /// Shell of its commands; `None` is the default shell (bash with
     /// errexit and pipefail, else `sh -e`).
-    pub shell: Option<Shell>,
-    /// Environment variables (values are templates), defaults merged in.
-    pub env: IndexMap<String, String>,
+    pub shell: Option<Box<Shell>>,
+    /// Environment variables (values are templates), defaults merged in,
+    /// in order (a list: most steps have none).
+    pub env: Vec<(String, String)>,
     /// Working directory (a template), relative to the run's directory.
     pub workdir: Option<String>,
     /// What the step does.
@@ -288,7 +289,12 @@ impl Step {
             content["shell"] = serde_json::json!(shell.argv());
         }
         if !self.env.is_empty() {
-            content["env"] = serde_json::json!(self.env);
+            let env: serde_json::Map<String, serde_json::Value> = self
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect();
+            content["env"] = serde_json::Value::Object(env);
         }
         if let Some(workdir) = &self.workdir {
             content["workdir"] = serde_json::json!(workdir);

@@ -135,8 +135,8 @@ pub struct PlannedStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<String>,
     /// Environment variables the step sets, rendered (secrets as `***`).
-    #[serde(default, skip_serializing_if = "indexmap::IndexMap::is_empty")]
-    pub env: indexmap::IndexMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Box<indexmap::IndexMap<String, String>>>,
     /// Working directory, rendered, relative to where the run starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
@@ -180,14 +180,14 @@ impl Plan {
                 // a gate starts no process: its shell, env and workdir
                 // (from `defaults`) mean nothing
                 let starts_process = !matches!(step.action, Action::Pause { .. });
-                let step_env: indexmap::IndexMap<String, String> = if starts_process {
-                    step.env
-                        .iter()
-                        .map(|(k, v)| (k.clone(), render(v).unwrap_or_default()))
-                        .collect()
-                } else {
-                    indexmap::IndexMap::new()
-                };
+                let step_env = (starts_process && !step.env.is_empty()).then(|| {
+                    Box::new(
+                        step.env
+                            .iter()
+                            .map(|(k, v)| (k.clone(), render(v).unwrap_or_default()))
+                            .collect::<indexmap::IndexMap<String, String>>(),
+                    )
+                });
                 let workdir = step
                     .workdir
                     .as_deref()
@@ -251,7 +251,7 @@ impl Plan {
                     done_if,
                     shell: step
                         .shell
-                        .as_ref()
+                        .as_deref()
                         .filter(|_| starts_process)
                         .map(crate::model::Shell::display),
                     env: step_env,

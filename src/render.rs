@@ -133,12 +133,9 @@ impl Paint {
 /// How a step's environment is shown: `KEY=value` words (values quoted
 /// for the shell where needed; secrets are already `***`).
 fn env_line(step: &PlannedStep) -> Option<String> {
-    if step.env.is_empty() {
-        return None;
-    }
+    let env = step.env.as_deref().filter(|e| !e.is_empty())?;
     Some(
-        step.env
-            .iter()
+        env.iter()
             .map(|(k, v)| format!("{k}={}", crate::template::shell_quote(v)))
             .collect::<Vec<_>>()
             .join(" "),
@@ -560,7 +557,7 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         if let Some(shell) = &step.shell {
             writeln!(out, "  - shell {}", md_code(shell))?;
         }
-        for (k, v) in &step.env {
+        for (k, v) in step.env.iter().flat_map(|e| e.iter()) {
             writeln!(out, "  - env {} = {}", md_code(k), md_code(v))?;
         }
         if let Some(dir) = &step.workdir {

@@ -200,13 +200,13 @@ impl Checker<'_> {
             Some(d) => {
                 let env_node = defaults_node.and_then(|n| n.get("env"));
                 self.env_keys(&d.env, env_node, "defaults");
-                let env: IndexMap<String, String> = d
+                let env: Vec<(String, String)> = d
                     .env
                     .iter()
                     .map(|(k, v)| (k.clone(), v.to_string()))
                     .collect();
                 for (key, value) in &env {
-                    let node = env_node.and_then(|n| n.get(key));
+                    let node = env_node.and_then(|n| n.get(key.as_str()));
                     self.defaults_template(value, node, &params);
                 }
                 if let Some(workdir) = &d.workdir {
@@ -218,7 +218,7 @@ impl Checker<'_> {
                 }
                 (env, d.workdir.clone())
             }
-            None => (IndexMap::new(), None),
+            None => (Vec::new(), None),
         };
 
         let clock = std::time::Instant::now();
@@ -778,20 +778,27 @@ impl Checker<'_> {
         let shell = match &raw.shell {
             Some(sh) => self.shell(sh, field("shell"), &format!("step `{}`", raw.id)),
             None => ctx.default_shell.cloned(),
-        };
+        }
+        .map(Box::new);
         let env_node = field("env");
-        self.env_keys(&raw.env, env_node, &format!("step `{}`", raw.id));
-        let mut env = ctx.default_env.clone();
-        for (key, value) in &raw.env {
-            let value = value.to_string();
-            self.template(
-                &value,
-                env_node.and_then(|n| n.get(key)),
-                &raw.id,
-                &ctx,
-                output_uses,
-            );
-            env.insert(key.clone(), value);
+        let mut env = ctx.default_env.to_vec();
+        if let Some(own) = raw.env.as_deref() {
+            self.env_keys(own, env_node, &format!("step `{}`", raw.id));
+            for (key, value) in own {
+                let value = value.to_string();
+                self.template(
+                    &value,
+                    env_node.and_then(|n| n.get(key)),
+                    &raw.id,
+                    &ctx,
+                    output_uses,
+                );
+                // the step wins over `defaults.env`, in the defaults' place
+                match env.iter_mut().find(|(k, _)| k == key) {
+                    Some(slot) => slot.1 = value,
+                    None => env.push((key.clone(), value)),
+                }
+            }
         }
         if let Some(workdir) = &raw.workdir {
             self.template(workdir, field("workdir"), &raw.id, &ctx, output_uses);
@@ -1132,7 +1139,7 @@ struct StepContext<'a> {
     default_timeout: Option<Duration>,
     default_retry: &'a RetryPolicy,
     default_shell: Option<&'a Shell>,
-    default_env: &'a IndexMap<String, String>,
+    default_env: &'a [(String, String)],
     default_workdir: Option<&'a str>,
 }
 
@@ -1140,8 +1147,6 @@ fn defaults_context<'a>(
     params: &'a IndexMap<String, ParamSpec>,
     steps: &'a HashMap<&'a str, usize>,
 ) -> StepContext<'a> {
-    static NO_ENV: std::sync::LazyLock<IndexMap<String, String>> =
-        std::sync::LazyLock::new(IndexMap::new);
     static NO_RETRY: std::sync::LazyLock<RetryPolicy> =
         std::sync::LazyLock::new(RetryPolicy::default);
     StepContext {
@@ -1153,7 +1158,7 @@ fn defaults_context<'a>(
         default_timeout: None,
         default_retry: &NO_RETRY,
         default_shell: None,
-        default_env: &NO_ENV,
+        default_env: &[],
         default_workdir: None,
     }
 }

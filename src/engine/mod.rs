@@ -174,7 +174,7 @@ pub fn prepare(
     known: &Known,
 ) -> Result<Prepared, String> {
     let mut env = step_env(ctx, step, attempt);
-    let needs_context = step.env.values().any(|v| template::is_template(v))
+    let needs_context = step.env.iter().any(|(_, v)| template::is_template(v))
         || step.workdir.as_deref().is_some_and(template::is_template);
     let context = needs_context.then(|| {
         Context::new(
@@ -227,7 +227,7 @@ pub fn prepare(
     Ok(Prepared {
         env: own,
         cwd,
-        shell: step.shell.as_ref().map(crate::model::Shell::argv),
+        shell: step.shell.as_deref().map(crate::model::Shell::argv),
     })
 }
 

@@ -247,12 +247,13 @@ pub struct RawStep {
     /// (`bash`, `sh`, `python3`, `pwsh`) or an argv prefix to which the
     /// script is appended. Default: `defaults.shell`, else bash with
     /// errexit and pipefail (`sh -e` where bash is absent).
+    // boxed: 50,000 steps without them should not pay for them
     #[serde(default)]
-    pub shell: Option<RawShell>,
+    pub shell: Option<Box<RawShell>>,
     /// Environment variables of the step's processes (values are
     /// templates), over `defaults.env`.
     #[serde(default)]
-    pub env: IndexMap<String, EnvValue>,
+    pub env: Option<Box<IndexMap<String, EnvValue>>>,
     /// Working directory of the step's processes (a template), relative to
     /// the directory the run started in. It must exist.
     #[serde(default)]
