@@ -321,3 +321,44 @@ fn a_step_with_its_own_path_finds_its_programs_there() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(lab.read("out").trim(), "from-own-path");
 }
+
+/// Without bash on PATH the default shell is `sh -e`: errexit, no pipefail.
+#[test]
+fn without_bash_the_default_shell_is_sh_with_errexit() {
+    let lab = Lab::new();
+    let bin = lab.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["cat", "touch"] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap();
+        std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
+    }
+    let dir = lab.p("");
+    let file = lab.runbook(
+        "nobash",
+        "  dir: { type: path }",
+        r#"  - id: probe
+    run: |
+      echo "$0" > {{ params.dir | quote }}/zero
+      false | cat
+      touch {{ params.dir | quote }}/pipe-passed
+      false
+      touch {{ params.dir | quote }}/errexit-ignored
+"#,
+    );
+    let out = runbook()
+        .arg("run")
+        .arg(&file)
+        .args(["--state-dir", &lab.state(), "-p", &format!("dir={dir}")])
+        .env("PATH", &bin)
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(lab.read("zero").trim(), "sh");
+    assert!(lab.path("pipe-passed").exists(), "sh has no pipefail");
+    assert!(!lab.path("errexit-ignored").exists(), "but -e holds");
+}
