@@ -41,6 +41,7 @@ metadata:
   version: 1.0.0
 steps:
   - id: dump
+    shell: sh # as the peer runs it; \`yes | head\` fails under pipefail (SIGPIPE)
     run: $cmd
 EOF
 state=$work/state

@@ -31,6 +31,9 @@ pub struct Problem {
     pub help: Option<String>,
     /// Extra places that explain the problem (e.g. the first definition).
     pub related: Vec<(Span, String)>,
+    /// A warning (the file is valid; `validate` still exits 0) rather
+    /// than an error.
+    pub warning: bool,
 }
 
 impl Problem {
@@ -43,7 +46,19 @@ impl Problem {
             label: None,
             help: None,
             related: Vec::new(),
+            warning: false,
         }
+    }
+
+    /// Makes it a warning: shown as one, and `"severity": "warning"` in JSON.
+    pub fn warning(mut self) -> Self {
+        self.warning = true;
+        self
+    }
+
+    /// `error` or `warning`.
+    pub fn severity(&self) -> &'static str {
+        if self.warning { "warning" } else { "error" }
     }
 
     /// Points the problem at a span of the source.
@@ -106,11 +121,19 @@ impl std::error::Error for Located<'_> {}
 
 impl Diagnostic for Located<'_> {
     fn code<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        Some(Box::new(self.problem.code))
+        if self.problem.warning {
+            Some(Box::new(format!("warning[{}]", self.problem.code)))
+        } else {
+            Some(Box::new(self.problem.code))
+        }
     }
 
     fn severity(&self) -> Option<Severity> {
-        Some(Severity::Error)
+        Some(if self.problem.warning {
+            Severity::Warning
+        } else {
+            Severity::Error
+        })
     }
 
     fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
@@ -230,12 +253,15 @@ impl Report {
                 out.push('\n');
             }
         }
-        let count = self.problems.len();
-        out.push_str(&format!(
-            "{}: {count} problem{}\n",
-            self.name,
-            if count == 1 { "" } else { "s" }
-        ));
+        let warnings = self.problems.iter().filter(|p| p.warning).count();
+        let count = self.problems.len() - warnings;
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let summary = match (count, warnings) {
+            (_, 0) => format!("{count} problem{}", plural(count)),
+            (0, w) => format!("{w} warning{}", plural(w)),
+            (c, w) => format!("{c} problem{}, {w} warning{}", plural(c), plural(w)),
+        };
+        out.push_str(&format!("{}: {summary}\n", self.name));
         out
     }
 
@@ -249,6 +275,7 @@ impl Report {
                     .and_then(|s| self.line_col(s.offset))
                     .map_or((None, None), |(l, c)| (Some(l), Some(c)));
                 ProblemRecord {
+                    severity: p.severity(),
                     file: self.name.clone(),
                     line,
                     column,
@@ -264,6 +291,8 @@ impl Report {
 /// A problem as printed by `runbook validate -o json`.
 #[derive(Debug, Serialize)]
 pub struct ProblemRecord {
+    /// `error` or `warning`.
+    pub severity: &'static str,
     /// The file.
     pub file: String,
     /// 1-based line, when located.

@@ -305,6 +305,14 @@ pub struct Step {
     pub daemon: bool,
     /// Readiness check of a daemon step.
     pub ready: Option<String>,
+    /// Shell of its commands; `None` is the default shell (bash with
+    /// errexit and pipefail, else `sh -e`).
+    pub shell: Option<Box<Shell>>,
+    /// Environment variables (values are templates), defaults merged in,
+    /// in order (a list: most steps have none).
+    pub env: Vec<(String, String)>,
+    /// Working directory (a template), relative to the run's directory.
+    pub workdir: Option<String>,
     /// What the step does.
     pub action: Action,
 }
@@ -329,7 +337,88 @@ impl Step {
             "action": self.action.key(),
             "spec": self.action.spec(),
         });
+        // added only when set, so that the digests of steps without them
+        // (and of runs journaled before they existed) do not change
+        let mut content = content;
+        if let Some(shell) = &self.shell {
+            content["shell"] = serde_json::json!(shell.argv());
+        }
+        if !self.env.is_empty() {
+            let env: serde_json::Map<String, serde_json::Value> = self
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect();
+            content["env"] = serde_json::Value::Object(env);
+        }
+        if let Some(workdir) = &self.workdir {
+            content["workdir"] = serde_json::json!(workdir);
+        }
         crate::validate::digest(&serde_json::to_vec(&content).unwrap_or_default())
+    }
+}
+
+/// The shell a step's commands are given to (other than the default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Shell {
+    /// A known shell by name (`bash`, `sh`, `python3`, `pwsh`).
+    Named(String),
+    /// An argv prefix; the script is appended as the last argument.
+    Argv(Vec<String>),
+}
+
+/// The known shell names and the argv prefix each stands for (GitHub
+/// Actions' conventions, with `-c` since the script is passed inline).
+pub const KNOWN_SHELLS: [(&str, &[&str]); 4] = [
+    (
+        "bash",
+        &["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"],
+    ),
+    ("sh", &["sh", "-e", "-c"]),
+    ("python3", &["python3", "-c"]),
+    (
+        "pwsh",
+        &[
+            "pwsh",
+            "-NoLogo",
+            "-NoProfile",
+            "-NonInteractive",
+            "-Command",
+        ],
+    ),
+];
+
+/// What runs a step's command when it names no shell: bash with errexit
+/// and pipefail, like `shell: bash`.
+pub const DEFAULT_SHELL: &[&str] = KNOWN_SHELLS[0].1;
+
+/// Where bash is absent: `sh` with errexit.
+pub const FALLBACK_SHELL: &[&str] = KNOWN_SHELLS[1].1;
+
+impl Shell {
+    /// The argv prefix the script is appended to.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Shell::Named(name) => KNOWN_SHELLS
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, argv)| argv.iter().map(|a| (*a).to_owned()).collect())
+                .unwrap_or_else(|| vec![name.clone(), "-c".into()]),
+            Shell::Argv(argv) => argv.clone(),
+        }
+    }
+
+    /// How the plan shows it: the name, or the argv joined as shell words.
+    pub fn display(&self) -> String {
+        match self {
+            Shell::Named(name) => name.clone(),
+            Shell::Argv(argv) => argv
+                .iter()
+                .map(|a| crate::template::shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
     }
 }
 

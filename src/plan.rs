@@ -130,6 +130,16 @@ pub struct PlannedStep {
     /// Rendered `done_if` check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done_if: Option<String>,
+    /// The step's shell when it is not the default: a name (`sh`,
+    /// `python3`, ...) or the command line it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// Environment variables the step sets, rendered (secrets as `***`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Box<indexmap::IndexMap<String, String>>>,
+    /// Working directory, rendered, relative to where the run starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
     /// The rendered action: `type` plus the action's fields; `run` has
     /// `command`, Kubernetes actions also carry `equivalent` (a kubectl line).
     pub action: serde_json::Value,
@@ -167,6 +177,22 @@ impl Plan {
                 };
                 let action = render_action(&step.action, &mut render);
                 let done_if = step.done_if.as_deref().and_then(&mut render);
+                // a gate starts no process: its shell, env and workdir
+                // (from `defaults`) mean nothing
+                let starts_process = !matches!(step.action, Action::Pause { .. });
+                let step_env = (starts_process && !step.env.is_empty()).then(|| {
+                    Box::new(
+                        step.env
+                            .iter()
+                            .map(|(k, v)| (k.clone(), render(v).unwrap_or_default()))
+                            .collect::<indexmap::IndexMap<String, String>>(),
+                    )
+                });
+                let workdir = step
+                    .workdir
+                    .as_deref()
+                    .filter(|_| starts_process)
+                    .and_then(&mut render);
                 let when = step.when.as_ref().map(|expr| {
                     let runtime =
                         template::analyze_expression(env, expr).map_or(true, |(_, _, refs)| {
@@ -223,6 +249,13 @@ impl Plan {
                     always: step.always,
                     idempotent: step.idempotent,
                     done_if,
+                    shell: step
+                        .shell
+                        .as_deref()
+                        .filter(|_| starts_process)
+                        .map(crate::model::Shell::display),
+                    env: step_env,
+                    workdir,
                     action: action.unwrap_or(serde_json::Value::Null),
                 });
             }

@@ -101,8 +101,58 @@ fn params_summary(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
-/// Human-readable plan.
+/// ANSI styles of the text plan, empty when colour is off.
+struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    fn wrap(&self, code: &str, text: &str) -> String {
+        if self.on && !text.is_empty() {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+    /// Skipped steps.
+    fn dim(&self, text: &str) -> String {
+        self.wrap("2", text)
+    }
+    /// Gates.
+    fn gate(&self, text: &str) -> String {
+        self.wrap("1;33", text)
+    }
+    /// Steps not safe to repeat.
+    fn danger(&self, text: &str) -> String {
+        self.wrap("1;31", text)
+    }
+    /// Step ids.
+    fn bold(&self, text: &str) -> String {
+        self.wrap("1", text)
+    }
+}
+
+/// How a step's environment is shown: `KEY=value` words (values quoted
+/// for the shell where needed; secrets are already `***`).
+fn env_line(step: &PlannedStep) -> Option<String> {
+    let env = step.env.as_deref().filter(|e| !e.is_empty())?;
+    Some(
+        env.iter()
+            .map(|(k, v)| format!("{k}={}", crate::template::shell_quote(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// Human-readable plan, without colour.
 pub fn text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
+    text_colored(plan, out, false)
+}
+
+/// Human-readable plan; with `color`, skipped steps are dim, gates
+/// highlighted and steps that are not idempotent marked in red.
+pub fn text_colored(plan: &Plan, out: &mut impl Write, color: bool) -> io::Result<()> {
+    let paint = Paint { on: color };
     let r = &plan.runbook;
     writeln!(out, "Plan for {} {}", r.name, r.version)?;
     if let Some(d) = &r.description {
@@ -140,24 +190,55 @@ pub fn text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             writeln!(out)?;
             writeln!(out, "Wave {wave}")?;
         }
+        let skip = step.disposition == Disposition::Skip;
+        // a skipped step is dim throughout; otherwise parts are styled
+        let body = |text: &str| {
+            if skip {
+                paint.dim(text)
+            } else {
+                text.to_owned()
+            }
+        };
         let marker = match step.disposition {
             Disposition::Run => "●",
             Disposition::Skip => "○",
             Disposition::DecidedAtRunTime => "◐",
         };
-        write!(out, "  {marker} {}", step.id)?;
+        let mut head = step.id.clone();
         if let Some(name) = &step.name {
-            write!(out, ": {name}")?;
+            head.push_str(&format!(": {name}"));
         }
-        writeln!(out)?;
+        let head = if skip {
+            paint.dim(&head)
+        } else if is_pause(step) {
+            paint.gate(&head)
+        } else if !step.idempotent {
+            paint.danger(&head)
+        } else {
+            paint.bold(&head)
+        };
+        writeln!(out, "  {} {head}", body(marker))?;
         if !step.needs.is_empty() {
-            writeln!(out, "      needs {}", step.needs.join(", "))?;
+            writeln!(
+                out,
+                "{}",
+                body(&format!("      needs {}", step.needs.join(", ")))
+            )?;
         }
         if let Some(cond) = condition_line(step) {
-            writeln!(out, "      {cond}")?;
+            writeln!(out, "{}", body(&format!("      {cond}")))?;
         }
         if let Some(check) = &step.done_if {
-            writeln!(out, "      done if: {}", check.trim())?;
+            writeln!(out, "{}", body(&format!("      done if: {}", check.trim())))?;
+        }
+        if let Some(shell) = &step.shell {
+            writeln!(out, "{}", body(&format!("      shell: {shell}")))?;
+        }
+        if let Some(env) = env_line(step) {
+            writeln!(out, "{}", body(&format!("      env: {env}")))?;
+        }
+        if let Some(dir) = &step.workdir {
+            writeln!(out, "{}", body(&format!("      workdir: {dir}")))?;
         }
         let mut lines = command_line(step)
             .lines()
@@ -168,14 +249,26 @@ pub fn text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         }
         let prompt = if is_pause(step) { "" } else { "$ " };
         for (i, line) in lines.iter().enumerate() {
-            if i == 0 {
-                writeln!(out, "      {prompt}{line}")?;
+            let text = if i == 0 {
+                format!("{prompt}{line}")
             } else {
-                writeln!(out, "      {}{line}", " ".repeat(prompt.len()))?;
-            }
+                format!("{}{line}", " ".repeat(prompt.len()))
+            };
+            let text = if is_pause(step) && !skip {
+                paint.gate(&text)
+            } else {
+                body(&text)
+            };
+            writeln!(out, "      {text}")?;
         }
         if !is_pause(step) {
-            writeln!(out, "      {}", policy_line(step))?;
+            let policy = policy_line(step);
+            let policy = if skip {
+                paint.dim(&policy)
+            } else {
+                policy.replace("NOT idempotent", &paint.danger("NOT idempotent"))
+            };
+            writeln!(out, "      {policy}")?;
         }
     }
     writeln!(out)?;
@@ -186,56 +279,250 @@ pub fn text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
-fn md_escape(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
+/// Text for Markdown prose and table cells: HTML and Markdown punctuation
+/// escaped, one line, `*(empty)*` for nothing.
+fn md_text(text: &str) -> String {
+    let text = text.trim();
+    if text.is_empty() {
+        return "*(empty)*".into();
+    }
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '|' => out.push_str("\\|"),
+            '\\' | '`' | '*' | '_' | '[' | ']' | '#' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
-/// Markdown for a change ticket: summary table, params, a checklist per wave.
+/// Inline code that survives any content: a fence longer than the longest
+/// run of backticks inside, padded when the text starts or ends with one;
+/// `|` escaped for tables; `*(empty)*` for nothing.
+fn md_code(text: &str) -> String {
+    let text = text.replace(['\n', '\r'], " ");
+    if text.trim().is_empty() {
+        return "*(empty)*".into();
+    }
+    let fence = "`".repeat(longest_backtick_run(&text) + 1);
+    let pad = if text.starts_with('`') || text.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{}{pad}{fence}", text.replace('|', "\\|"))
+}
+
+fn longest_backtick_run(text: &str) -> usize {
+    text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
+}
+
+/// A fenced block of `lang`, indented by `indent`, with a fence longer than
+/// any backtick run in the body.
+fn md_block(out: &mut impl Write, indent: &str, lang: &str, body: &str) -> io::Result<()> {
+    let fence = "`".repeat((longest_backtick_run(body) + 1).max(3));
+    writeln!(out, "{indent}{fence}{lang}")?;
+    for line in body.lines() {
+        if line.is_empty() {
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{indent}{line}")?;
+        }
+    }
+    writeln!(out, "{indent}{fence}")
+}
+
+fn param_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        // an optional secret given no value
+        serde_json::Value::Null => "(unset)".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The command that runs exactly this plan: the file and every param not
+/// left at its default (secrets go through the environment, never on the
+/// command line).
+pub fn run_command(plan: &Plan) -> (String, Vec<String>) {
+    use crate::template::shell_quote as q;
+    let mut line = format!("runbook run {}", q(&plan.runbook.file));
+    let mut secrets = Vec::new();
+    for p in &plan.params {
+        if p.source == crate::params::ParamSource::Default {
+            continue;
+        }
+        if p.secret {
+            secrets.push(crate::params::env_var_name(&p.name));
+        } else {
+            line.push_str(&format!(
+                " -p {}",
+                q(&format!("{}={}", p.name, param_text(&p.value)))
+            ));
+        }
+    }
+    (line, secrets)
+}
+
+fn flags(step: &PlannedStep) -> String {
+    let mut flags = Vec::new();
+    if is_pause(step) {
+        flags.push("**gate**".to_owned());
+    }
+    if let Some(when) = &step.when {
+        flags.push(match when.value {
+            Some(true) => format!("when {} (true)", md_code(&when.expression)),
+            Some(false) => format!("when {} (false: **skipped**)", md_code(&when.expression)),
+            None => format!("when {} (at run time)", md_code(&when.expression)),
+        });
+    }
+    if step.always {
+        flags.push("always".into());
+    }
+    if !step.idempotent {
+        flags.push("**not idempotent**".into());
+    }
+    if flags.is_empty() {
+        String::new()
+    } else {
+        flags.join(", ")
+    }
+}
+
+/// The action in one line for the summary table.
+fn action_summary(step: &PlannedStep) -> String {
+    if is_pause(step) {
+        let message = step
+            .action
+            .get("message")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        return format!("pause: {}", md_text(message));
+    }
+    let command = command_line(step);
+    let mut lines = command.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or("").trim();
+    let more = if lines.next().is_some() { " …" } else { "" };
+    format!("{}{more}", md_code(first))
+}
+
+/// Markdown for a change ticket: what runs and how to run it, a summary
+/// table, params, the graph (Mermaid), and a checklist per wave with gates
+/// as highlighted blocks.
 pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     let r = &plan.runbook;
-    writeln!(out, "# Plan: {} {}", r.name, r.version)?;
+    writeln!(out, "# Plan: {} {}", md_text(&r.name), md_text(&r.version))?;
     writeln!(out)?;
     if let Some(d) = &r.description {
-        writeln!(out, "{}", d.trim())?;
+        writeln!(out, "{}", md_text(d))?;
         writeln!(out)?;
     }
+    let skipped = plan.count(Disposition::Skip);
     writeln!(out, "| | |")?;
     writeln!(out, "|---|---|")?;
-    writeln!(out, "| Runbook | `{}` |", md_escape(&r.file))?;
-    writeln!(out, "| Digest | `{}` |", r.digest)?;
-    writeln!(out, "| Params digest | `{}` |", plan.params_digest)?;
     writeln!(
         out,
-        "| Steps | {} in {} |",
+        "| Runbook | {} {} |",
+        md_text(&r.name),
+        md_code(&r.version)
+    )?;
+    writeln!(out, "| File | {} |", md_code(&r.file))?;
+    writeln!(out, "| Digest | {} |", md_code(&r.digest))?;
+    writeln!(out, "| Params digest | {} |", md_code(&plan.params_digest))?;
+    write!(
+        out,
+        "| Steps | {} in {}",
         plan.steps.len(),
         crate::model::count(plan.waves, "wave", "waves")
     )?;
+    if skipped > 0 {
+        write!(out, ", {skipped} skipped by `when`")?;
+    }
+    writeln!(out, " |")?;
+    writeln!(
+        out,
+        "| Planned with | runbook {} |",
+        env!("CARGO_PKG_VERSION")
+    )?;
     writeln!(out)?;
+
+    writeln!(out, "## Run it")?;
+    writeln!(out)?;
+    let (line, secrets) = run_command(plan);
+    md_block(out, "", "sh", &line)?;
+    if !secrets.is_empty() {
+        writeln!(out)?;
+        let vars: Vec<String> = secrets.iter().map(|v| md_code(v)).collect();
+        writeln!(
+            out,
+            "Secret params are not on the command line: set {} in the environment of the shell that runs it (e.g. `read -rs {}; export {}`).",
+            vars.join(", "),
+            secrets[0],
+            secrets[0]
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "To run exactly what was reviewed, save the plan (`runbook plan ... --save plan.json`) and run `runbook run --plan plan.json`: it refuses if the runbook or the params changed."
+    )?;
+    writeln!(out)?;
+
+    writeln!(out, "## Summary")?;
+    writeln!(out)?;
+    writeln!(out, "| Wave | Step | Name | Needs | Action | Flags |")?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
+    for step in &plan.steps {
+        let needs: Vec<String> = step.needs.iter().map(|n| md_code(n)).collect();
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            step.wave,
+            md_code(&step.id),
+            step.name.as_deref().map(md_text).unwrap_or_default(),
+            needs.join(", "),
+            action_summary(step),
+            flags(step)
+        )?;
+    }
+    writeln!(out)?;
+
     if !plan.params.is_empty() {
         writeln!(out, "## Params")?;
         writeln!(out)?;
         writeln!(out, "| Param | Value | Source |")?;
         writeln!(out, "|---|---|---|")?;
         for p in &plan.params {
-            let value = match &p.value {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Null => "(unset)".to_owned(),
-                other => other.to_string(),
-            };
             let source = serde_json::to_value(p.source)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
             writeln!(
                 out,
-                "| `{}` | `{}`{} | {source} |",
-                p.name,
-                md_escape(&value),
+                "| {} | {}{} | {source} |",
+                md_code(&p.name),
+                md_code(&param_text(&p.value)),
                 if p.secret { " (secret)" } else { "" }
             )?;
         }
         writeln!(out)?;
     }
+
+    writeln!(out, "## Graph")?;
+    writeln!(out)?;
+    let mut graph = Vec::new();
+    mermaid(plan, &mut graph)?;
+    md_block(out, "", "mermaid", &String::from_utf8_lossy(&graph))?;
+    writeln!(out)?;
+
     writeln!(out, "## Steps")?;
     let mut wave = 0;
     for step in &plan.steps {
@@ -248,35 +535,90 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         let title = step
             .name
             .as_deref()
-            .map(|n| format!(": {}", md_escape(n)))
+            .map(|n| format!(": {}", md_text(n)))
             .unwrap_or_default();
         let skipped = if step.disposition == Disposition::Skip {
             " *(skipped by `when`)*"
         } else {
             ""
         };
-        writeln!(out, "- [ ] **`{}`**{title}{skipped}", step.id)?;
+        writeln!(out, "- [ ] **{}**{title}{skipped}", md_code(&step.id))?;
         if !step.needs.is_empty() {
-            let needs: Vec<String> = step.needs.iter().map(|n| format!("`{n}`")).collect();
+            let needs: Vec<String> = step.needs.iter().map(|n| md_code(n)).collect();
             writeln!(out, "  - needs {}", needs.join(", "))?;
         }
-        if let Some(cond) = condition_line(step) {
-            writeln!(out, "  - {}", md_escape(&cond))?;
+        if let Some(when) = &step.when {
+            let verdict = match when.value {
+                Some(true) => "true",
+                Some(false) => "false: SKIPPED",
+                None => "decided at run time",
+            };
+            writeln!(out, "  - when {} → {verdict}", md_code(&when.expression))?;
         }
         if let Some(check) = &step.done_if {
-            writeln!(out, "  - done if `{}`", md_escape(check.trim()))?;
+            writeln!(out, "  - done if {}", md_code(check.trim()))?;
         }
-        if !is_pause(step) {
-            writeln!(out, "  - {}", policy_line(step))?;
+        if let Some(shell) = &step.shell {
+            writeln!(out, "  - shell {}", md_code(shell))?;
         }
+        for (k, v) in step.env.iter().flat_map(|e| e.iter()) {
+            writeln!(out, "  - env {} = {}", md_code(k), md_code(v))?;
+        }
+        if let Some(dir) = &step.workdir {
+            writeln!(out, "  - workdir {}", md_code(dir))?;
+        }
+        if is_pause(step) {
+            let message = step
+                .action
+                .get("message")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            writeln!(out)?;
+            writeln!(out, "  > [!WARNING]")?;
+            writeln!(
+                out,
+                "  > **Gate {}**: the run stops here until it is approved.",
+                md_code(&step.id)
+            )?;
+            writeln!(out, "  >")?;
+            for line in message.trim().lines() {
+                writeln!(out, "  > {}", md_text(line))?;
+            }
+            if message.trim().is_empty() {
+                writeln!(out, "  > *(no message)*")?;
+            }
+            writeln!(out, "  >")?;
+            writeln!(
+                out,
+                "  > Approve with `runbook approve RUN {}`, or `runbook resume RUN --approve {}`.",
+                step.id, step.id
+            )?;
+            continue;
+        }
+        writeln!(out, "  - {}", policy_line(step))?;
         writeln!(out)?;
-        writeln!(out, "  ```sh")?;
-        for line in command_line(step).lines() {
-            writeln!(out, "  {line}")?;
-        }
-        writeln!(out, "  ```")?;
+        md_block(out, "  ", code_language(step), &command_line(step))?;
     }
     Ok(())
+}
+
+/// The language of a step's command for Markdown highlighting.
+fn code_language(step: &PlannedStep) -> &'static str {
+    let program = step
+        .shell
+        .as_deref()
+        .and_then(|s| s.split_whitespace().next())
+        .map(|p| p.rsplit('/').next().unwrap_or(p).trim_matches('\''))
+        .unwrap_or("sh");
+    if step.action.get("type").and_then(serde_json::Value::as_str) != Some("run") {
+        "sh"
+    } else if program.starts_with("python") {
+        "python"
+    } else if program.starts_with("pwsh") || program.starts_with("powershell") {
+        "powershell"
+    } else {
+        "sh"
+    }
 }
 
 fn label(step: &PlannedStep) -> String {
@@ -286,7 +628,27 @@ fn label(step: &PlannedStep) -> String {
     }
 }
 
-/// Mermaid flowchart (renders in GitHub, GitLab and most wikis).
+/// A Mermaid label: quotes, `<`, `>`, `&` and `#` as entity codes (so a
+/// value can neither end the label nor inject HTML), lines as `<br/>`.
+fn mermaid_label(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '#' => out.push_str("#35;"),
+            '"' => out.push_str("#quot;"),
+            '<' => out.push_str("#lt;"),
+            '>' => out.push_str("#gt;"),
+            '&' => out.push_str("#amp;"),
+            '\n' => out.push_str("<br/>"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Mermaid flowchart (renders in GitHub, GitLab and most wikis), with a
+/// legend: gates are hexagons, `always` steps stadiums, steps that are not
+/// idempotent red, steps skipped by `when` dashed.
 pub fn mermaid(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "flowchart TD")?;
     let index: std::collections::HashMap<&str, usize> = plan
@@ -295,16 +657,32 @@ pub fn mermaid(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         .enumerate()
         .map(|(i, s)| (s.id.as_str(), i))
         .collect();
+    let mut classes: Vec<(&str, Vec<String>)> = vec![
+        ("gate", Vec::new()),
+        ("always", Vec::new()),
+        ("notIdempotent", Vec::new()),
+        ("skipped", Vec::new()),
+    ];
     for (i, step) in plan.steps.iter().enumerate() {
-        let text = label(step).replace('"', "#quot;").replace('\n', "<br/>");
+        let text = mermaid_label(&label(step));
         let (open, close) = match step.action.get("type").and_then(|t| t.as_str()) {
             Some("pause") => ("{{", "}}"),
             _ if step.always => ("([", "])"),
             _ => ("[", "]"),
         };
         writeln!(out, "  s{i}{open}\"{text}\"{close}")?;
+        let node = format!("s{i}");
+        if is_pause(step) {
+            classes[0].1.push(node.clone());
+        }
+        if step.always {
+            classes[1].1.push(node.clone());
+        }
+        if !step.idempotent {
+            classes[2].1.push(node.clone());
+        }
         if step.disposition == Disposition::Skip {
-            writeln!(out, "  style s{i} stroke-dasharray: 5 5")?;
+            classes[3].1.push(node);
         }
     }
     for (i, step) in plan.steps.iter().enumerate() {
@@ -312,6 +690,37 @@ pub fn mermaid(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             if let Some(j) = index.get(need.as_str()) {
                 writeln!(out, "  s{j} --> s{i}")?;
             }
+        }
+    }
+    writeln!(out, "  subgraph legend[\"Legend\"]")?;
+    writeln!(out, "    legend_step[\"step\"]")?;
+    writeln!(
+        out,
+        "    legend_gate{{{{\"gate: pause until approved\"}}}}:::gate"
+    )?;
+    writeln!(
+        out,
+        "    legend_always([\"always: runs even if its needs failed\"]):::always"
+    )?;
+    writeln!(
+        out,
+        "    legend_not_idempotent[\"not idempotent\"]:::notIdempotent"
+    )?;
+    writeln!(out, "    legend_skipped[\"skipped by when\"]:::skipped")?;
+    writeln!(out, "  end")?;
+    writeln!(
+        out,
+        "  classDef gate fill:#fff3cd,stroke:#b7791f,stroke-width:2px"
+    )?;
+    writeln!(out, "  classDef always stroke:#2b6cb0,stroke-width:2px")?;
+    writeln!(
+        out,
+        "  classDef notIdempotent stroke:#c53030,stroke-width:3px"
+    )?;
+    writeln!(out, "  classDef skipped stroke-dasharray:5 5,color:#888")?;
+    for (class, nodes) in &classes {
+        if !nodes.is_empty() {
+            writeln!(out, "  class {} {class}", nodes.join(","))?;
         }
     }
     Ok(())

@@ -884,7 +884,8 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                         );
                         let (holds, detail) = match context.render(env, check) {
                             Ok(script) => {
-                                run_check(&ctx, step, attempts, &script, signals.kill()).await
+                                run_check(&ctx, step, attempts, &known, &script, signals.kill())
+                                    .await
                             }
                             Err(e) => (
                                 false,
@@ -1126,6 +1127,7 @@ async fn run_check(
     ctx: &RunContext,
     step: &crate::model::Step,
     attempts: u32,
+    known: &crate::template::Known,
     script: &str,
     kill: tokio::sync::watch::Receiver<bool>,
 ) -> (bool, String) {
@@ -1139,9 +1141,13 @@ async fn run_check(
             crate::events::now_rfc3339()
         ));
     }
-    let env = engine::step_env(ctx, step, attempts.max(1));
     let timeout = step.timeout.unwrap_or(DONE_IF_TIMEOUT);
-    let launched = engine::launch(ctx, script, &env, log.clone(), |_| {}, None).await;
+    let launched = match engine::prepare(ctx, step, attempts.max(1), known) {
+        Ok(how) => engine::launch(ctx, script, &how, log.clone(), |_| {}, None)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
     let (holds, detail) = match launched {
         Err(e) => (false, format!("cannot start: {e}")),
         Ok(None) => (false, "interrupted".into()),

@@ -10,8 +10,10 @@ use sha2::{Digest, Sha256};
 
 use crate::diagnostic::{Problem, Report, did_you_mean, suggestion};
 use crate::graph::StepGraph;
-use crate::model::{Action, ParamSpec, ParamValue, RetryPolicy, Runbook, Step, type_name};
-use crate::spec::raw::{ACTION_KEYS, ParamType, RawRetry, RawStep};
+use crate::model::{
+    Action, KNOWN_SHELLS, ParamSpec, ParamValue, RetryPolicy, Runbook, Shell, Step, type_name,
+};
+use crate::spec::raw::{ACTION_KEYS, ParamType, RawRetry, RawShell, RawStep};
 use crate::spec::yaml::{Node, NodeValue, Span};
 use crate::spec::{self, Parsed, SourceFile};
 use crate::template::{self, RUN_FIELDS, Reference, TOP_LEVEL_VARS};
@@ -189,6 +191,35 @@ impl Checker<'_> {
             ),
             None => RetryPolicy::default(),
         };
+        let default_shell = raw
+            .defaults
+            .as_ref()
+            .and_then(|d| d.shell.as_ref())
+            .and_then(|sh| self.shell(sh, defaults_node.and_then(|d| d.get("shell")), "defaults"));
+        let (default_env, default_workdir) = match &raw.defaults {
+            Some(d) => {
+                let env_node = defaults_node.and_then(|n| n.get("env"));
+                self.env_keys(&d.env, env_node, "defaults");
+                let env: Vec<(String, String)> = d
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_string()))
+                    .collect();
+                for (key, value) in &env {
+                    let node = env_node.and_then(|n| n.get(key.as_str()));
+                    self.defaults_template(value, node, &params);
+                }
+                if let Some(workdir) = &d.workdir {
+                    self.defaults_template(
+                        workdir,
+                        defaults_node.and_then(|n| n.get("workdir")),
+                        &params,
+                    );
+                }
+                (env, d.workdir.clone())
+            }
+            None => (Vec::new(), None),
+        };
 
         let clock = std::time::Instant::now();
         // ids
@@ -319,6 +350,9 @@ impl Checker<'_> {
                     broken: broken_step_ids,
                     default_timeout,
                     default_retry: &default_retry,
+                    default_shell: default_shell.as_ref(),
+                    default_env: &default_env,
+                    default_workdir: default_workdir.as_deref(),
                 },
                 &mut output_uses,
             ) {
@@ -741,6 +775,38 @@ impl Checker<'_> {
                 self.templates_in(action_node, &raw.id, &ctx, output_uses);
             }
         }
+        let shell = match &raw.shell {
+            Some(sh) => self.shell(sh, field("shell"), &format!("step `{}`", raw.id)),
+            None => ctx.default_shell.cloned(),
+        }
+        .map(Box::new);
+        let env_node = field("env");
+        let mut env = ctx.default_env.to_vec();
+        if let Some(own) = raw.env.as_deref() {
+            self.env_keys(own, env_node, &format!("step `{}`", raw.id));
+            for (key, value) in own {
+                let value = value.to_string();
+                self.template(
+                    &value,
+                    env_node.and_then(|n| n.get(key)),
+                    &raw.id,
+                    &ctx,
+                    output_uses,
+                );
+                // the step wins over `defaults.env`, in the defaults' place
+                match env.iter_mut().find(|(k, _)| k == key) {
+                    Some(slot) => slot.1 = value,
+                    None => env.push((key.clone(), value)),
+                }
+            }
+        }
+        if let Some(workdir) = &raw.workdir {
+            self.template(workdir, field("workdir"), &raw.id, &ctx, output_uses);
+        }
+        let workdir = raw
+            .workdir
+            .clone()
+            .or_else(|| ctx.default_workdir.map(str::to_owned));
 
         Some(Step {
             id: raw.id.clone(),
@@ -754,8 +820,146 @@ impl Checker<'_> {
             done_if: raw.done_if.clone(),
             daemon: raw.daemon,
             ready: raw.ready.clone(),
+            shell,
+            env,
+            workdir,
             action: action?,
         })
+    }
+
+    /// Checks a `shell:` value; the shell, when it is usable.
+    fn shell(&mut self, raw: &RawShell, node: Option<&Node>, place: &str) -> Option<Shell> {
+        let span = node.map_or(Span::default(), |n| n.span);
+        let known: Vec<&str> = KNOWN_SHELLS.iter().map(|(n, _)| *n).collect();
+        match raw {
+            RawShell::Name(name) if known.contains(&name.as_str()) => {
+                Some(Shell::Named(name.clone()))
+            }
+            RawShell::Name(name) => {
+                let help = match did_you_mean(name, known.iter().copied()) {
+                    Some(best) => format!(
+                        "did you mean `{best}`? Or give the command line as a list, e.g. `shell: [{name}, -c]` (the script is appended as the last argument)"
+                    ),
+                    None => format!(
+                        "known shells: {}; for another one give its command line as a list, e.g. `shell: [{name}, -c]` (the script is appended as the last argument)",
+                        known.join(", ")
+                    ),
+                };
+                self.push(
+                    Problem::new(
+                        "step::unknown-shell",
+                        format!("{place}: unknown shell `{name}`"),
+                    )
+                    .at_labeled(span, "not a known shell")
+                    .help(help),
+                );
+                None
+            }
+            RawShell::Argv(argv) => {
+                if argv.first().is_none_or(|p| p.trim().is_empty()) {
+                    self.push(
+                        Problem::new("step::empty-shell", format!("{place}: `shell` is an empty command line"))
+                            .at_labeled(span, "no program")
+                            .help("give the program and its arguments, e.g. `shell: [bash, --noprofile, --norc, -c]`; the script is appended as the last argument"),
+                    );
+                    return None;
+                }
+                if let Some(i) = argv.iter().position(|a| a.contains("{0}")) {
+                    let item = node
+                        .and_then(Node::as_seq)
+                        .and_then(|items| items.get(i))
+                        .map_or(span, |n| n.span);
+                    self.push(
+                        Problem::new("step::shell-placeholder", format!("{place}: `{{0}}` in `shell` is not supported"))
+                            .at_labeled(item, "placeholder")
+                            .help("the script is appended as the last argument: write the argv prefix only, e.g. `shell: [bash, -e, -c]`"),
+                    );
+                    return None;
+                }
+                Some(Shell::Argv(argv.clone()))
+            }
+        }
+    }
+
+    /// Checks the names of an `env:` mapping.
+    fn env_keys(
+        &mut self,
+        env: &IndexMap<String, crate::spec::raw::EnvValue>,
+        node: Option<&Node>,
+        place: &str,
+    ) {
+        for key in env.keys() {
+            let span = node
+                .and_then(|n| n.entry(key))
+                .map_or(node.map_or(Span::default(), |n| n.span), |(k, _)| k.span);
+            if !is_valid_env_name(key) {
+                let fixed: String = key
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                let fixed = if fixed.starts_with(|c: char| c.is_ascii_digit()) {
+                    format!("_{fixed}")
+                } else {
+                    fixed
+                };
+                self.push(
+                    Problem::new(
+                        "step::env-name",
+                        format!("{place}: `{key}` is not a valid environment variable name"),
+                    )
+                    .at_labeled(span, "invalid name")
+                    .help(format!("names are letters, digits and `_`, not starting with a digit, e.g. `{fixed}`")),
+                );
+            } else if key.starts_with("RUNBOOK_") {
+                self.push(
+                    Problem::new(
+                        "step::env-reserved",
+                        format!("{place}: `{key}` is set by runbook itself"),
+                    )
+                    .at_labeled(span, "reserved name")
+                    .help("variables starting with `RUNBOOK_` are runbook's (params are already in `$RUNBOOK_PARAM_<NAME>`); use another name"),
+                );
+            }
+        }
+    }
+
+    /// Checks a template of `defaults`: params and `run` only, no step outputs.
+    fn defaults_template(
+        &mut self,
+        text: &str,
+        node: Option<&Node>,
+        params: &IndexMap<String, ParamSpec>,
+    ) {
+        if !template::is_template(text) {
+            return;
+        }
+        let refs = match template::analyze(self.env, text) {
+            Ok(refs) => refs,
+            Err(_) => {
+                // reported with its location by the generic check below
+                let none = HashMap::new();
+                let ctx = defaults_context(params, &none);
+                self.template(text, node, "defaults", &ctx, &mut Vec::new());
+                return;
+            }
+        };
+        let (steps, others): (Vec<_>, Vec<_>) = refs
+            .into_iter()
+            .partition(|r| matches!(r.reference, Reference::StepOutput { .. }));
+        for located in steps {
+            let span = locate_in_node(&self.source, node, text, Some(located.range.clone()));
+            self.push(
+                Problem::new(
+                    "template::defaults-step",
+                    "`defaults` cannot use outputs or statuses of steps",
+                )
+                .at_labeled(span, "a step's value")
+                .help("set this variable in the `env` (or `workdir`) of the steps that need it"),
+            );
+        }
+        let none = HashMap::new();
+        let ctx = defaults_context(params, &none);
+        self.references(&others, text, node, "defaults", &ctx, &mut Vec::new());
     }
 
     fn templates_in(
@@ -934,6 +1138,36 @@ struct StepContext<'a> {
     broken: &'a [String],
     default_timeout: Option<Duration>,
     default_retry: &'a RetryPolicy,
+    default_shell: Option<&'a Shell>,
+    default_env: &'a [(String, String)],
+    default_workdir: Option<&'a str>,
+}
+
+fn defaults_context<'a>(
+    params: &'a IndexMap<String, ParamSpec>,
+    steps: &'a HashMap<&'a str, usize>,
+) -> StepContext<'a> {
+    static NO_RETRY: std::sync::LazyLock<RetryPolicy> =
+        std::sync::LazyLock::new(RetryPolicy::default);
+    StepContext {
+        index: usize::MAX,
+        needs: Vec::new(),
+        params,
+        steps,
+        broken: &[],
+        default_timeout: None,
+        default_retry: &NO_RETRY,
+        default_shell: None,
+        default_env: &[],
+        default_workdir: None,
+    }
+}
+
+/// Whether `name` can be an environment variable: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn action_of(raw: &RawStep) -> Option<Action> {
@@ -969,7 +1203,7 @@ fn action_of(raw: &RawStep) -> Option<Action> {
 /// Maps a byte range inside a scalar's text to a span of the file: finds the
 /// same fragment in the source after the node's start (block and quoted
 /// scalars do not map offset for offset).
-fn locate_in_node(
+pub(crate) fn locate_in_node(
     source: &str,
     node: Option<&Node>,
     text: &str,

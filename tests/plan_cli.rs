@@ -293,3 +293,108 @@ fn help_teaches_the_flow() {
         assert!(text.contains(needle), "plan --help lacks {needle}:\n{text}");
     }
 }
+
+const TICKET: &str = "tests/fixtures/plan/ticket.yaml";
+
+fn ticket(format: &str) -> String {
+    let out = runbook()
+        .args(["plan", TICKET, "-o", format])
+        .env("RUNBOOK_PARAM_TOKEN", SECRET)
+        .output()
+        .unwrap();
+    stdout_of(&out)
+}
+
+/// The change-ticket Markdown: summary table, the command to run it,
+/// versions, gates as a highlighted block, escaped values, the graph.
+#[test]
+fn markdown_ticket_snapshot() {
+    let md = ticket("markdown");
+    assert!(!md.contains(SECRET));
+    assert!(!md.contains("<tag>") || md.contains("`/srv/<tag>`"), "{md}");
+    assert!(
+        md.contains("&lt;tag&gt;"),
+        "HTML in prose is escaped:\n{md}"
+    );
+    assert!(md.contains("> [!WARNING]"), "gates are alerts:\n{md}");
+    assert!(md.contains("```mermaid"), "{md}");
+    assert!(md.contains("*(empty)*"), "{md}");
+    assert!(
+        md.contains(&format!("runbook {}", env!("CARGO_PKG_VERSION"))),
+        "{md}"
+    );
+    insta::assert_snapshot!(md);
+}
+
+#[test]
+fn mermaid_ticket_snapshot() {
+    let graph = ticket("mermaid");
+    for line in graph.lines().filter(|l| l.contains('"')) {
+        let label = line.split('"').nth(1).unwrap_or("").replace("<br/>", "\n");
+        assert!(
+            !label.contains('<') && !label.contains('>'),
+            "raw < or > in a label: {line}"
+        );
+    }
+    insta::assert_snapshot!(graph);
+}
+
+/// Colour only on request (or a terminal): never when piped, whatever
+/// NO_COLOR says; skipped steps dim, gates yellow, non-idempotent red.
+#[test]
+fn text_plan_is_coloured_only_when_asked() {
+    let piped = runbook()
+        .args(["plan", TICKET])
+        .env_remove("NO_COLOR")
+        .env("RUNBOOK_PARAM_TOKEN", SECRET)
+        .output()
+        .unwrap();
+    assert!(!stdout_of(&piped).contains('\x1b'), "no colour when piped");
+    let never = runbook()
+        .args(["plan", TICKET, "--color", "never"])
+        .env("RUNBOOK_PARAM_TOKEN", SECRET)
+        .output()
+        .unwrap();
+    let plain = stdout_of(&never);
+    let coloured = runbook()
+        .args(["plan", TICKET, "--color", "always"])
+        .env("RUNBOOK_PARAM_TOKEN", SECRET)
+        .output()
+        .unwrap();
+    let coloured = stdout_of(&coloured);
+    assert!(
+        coloured.contains("\x1b[2m○\x1b[0m \x1b[2mfast-copy\x1b[0m"),
+        "skipped dim:\n{coloured}"
+    );
+    assert!(
+        coloured.contains("\x1b[1;33mconfirm: Confirm <the> switch\x1b[0m"),
+        "gate:\n{coloured}"
+    );
+    assert!(
+        coloured.contains("\x1b[1;31mswitch\x1b[0m"),
+        "not idempotent:\n{coloured}"
+    );
+    assert!(
+        coloured.contains("\x1b[1;31mNOT idempotent\x1b[0m"),
+        "{coloured}"
+    );
+    // the same text once the colours are taken out
+    let stripped = coloured
+        .split('\x1b')
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part
+            } else {
+                part.split_once('m').map_or(part, |(_, rest)| rest)
+            }
+        })
+        .collect::<String>();
+    assert_eq!(stripped, plain);
+    assert!(plain.contains("      shell: python3 -u -c"), "{plain}");
+    assert!(
+        plain.contains("      env: MODE=safe AUTH='Bearer ***' EMPTY=''"),
+        "{plain}"
+    );
+    assert!(plain.contains("      workdir: /srv/<tag>"), "{plain}");
+}

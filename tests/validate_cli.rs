@@ -196,3 +196,85 @@ fn the_committed_schema_matches_the_rust_types() {
         "schemas/runbook.schema.json is stale: run `cargo run -- schema > schemas/runbook.schema.json`"
     );
 }
+
+const WARNINGS: &str = "tests/fixtures/lint/warnings.yaml";
+
+/// Warnings are printed (located, with the source line) after any errors,
+/// and the exit code stays 0 for a file that only has warnings.
+#[test]
+fn warnings_are_located_and_do_not_fail_validation() {
+    let out = runbook()
+        .args([
+            "validate",
+            WARNINGS,
+            "tests/fixtures/invalid/29-needs-unknown-step.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "the invalid file fails");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let error_at = stderr.find("step::unknown-need").unwrap();
+    let warning_at = stderr.find("warning[").unwrap();
+    assert!(error_at < warning_at, "errors come first:\n{stderr}");
+
+    let out = runbook().args(["validate", WARNINGS]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!(String::from_utf8(out.stderr).unwrap());
+}
+
+#[test]
+fn warnings_in_json_have_a_severity_and_a_place() {
+    let out = runbook()
+        .args(["validate", WARNINGS, "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let found: Vec<(String, u64, u64)> = records
+        .iter()
+        .map(|r| {
+            assert_eq!(r["severity"], "warning", "{r}");
+            assert_eq!(r["file"], WARNINGS);
+            assert!(r["help"].as_str().is_some_and(|h| !h.is_empty()), "{r}");
+            (
+                r["code"].as_str().unwrap().to_owned(),
+                r["line"].as_u64().unwrap(),
+                r["column"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("step::secret-in-command".to_owned(), 14, 45),
+            ("template::unguarded-output".to_owned(), 14, 68),
+            ("step::retry-not-idempotent".to_owned(), 26, 5),
+            ("template::unguarded-output".to_owned(), 32, 19),
+        ],
+        "guarded uses (| default, a status check in `when`) and secrets passed through `env` are not warned about"
+    );
+    let secret = &records[0];
+    assert!(
+        secret["help"]
+            .as_str()
+            .unwrap()
+            .contains("$RUNBOOK_PARAM_TOKEN"),
+        "{secret}"
+    );
+
+    // errors carry a severity too
+    let out = runbook()
+        .args([
+            "validate",
+            "tests/fixtures/invalid/29-needs-unknown-step.yaml",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        records.iter().all(|r| r["severity"] == "error"),
+        "{records:?}"
+    );
+}

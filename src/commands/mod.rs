@@ -59,7 +59,7 @@ pub fn dispatch(cli: Cli) -> u8 {
             params,
             output,
             save,
-        } => plan(&file, &params, output, save.as_deref(), style),
+        } => plan(&file, &params, output, save.as_deref(), style, cli.color),
         Command::Schema => write_stdout(crate::schema::runbook_schema_json().as_bytes()),
         Command::Run {
             file,
@@ -173,30 +173,37 @@ pub fn dispatch(cli: Cli) -> u8 {
     }
 }
 
-/// Whether tables and state words on stdout are coloured: `--color always`,
-/// or `auto` with stdout a terminal and NO_COLOR unset or empty.
-fn stdout_paint(choice: ColorChoice) -> table::Paint {
-    let on = match choice {
+/// Whether colour is used on a stream: `--color always`, or `auto` with
+/// that stream a terminal and NO_COLOR unset or empty; never when piped.
+fn colour_on(choice: ColorChoice, stream_is_terminal: bool) -> bool {
+    match choice {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
         ColorChoice::Auto => {
-            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::io::stdout().is_terminal()
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && stream_is_terminal
         }
-    };
-    table::Paint { on }
+    }
 }
 
+/// Whether what goes to stdout (plans, tables, state words) is coloured.
+fn stdout_color(choice: ColorChoice) -> bool {
+    colour_on(choice, std::io::stdout().is_terminal())
+}
+
+/// The painter for tables and state words on stdout.
+fn stdout_paint(choice: ColorChoice) -> table::Paint {
+    table::Paint {
+        on: stdout_color(choice),
+    }
+}
+
+/// Diagnostics on stderr: fancy (colour, graphics) on a terminal.
 fn report_style(choice: ColorChoice) -> Style {
-    let color = match choice {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::io::stderr().is_terminal()
-        }
-    };
-    if color { Style::Fancy } else { Style::Plain }
+    if colour_on(choice, std::io::stderr().is_terminal()) {
+        Style::Fancy
+    } else {
+        Style::Plain
+    }
 }
 
 /// Set when the command was given `-o json`: problems are then printed on
@@ -328,9 +335,12 @@ fn validate_files(paths: &[std::path::PathBuf], output: ValidateFormat, style: S
     let mut warnings = Vec::new();
     for file in files {
         match validate::load_file(file) {
-            Ok((runbook, _)) => summaries.push({
-                for w in crate::lint::warnings(&runbook) {
-                    warnings.push((file.display().to_string(), w));
+            Ok((runbook, source)) => summaries.push({
+                let found = crate::lint::warnings(&runbook, &source);
+                if !found.is_empty() {
+                    let mut report = Report::new(source.name.clone(), Some(source.text.clone()));
+                    report.problems = found;
+                    warnings.push(report);
                 }
                 format!(
                     "✓ {}: {} {} is valid ({} in {}, {})",
@@ -352,11 +362,12 @@ fn validate_files(paths: &[std::path::PathBuf], output: ValidateFormat, style: S
                 .flat_map(Report::to_json)
                 .filter_map(|r| serde_json::to_value(r).ok())
                 .collect();
-            for (file, w) in &warnings {
-                let mut record = serde_json::to_value(w).unwrap_or_default();
-                record["file"] = serde_json::Value::from(file.as_str());
-                records.push(record);
-            }
+            records.extend(
+                warnings
+                    .iter()
+                    .flat_map(Report::to_json)
+                    .filter_map(|r| serde_json::to_value(r).ok()),
+            );
             let mut text = serde_json::to_string_pretty(&records).unwrap_or_else(|_| "[]".into());
             text.push('\n');
             let code = write_stdout(text.as_bytes());
@@ -366,14 +377,7 @@ fn validate_files(paths: &[std::path::PathBuf], output: ValidateFormat, style: S
         }
         ValidateFormat::Text => {
             print_reports(&reports, style);
-            for (file, w) in &warnings {
-                say_err!(
-                    "warning[{}]: {file}: {}\n  help: {}",
-                    w.code,
-                    w.message,
-                    w.help
-                );
-            }
+            print_reports(&warnings, style);
             let mut text = summaries.join("\n");
             if !text.is_empty() {
                 text.push('\n');
@@ -407,6 +411,7 @@ fn plan(
     output: PlanFormat,
     save: Option<&Path>,
     style: Style,
+    color: ColorChoice,
 ) -> u8 {
     let (runbook, source, values) = match load_with_params(file, params, style) {
         Ok(loaded) => loaded,
@@ -428,7 +433,7 @@ fn plan(
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let written = match output {
-        PlanFormat::Text => render::text(&plan, &mut out),
+        PlanFormat::Text => render::text_colored(&plan, &mut out, stdout_color(color)),
         PlanFormat::Json => serde_json::to_writer_pretty(&mut out, &plan)
             .map_err(std::io::Error::other)
             .and_then(|()| out.write_all(b"\n")),

@@ -188,6 +188,85 @@ pub fn step_env(ctx: &RunContext, step: &Step, attempt: u32) -> Vec<(String, Str
     env
 }
 
+/// How a step's processes are started: the environment (`step_env` plus
+/// the step's rendered `env`), the working directory and the shell.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Variables added to the runner's environment.
+    pub env: Vec<(String, String)>,
+    /// Absolute working directory.
+    pub cwd: std::path::PathBuf,
+    /// Argv prefix of the step's shell; `None` for the default shell.
+    pub shell: Option<Vec<String>>,
+}
+
+/// Renders a step's `env` and `workdir` with the same context as its
+/// command, and checks that the directory exists. The error says what is
+/// wrong, secrets masked.
+pub fn prepare(
+    ctx: &RunContext,
+    step: &Step,
+    attempt: u32,
+    known: &Known,
+) -> Result<Prepared, String> {
+    let mut env = step_env(ctx, step, attempt);
+    let needs_context = step.env.iter().any(|(_, v)| template::is_template(v))
+        || step.workdir.as_deref().is_some_and(template::is_template);
+    let context = needs_context.then(|| {
+        Context::new(
+            &ctx.params.template_values(false),
+            Outputs::Known(known.clone()),
+            &ctx.facts,
+        )
+    });
+    let render = |what: &str, text: &str| -> Result<String, String> {
+        match &context {
+            Some(c) if template::is_template(text) => {
+                c.render(template::environment(), text).map_err(|e| {
+                    format!(
+                        "cannot render {what}: {}",
+                        ctx.secrets.mask(&explain(known, &e, text, false))
+                    )
+                })
+            }
+            _ => Ok(text.to_owned()),
+        }
+    };
+    // the step's own variables first: RUNBOOK_* (reserved) come after
+    let mut own = Vec::with_capacity(step.env.len() + env.len());
+    for (key, value) in &step.env {
+        own.push((key.clone(), render(&format!("env `{key}`"), value)?));
+    }
+    own.append(&mut env);
+    let cwd = match &step.workdir {
+        None => ctx.cwd.clone(),
+        Some(dir) => {
+            let rendered = render("`workdir`", dir)?;
+            let path = ctx.cwd.join(&rendered);
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => path,
+                Ok(_) => {
+                    return Err(ctx.secrets.mask(&format!(
+                        "workdir `{rendered}` ({}) is not a directory",
+                        path.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(ctx.secrets.mask(&format!(
+                        "workdir `{rendered}` ({}) cannot be entered: {e}; create it in an earlier step or fix `workdir`",
+                        path.display()
+                    )));
+                }
+            }
+        }
+    };
+    Ok(Prepared {
+        env: own,
+        cwd,
+        shell: step.shell.as_deref().map(crate::model::Shell::argv),
+    })
+}
+
 /// A contained command that is running: its main process, its slot
 /// cgroup (if any), and the task copying its output to the log.
 pub struct Launched {
@@ -216,20 +295,22 @@ impl Launched {
 pub async fn launch(
     ctx: &RunContext,
     script: &str,
-    env: &[(String, String)],
+    how: &Prepared,
     log: Arc<std::sync::Mutex<output::StepLog>>,
     on: impl FnMut(output::Pumped<'_>) + Send + 'static,
     kill: Option<watch::Receiver<bool>>,
 ) -> std::io::Result<Option<Launched>> {
     let started = loop {
         let attempt = ctx.containment.acquire().and_then(|slot| {
-            match spawn::spawn_shell(
+            let spawned = spawn::spawn_shell(
                 script,
-                env,
-                &ctx.cwd,
+                how.shell.as_deref(),
+                &how.env,
+                &how.cwd,
                 slot.as_ref().map(Slot::target),
                 output::every_line(),
-            ) {
+            );
+            match spawned {
                 Ok(child) => Ok((child, slot)),
                 Err(e) => {
                     if let Some(slot) = slot {
@@ -1275,7 +1356,7 @@ impl StepTask {
                 shown.trim_end().replace('\n', "\n---   ")
             ));
         }
-        let env = step_env(&ctx, step, attempt);
+        let prepared = prepare(&ctx, step, attempt, &self.known);
         let on_output = {
             let dispatch = self.dispatch.clone();
             let id = step.id.clone();
@@ -1290,19 +1371,23 @@ impl StepTask {
                 })
             }
         };
-        let launched = launch(
-            &ctx,
-            script,
-            &env,
-            log.clone(),
-            on_output,
-            Some(self.kill.clone()),
-        )
-        .await;
+        let launched = match &prepared {
+            Ok(how) => launch(
+                &ctx,
+                script,
+                how,
+                log.clone(),
+                on_output,
+                Some(self.kill.clone()),
+            )
+            .await
+            .map_err(|e| format!("cannot start the command: {e}")),
+            Err(e) => Err(e.clone()),
+        };
         let mut launched = match launched {
             Ok(Some(l)) => l,
             Ok(None) => return Attempt::Interrupted,
-            Err(e) => {
+            Err(error) => {
                 if step.idempotent {
                     self.dispatch.emit(RunEvent::StepStarted {
                         step: step.id.clone(),
@@ -1313,7 +1398,7 @@ impl StepTask {
                     });
                 }
                 return Attempt::Failed {
-                    error: format!("cannot start the command: {e}"),
+                    error,
                     exit_code: None,
                     uncertain: false,
                 };
@@ -1467,13 +1552,24 @@ impl StepTask {
                 };
             }
         };
-        let env = step_env(&ctx, step, attempt);
+        let how = match prepare(&ctx, step, attempt, &self.known) {
+            Ok(how) => how,
+            Err(error) => {
+                let (left, held) = stop_launched(&ctx, launched, &step.id, self.grace).await;
+                self.note_leftovers(log, left, held);
+                return Attempt::Failed {
+                    error,
+                    exit_code: None,
+                    uncertain: false,
+                };
+            }
+        };
         let deadline = step.timeout.map(|t| tokio::time::Instant::now() + t);
         let mut kill = self.kill.clone();
         // each check is an attempt of its own, contained like the step and
         // always ended (terminated if need be) before the next one
         let failure = loop {
-            let check_run = launch(&ctx, &check, &env, log.clone(), |_| {}, None).await;
+            let check_run = launch(&ctx, &check, &how, log.clone(), |_| {}, None).await;
             let mut check_run = match check_run {
                 Ok(Some(c)) => c,
                 _ => break (format!("cannot start its `ready` check: {check}"), false),

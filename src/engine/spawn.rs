@@ -1,5 +1,7 @@
-//! Starting step processes: `sh -c` (or a plain command exec'ed directly)
-//! in its own process group with a parent-death signal, created the way
+//! Starting step processes: the step's shell with the script as its last
+//! argument (by default bash with errexit and pipefail, else `sh -e`; a
+//! plain command under the default shell is exec'ed directly) in its own
+//! process group with a parent-death signal, created the way
 //! `posix_spawn` does it (`clone(CLONE_VM | CLONE_VFORK)`), waited on through
 //! a pidfd, with the open-files limit the runner started with.
 
@@ -7,10 +9,10 @@ use std::path::Path;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// A running step process:  `sh -c` in its own process group.
+/// A running step process: its shell in its own process group.
 #[derive(Debug)]
 pub struct StepProcess {
-    /// Pid of `sh`, also the process group id.
+    /// Pid of the shell (or program), also the process group id.
     pub pid: i32,
     /// Its stdout and stderr, one pipe (they go to the same log, and one
     /// pipe keeps their relative order); only stdout when `errors` is set.
@@ -172,7 +174,8 @@ const SHELL_WORDS: [&str; 44] = [
 /// `_./:=@%+,-` only, not a shell builtin or keyword, no leading variable
 /// assignment) naming an executable found on `PATH` is executed directly,
 /// as `sh -c` would end up doing, and as GNU make does: it saves starting a
-/// shell per step. Anything else goes through `/bin/sh -c`.
+/// shell per step. Anything else goes through the shell. Only for steps
+/// that use the default shell.
 fn direct_command(command: &str) -> Option<(std::ffi::CString, Vec<std::ffi::CString>)> {
     let plain = |w: &str| {
         w.bytes()
@@ -273,8 +276,9 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Starts `sh -c command` in a new process group with a parent-death
-/// signal, stdin from /dev/null, stdout and stderr piped.
+/// Starts `command` under `shell` (its argv prefix; `None` for the default
+/// shell) in a new process group with a parent-death signal, stdin from
+/// /dev/null, stdout and stderr piped.
 ///
 /// The child is created with `clone(CLONE_VM | CLONE_VFORK)`, as
 /// `posix_spawn` does, rather than `fork`: copying the runner's page tables
@@ -368,12 +372,13 @@ unsafe fn clone3_vfork(
 /// gets a pipe of its own (`StepProcess::errors`).
 pub fn spawn_shell(
     command: &str,
+    shell: Option<&[String]>,
     env: &[(String, String)],
     cwd: &Path,
     cgroup: Option<CgroupTarget<'_>>,
     split: bool,
 ) -> std::io::Result<StepProcess> {
-    let (pid, out_r, err_r) = start_child(command, env, cwd, cgroup, split)?;
+    let (pid, out_r, err_r) = start_child(command, shell, env, cwd, cgroup, split)?;
     // SAFETY: pidfd_open on our child's pid.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if pidfd < 0 {
@@ -410,7 +415,8 @@ pub fn run_blocking(
     cgroup: Option<CgroupTarget<'_>>,
 ) -> std::io::Result<std::process::ExitStatus> {
     use std::os::unix::process::ExitStatusExt;
-    let (pid, out_r, _) = start_child(command, &[], cwd, cgroup, false)?;
+    let sh = ["/bin/sh".to_owned(), "-c".to_owned()];
+    let (pid, out_r, _) = start_child(command, Some(&sh), &[], cwd, cgroup, false)?;
     drop(out_r);
     let mut raw = 0;
     // SAFETY: waiting for the child just created.
@@ -420,23 +426,91 @@ pub fn run_blocking(
     Ok(std::process::ExitStatus::from_raw(raw))
 }
 
+/// The default shell's program and argv prefix, resolved once per process
+/// (one run): bash with errexit and pipefail, or `sh -e` without bash.
+fn default_shell() -> &'static (std::ffi::CString, Vec<std::ffi::CString>) {
+    static DEFAULT: std::sync::OnceLock<(std::ffi::CString, Vec<std::ffi::CString>)> =
+        std::sync::OnceLock::new();
+    DEFAULT.get_or_init(|| {
+        let words = |argv: &[&str]| -> Vec<std::ffi::CString> {
+            argv.iter()
+                .filter_map(|a| std::ffi::CString::new(*a).ok())
+                .collect()
+        };
+        match resolve_executable("bash") {
+            Some(bash) => (bash, words(crate::model::DEFAULT_SHELL)),
+            None => (c"/bin/sh".to_owned(), words(crate::model::FALLBACK_SHELL)),
+        }
+    })
+}
+
+/// Program and argv for `command` under `shell` (`None`: the default).
+fn command_line(
+    command: &str,
+    shell: Option<&[String]>,
+    env: &[(String, String)],
+) -> std::io::Result<(std::ffi::CString, Vec<std::ffi::CString>)> {
+    match shell {
+        None => {
+            // a step that sets its own PATH gets the shell's lookup in it
+            let own_path = env.iter().any(|(k, _)| k == "PATH");
+            if !own_path && let Some(direct) = direct_command(command) {
+                return Ok(direct);
+            }
+            let (path, prefix) = default_shell();
+            let mut argv = prefix.clone();
+            argv.push(cstring(command)?);
+            Ok((path.clone(), argv))
+        }
+        Some(prefix) => {
+            let program = prefix
+                .first()
+                .ok_or_else(|| std::io::Error::other("the step's `shell` is empty"))?;
+            let path = if program.contains('/') {
+                cstring(program)?
+            } else {
+                resolve_program(program).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("shell `{program}` not found on PATH"),
+                    )
+                })?
+            };
+            let mut argv = prefix
+                .iter()
+                .map(|a| cstring(a))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            argv.push(cstring(command)?);
+            Ok((path, argv))
+        }
+    }
+}
+
+/// The first executable `name` on `PATH`, whatever its format.
+fn resolve_program(name: &str) -> Option<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(&std::env::var_os("PATH")?).find_map(|dir| {
+        let candidate = dir.join(name);
+        let meta = std::fs::metadata(&candidate).ok()?;
+        (meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+            .then(|| std::ffi::CString::new(candidate.as_os_str().as_bytes()).ok())
+            .flatten()
+    })
+}
+
 /// Creates the child (see `spawn_shell`): its pid and the read ends of its
 /// output pipe and, with `split`, of its stderr pipe.
 fn start_child(
     command: &str,
+    shell: Option<&[String]>,
     env: &[(String, String)],
     cwd: &Path,
     cgroup: Option<CgroupTarget<'_>>,
     split: bool,
 ) -> std::io::Result<(libc::pid_t, OwnedFd, Option<OwnedFd>)> {
     use std::os::unix::ffi::OsStrExt;
-    let (path, args) = match direct_command(command) {
-        Some(direct) => direct,
-        None => (
-            cstring("/bin/sh")?,
-            vec![cstring("sh")?, cstring("-c")?, cstring(command)?],
-        ),
-    };
+    let (path, args) = command_line(command, shell, env)?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     // the runner's environment (C strings built once) minus what the step

@@ -58,6 +58,10 @@ pub struct Parsed {
     pub root: Node,
 }
 
+/// The hint for the most common YAML mistake: a plain (unquoted) scalar
+/// with `: ` in it, read as a mapping or refused.
+pub const PLAIN_COLON_HELP: &str = "YAML reads `: ` in an unquoted value as a key and its value: quote the whole value (`run: 'echo \"a: b\"'`) or write the command as a block scalar, `run: |` with the command on the next lines, indented";
+
 /// Reads a file as runbook text, refusing what cannot be one.
 pub fn read_source(path: &Path) -> Result<SourceFile, Report> {
     let name = path.display().to_string();
@@ -157,10 +161,28 @@ pub fn parse(source: &SourceFile) -> (Option<Parsed>, Vec<Problem>) {
             return (None, problems);
         }
         Err(e) => {
+            // `key: value: more` (a second `: ` after a key on the same
+            // line), not a mis-indented key
+            let colon = e.message.contains("mapping values are not allowed") && {
+                let before = source.text.get(..e.span.offset).unwrap_or("");
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                before[line_start..].contains(": ")
+            };
             problems.push(
                 Problem::new("yaml::syntax", format!("invalid YAML: {}", e.message))
-                    .at_labeled(e.span, "here")
-                    .help("fix the YAML syntax first; other checks run once the file parses"),
+                    .at_labeled(
+                        e.span,
+                        if colon {
+                            "`: ` inside a plain value"
+                        } else {
+                            "here"
+                        },
+                    )
+                    .help(if colon {
+                        PLAIN_COLON_HELP
+                    } else {
+                        "fix the YAML syntax first; other checks run once the file parses"
+                    }),
             );
             return (None, problems);
         }
@@ -597,6 +619,24 @@ fn describe(
     }
     if text.contains("data did not match any variant") {
         text = format!("found {found}, which is not valid here");
+    }
+    // `run:` with the command on the next line, holding `: `, is a
+    // mapping to YAML
+    if matches!(node.value, NodeValue::Map(_)) && message.contains("expected a string") {
+        let problem = Problem::new(
+            "schema::type",
+            format!("{what}:{in_field}: expected text, but YAML read a mapping (a plain value containing `: `)"),
+        )
+        .at_labeled(node.span, "read as `key: value`")
+        .help(PLAIN_COLON_HELP);
+        return (
+            problem,
+            if path.is_empty() {
+                None
+            } else {
+                Some(path.to_vec())
+            },
+        );
     }
     let label = format!("found {found}");
     let problem = Problem::new("schema::type", format!("{what}:{in_field}: {text}"))

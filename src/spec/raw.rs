@@ -100,6 +100,59 @@ pub struct RawDefaults {
     /// Retry policy.
     #[serde(default)]
     pub retry: Option<RawRetry>,
+    /// Shell of `run` steps (and their `done_if`/`ready` checks) that set
+    /// none: a known name or an argv prefix.
+    #[serde(default)]
+    pub shell: Option<RawShell>,
+    /// Environment variables of every step's processes; a step's own `env`
+    /// wins key by key. Values are templates.
+    #[serde(default)]
+    pub env: IndexMap<String, EnvValue>,
+    /// Working directory of steps that set none (a template; relative to
+    /// the directory the run started in).
+    #[serde(default)]
+    pub workdir: Option<String>,
+}
+
+/// The shell a `run` command is given to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawShell {
+    /// A known shell: `bash` (`bash --noprofile --norc -eo pipefail -c`),
+    /// `sh` (`sh -e -c`), `python3` (`python3 -c`), `pwsh`
+    /// (`pwsh -NoLogo -NoProfile -NonInteractive -Command`).
+    #[schemars(extend("enum" = ["bash", "sh", "python3", "pwsh"]))]
+    Name(String),
+    /// A command line (program and arguments) to which the script is
+    /// appended as the last argument, e.g. `[bash, --noprofile, --norc, -c]`.
+    #[schemars(extend("minItems" = 1))]
+    Argv(Vec<String>),
+}
+
+/// An environment variable's value: text (a template), or a number or a
+/// boolean written as YAML scalars (used as their text).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EnvValue {
+    /// Text, possibly a template.
+    String(String),
+    /// A whole number.
+    Int(i64),
+    /// A number with a fraction.
+    Float(f64),
+    /// `true` or `false`.
+    Bool(bool),
+}
+
+impl std::fmt::Display for EnvValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnvValue::String(s) => f.write_str(s),
+            EnvValue::Int(n) => write!(f, "{n}"),
+            EnvValue::Float(n) => write!(f, "{n}"),
+            EnvValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
 }
 
 /// How a failed attempt is retried.
@@ -190,6 +243,21 @@ pub struct RawStep {
     /// holds; the step succeeds then. Bounded by the step's `timeout`.
     #[serde(default)]
     pub ready: Option<String>,
+    /// Shell of a `run` step (and of its `done_if`/`ready`): a known name
+    /// (`bash`, `sh`, `python3`, `pwsh`) or an argv prefix to which the
+    /// script is appended. Default: `defaults.shell`, else bash with
+    /// errexit and pipefail (`sh -e` where bash is absent).
+    // boxed: 50,000 steps without them should not pay for them
+    #[serde(default)]
+    pub shell: Option<Box<RawShell>>,
+    /// Environment variables of the step's processes (values are
+    /// templates), over `defaults.env`.
+    #[serde(default)]
+    pub env: Option<Box<IndexMap<String, EnvValue>>>,
+    /// Working directory of the step's processes (a template), relative to
+    /// the directory the run started in. It must exist.
+    #[serde(default)]
+    pub workdir: Option<String>,
 
     // Actions are boxed: a step holds one, and 50,000 steps of inline
     // action structs would cost ~65 MB.
