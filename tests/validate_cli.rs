@@ -278,3 +278,13 @@ fn warnings_in_json_have_a_severity_and_a_place() {
         "{records:?}"
     );
 }
+
+#[test]
+fn shipped_runbooks_are_valid_without_warnings() {
+    let out = runbook().args(["validate", "runbooks"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.matches(" is valid ").count() >= 6, "{stdout}");
+}
