@@ -648,125 +648,50 @@ fn colour_follows_the_flag_and_no_color() {
 
 mod pty {
     use super::*;
-    use portable_pty::{CommandBuilder, PtySize, native_pty_system};
-    use std::io::{Read, Write};
-    use std::sync::{Arc, Mutex};
+    use crate::common::pty::{CommandBuilder, Pty};
 
-    struct Session {
-        child: Box<dyn portable_pty::Child + Send + Sync>,
-        screen: Arc<Mutex<Vec<u8>>>,
-        writer: Box<dyn Write + Send>,
+    /// `PROGRAM ARGS` from the repository root on a terminal of 100
+    /// columns, with only PATH, HOME and USER of the test's environment.
+    fn start_program(program: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Pty {
+        let mut cmd = CommandBuilder::new(program);
+        cmd.args(args);
+        cmd.cwd(repo_root());
+        cmd.env_clear();
+        for key in ["PATH", "HOME", "USER"] {
+            if let Ok(v) = std::env::var(key) {
+                cmd.env(key, v);
+            }
+        }
+        cmd.env("NO_COLOR", "1");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        Pty::spawn(cmd, 40, 100)
     }
 
-    impl Session {
-        fn start(args: &[&str], extra_env: &[(&str, &str)]) -> Session {
-            let bin = assert_cmd::cargo::cargo_bin("runbook");
-            Session::start_program(&bin.to_string_lossy(), args, extra_env)
-        }
-
-        fn start_program(program: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Session {
-            let pair = native_pty_system()
-                .openpty(PtySize {
-                    rows: 40,
-                    cols: 100,
-                    pixel_width: 0,
-                    pixel_height: 0,
-                })
-                .unwrap();
-            let mut cmd = CommandBuilder::new(program);
-            cmd.args(args);
-            cmd.cwd(repo_root());
-            cmd.env_clear();
-            for key in ["PATH", "HOME", "USER"] {
-                if let Ok(v) = std::env::var(key) {
-                    cmd.env(key, v);
-                }
-            }
-            cmd.env("NO_COLOR", "1");
-            for (k, v) in extra_env {
-                cmd.env(k, v);
-            }
-            let child = pair.slave.spawn_command(cmd).unwrap();
-            drop(pair.slave);
-            let mut reader = pair.master.try_clone_reader().unwrap();
-            let writer = pair.master.take_writer().unwrap();
-            let screen = Arc::new(Mutex::new(Vec::new()));
-            let sink = screen.clone();
-            std::thread::spawn(move || {
-                let _master = pair.master;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = reader.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-            Session {
-                child,
-                screen,
-                writer,
-            }
-        }
-
-        fn screen(&self) -> String {
-            String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
-        }
-
-        fn wait_for(&self, text: &str, count: usize) {
-            let began = Instant::now();
-            while self.screen().matches(text).count() < count {
-                assert!(
-                    began.elapsed() < Duration::from_secs(30),
-                    "waited for {text:?}; screen:\n{}",
-                    self.screen()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-
-        fn type_line(&mut self, line: &str) {
-            self.writer
-                .write_all(format!("{line}\r").as_bytes())
-                .unwrap();
-            self.writer.flush().unwrap();
-        }
-
-        fn exit_code(&mut self) -> u32 {
-            let began = Instant::now();
-            loop {
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    // let the reader take the last output
-                    std::thread::sleep(Duration::from_millis(100));
-                    return status.exit_code();
-                }
-                if began.elapsed() > Duration::from_secs(30) {
-                    let _ = self.child.kill();
-                    panic!("did not exit; screen:\n{}", self.screen());
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+    fn start(args: &[&str], extra_env: &[(&str, &str)]) -> Pty {
+        let bin = assert_cmd::cargo::cargo_bin("runbook");
+        start_program(&bin.to_string_lossy(), args, extra_env)
     }
 
     const PROMPTED: &str = "tests/fixtures/show/prompted.yaml";
 
     #[test]
     fn missing_params_are_asked_for_on_a_terminal_secrets_without_echo() {
-        let mut s = Session::start(&["plan", PROMPTED, "-o", "json"], &[]);
-        s.wait_for("replicas> ", 1);
+        let mut s = start(&["plan", PROMPTED, "-o", "json"], &[]);
+        s.wait_for("replicas> ");
         assert!(
             s.screen()
                 .contains("replicas (a whole number): How many to run.")
         );
         s.type_line("many");
-        s.wait_for("not a whole number; try again", 1);
-        s.wait_for("replicas> ", 2);
+        s.wait_for("not a whole number; try again");
+        s.wait_for_count("replicas> ", 2);
         s.type_line("3");
-        s.wait_for("env> ", 1);
+        s.wait_for("env> ");
         assert!(s.screen().contains("one of: staging, production"));
         s.type_line("staging");
-        s.wait_for("token> ", 1);
+        s.wait_for("token> ");
         assert!(s.screen().contains("token (a string, secret: not echoed)"));
         s.type_line("pty-secret-value");
         assert_eq!(s.exit_code(), 0, "{}", s.screen());
@@ -788,14 +713,13 @@ mod pty {
             "trap 'echo trapped' INT; '{}' plan {PROMPTED}; stty -a | tr ' ' '\\n' | grep -x -- '-*echo' | sed 's/^/echo-setting:/'",
             bin.display()
         );
-        let mut s = Session::start_program("sh", &["-c", &script], &[]);
-        s.wait_for("replicas> ", 1);
+        let mut s = start_program("sh", &["-c", &script], &[]);
+        s.wait_for("replicas> ");
         s.type_line("3");
-        s.wait_for("env> ", 1);
+        s.wait_for("env> ");
         s.type_line("staging");
-        s.wait_for("token> ", 1);
-        s.writer.write_all(b"\x03").unwrap();
-        s.writer.flush().unwrap();
+        s.wait_for("token> ");
+        s.type_keys("\x03");
         assert_eq!(s.exit_code(), 0, "{}", s.screen());
         let screen = s.screen();
         assert!(screen.contains("echo-setting:echo"), "{screen}");
@@ -813,7 +737,7 @@ mod pty {
             if env.is_empty() {
                 args.push("--no-input");
             }
-            let mut s = Session::start(&args, &env);
+            let mut s = start(&args, &env);
             assert_eq!(s.exit_code(), 2, "{env:?}: {}", s.screen());
             let screen = s.screen();
             assert!(

@@ -5,11 +5,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
 use common::lab::{Lab, PATIENCE, TAG_VAR, lines, text, wait_until};
+use common::pty::{CommandBuilder, Pty};
 use serde_json::Value;
 
 /// A gate between a first step and a last one, with a side branch that
@@ -24,112 +21,29 @@ const GATED: &str = r#"  - { id: prepare, run: 'echo prepared' }
 "#;
 
 /// `runbook ARGS --state-dir STATE` on a pseudo-terminal of 80 columns.
-struct Pty {
-    child: Box<dyn portable_pty::Child + Send + Sync>,
-    screen: Arc<Mutex<Vec<u8>>>,
-    writer: Box<dyn Write + Send>,
-}
-
-impl Pty {
-    fn spawn(lab: &Lab, args: &[&str], env: &[(&str, Option<&str>)]) -> Pty {
-        use portable_pty::{CommandBuilder, PtySize, native_pty_system};
-        let pair = native_pty_system()
-            .openpty(PtySize {
-                rows: 24,
-                cols: 80,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
-            .unwrap();
-        let mut cmd = CommandBuilder::new(assert_cmd::cargo::cargo_bin("runbook"));
-        cmd.args(args);
-        cmd.arg("--state-dir");
-        cmd.arg(lab.state());
-        cmd.cwd(lab.tmp.path());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("RUNBOOK_") {
-                cmd.env_remove(key);
-            }
-        }
-        // CI=true turns questions off: the test is about asking
-        cmd.env_remove("CI");
-        cmd.env("NO_COLOR", "1");
-        cmd.env_remove("RUST_LOG");
-        cmd.env(TAG_VAR, lab.tag_value());
-        for (key, value) in env {
-            match value {
-                Some(v) => cmd.env(key, v),
-                None => cmd.env_remove(key),
-            }
-        }
-        let child = pair.slave.spawn_command(cmd).unwrap();
-        drop(pair.slave);
-        let mut reader = pair.master.try_clone_reader().unwrap();
-        let writer = pair.master.take_writer().unwrap();
-        let screen = Arc::new(Mutex::new(Vec::new()));
-        let sink = screen.clone();
-        std::thread::spawn(move || {
-            // keeps the master open until the child's side closes
-            let _master = pair.master;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Pty {
-            child,
-            screen,
-            writer,
+fn spawn_pty(lab: &Lab, args: &[&str], env: &[(&str, Option<&str>)]) -> Pty {
+    let mut cmd = CommandBuilder::new(assert_cmd::cargo::cargo_bin("runbook"));
+    cmd.args(args);
+    cmd.arg("--state-dir");
+    cmd.arg(lab.state());
+    cmd.cwd(lab.tmp.path());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RUNBOOK_") {
+            cmd.env_remove(key);
         }
     }
-
-    fn screen(&self) -> String {
-        text(&self.screen.lock().unwrap())
-    }
-
-    fn wait_for(&self, what: &str) {
-        let start = Instant::now();
-        while !self.screen().contains(what) {
-            assert!(
-                start.elapsed() < PATIENCE,
-                "no `{what}` on the terminal within {PATIENCE:?}:\n{}",
-                self.screen()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+    // CI=true turns questions off: the test is about asking
+    cmd.env_remove("CI");
+    cmd.env("NO_COLOR", "1");
+    cmd.env_remove("RUST_LOG");
+    cmd.env(TAG_VAR, lab.tag_value());
+    for (key, value) in env {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
         }
     }
-
-    fn type_keys(&mut self, keys: &str) {
-        self.writer.write_all(keys.as_bytes()).unwrap();
-        self.writer.flush().unwrap();
-    }
-
-    /// Waits for the exit code (killing the runner past `PATIENCE`).
-    fn exit_code(&mut self) -> u32 {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.exit_code();
-            }
-            if start.elapsed() > PATIENCE {
-                let _ = self.child.kill();
-                panic!("the runner did not exit:\n{}", self.screen());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Pty {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    Pty::spawn(cmd, 24, 80)
 }
 
 fn records(lab: &Lab, id: &str) -> Vec<Value> {
@@ -150,7 +64,7 @@ fn approvals(lab: &Lab, id: &str) -> Vec<Value> {
 fn yes_at_the_gate_prompt_continues_the_same_run() {
     let lab = Lab::new();
     let file = lab.runbook("gated", GATED);
-    let mut pty = Pty::spawn(&lab, &["run", &file], &[("USER", Some("ops-alice"))]);
+    let mut pty = spawn_pty(&lab, &["run", &file], &[("USER", Some("ops-alice"))]);
     pty.wait_for("Approve confirm-restore? [y/N] ");
     let screen = pty.screen();
     assert!(
@@ -186,7 +100,7 @@ fn yes_at_the_gate_prompt_continues_the_same_run() {
 fn with_json_events_the_question_is_asked_on_stderr() {
     let lab = Lab::new();
     let file = lab.runbook("gated", GATED);
-    let mut pty = Pty::spawn(
+    let mut pty = spawn_pty(
         &lab,
         &["run", "--log-format", "json", &file],
         &[("USER", Some("ops-carol"))],
@@ -209,7 +123,7 @@ fn no_or_enter_at_the_gate_prompt_leaves_the_run_paused() {
     for answer in ["n\r", "\r", "maybe\r"] {
         let lab = Lab::new();
         let file = lab.runbook("gated", GATED);
-        let mut pty = Pty::spawn(&lab, &["run", &file], &[]);
+        let mut pty = spawn_pty(&lab, &["run", &file], &[]);
         pty.wait_for("[y/N] ");
         pty.type_keys(answer);
         assert_eq!(pty.exit_code(), 3, "answer {answer:?}: {}", pty.screen());
@@ -229,7 +143,7 @@ fn no_or_enter_at_the_gate_prompt_leaves_the_run_paused() {
 fn ctrl_c_at_the_gate_prompt_interrupts_and_leaves_the_gate_paused() {
     let lab = Lab::new();
     let file = lab.runbook("gated", GATED);
-    let mut pty = Pty::spawn(&lab, &["run", &file], &[]);
+    let mut pty = spawn_pty(&lab, &["run", &file], &[]);
     pty.wait_for("[y/N] ");
     pty.type_keys("\x03");
     assert_eq!(pty.exit_code(), 130, "{}", pty.screen());
@@ -251,7 +165,7 @@ fn without_a_terminal_or_with_no_input_a_gate_pauses_without_asking() {
     // a terminal, but --no-input
     let lab = Lab::new();
     let file = lab.runbook("gated", GATED);
-    let mut pty = Pty::spawn(&lab, &["run", "--no-input", &file], &[]);
+    let mut pty = spawn_pty(&lab, &["run", "--no-input", &file], &[]);
     assert_eq!(pty.exit_code(), 3, "{}", pty.screen());
     assert!(!pty.screen().contains("[y/N]"), "{}", pty.screen());
 }

@@ -54,4 +54,5 @@ fn clean_env() -> Vec<(String, Option<String>)> {
     vars
 }
 pub mod lab;
+pub mod pty;
 pub mod scratch;
