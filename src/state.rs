@@ -285,21 +285,9 @@ impl RunDir {
     /// Takes the run's lock, or fails at once naming the holder's pid.
     pub fn lock(&self) -> Result<RunLock, StateError> {
         let path = self.path.join("lock");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err("cannot open", &path))?;
-        // SAFETY: flock on a valid, owned file descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
+        let mut file = match try_flock(&path)? {
+            Flocked::Taken(file) => file,
+            Flocked::Held(pid) => {
                 return Err(StateError::Locked {
                     run_id: self.id.clone(),
                     pid: if pid.trim().is_empty() {
@@ -309,12 +297,7 @@ impl RunDir {
                     },
                 });
             }
-            return Err(StateError::Io {
-                action: "cannot lock",
-                path,
-                source: err,
-            });
-        }
+        };
         file.set_len(0)
             .and_then(|()| file.rewind())
             .and_then(|()| write!(file, "{}", std::process::id()))
@@ -322,6 +305,44 @@ impl RunDir {
             .map_err(io_err("cannot write", &path))?;
         Ok(RunLock { _file: file })
     }
+}
+
+/// The outcome of `try_flock`.
+enum Flocked {
+    /// The lock is ours while the file stays open.
+    Taken(File),
+    /// Another process holds it; what its holder wrote in the file.
+    Held(String),
+}
+
+/// Opens (creating, 0600) the lock file at `path` and takes an exclusive
+/// `flock` on it without waiting; the kernel releases it when the holder
+/// dies.
+fn try_flock(path: &Path) -> Result<Flocked, StateError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("cannot open", path))?;
+    // SAFETY: flock on a valid, owned file descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(Flocked::Taken(file));
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        return Ok(Flocked::Held(text));
+    }
+    Err(StateError::Io {
+        action: "cannot lock",
+        path: path.to_path_buf(),
+        source: err,
+    })
 }
 
 /// Held while a process runs or changes a run; released on drop (and by
@@ -385,21 +406,9 @@ impl RunbookLock {
     ) -> Result<RunbookLock, StateError> {
         create_private_dir(&state.join("locks"))?;
         let path = RunbookLock::path(state, name, digest);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err("cannot open", &path))?;
-        // SAFETY: flock on a valid, owned file descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
+        let file = match try_flock(&path)? {
+            Flocked::Taken(file) => file,
+            Flocked::Held(text) => {
                 let holder: LockHolder = serde_json::from_str(&text).unwrap_or_default();
                 let or_unknown = |s: String| if s.is_empty() { "?".to_owned() } else { s };
                 return Err(StateError::RunbookLocked(Box::new(RunbookLocked {
@@ -415,12 +424,7 @@ impl RunbookLock {
                     path,
                 })));
             }
-            return Err(StateError::Io {
-                action: "cannot lock",
-                path,
-                source: err,
-            });
-        }
+        };
         let mut lock = RunbookLock {
             file,
             path,
