@@ -224,8 +224,11 @@ impl Report {
             Style::Fancy => GraphicalTheme::unicode(),
             Style::Plain => GraphicalTheme::unicode_nocolor(),
         };
+        // as wide as the terminal on stderr (less wraps badly), else 100
+        let width = crate::report::terminal::columns_of(libc::STDERR_FILENO)
+            .map_or(100, |columns| columns.saturating_sub(1).max(40));
         let handler = GraphicalReportHandler::new_themed(theme)
-            .with_width(100)
+            .with_width(width)
             .with_context_lines(1);
         let named = self
             .source

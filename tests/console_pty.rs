@@ -99,7 +99,7 @@ fn the_status_line_fits_the_terminal_and_follows_a_resize() {
     let lab = common::scratch::Scratch::new();
     let long = "x".repeat(150);
     let marker = lab.p("flaky-ran");
-    let title = "a step whose title is far longer than the terminal is wide, so that its start line wraps onto the next row";
+    let title = "a step whose title is far longer than the terminal is wide, so that its start line is cut to one row";
     let file = lab.runbook(
         "pty",
         "  {}",
@@ -239,6 +239,19 @@ fn the_status_line_fits_the_terminal_and_follows_a_resize() {
         "the resize to 60 columns was not followed: {statuses_60:#?}"
     );
     assert!(statuses_60.iter().all(|s| s.chars().count() <= 59));
+    // elapsed times tick in whole seconds, never a frozen-looking "0ms"
+    assert!(
+        statuses_80
+            .iter()
+            .all(|s| !s.contains("ms ") && !s.contains("ms,")),
+        "{statuses_80:#?}"
+    );
+    // a start line longer than the terminal is cut to one row
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(
+        raw.contains("▶ noisy: a step whose title is far longer") && !raw.contains(title),
+        "the long start line was not cut to the terminal: {raw}"
+    );
     // the end: no status line left, the outcome shown
     assert!(!screen.lines().any(is_status), "{screen}");
     assert!(screen.contains("succeeded in"), "{screen}");

@@ -215,6 +215,16 @@ impl super::prompt::QuestionLine for Question {
     }
 }
 
+/// An elapsed time on the status line, redrawn every half second: whole
+/// seconds (`0s`, `42s`, `3m05s`), never a millisecond count that looks
+/// frozen.
+fn ticking(elapsed: Duration) -> String {
+    match elapsed.as_secs() {
+        0 => "0s".to_owned(),
+        secs => fmt_duration(Duration::from_secs(secs)),
+    }
+}
+
 fn status_text(live: &Live, color: bool, width: usize) -> String {
     if let Some(question) = &live.question {
         return question.clone();
@@ -223,19 +233,14 @@ fn status_text(live: &Live, color: bool, width: usize) -> String {
         "[{}/{}] {}",
         live.done,
         live.total,
-        fmt_elapsed(Duration::from_secs(live.started.elapsed().as_secs()))
+        ticking(live.started.elapsed())
     );
     if !live.running.is_empty() {
         let names: Vec<String> = live
             .running
             .iter()
             .take(4)
-            .map(|(id, since)| {
-                format!(
-                    "{id} {}",
-                    fmt_elapsed(Duration::from_secs(since.elapsed().as_secs()))
-                )
-            })
+            .map(|(id, since)| format!("{id} {}", ticking(since.elapsed())))
             .collect();
         text.push_str(&format!("  running: {}", names.join(", ")));
         if live.running.len() > 4 {
@@ -305,10 +310,18 @@ impl EventSink for Human {
                 live.retrying.remove(step);
                 live.running.insert(step.clone(), Instant::now());
                 let attempt = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
-                let detail = match self.titles.get(step) {
+                let mut detail = match self.titles.get(step) {
                     Some(title) => format!(": {title}"),
-                    None => command.as_deref().map(|c| format!("  $ {c}")).unwrap_or_default(),
+                    None => command
+                        .as_deref()
+                        .map(|c| format!("  $ {}", c.lines().next().unwrap_or_default()))
+                        .unwrap_or_default(),
                 };
+                if self.tty {
+                    // one line on a terminal: the command is in the plan and the log
+                    let used = unicode_width::UnicodeWidthStr::width(format!("▶ {step}{attempt}").as_str());
+                    detail = fit(&detail, terminal_width().saturating_sub(used + 1));
+                }
                 format!("{} {step}{attempt}{}", self.paint("36", "▶"), self.paint("2", &detail))
             }
             RunEvent::StepOutput { step, line, .. } => {

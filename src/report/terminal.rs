@@ -382,17 +382,22 @@ fn writer_loop(
 /// Columns of the terminal on stdout: `TIOCGWINSZ` (asked again at each
 /// redraw, so a resize is followed), else `$COLUMNS`, else 80.
 pub fn terminal_width() -> usize {
+    columns_of(libc::STDOUT_FILENO)
+        .or_else(|| {
+            std::env::var("COLUMNS")
+                .ok()
+                .and_then(|c| c.trim().parse().ok())
+                .filter(|&c: &usize| c > 0)
+        })
+        .unwrap_or(80)
+}
+
+/// Columns of the terminal on descriptor `fd` (`TIOCGWINSZ`), if it is one.
+pub fn columns_of(fd: libc::c_int) -> Option<usize> {
     // SAFETY: TIOCGWINSZ fills a winsize struct we own.
     let mut size: libc::winsize = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
-    if rc == 0 && size.ws_col > 0 {
-        return usize::from(size.ws_col);
-    }
-    std::env::var("COLUMNS")
-        .ok()
-        .and_then(|c| c.trim().parse().ok())
-        .filter(|&c: &usize| c > 0)
-        .unwrap_or(80)
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
+    (rc == 0 && size.ws_col > 0).then_some(usize::from(size.ws_col))
 }
 
 /// Step output made safe to show on one line of a terminal: ANSI escape
