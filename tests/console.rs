@@ -218,6 +218,33 @@ fn stdout_and_stderr_read_apart_never_mix_within_a_line_of_the_log() {
     }
 }
 
+#[test]
+fn a_huge_line_without_newline_is_streamed_not_a_panic() {
+    // a line with no newline that reaches the 64 KiB line cap in exactly
+    // one read (4 KiB, then 60 KiB in one write), then 3 MB more of it:
+    // the pump used to index past the end and panic, killing the run
+    let lab = Lab::new();
+    let file = lab.runbook(
+        "huge",
+        "  {}",
+        r#"  - id: huge
+    run: |
+      head -c 4096 /dev/zero | tr '\0' y; sleep 0.3
+      big=$(mktemp); head -c 61440 /dev/zero | tr '\0' y > "$big"
+      dd if="$big" bs=61440 count=1 status=none; rm -f "$big"; sleep 0.3
+      head -c 3000000 /dev/zero | tr '\0' y
+"#,
+    );
+    for flags in [&["--stream"][..], &["--log-format", "json"][..]] {
+        let out = lab.run(&file, flags);
+        assert_eq!(out.status.code(), Some(0), "{flags:?}: {}", text(&out));
+        let all = text(&out);
+        assert!(!all.contains("panicked"), "{flags:?}: {all}");
+        let ys: usize = stdout(&out).bytes().filter(|&b| b == b'y').count();
+        assert!(ys >= 3_065_536, "{flags:?}: {ys} of 3065536 bytes shown");
+    }
+}
+
 fn logs(lab: &Lab, args: &[&str]) -> std::process::Output {
     let mut all = vec!["logs", "--state-dir"];
     let state = lab.state();

@@ -369,8 +369,11 @@ impl LineSplitter {
         self.partial.extend_from_slice(bytes);
         while self.partial.len() >= MAX_LINE_BYTES {
             // cut at a character boundary where there is one nearby
+            // (`cut` may be the end: nothing past it to look at)
             let mut cut = MAX_LINE_BYTES;
-            while cut > MAX_LINE_BYTES - 4 && (self.partial[cut] & 0xC0) == 0x80 {
+            while cut > MAX_LINE_BYTES - 4
+                && self.partial.get(cut).is_some_and(|b| (b & 0xC0) == 0x80)
+            {
                 cut -= 1;
             }
             let piece: Vec<u8> = self.partial.drain(..cut).collect();
@@ -632,6 +635,23 @@ mod tests {
         let lines = split_all(true, &[&long, b"\n"]);
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].len() + lines[1].len(), MAX_LINE_BYTES + 10);
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_cap_is_cut_without_panicking() {
+        // one read of exactly MAX_LINE_BYTES with no newline (a 64 KiB
+        // pipe read of a huge line) used to index one past the end
+        let long = vec![b'y'; MAX_LINE_BYTES];
+        let lines = split_all(true, &[&long, &long, b"end\n"]);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].len(), MAX_LINE_BYTES);
+        assert_eq!(lines[2], "end");
+        // a multi-byte character across the cap stays whole
+        let mut text = vec![b'x'; MAX_LINE_BYTES - 1];
+        text.extend_from_slice("é".as_bytes());
+        let lines = split_all(true, &[&text, b"\n"]);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1], "é");
     }
 
     #[test]
