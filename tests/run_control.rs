@@ -298,9 +298,13 @@ fn approve_reason_is_journaled_and_shown_by_status() {
         shown.contains("Paused at gate `confirm-restore`: check that the replica is drained"),
         "{shown}"
     );
+    // the command works as pasted: the state dir given is in it, as in
+    // what `run` printed when it paused
+    let state = lab.state();
+    let flag = format!("--state-dir {}", state.display());
     assert!(
         shown.contains(&format!(
-            "runbook approve {id} confirm-restore && runbook resume {id}"
+            "runbook approve {id} confirm-restore {flag} && runbook resume {id} {flag}"
         )),
         "{shown}"
     );

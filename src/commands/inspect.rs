@@ -281,7 +281,21 @@ pub fn status(
                 t.push('\n');
                 t
             }
-            ListFormat::Text => status_text(&state, &run, pid, paint),
+            ListFormat::Text => {
+                // the commands shown work as pasted: with the state dir
+                // given, as `run` prints them
+                let state_flag = match (
+                    state_dir.is_some(),
+                    run.path.parent().and_then(std::path::Path::parent),
+                ) {
+                    (true, Some(dir)) => format!(
+                        " --state-dir {}",
+                        crate::runner::shell_word(&dir.display().to_string())
+                    ),
+                    _ => String::new(),
+                };
+                status_text(&state, &run, pid, paint, &state_flag)
+            }
         };
         let text = if watch.watch && tty && !json {
             // redraw in place: home, clear, the view
@@ -346,7 +360,13 @@ fn status_json(state: &RunState, run: &RunDir, pid: Option<u32>) -> String {
     serde_json::to_string_pretty(&json).unwrap_or_default()
 }
 
-fn status_text(state: &RunState, run: &RunDir, pid: Option<u32>, paint: Paint) -> String {
+fn status_text(
+    state: &RunState,
+    run: &RunDir,
+    pid: Option<u32>,
+    paint: Paint,
+    state_flag: &str,
+) -> String {
     let steps = step_states(run, state, pid.is_some());
     let summary = summary(state, pid, &steps);
     let mut out = String::new();
@@ -442,7 +462,7 @@ fn status_text(state: &RunState, run: &RunDir, pid: Option<u32>, paint: Paint) -
         ]);
     }
     out.push_str(&table.render(paint));
-    out.push_str(&gate_lines(state, pid.is_some()));
+    out.push_str(&gate_lines(state, pid.is_some(), state_flag));
     out
 }
 
@@ -473,7 +493,7 @@ fn scope_lines(state: &RunState) -> String {
 
 /// For each gate the run is paused at: its message and the command that
 /// continues (while a runner holds the run, it is asking on its terminal).
-fn gate_lines(state: &RunState, running: bool) -> String {
+fn gate_lines(state: &RunState, running: bool, state_flag: &str) -> String {
     let mut out = String::new();
     for (id, s) in state
         .steps
@@ -493,7 +513,7 @@ fn gate_lines(state: &RunState, running: bool) -> String {
         }
         if !running {
             out.push_str(&format!(
-                "  When it is safe to continue: runbook approve {run} {id} && runbook resume {run}\n",
+                "  When it is safe to continue: runbook approve {run} {id}{state_flag} && runbook resume {run}{state_flag}\n",
                 run = state.run_id
             ));
         }
