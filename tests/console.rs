@@ -320,6 +320,16 @@ fn logs_refuses_unknown_runs_and_steps_with_close_matches() {
     assert!(err.contains(&format!("no run `{typo}`")), "{err}");
     assert!(err.contains(&format!("did you mean `{id}`?")), "{err}");
 
+    // a prefix of two runs is ambiguous, not unknown: the candidates are
+    // named, as `status` names them
+    assert_eq!(lab.run(&file, &[]).status.code(), Some(0));
+    let out = logs(&lab, &["2", "restore-db"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`2` matches 2 runs: "), "{err}");
+    assert!(err.contains(&id), "{err}");
+    assert!(!err.contains("no run `2`"), "{err}");
+
     let empty = Lab::new();
     let out = logs(&empty, &["x"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
