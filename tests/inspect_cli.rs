@@ -484,6 +484,47 @@ fn start_slow(lab: &Scratch, file: &std::path::Path) -> (Runner, String) {
 }
 
 #[test]
+fn prune_keeps_a_run_paused_at_a_gate_unless_told_to_include_it() {
+    // a paused run has no runner to hold its lock, but it waits for an
+    // approval: deleting it by age would lose the procedure half-way
+    let lab = Scratch::new();
+    let gated = lab.runbook(
+        "gated",
+        "  {}",
+        "  - { id: first, run: 'true' }\n  - { id: gate, needs: [first], pause: { message: 'ok?' } }\n  - { id: last, needs: [gate], run: 'true' }\n",
+    );
+    assert_eq!(lab.run(&gated, &[]).status.code(), Some(3));
+    let paused = newest_first(&lab).remove(0);
+    std::thread::sleep(Duration::from_millis(1100));
+    let state = lab.state();
+    let prune = |extra: &[&str]| {
+        let mut args = vec!["runs", "prune", "--older-than", "1s", "-o", "json"];
+        args.extend(["--state-dir", &state]);
+        args.extend(extra);
+        let out = lab.cmd(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        json(&out.stdout)
+    };
+    for extra in [&["--dry-run"][..], &[]] {
+        let report = prune(extra);
+        assert_eq!(report["pruned"], serde_json::json!([]), "{report:#}");
+        assert_eq!(report["kept_paused"], serde_json::json!([paused]));
+    }
+    assert!(lab.path("state/runs").join(&paused).exists());
+    let out = lab.cmd(&["runs", "prune", "--older-than", "1s", "--state-dir", &state]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("Kept {paused}: paused at a gate")),
+        "{said}"
+    );
+    assert!(said.contains("--include-paused"), "{said}");
+
+    let report = prune(&["--include-paused"]);
+    assert_eq!(report["pruned"], serde_json::json!([paused]));
+    assert!(!lab.path("state/runs").join(&paused).exists());
+}
+
+#[test]
 fn prune_deletes_old_runs_but_never_a_running_one() {
     let lab = Scratch::new();
     let done = simple(&lab, "done");

@@ -694,6 +694,8 @@ struct PruneJson {
     older_than_ms: u64,
     pruned: Vec<String>,
     kept_running: Vec<String>,
+    /// Paused at a gate, kept without `--include-paused`.
+    kept_paused: Vec<String>,
     failed: Vec<PruneFailure>,
 }
 
@@ -703,14 +705,23 @@ struct PruneFailure {
     error: String,
 }
 
+/// Whether `run` is paused at a gate, waiting for an approval (a
+/// journal that cannot be read is not).
+fn is_paused(run: &RunDir) -> bool {
+    journal::load_state(&run.journal())
+        .is_ok_and(|(state, _)| state.steps.values().any(|s| s.status == StepStatus::Paused))
+}
+
 /// `runbook runs prune --older-than DURATION [--dry-run]`: deletes the
 /// directories of runs that started longer ago than `older_than`. Each run
 /// is locked first: one whose runner (or a resume, or an approve) holds it
-/// is kept and reported.
+/// is kept and reported; so is one paused at a gate (it waits for an
+/// approval) unless `include_paused`.
 pub fn prune(
     state_dir: &StateDirArg,
     older_than: Duration,
     dry_run: bool,
+    include_paused: bool,
     output: ListFormat,
 ) -> u8 {
     let json = output == ListFormat::Json;
@@ -728,6 +739,7 @@ pub fn prune(
         older_than_ms: u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX),
         pruned: Vec::new(),
         kept_running: Vec::new(),
+        kept_paused: Vec::new(),
         failed: Vec::new(),
     };
     for id in &ids {
@@ -739,6 +751,10 @@ pub fn prune(
             continue;
         };
         if cutoff.is_none_or(|c| started >= c) {
+            continue;
+        }
+        if !include_paused && is_paused(&run) {
+            report.kept_paused.push(id.clone());
             continue;
         }
         if dry_run {
@@ -792,6 +808,11 @@ pub fn prune(
             }
             for id in &report.kept_running {
                 out.push_str(&format!("Kept {id}: its runner is still running\n"));
+            }
+            for id in &report.kept_paused {
+                out.push_str(&format!(
+                    "Kept {id}: paused at a gate, waiting for approval (--include-paused deletes it)\n"
+                ));
             }
             for f in &report.failed {
                 out.push_str(&format!("Failed {}: {}\n", f.run_id, f.error));

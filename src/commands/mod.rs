@@ -136,9 +136,16 @@ pub fn dispatch(cli: Cli) -> u8 {
             Some(RunsAction::Prune {
                 older_than,
                 dry_run,
+                include_paused,
                 state_dir,
                 output,
-            }) => inspect::prune(&state_dir, older_than, dry_run, output.format),
+            }) => inspect::prune(
+                &state_dir,
+                older_than,
+                dry_run,
+                include_paused,
+                output.format,
+            ),
         },
         Command::Show { file, output } => {
             show::show(&file, output.format, stdout_paint(cli.color), style)
