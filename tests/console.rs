@@ -109,6 +109,63 @@ fn a_failed_attempt_before_a_retry_shows_its_own_output() {
 }
 
 #[test]
+fn output_without_a_final_newline_never_hides_the_next_attempt() {
+    // attempt 1 ends its output without a newline: the banner of attempt
+    // 2 used to be glued to it, so attempt 2's tail was "(no output)"
+    let lab = Lab::new();
+    let file = lab.runbook(
+        "no-newline",
+        "  {}",
+        r#"  - id: nonl
+    retry: { attempts: 2, delay: 10ms }
+    run: |
+      printf 'half a line'
+      exit 1
+"#,
+    );
+    let out = lab.run(&file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let so = stdout(&out);
+    assert!(
+        so.contains(
+            "✗ nonl failed after 2 attempts: exited with code 1\n    │ half a line\n    log: "
+        ),
+        "{so}"
+    );
+    let log = std::fs::read_to_string(lab.run_dir().join("logs/nonl.log")).unwrap();
+    assert!(
+        log.contains("half a line\n--- runbook: step nonl attempt 2 at "),
+        "{log}"
+    );
+    let out = logs(&lab, &["nonl"]);
+    assert_eq!(
+        stdout(&out)
+            .lines()
+            .filter(|l| l.starts_with("--- runbook: step nonl attempt "))
+            .count(),
+        2,
+        "{}",
+        text(&out)
+    );
+
+    // stdout and stderr read apart: the unfinished last line of one stream
+    // is not glued to the next line of the other
+    let file = lab.runbook(
+        "apart-end",
+        "  {}",
+        r#"  - id: apart
+    run: |
+      printf 'partial'; exec 1>&-
+      sleep 0.3; echo 'on stderr' >&2; exit 1
+"#,
+    );
+    let out = lab.run(&file, &["--stream"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let so = stdout(&out);
+    assert!(so.contains("    │ partial\n    │ on stderr\n"), "{so}");
+}
+
+#[test]
 fn stream_prefixes_every_line_with_its_step() {
     let lab = Lab::new();
     let file = lab.runbook(
