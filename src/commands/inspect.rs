@@ -453,6 +453,9 @@ fn status_text(
             (Some(log), false) => format!("{note}; {log}"),
             (None, _) => note,
         };
+        // what an operator typed (--reason) or a step said (error) stays
+        // on its row and cannot drive the terminal
+        let note = crate::report::terminal::sanitize(&note.replace(['\n', '\r'], " "));
         table.row(vec![
             (id.clone(), None),
             (st.as_str().to_owned(), Some(st.as_str())),
