@@ -63,6 +63,19 @@ fn a_failed_step_shows_the_end_of_its_output_masked() {
         .unwrap_or_else(|| panic!("{so}"));
     assert_eq!(lines[quiet + 1], "    (no output)", "{so}");
     assert!(!lab.run_dir().join("logs/quiet.log").exists());
+    // nor does status point at one
+    let out = lab.cmd(&["status", "--state-dir", &lab.state()]);
+    let shown = stdout(&out);
+    let row = |id: &str| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{shown}"))
+            .to_owned()
+    };
+    assert!(row("noisy ").contains("log: "), "{shown}");
+    assert!(row("quiet ").contains("exited with code 4"), "{shown}");
+    assert!(!row("quiet ").contains("log: "), "{shown}");
 
     // the count is configurable
     let out = lab.run(

@@ -431,9 +431,9 @@ fn status_text(
             (StepState::Skipped, _) => s.skipped_because.clone().unwrap_or_default(),
             (StepState::Blocked, _) => "a step it needs failed".into(),
             (StepState::Failed, _) if s.uncertain => format!(
-                "{}; may have taken effect  log: {}",
+                "{}; may have taken effect{}",
                 s.error.as_deref().unwrap_or("failed"),
-                run.log(id).display()
+                log_note(run, id)
             ),
             (
                 StepState::Failed
@@ -444,7 +444,7 @@ fn status_text(
             ) => s
                 .error
                 .clone()
-                .map(|e| format!("{e}  log: {}", run.log(id).display()))
+                .map(|e| format!("{e}{}", log_note(run, id)))
                 .unwrap_or_default(),
             _ => String::new(),
         };
@@ -467,6 +467,17 @@ fn status_text(
     out.push_str(&table.render(paint));
     out.push_str(&gate_lines(state, pid.is_some(), state_flag));
     out
+}
+
+/// `  log: PATH` when the step's log exists (a step that printed nothing
+/// has none to point at), else nothing.
+fn log_note(run: &RunDir, id: &str) -> String {
+    let log = run.log(id);
+    if log.exists() {
+        format!("  log: {}", log.display())
+    } else {
+        String::new()
+    }
 }
 
 /// `Scope` and `Approve` header lines: the part of the graph the run is
