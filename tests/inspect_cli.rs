@@ -665,6 +665,35 @@ fn validate_a_directory_checks_every_runbook_under_it() {
 }
 
 #[test]
+fn validate_a_directory_skips_fifos_and_devices_instead_of_hanging() {
+    // opening a FIFO named *.yaml blocked for ever (no writer), a link to
+    // /dev/zero named *.yaml read without end: only regular files (or
+    // links to them) are runbooks
+    let lab = Scratch::new();
+    std::fs::create_dir_all(lab.path("books")).unwrap();
+    std::fs::copy(repo_root().join(SHOW), lab.path("books/maintenance.yaml")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(lab.path("books/pipe.yaml"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::os::unix::fs::symlink("/dev/zero", lab.path("books/zero.yaml")).unwrap();
+    std::os::unix::fs::symlink("maintenance.yaml", lab.path("books/linked.yaml")).unwrap();
+    let out = runbook()
+        .args(["validate", &lab.p("books")])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("linked.yaml") && stdout.contains("maintenance.yaml"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn colour_follows_the_flag_and_no_color() {
     let lab = Scratch::new();
     let file = simple(&lab, "colours");
