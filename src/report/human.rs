@@ -215,6 +215,15 @@ impl super::prompt::QuestionLine for Question {
     }
 }
 
+/// A time on the status line, which counts in whole seconds: `0s`, `1s`,
+/// `1m05s` (the first second is `0s`, not `0ms`).
+fn whole_seconds(d: Duration) -> String {
+    match d.as_secs() {
+        0 => "0s".to_owned(),
+        secs => fmt_elapsed(Duration::from_secs(secs)),
+    }
+}
+
 fn status_text(live: &Live, color: bool, width: usize) -> String {
     if let Some(question) = &live.question {
         return question.clone();
@@ -223,19 +232,14 @@ fn status_text(live: &Live, color: bool, width: usize) -> String {
         "[{}/{}] {}",
         live.done,
         live.total,
-        fmt_elapsed(Duration::from_secs(live.started.elapsed().as_secs()))
+        whole_seconds(live.started.elapsed())
     );
     if !live.running.is_empty() {
         let names: Vec<String> = live
             .running
             .iter()
             .take(4)
-            .map(|(id, since)| {
-                format!(
-                    "{id} {}",
-                    fmt_elapsed(Duration::from_secs(since.elapsed().as_secs()))
-                )
-            })
+            .map(|(id, since)| format!("{id} {}", whole_seconds(since.elapsed())))
             .collect();
         text.push_str(&format!("  running: {}", names.join(", ")));
         if live.running.len() > 4 {
@@ -489,5 +493,17 @@ pub fn plain_line(event: &RunEvent) -> Option<String> {
             format!("? {step}  done_if does not hold ({detail})")
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_counts_whole_seconds_from_0s() {
+        assert_eq!(whole_seconds(Duration::from_millis(900)), "0s");
+        assert_eq!(whole_seconds(Duration::from_millis(1900)), "1s");
+        assert_eq!(whole_seconds(Duration::from_secs(65)), "1m05s");
     }
 }
