@@ -387,6 +387,10 @@ pub enum RunsAction {
         /// Only list what would be deleted.
         #[arg(long)]
         dry_run: bool,
+        /// Also delete runs paused at a gate (kept by default: they wait
+        /// for an approval).
+        #[arg(long)]
+        include_paused: bool,
         #[command(flatten)]
         state_dir: StateDirArg,
         #[command(flatten)]

@@ -63,6 +63,19 @@ fn a_failed_step_shows_the_end_of_its_output_masked() {
         .unwrap_or_else(|| panic!("{so}"));
     assert_eq!(lines[quiet + 1], "    (no output)", "{so}");
     assert!(!lab.run_dir().join("logs/quiet.log").exists());
+    // nor does status point at one
+    let out = lab.cmd(&["status", "--state-dir", &lab.state()]);
+    let shown = stdout(&out);
+    let row = |id: &str| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{shown}"))
+            .to_owned()
+    };
+    assert!(row("noisy ").contains("log: "), "{shown}");
+    assert!(row("quiet ").contains("exited with code 4"), "{shown}");
+    assert!(!row("quiet ").contains("log: "), "{shown}");
 
     // the count is configurable
     let out = lab.run(
@@ -106,6 +119,63 @@ fn a_failed_attempt_before_a_retry_shows_its_own_output() {
         ),
         "{so}"
     );
+}
+
+#[test]
+fn output_without_a_final_newline_never_hides_the_next_attempt() {
+    // attempt 1 ends its output without a newline: the banner of attempt
+    // 2 used to be glued to it, so attempt 2's tail was "(no output)"
+    let lab = Lab::new();
+    let file = lab.runbook(
+        "no-newline",
+        "  {}",
+        r#"  - id: nonl
+    retry: { attempts: 2, delay: 10ms }
+    run: |
+      printf 'half a line'
+      exit 1
+"#,
+    );
+    let out = lab.run(&file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let so = stdout(&out);
+    assert!(
+        so.contains(
+            "✗ nonl failed after 2 attempts: exited with code 1\n    │ half a line\n    log: "
+        ),
+        "{so}"
+    );
+    let log = std::fs::read_to_string(lab.run_dir().join("logs/nonl.log")).unwrap();
+    assert!(
+        log.contains("half a line\n--- runbook: step nonl attempt 2 at "),
+        "{log}"
+    );
+    let out = logs(&lab, &["nonl"]);
+    assert_eq!(
+        stdout(&out)
+            .lines()
+            .filter(|l| l.starts_with("--- runbook: step nonl attempt "))
+            .count(),
+        2,
+        "{}",
+        text(&out)
+    );
+
+    // stdout and stderr read apart: the unfinished last line of one stream
+    // is not glued to the next line of the other
+    let file = lab.runbook(
+        "apart-end",
+        "  {}",
+        r#"  - id: apart
+    run: |
+      printf 'partial'; exec 1>&-
+      sleep 0.3; echo 'on stderr' >&2; exit 1
+"#,
+    );
+    let out = lab.run(&file, &["--stream"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let so = stdout(&out);
+    assert!(so.contains("    │ partial\n    │ on stderr\n"), "{so}");
 }
 
 #[test]
@@ -218,6 +288,33 @@ fn stdout_and_stderr_read_apart_never_mix_within_a_line_of_the_log() {
     }
 }
 
+#[test]
+fn a_huge_line_without_newline_is_streamed_not_a_panic() {
+    // a line with no newline that reaches the 64 KiB line cap in exactly
+    // one read (4 KiB, then 60 KiB in one write), then 3 MB more of it:
+    // the pump used to index past the end and panic, killing the run
+    let lab = Lab::new();
+    let file = lab.runbook(
+        "huge",
+        "  {}",
+        r#"  - id: huge
+    run: |
+      head -c 4096 /dev/zero | tr '\0' y; sleep 0.3
+      big=$(mktemp); head -c 61440 /dev/zero | tr '\0' y > "$big"
+      dd if="$big" bs=61440 count=1 status=none; rm -f "$big"; sleep 0.3
+      head -c 3000000 /dev/zero | tr '\0' y
+"#,
+    );
+    for flags in [&["--stream"][..], &["--log-format", "json"][..]] {
+        let out = lab.run(&file, flags);
+        assert_eq!(out.status.code(), Some(0), "{flags:?}: {}", text(&out));
+        let all = text(&out);
+        assert!(!all.contains("panicked"), "{flags:?}: {all}");
+        let ys: usize = stdout(&out).bytes().filter(|&b| b == b'y').count();
+        assert!(ys >= 3_065_536, "{flags:?}: {ys} of 3065536 bytes shown");
+    }
+}
+
 fn logs(lab: &Lab, args: &[&str]) -> std::process::Output {
     let mut all = vec!["logs", "--state-dir"];
     let state = lab.state();
@@ -292,6 +389,16 @@ fn logs_refuses_unknown_runs_and_steps_with_close_matches() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("no run `{typo}`")), "{err}");
     assert!(err.contains(&format!("did you mean `{id}`?")), "{err}");
+
+    // a prefix of two runs is ambiguous, not unknown: the candidates are
+    // named, as `status` names them
+    assert_eq!(lab.run(&file, &[]).status.code(), Some(0));
+    let out = logs(&lab, &["2", "restore-db"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`2` matches 2 runs: "), "{err}");
+    assert!(err.contains(&id), "{err}");
+    assert!(!err.contains("no run `2`"), "{err}");
 
     let empty = Lab::new();
     let out = logs(&empty, &["x"]);

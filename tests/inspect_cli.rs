@@ -484,6 +484,47 @@ fn start_slow(lab: &Scratch, file: &std::path::Path) -> (Runner, String) {
 }
 
 #[test]
+fn prune_keeps_a_run_paused_at_a_gate_unless_told_to_include_it() {
+    // a paused run has no runner to hold its lock, but it waits for an
+    // approval: deleting it by age would lose the procedure half-way
+    let lab = Scratch::new();
+    let gated = lab.runbook(
+        "gated",
+        "  {}",
+        "  - { id: first, run: 'true' }\n  - { id: gate, needs: [first], pause: { message: 'ok?' } }\n  - { id: last, needs: [gate], run: 'true' }\n",
+    );
+    assert_eq!(lab.run(&gated, &[]).status.code(), Some(3));
+    let paused = newest_first(&lab).remove(0);
+    std::thread::sleep(Duration::from_millis(1100));
+    let state = lab.state();
+    let prune = |extra: &[&str]| {
+        let mut args = vec!["runs", "prune", "--older-than", "1s", "-o", "json"];
+        args.extend(["--state-dir", &state]);
+        args.extend(extra);
+        let out = lab.cmd(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        json(&out.stdout)
+    };
+    for extra in [&["--dry-run"][..], &[]] {
+        let report = prune(extra);
+        assert_eq!(report["pruned"], serde_json::json!([]), "{report:#}");
+        assert_eq!(report["kept_paused"], serde_json::json!([paused]));
+    }
+    assert!(lab.path("state/runs").join(&paused).exists());
+    let out = lab.cmd(&["runs", "prune", "--older-than", "1s", "--state-dir", &state]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("Kept {paused}: paused at a gate")),
+        "{said}"
+    );
+    assert!(said.contains("--include-paused"), "{said}");
+
+    let report = prune(&["--include-paused"]);
+    assert_eq!(report["pruned"], serde_json::json!([paused]));
+    assert!(!lab.path("state/runs").join(&paused).exists());
+}
+
+#[test]
 fn prune_deletes_old_runs_but_never_a_running_one() {
     let lab = Scratch::new();
     let done = simple(&lab, "done");
@@ -621,6 +662,35 @@ fn validate_a_directory_checks_every_runbook_under_it() {
     let out = lab.cmd(&["validate", &lab.p("empty")]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds no runbook"));
+}
+
+#[test]
+fn validate_a_directory_skips_fifos_and_devices_instead_of_hanging() {
+    // opening a FIFO named *.yaml blocked for ever (no writer), a link to
+    // /dev/zero named *.yaml read without end: only regular files (or
+    // links to them) are runbooks
+    let lab = Scratch::new();
+    std::fs::create_dir_all(lab.path("books")).unwrap();
+    std::fs::copy(repo_root().join(SHOW), lab.path("books/maintenance.yaml")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(lab.path("books/pipe.yaml"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::os::unix::fs::symlink("/dev/zero", lab.path("books/zero.yaml")).unwrap();
+    std::os::unix::fs::symlink("maintenance.yaml", lab.path("books/linked.yaml")).unwrap();
+    let out = runbook()
+        .args(["validate", &lab.p("books")])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("linked.yaml") && stdout.contains("maintenance.yaml"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -212,9 +212,13 @@ fn approve_reason_is_journaled_and_shown_by_status() {
         shown.contains("Paused at gate `confirm-restore`: check that the replica is drained"),
         "{shown}"
     );
+    // the command works as pasted: the state dir given is in it, as in
+    // what `run` printed when it paused
+    let state = lab.state();
+    let flag = format!("--state-dir {}", state.display());
     assert!(
         shown.contains(&format!(
-            "runbook approve {id} confirm-restore && runbook resume {id}"
+            "runbook approve {id} confirm-restore {flag} && runbook resume {id} {flag}"
         )),
         "{shown}"
     );
@@ -245,6 +249,37 @@ fn approve_reason_is_journaled_and_shown_by_status() {
     assert_eq!(json["steps"]["confirm-restore"]["via"], "approval");
     let out = lab.cmd(&["resume", &id]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn an_approval_reason_cannot_break_the_status_table_or_the_terminal() {
+    let lab = Lab::new();
+    let file = lab.runbook("gated", GATED);
+    assert_eq!(lab.cmd(&["run", &file]).status.code(), Some(3));
+    let id = lab.run_id();
+    let reason = "drained\nsee CHG-1\x1b[2J\x1b]0;owned\x07\rok";
+    let out = lab.cmd(&["approve", &id, "confirm-restore", "--reason", reason]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = lab.cmd(&["status", &id]);
+    let shown = text(&out.stdout);
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\r'),
+        "{shown:?}"
+    );
+    let row = shown
+        .lines()
+        .find(|l| l.starts_with("confirm-restore "))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(row.contains("drained see CHG-1"), "{row:?}");
+    assert!(
+        row.trim_end().ends_with(" ok"),
+        "the whole reason on its row: {row:?}"
+    );
+    // the journal and JSON keep what was typed
+    assert_eq!(
+        lab.status(&id)["steps"]["confirm-restore"]["reason"],
+        reason
+    );
 }
 
 /// The account name of the effective uid, as `id -un` says.

@@ -281,7 +281,21 @@ pub fn status(
                 t.push('\n');
                 t
             }
-            ListFormat::Text => status_text(&state, &run, pid, paint),
+            ListFormat::Text => {
+                // the commands shown work as pasted: with the state dir
+                // given, as `run` prints them
+                let state_flag = match (
+                    state_dir.is_some(),
+                    run.path.parent().and_then(std::path::Path::parent),
+                ) {
+                    (true, Some(dir)) => format!(
+                        " --state-dir {}",
+                        crate::runner::shell_word(&dir.display().to_string())
+                    ),
+                    _ => String::new(),
+                };
+                status_text(&state, &run, pid, paint, &state_flag)
+            }
         };
         let text = if watch.watch && tty && !json {
             // redraw in place: home, clear, the view
@@ -346,7 +360,13 @@ fn status_json(state: &RunState, run: &RunDir, pid: Option<u32>) -> String {
     serde_json::to_string_pretty(&json).unwrap_or_default()
 }
 
-fn status_text(state: &RunState, run: &RunDir, pid: Option<u32>, paint: Paint) -> String {
+fn status_text(
+    state: &RunState,
+    run: &RunDir,
+    pid: Option<u32>,
+    paint: Paint,
+    state_flag: &str,
+) -> String {
     let steps = step_states(run, state, pid.is_some());
     let summary = summary(state, pid, &steps);
     let mut out = String::new();
@@ -411,9 +431,9 @@ fn status_text(state: &RunState, run: &RunDir, pid: Option<u32>, paint: Paint) -
             (StepState::Skipped, _) => s.skipped_because.clone().unwrap_or_default(),
             (StepState::Blocked, _) => "a step it needs failed".into(),
             (StepState::Failed, _) if s.uncertain => format!(
-                "{}; may have taken effect  log: {}",
+                "{}; may have taken effect{}",
                 s.error.as_deref().unwrap_or("failed"),
-                run.log(id).display()
+                log_note(run, id)
             ),
             (
                 StepState::Failed
@@ -424,7 +444,7 @@ fn status_text(state: &RunState, run: &RunDir, pid: Option<u32>, paint: Paint) -
             ) => s
                 .error
                 .clone()
-                .map(|e| format!("{e}  log: {}", run.log(id).display()))
+                .map(|e| format!("{e}{}", log_note(run, id)))
                 .unwrap_or_default(),
             _ => String::new(),
         };
@@ -433,6 +453,9 @@ fn status_text(state: &RunState, run: &RunDir, pid: Option<u32>, paint: Paint) -
             (Some(log), false) => format!("{note}; {log}"),
             (None, _) => note,
         };
+        // what an operator typed (--reason) or a step said (error) stays
+        // on its row and cannot drive the terminal
+        let note = crate::report::terminal::sanitize(&note.replace(['\n', '\r'], " "));
         table.row(vec![
             (id.clone(), None),
             (st.as_str().to_owned(), Some(st.as_str())),
@@ -442,8 +465,19 @@ fn status_text(state: &RunState, run: &RunDir, pid: Option<u32>, paint: Paint) -
         ]);
     }
     out.push_str(&table.render(paint));
-    out.push_str(&gate_lines(state, pid.is_some()));
+    out.push_str(&gate_lines(state, pid.is_some(), state_flag));
     out
+}
+
+/// `  log: PATH` when the step's log exists (a step that printed nothing
+/// has none to point at), else nothing.
+fn log_note(run: &RunDir, id: &str) -> String {
+    let log = run.log(id);
+    if log.exists() {
+        format!("  log: {}", log.display())
+    } else {
+        String::new()
+    }
 }
 
 /// `Scope` and `Approve` header lines: the part of the graph the run is
@@ -473,7 +507,7 @@ fn scope_lines(state: &RunState) -> String {
 
 /// For each gate the run is paused at: its message and the command that
 /// continues (while a runner holds the run, it is asking on its terminal).
-fn gate_lines(state: &RunState, running: bool) -> String {
+fn gate_lines(state: &RunState, running: bool, state_flag: &str) -> String {
     let mut out = String::new();
     for (id, s) in state
         .steps
@@ -493,7 +527,7 @@ fn gate_lines(state: &RunState, running: bool) -> String {
         }
         if !running {
             out.push_str(&format!(
-                "  When it is safe to continue: runbook approve {run} {id} && runbook resume {run}\n",
+                "  When it is safe to continue: runbook approve {run} {id}{state_flag} && runbook resume {run}{state_flag}\n",
                 run = state.run_id
             ));
         }
@@ -674,6 +708,8 @@ struct PruneJson {
     older_than_ms: u64,
     pruned: Vec<String>,
     kept_running: Vec<String>,
+    /// Paused at a gate, kept without `--include-paused`.
+    kept_paused: Vec<String>,
     failed: Vec<PruneFailure>,
 }
 
@@ -683,14 +719,23 @@ struct PruneFailure {
     error: String,
 }
 
+/// Whether `run` is paused at a gate, waiting for an approval (a
+/// journal that cannot be read is not).
+fn is_paused(run: &RunDir) -> bool {
+    journal::load_state(&run.journal())
+        .is_ok_and(|(state, _)| state.steps.values().any(|s| s.status == StepStatus::Paused))
+}
+
 /// `runbook runs prune --older-than DURATION [--dry-run]`: deletes the
 /// directories of runs that started longer ago than `older_than`. Each run
 /// is locked first: one whose runner (or a resume, or an approve) holds it
-/// is kept and reported.
+/// is kept and reported; so is one paused at a gate (it waits for an
+/// approval) unless `include_paused`.
 pub fn prune(
     state_dir: &StateDirArg,
     older_than: Duration,
     dry_run: bool,
+    include_paused: bool,
     output: ListFormat,
 ) -> u8 {
     let json = output == ListFormat::Json;
@@ -708,6 +753,7 @@ pub fn prune(
         older_than_ms: u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX),
         pruned: Vec::new(),
         kept_running: Vec::new(),
+        kept_paused: Vec::new(),
         failed: Vec::new(),
     };
     for id in &ids {
@@ -719,6 +765,10 @@ pub fn prune(
             continue;
         };
         if cutoff.is_none_or(|c| started >= c) {
+            continue;
+        }
+        if !include_paused && is_paused(&run) {
+            report.kept_paused.push(id.clone());
             continue;
         }
         if dry_run {
@@ -772,6 +822,11 @@ pub fn prune(
             }
             for id in &report.kept_running {
                 out.push_str(&format!("Kept {id}: its runner is still running\n"));
+            }
+            for id in &report.kept_paused {
+                out.push_str(&format!(
+                    "Kept {id}: paused at a gate, waiting for approval (--include-paused deletes it)\n"
+                ));
             }
             for f in &report.failed {
                 out.push_str(&format!("Failed {}: {}\n", f.run_id, f.error));

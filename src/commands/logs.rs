@@ -116,7 +116,10 @@ fn find_run(dir: &Path, id: Option<&str>) -> Result<RunDir, String> {
             .ok_or_else(|| format!("error: no runs in {}", dir.join("runs").display()))?;
         return state::find_run(dir, latest).map_err(|e| format!("error: {e}"));
     };
-    state::find_run(dir, id).map_err(|_| {
+    state::find_run(dir, id).map_err(|e| {
+        if let state::StateError::AmbiguousRun { .. } = e {
+            return format!("error: {e}\n  help: type more characters of the run id");
+        }
         let ids: Vec<&str> = runs.iter().map(String::as_str).collect();
         format!(
             "error: no run `{id}` in {}{}\n  help: `runbook runs` lists the runs",

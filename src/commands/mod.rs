@@ -136,9 +136,16 @@ pub fn dispatch(cli: Cli) -> u8 {
             Some(RunsAction::Prune {
                 older_than,
                 dry_run,
+                include_paused,
                 state_dir,
                 output,
-            }) => inspect::prune(&state_dir, older_than, dry_run, output.format),
+            }) => inspect::prune(
+                &state_dir,
+                older_than,
+                dry_run,
+                include_paused,
+                output.format,
+            ),
         },
         Command::Show { file, output } => {
             show::show(&file, output.format, stdout_paint(cli.color), style)
@@ -261,7 +268,8 @@ pub(crate) fn write_stdout(bytes: &[u8]) -> u8 {
 }
 
 /// The files to validate: each FILE as given; for each DIR, every
-/// `*.yaml`/`*.yml` under it (recursively, sorted, hidden entries skipped)
+/// `*.yaml`/`*.yml` regular file under it (recursively, sorted, hidden
+/// entries, FIFOs and devices skipped)
 /// whose top level says `kind: Runbook` (other YAML, such as params files
 /// or Kubernetes manifests, is left out). A directory holding no runbook is
 /// an error.
@@ -288,6 +296,9 @@ fn expand_dirs(paths: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>, 
                 if kind.is_dir() {
                     stack.push(p);
                 } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                    // a regular file or a link to one: a FIFO would block
+                    // the walk for ever, a device read without end
+                    && std::fs::metadata(&p).is_ok_and(|m| m.is_file())
                     && is_runbook_kind(&p)
                 {
                     found.push(p);

@@ -98,6 +98,9 @@ pub struct StepLog {
     limit: u64,
     kept: u64,
     keeping: Keeping,
+    /// The file ends with a newline (or is empty): a banner or a note
+    /// written now starts its own line.
+    at_line_start: bool,
 }
 
 impl StepLog {
@@ -110,6 +113,7 @@ impl StepLog {
             limit: log_limit(),
             kept: 0,
             keeping: Keeping::Yes,
+            at_line_start: true,
         }
     }
 
@@ -120,22 +124,46 @@ impl StepLog {
         self.keeping = Keeping::Yes;
     }
 
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    /// Appends `bytes`; `own_line`: they are a line of the runner (a
+    /// note), started on a line of its own. The pending header always is:
+    /// output that ended without a newline must not hide the banner that
+    /// `attempt_tail` and `runbook logs` look for at a line start.
+    fn append(&mut self, bytes: &[u8], own_line: bool) -> std::io::Result<()> {
         if self.file.is_none() {
             let file = std::fs::OpenOptions::new()
+                .read(true)
                 .append(true)
                 .create(true)
                 .mode(0o600)
                 .open(&self.path)?;
+            // a log of an earlier process of this run (resume) may end
+            // in the middle of a line
+            let len = file.metadata()?.len();
+            if len > 0 {
+                use std::os::unix::fs::FileExt;
+                let mut last = [0u8; 1];
+                file.read_exact_at(&mut last, len - 1)?;
+                self.at_line_start = last[0] == b'\n';
+            }
             self.file = Some(file);
         }
         let Some(file) = self.file.as_mut() else {
             return Ok(());
         };
-        if let Some(header) = self.header.take() {
-            file.write_all(header.as_bytes())?;
+        let header = self.header.take();
+        if (header.is_some() || own_line) && !self.at_line_start {
+            file.write_all(b"\n")?;
+            self.at_line_start = true;
         }
-        file.write_all(bytes)
+        if let Some(header) = header {
+            file.write_all(header.as_bytes())?;
+            self.at_line_start = header.ends_with('\n');
+        }
+        file.write_all(bytes)?;
+        if let Some(&last) = bytes.last() {
+            self.at_line_start = last == b'\n';
+        }
+        Ok(())
     }
 
     /// Appends the step's output, creating the file (and writing the
@@ -163,9 +191,9 @@ impl StepLog {
             );
             let mut chunk = kept.to_vec();
             chunk.extend_from_slice(notice.as_bytes());
-            self.append(&chunk)
+            self.append(&chunk, false)
         } else {
-            self.append(kept)
+            self.append(kept, false)
         };
         match written {
             Err(e) => {
@@ -192,7 +220,7 @@ impl StepLog {
     /// Writes a line of the runner even if the step printed nothing (e.g.
     /// a failure note); it does not count against the limit.
     pub fn note(&mut self, line: &str) -> std::io::Result<()> {
-        self.append(format!("{line}\n").as_bytes())
+        self.append(format!("{line}\n").as_bytes(), true)
     }
 }
 
@@ -296,6 +324,11 @@ pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
     }
     let rest = scrubber.finish();
     held.extend_from_slice(&rest);
+    // read apart, the streams share the log line by line: an unfinished
+    // last line of one ends here, not in the middle of the other's next
+    if stream.is_some() && held.last().is_some_and(|&b| b != b'\n') {
+        held.push(b'\n');
+    }
     let trouble = log.lock().ok().and_then(|mut file| file.write(&held));
     if let Some(trouble) = trouble {
         on(Pumped::Trouble(trouble));
@@ -369,8 +402,11 @@ impl LineSplitter {
         self.partial.extend_from_slice(bytes);
         while self.partial.len() >= MAX_LINE_BYTES {
             // cut at a character boundary where there is one nearby
+            // (`cut` may be the end: nothing past it to look at)
             let mut cut = MAX_LINE_BYTES;
-            while cut > MAX_LINE_BYTES - 4 && (self.partial[cut] & 0xC0) == 0x80 {
+            while cut > MAX_LINE_BYTES - 4
+                && self.partial.get(cut).is_some_and(|b| (b & 0xC0) == 0x80)
+            {
                 cut -= 1;
             }
             let piece: Vec<u8> = self.partial.drain(..cut).collect();
@@ -632,6 +668,23 @@ mod tests {
         let lines = split_all(true, &[&long, b"\n"]);
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].len() + lines[1].len(), MAX_LINE_BYTES + 10);
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_cap_is_cut_without_panicking() {
+        // one read of exactly MAX_LINE_BYTES with no newline (a 64 KiB
+        // pipe read of a huge line) used to index one past the end
+        let long = vec![b'y'; MAX_LINE_BYTES];
+        let lines = split_all(true, &[&long, &long, b"end\n"]);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].len(), MAX_LINE_BYTES);
+        assert_eq!(lines[2], "end");
+        // a multi-byte character across the cap stays whole
+        let mut text = vec![b'x'; MAX_LINE_BYTES - 1];
+        text.extend_from_slice("é".as_bytes());
+        let lines = split_all(true, &[&text, b"\n"]);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1], "é");
     }
 
     #[test]

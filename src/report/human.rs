@@ -215,13 +215,12 @@ impl super::prompt::QuestionLine for Question {
     }
 }
 
-/// An elapsed time on the status line, redrawn every half second: whole
-/// seconds (`0s`, `42s`, `3m05s`), never a millisecond count that looks
-/// frozen.
-fn ticking(elapsed: Duration) -> String {
-    match elapsed.as_secs() {
+/// A time on the status line, which counts in whole seconds: `0s`, `1s`,
+/// `1m05s` (the first second is `0s`, not `0ms`).
+fn whole_seconds(d: Duration) -> String {
+    match d.as_secs() {
         0 => "0s".to_owned(),
-        secs => fmt_duration(Duration::from_secs(secs)),
+        secs => fmt_elapsed(Duration::from_secs(secs)),
     }
 }
 
@@ -233,14 +232,14 @@ fn status_text(live: &Live, color: bool, width: usize) -> String {
         "[{}/{}] {}",
         live.done,
         live.total,
-        ticking(live.started.elapsed())
+        whole_seconds(live.started.elapsed())
     );
     if !live.running.is_empty() {
         let names: Vec<String> = live
             .running
             .iter()
             .take(4)
-            .map(|(id, since)| format!("{id} {}", ticking(since.elapsed())))
+            .map(|(id, since)| format!("{id} {}", whole_seconds(since.elapsed())))
             .collect();
         text.push_str(&format!("  running: {}", names.join(", ")));
         if live.running.len() > 4 {
@@ -502,5 +501,17 @@ pub fn plain_line(event: &RunEvent) -> Option<String> {
             format!("? {step}  done_if does not hold ({detail})")
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_counts_whole_seconds_from_0s() {
+        assert_eq!(whole_seconds(Duration::from_millis(900)), "0s");
+        assert_eq!(whole_seconds(Duration::from_millis(1900)), "1s");
+        assert_eq!(whole_seconds(Duration::from_secs(65)), "1m05s");
     }
 }
