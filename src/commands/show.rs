@@ -175,13 +175,43 @@ fn to_json<'a>(runbook: &'a Runbook, file: &std::path::Path) -> ShowJson<'a> {
     }
 }
 
+/// `text` in lines of at most `width` columns, broken between words (a
+/// word longer than a line gets a line of its own).
+fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    use unicode_width::UnicodeWidthStr;
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for word in text.split_whitespace() {
+        if !current.is_empty() && current.width() + 1 + word.width() > width {
+            lines.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(word);
+    }
+    if !current.is_empty() || lines.is_empty() {
+        lines.push(current);
+    }
+    lines
+}
+
 fn text(runbook: &Runbook, file: &std::path::Path, paint: Paint) -> String {
     let mut out = String::new();
     out.push_str(&paint.bold(&format!("{} {}", runbook.name, runbook.version)));
     out.push('\n');
     if let Some(d) = &runbook.description {
+        // wrapped at the terminal's width on a terminal, as written otherwise
+        let width = crate::report::terminal::columns_of(libc::STDOUT_FILENO);
         for line in d.trim().lines() {
-            out.push_str(&format!("  {}\n", line.trim_end()));
+            match width {
+                Some(width) => {
+                    for part in wrap_words(line.trim_end(), width.saturating_sub(3).max(20)) {
+                        out.push_str(&format!("  {part}\n"));
+                    }
+                }
+                None => out.push_str(&format!("  {}\n", line.trim_end())),
+            }
         }
     }
     out.push('\n');
