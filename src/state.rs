@@ -380,8 +380,14 @@ impl RunbookLock {
     /// The lock file of runbook `name` with params digest `digest`:
     /// `<state>/locks/<name>-<first 16 hex digits>.lock`.
     pub fn path(state: &Path, name: &str, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        let short: String = hex.chars().take(16).collect();
+        // the readable part of the name may collide ("a b", "a_b"); the
+        // hash covers the exact name and the params digest
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(digest.as_bytes());
+        let short: String = hex::encode(hasher.finalize()).chars().take(16).collect();
         let name: String = name
             .chars()
             .map(|c| {
@@ -604,6 +610,17 @@ mod tests {
     /// 2,000 runs of one runbook within a second or two: with 4 random hex
     /// digits, ids clash ~30 times; every run must still get its own
     /// directory.
+    #[test]
+    fn runbooks_whose_names_read_alike_do_not_share_a_lock() {
+        let state = Path::new("/state");
+        let digest = "sha256:0123456789abcdef0123456789abcdef";
+        let spaced = RunbookLock::path(state, "a b", digest);
+        let underscored = RunbookLock::path(state, "a_b", digest);
+        assert_ne!(spaced, underscored);
+        assert_eq!(spaced, RunbookLock::path(state, "a b", digest));
+        assert_ne!(spaced, RunbookLock::path(state, "a b", "sha256:ff"));
+    }
+
     #[test]
     fn run_directories_are_created_exclusively() {
         let state = tempfile::tempdir().unwrap();
