@@ -128,10 +128,6 @@ the same runbook with the same params is running, 130 interrupted."
         plan: Option<PathBuf>,
         #[command(flatten)]
         exec: ExecArgs,
-        /// Stop everything at the first failed step (default: a failure stops
-        /// only the steps that need it; other branches finish).
-        #[arg(long)]
-        fail_fast: bool,
         #[command(flatten)]
         scope: ScopeArgs,
     },
@@ -174,9 +170,6 @@ runbook resume RUN --approve confirm-overwrite"
         /// changed steps that had not succeeded run in their new form.
         #[arg(long)]
         allow_changed: bool,
-        /// Stop everything at the first failed step.
-        #[arg(long)]
-        fail_fast: bool,
     },
 
     /// Show the state of a run: each step's state, attempts, duration and log.
@@ -434,6 +427,10 @@ pub struct ExecArgs {
     /// running (by default refused, exit 4).
     #[arg(long)]
     pub allow_concurrent: bool,
+    /// Stop everything at the first failed step (default: a failure stops
+    /// only the steps that need it; other branches finish).
+    #[arg(long)]
+    pub fail_fast: bool,
 }
 
 /// `run --only/--from/--skip/--approve`: which part of the graph runs and

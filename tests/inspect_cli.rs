@@ -818,3 +818,49 @@ mod pty {
         }
     }
 }
+
+#[test]
+fn shared_flags_read_the_same_in_every_command() {
+    // the help of a flag several commands take, as each command shows it
+    let help_of = |command: &[&str], flag: &str| -> String {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let out = runbook().args(&args).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = help
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with(flag));
+        let mut text = vec![lines.next().unwrap_or_default().trim().to_owned()];
+        text.extend(
+            lines
+                .take_while(|l| !l.trim_start().starts_with('-') && !l.trim().is_empty())
+                .map(|l| l.trim().to_owned()),
+        );
+        text.join(" ")
+    };
+    for (flag, commands) in [
+        (
+            "--state-dir",
+            vec![
+                vec!["run"],
+                vec!["resume"],
+                vec!["status"],
+                vec!["runs"],
+                vec!["approve"],
+                vec!["logs"],
+                vec!["runs", "prune"],
+            ],
+        ),
+        ("--fail-fast", vec![vec!["run"], vec!["resume"]]),
+        (
+            "-o, --output",
+            vec![vec!["status"], vec!["runs"], vec!["show"]],
+        ),
+    ] {
+        let first = help_of(&commands[0], flag);
+        assert!(first.len() > flag.len() + 10, "{flag}: {first:?}");
+        for command in &commands[1..] {
+            assert_eq!(help_of(command, flag), first, "{flag} in {command:?}");
+        }
+    }
+}

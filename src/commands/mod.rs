@@ -66,14 +66,13 @@ pub fn dispatch(cli: Cli) -> u8 {
             params,
             plan,
             exec,
-            fail_fast,
             scope,
         } => execute::run(
             file.as_deref(),
             &params,
             plan.as_deref(),
             &exec,
-            fail_fast,
+            exec.fail_fast,
             style,
             &execute::Interaction {
                 scope,
@@ -89,7 +88,6 @@ pub fn dispatch(cli: Cli) -> u8 {
             reason,
             approve,
             allow_changed,
-            fail_fast,
         } => execute::resume(
             crate::runner::ResumeRequest {
                 run_id,
@@ -104,7 +102,7 @@ pub fn dispatch(cli: Cli) -> u8 {
                 allow_changed,
             },
             &exec,
-            fail_fast,
+            exec.fail_fast,
             style,
             cli.no_input,
         ),
