@@ -308,6 +308,16 @@ fn md_text(text: &str) -> String {
 /// run of backticks inside, padded when the text starts or ends with one;
 /// `|` escaped for tables; `*(empty)*` for nothing.
 fn md_code(text: &str) -> String {
+    md_code_span(text, true)
+}
+
+/// Inline code outside a table: `|` as is (a backslash in a code span is
+/// shown literally, so `a \| b` would not be the command that runs).
+fn md_inline(text: &str) -> String {
+    md_code_span(text, false)
+}
+
+fn md_code_span(text: &str, in_table: bool) -> String {
     let text = text.replace(['\n', '\r'], " ");
     if text.trim().is_empty() {
         return "*(empty)*".into();
@@ -318,7 +328,12 @@ fn md_code(text: &str) -> String {
     } else {
         ""
     };
-    format!("{fence}{pad}{}{pad}{fence}", text.replace('|', "\\|"))
+    let text = if in_table {
+        text.replace('|', "\\|")
+    } else {
+        text
+    };
+    format!("{fence}{pad}{text}{pad}{fence}")
 }
 
 fn longest_backtick_run(text: &str) -> usize {
@@ -542,9 +557,9 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         } else {
             ""
         };
-        writeln!(out, "- [ ] **{}**{title}{skipped}", md_code(&step.id))?;
+        writeln!(out, "- [ ] **{}**{title}{skipped}", md_inline(&step.id))?;
         if !step.needs.is_empty() {
-            let needs: Vec<String> = step.needs.iter().map(|n| md_code(n)).collect();
+            let needs: Vec<String> = step.needs.iter().map(|n| md_inline(n)).collect();
             writeln!(out, "  - needs {}", needs.join(", "))?;
         }
         if let Some(when) = &step.when {
@@ -553,19 +568,19 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
                 Some(false) => "false: SKIPPED",
                 None => "decided at run time",
             };
-            writeln!(out, "  - when {} → {verdict}", md_code(&when.expression))?;
+            writeln!(out, "  - when {} → {verdict}", md_inline(&when.expression))?;
         }
         if let Some(check) = &step.done_if {
-            writeln!(out, "  - done if {}", md_code(check.trim()))?;
+            writeln!(out, "  - done if {}", md_inline(check.trim()))?;
         }
         if let Some(shell) = &step.shell {
-            writeln!(out, "  - shell {}", md_code(shell))?;
+            writeln!(out, "  - shell {}", md_inline(shell))?;
         }
         for (k, v) in step.env.iter().flat_map(|e| e.iter()) {
-            writeln!(out, "  - env {} = {}", md_code(k), md_code(v))?;
+            writeln!(out, "  - env {} = {}", md_inline(k), md_inline(v))?;
         }
         if let Some(dir) = &step.workdir {
-            writeln!(out, "  - workdir {}", md_code(dir))?;
+            writeln!(out, "  - workdir {}", md_inline(dir))?;
         }
         if is_pause(step) {
             let message = step
@@ -578,7 +593,7 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             writeln!(
                 out,
                 "  > **Gate {}**: the run stops here until it is approved.",
-                md_code(&step.id)
+                md_inline(&step.id)
             )?;
             writeln!(out, "  >")?;
             for line in message.trim().lines() {
