@@ -65,7 +65,9 @@ impl StepLint<'_> {
 
     fn retry_not_idempotent(&self, found: &mut Vec<Problem>) {
         let step = self.step;
-        if step.idempotent || step.retry.attempts <= 1 {
+        // with a `done_if`, a resume decides by itself whether an attempt
+        // that was not retried took effect: the remedy the help offers
+        if step.idempotent || step.retry.attempts <= 1 || step.done_if.is_some() {
             return;
         }
         let mut problem = Problem::new(

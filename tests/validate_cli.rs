@@ -288,3 +288,43 @@ fn shipped_runbooks_are_valid_without_warnings() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.matches(" is valid ").count() >= 6, "{stdout}");
 }
+
+/// The retry warning's help offers `done_if` as a remedy: a step that has
+/// one is not warned about; the same step without it is.
+#[test]
+fn a_retried_step_with_done_if_is_not_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("retry.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: runbook/v1
+kind: Runbook
+metadata: { name: retry, version: 1.0.0 }
+steps:
+  - id: checked
+    idempotent: false
+    retry: { attempts: 3 }
+    done_if: test -f /tmp/restored
+    run: "true"
+  - id: unchecked
+    idempotent: false
+    retry: { attempts: 3 }
+    run: "true"
+"#,
+    )
+    .unwrap();
+    let out = runbook()
+        .args(["validate", "-o", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let warned: Vec<&str> = records
+        .iter()
+        .filter(|r| r["code"] == "step::retry-not-idempotent")
+        .filter_map(|r| r["message"].as_str())
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("`unchecked`"), "{warned:?}");
+}
