@@ -425,3 +425,20 @@ fn a_shell_that_cannot_be_executed_is_named_in_the_error() {
         "the error names the program: {said}"
     );
 }
+
+#[test]
+fn a_nul_byte_in_env_names_the_variable() {
+    let lab = Lab::new();
+    let file = lab.runbook(
+        "nul",
+        "  {}",
+        "  - { id: a, env: { GOOD: ok, BAD: \"a\\0b\" }, run: 'true' }\n",
+    );
+    let out = run_in_lab(&lab, &file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("env `BAD` contains a NUL byte"),
+        "{}",
+        text(&out)
+    );
+}

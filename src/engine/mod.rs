@@ -235,7 +235,13 @@ pub fn prepare(
     // the step's own variables first: RUNBOOK_* (reserved) come after
     let mut own = Vec::with_capacity(step.env.len() + env.len());
     for (key, value) in &step.env {
-        own.push((key.clone(), render(&format!("env `{key}`"), value)?));
+        let value = render(&format!("env `{key}`"), value)?;
+        if value.contains('\0') {
+            return Err(format!(
+                "env `{key}` contains a NUL byte, which no environment variable can hold; remove it from the value"
+            ));
+        }
+        own.push((key.clone(), value));
     }
     own.append(&mut env);
     let cwd = match &step.workdir {
