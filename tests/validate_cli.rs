@@ -328,3 +328,58 @@ steps:
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert!(warned[0].contains("`unchecked`"), "{warned:?}");
 }
+
+/// A list shell of bash or Python without `-c` takes the script for a file
+/// name: warned about, with the fixed list; GitHub's `bash -e {0}` string
+/// gets the list to write instead, not a list holding `{0}`.
+#[test]
+fn shells_written_the_github_way_or_without_c_get_the_list_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shells.yaml");
+    let steps = r#"apiVersion: runbook/v1
+kind: Runbook
+metadata: { name: shells, version: 1.0.0 }
+steps:
+  - { id: no-c, shell: [bash, -e], run: "true" }
+  - { id: clustered, shell: [bash, -ec], run: "true" }
+  - { id: python, shell: [/usr/bin/python3, -u], run: "pass" }
+  - { id: wrapper, shell: [bash, /opt/wrap.sh], run: "true" }
+  - { id: fine, shell: [bash, --noprofile, -eo, pipefail, -c], run: "true" }
+"#;
+    std::fs::write(&file, steps).unwrap();
+    let out = runbook()
+        .args(["validate", "-o", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let warned: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["code"] == "step::shell-without-c")
+        .map(|r| (r["message"].as_str().unwrap(), r["help"].as_str().unwrap()))
+        .collect();
+    assert_eq!(warned.len(), 2, "{warned:?}");
+    assert!(warned[0].0.contains("`no-c`"), "{warned:?}");
+    assert!(
+        warned[0].1.contains("`shell: [bash, -e, -c]`"),
+        "{warned:?}"
+    );
+    assert!(warned[1].0.contains("`python`"), "{warned:?}");
+
+    std::fs::write(
+        &file,
+        steps.replace("[bash, -e], run", "\"bash -e {0}\", run"),
+    )
+    .unwrap();
+    let out = runbook().arg("validate").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("`shell: [bash, -e, -c]`"), "{said}");
+    assert!(!said.contains("[bash -e {0}"), "{said}");
+}
