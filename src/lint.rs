@@ -158,7 +158,9 @@ impl StepLint<'_> {
                     continue;
                 };
                 let secret = self.runbook.params.get(name).is_some_and(|p| p.secret);
-                if !secret || seen.contains(name) {
+                // `{% if params.token %}--token "$RUNBOOK_PARAM_TOKEN"{% endif %}`
+                // tests the value without putting it on the command line
+                if !secret || seen.contains(name) || in_condition_tag(text, located.range.start) {
                     continue;
                 }
                 seen.push(name.clone());
@@ -279,6 +281,27 @@ impl StepLint<'_> {
             );
         }
     }
+}
+
+/// Whether byte `at` of template `text` is inside the condition of an
+/// `{% if ... %}` or `{% elif ... %}` tag (tested, never printed).
+fn in_condition_tag(text: &str, at: usize) -> bool {
+    let Some(before) = text.get(..at) else {
+        return false;
+    };
+    let Some(open) = before.rfind("{%") else {
+        return false;
+    };
+    let tag = &before[open + 2..];
+    if tag.contains("%}") {
+        return false;
+    }
+    let first = tag
+        .trim_start_matches(['-', '+'])
+        .split_whitespace()
+        .next()
+        .unwrap_or("");
+    matches!(first, "if" | "elif")
 }
 
 /// Every template string under `node` (with the node holding it).

@@ -383,3 +383,53 @@ steps:
     assert!(said.contains("`shell: [bash, -e, -c]`"), "{said}");
     assert!(!said.contains("[bash -e {0}"), "{said}");
 }
+
+/// A secret only tested in `{% if %}` never reaches the command line (the
+/// pattern the warning's help leads to: `{% if params.token %}--token
+/// "$RUNBOOK_PARAM_TOKEN"{% endif %}`); printed anywhere, it is warned
+/// about, however it is spelled.
+#[test]
+fn a_secret_tested_in_an_if_is_not_a_secret_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tested.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: runbook/v1
+kind: Runbook
+metadata: { name: tested, version: 1.0.0 }
+params:
+  token: { type: string, secret: true, required: false }
+  verbose: { type: bool, default: false }
+steps:
+  - id: tested
+    run: 'curl{% if params.token %} --token "$RUNBOOK_PARAM_TOKEN"{% endif %} https://x'
+  - id: elif
+    run: '{% if params.verbose %}v{%- elif params.token -%}t{% endif %}'
+  - id: printed
+    run: '{% if params.verbose %}echo {{params.token}}{% endif %}'
+  - id: subscript
+    run: "echo {{ params['token'] }}"
+  - id: checked
+    run: "true"
+    done_if: "test {{params.token}} = x"
+  - id: in-env
+    env: { TOKEN: "{{ params.token }}" }
+    run: 'echo "$TOKEN"'
+"#,
+    )
+    .unwrap();
+    let out = runbook()
+        .args(["validate", "-o", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let warned: Vec<&str> = records
+        .iter()
+        .filter(|r| r["code"] == "step::secret-in-command")
+        .filter_map(|r| r["message"].as_str())
+        .map(|m| m.split('`').nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(warned, ["printed", "subscript", "checked"], "{records:?}");
+}
