@@ -442,3 +442,23 @@ fn a_nul_byte_in_env_names_the_variable() {
         text(&out)
     );
 }
+
+#[test]
+fn a_function_exported_to_the_runner_is_run_as_bash_would() {
+    // `export -f true` in the operator's shell: bash runs the function,
+    // so the fast path must not exec /usr/bin/true instead
+    let lab = Lab::new();
+    let file = lab.runbook("func", "  {}", "  - { id: f, run: 'true' }\n");
+    let out = runbook()
+        .current_dir(lab.path(""))
+        .env("BASH_FUNC_true%%", "() {  echo from-the-function\n}")
+        .arg("run")
+        .arg(&file)
+        .args(["--state-dir", &lab.state()])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = lab.read(&format!("state/runs/{}/logs/f.log", lab.run_id()));
+    assert!(log.contains("from-the-function"), "{log}");
+}

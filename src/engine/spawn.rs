@@ -264,6 +264,7 @@ fn direct_command(command: &str) -> Option<(std::ffi::CString, Vec<std::ffi::CSt
         || first.contains('=')
         || first.contains('/')
         || SHELL_WORDS.contains(&first)
+        || exported_function(first)
     {
         return None;
     }
@@ -273,6 +274,15 @@ fn direct_command(command: &str) -> Option<(std::ffi::CString, Vec<std::ffi::CSt
         .map(|w| std::ffi::CString::new(*w).ok())
         .collect::<Option<Vec<_>>>()?;
     Some((path, argv))
+}
+
+/// Whether the runner's environment exports a bash function `name`
+/// (`export -f name`): bash runs that function, not the program.
+fn exported_function(name: &str) -> bool {
+    let key = format!("BASH_FUNC_{name}%%");
+    base_environment()
+        .iter()
+        .any(|(k, _)| k.as_slice() == key.as_bytes())
 }
 
 /// The first `PATH` entry holding an executable `name`, if it is an ELF
