@@ -462,3 +462,36 @@ fn a_function_exported_to_the_runner_is_run_as_bash_would() {
     let log = lab.read(&format!("state/runs/{}/logs/f.log", lab.run_id()));
     assert!(log.contains("from-the-function"), "{log}");
 }
+
+#[test]
+fn a_relative_path_entry_is_searched_from_the_steps_directory() {
+    // PATH=.:... with an `ls` where the runner starts but none in the
+    // step's `workdir`: bash runs /bin/ls, as the step must
+    let lab = Lab::new();
+    std::fs::create_dir_all(lab.path("sub")).unwrap();
+    let fake = lab.path("ls");
+    std::fs::write(&fake, "#!/bin/sh\necho the-fake-ls\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(lab.path("sub/present"), "").unwrap();
+    let file = lab.runbook(
+        "relpath",
+        "  {}",
+        "  - { id: list, workdir: sub, run: 'ls' }\n",
+    );
+    let path = format!(".:{}", std::env::var("PATH").unwrap_or_default());
+    let out = runbook()
+        .current_dir(lab.path(""))
+        .env("PATH", path)
+        .arg("run")
+        .arg(&file)
+        .args(["--state-dir", &lab.state()])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = lab.read(&format!("state/runs/{}/logs/list.log", lab.run_id()));
+    assert!(
+        log.contains("present") && !log.contains("the-fake-ls"),
+        "{log}"
+    );
+}

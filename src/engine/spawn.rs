@@ -300,6 +300,11 @@ fn resolve_executable(name: &str) -> Option<std::ffi::CString> {
     }
     let lookup = || -> Option<std::ffi::CString> {
         for dir in std::env::split_paths(&std::env::var_os("PATH")?) {
+            // a relative entry (`.`, ``, `bin`) is relative to the step's
+            // directory, not the runner's: the shell searches it there
+            if dir.is_relative() {
+                return None;
+            }
             let candidate = dir.join(name);
             let Ok(meta) = std::fs::metadata(&candidate) else {
                 continue;
