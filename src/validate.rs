@@ -929,7 +929,11 @@ impl Checker<'_> {
                         format!("{place}: `{key}` is not a valid environment variable name"),
                     )
                     .at_labeled(span, "invalid name")
-                    .help(format!("names are letters, digits and `_`, not starting with a digit, e.g. `{fixed}`")),
+                    .help(if fixed.is_empty() {
+                        "names are letters, digits and `_`, not starting with a digit, e.g. `API_URL`".to_owned()
+                    } else {
+                        format!("names are letters, digits and `_`, not starting with a digit, e.g. `{fixed}`")
+                    }),
                 );
             } else if key.starts_with("RUNBOOK_") {
                 self.push(

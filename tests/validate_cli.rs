@@ -433,3 +433,43 @@ steps:
         .collect();
     assert_eq!(warned, ["printed", "subscript", "checked"], "{records:?}");
 }
+
+/// Bad `env` names are errors whose help shows a usable name, also for
+/// an empty one.
+#[test]
+fn bad_env_names_get_a_usable_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("envnames.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: runbook/v1
+kind: Runbook
+metadata: { name: envnames, version: 1.0.0 }
+steps:
+  - id: a
+    env: { "": x, "A=B": y, "1X": z }
+    run: "true"
+"#,
+    )
+    .unwrap();
+    let out = runbook()
+        .args(["validate", "-o", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let helps: Vec<&str> = records
+        .iter()
+        .filter(|r| r["code"] == "step::env-name")
+        .filter_map(|r| r["help"].as_str())
+        .collect();
+    assert_eq!(helps.len(), 3, "{records:?}");
+    for help in &helps {
+        assert!(!help.contains("``"), "an empty example: {help}");
+    }
+    assert!(
+        helps[1].ends_with("`A_B`") && helps[2].ends_with("`_1X`"),
+        "{helps:?}"
+    );
+}
