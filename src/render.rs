@@ -138,10 +138,33 @@ fn env_line(step: &PlannedStep) -> Option<String> {
     let env = step.env.as_deref().filter(|e| !e.is_empty())?;
     Some(
         env.iter()
-            .map(|(k, v)| format!("{k}={}", crate::template::shell_quote(v)))
+            .map(|(k, v)| format!("{k}={}", env_word(v)))
             .collect::<Vec<_>>()
             .join(" "),
     )
+}
+
+/// A value as one shell word on one line: quoted for the shell, and with
+/// newlines or other control characters as `$'...'` escapes, so that a
+/// multi-line value neither breaks the plan's layout nor hides its lines.
+fn env_word(value: &str) -> String {
+    if !value.chars().any(char::is_control) {
+        return crate::template::shell_quote(value);
+    }
+    let mut out = String::from("$'");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c) & 0xff)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// Human-readable plan, without colour.
@@ -577,7 +600,12 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             writeln!(out, "  - shell {}", md_inline(shell))?;
         }
         for (k, v) in step.env.iter().flat_map(|e| e.iter()) {
-            writeln!(out, "  - env {} = {}", md_inline(k), md_inline(v))?;
+            let shown = if v.chars().any(char::is_control) {
+                env_word(v)
+            } else {
+                v.clone()
+            };
+            writeln!(out, "  - env {} = {}", md_inline(k), md_inline(&shown))?;
         }
         if let Some(dir) = &step.workdir {
             writeln!(out, "  - workdir {}", md_inline(dir))?;

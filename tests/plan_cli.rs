@@ -438,3 +438,37 @@ steps:
     // in the summary table the pipe is still escaped (it would end the cell)
     assert!(md.contains(r#"`echo "$MODE" \| tr a b`"#), "{md}");
 }
+
+/// A multi-line `env` value stays on the step's line in the text plan and
+/// is shown with its newline in the Markdown one (not joined by a space).
+#[test]
+fn multi_line_env_values_are_shown_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lines.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: runbook/v1
+kind: Runbook
+metadata: { name: lines, version: 1.0.0 }
+steps:
+  - id: a
+    env: { MULTI: "one\ntwo", PLAIN: "a b" }
+    run: echo "$MULTI"
+"#,
+    )
+    .unwrap();
+    let text = stdout_of(&runbook().arg("plan").arg(&file).output().unwrap());
+    assert!(
+        text.contains(r"env: MULTI=$'one\ntwo' PLAIN='a b'"),
+        "{text}"
+    );
+    let md = stdout_of(
+        &runbook()
+            .args(["plan", "-o", "markdown"])
+            .arg(&file)
+            .output()
+            .unwrap(),
+    );
+    assert!(md.contains(r"  - env `MULTI` = `$'one\ntwo'`"), "{md}");
+    assert!(md.contains("  - env `PLAIN` = `a b`"), "{md}");
+}
