@@ -5,7 +5,8 @@
 //!
 //! The checks: a secret param templated into a command line, a retried
 //! step that is not idempotent, and outputs of a step that may be skipped
-//! (or may not run) used without a guard.
+//! (or may not run) used without a guard, a list shell of bash, sh or
+//! Python without `-c`.
 
 use crate::diagnostic::Problem;
 use crate::model::{Action, Runbook, Step};
@@ -39,6 +40,7 @@ pub fn warnings(runbook: &Runbook, source: &SourceFile) -> Vec<Problem> {
         lint.retry_not_idempotent(&mut found);
         lint.secrets_in_commands(&mut found);
         lint.unguarded_outputs(&mut found);
+        lint.shell_without_command_flag(&mut found);
     }
     found
 }
@@ -65,7 +67,9 @@ impl StepLint<'_> {
 
     fn retry_not_idempotent(&self, found: &mut Vec<Problem>) {
         let step = self.step;
-        if step.idempotent || step.retry.attempts <= 1 {
+        // with a `done_if`, a resume decides by itself whether an attempt
+        // that was not retried took effect: the remedy the help offers
+        if step.idempotent || step.retry.attempts <= 1 || step.done_if.is_some() {
             return;
         }
         let mut problem = Problem::new(
@@ -79,6 +83,48 @@ impl StepLint<'_> {
         .warning();
         if let Some(span) = self.key_span("idempotent") {
             problem = problem.at_labeled(span, "not safe to repeat");
+        }
+        found.push(problem);
+    }
+
+    /// A list shell naming a shell or Python with options only and no `-c`
+    /// (`shell: [bash, -e]`): the script, appended as the last argument,
+    /// is then taken for a file name (or, with `-s`, ignored), and the
+    /// step fails or does nothing. A list with another argument (a
+    /// wrapper script) is left alone.
+    fn shell_without_command_flag(&self, found: &mut Vec<Problem>) {
+        let Some(crate::model::Shell::Argv(argv)) = self.step.shell.as_deref() else {
+            return;
+        };
+        let Some((program, args)) = argv.split_first() else {
+            return;
+        };
+        let name = program.rsplit('/').next().unwrap_or(program);
+        let interpreter = ["bash", "sh", "dash", "zsh", "ksh", "mksh", "ash"].contains(&name)
+            || name == "python"
+            || name
+                .strip_prefix("python")
+                .is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+        if !interpreter
+            || args.iter().any(|a| !a.starts_with('-'))
+            || args.iter().any(|a| crate::validate::is_command_flag(a))
+        {
+            return;
+        }
+        let mut fixed: Vec<&str> = argv.iter().map(String::as_str).collect();
+        fixed.push("-c");
+        let mut problem = Problem::new(
+            "step::shell-without-c",
+            format!(
+                "step `{}` has `shell: [{}]` without `-c`: the script is appended as the last argument, so `{name}` takes it for the name of a file to run",
+                self.step.id,
+                argv.join(", ")
+            ),
+        )
+        .help(format!("end the list with `-c`: `shell: [{}]`", fixed.join(", ")))
+        .warning();
+        if let Some(span) = self.key_span("shell") {
+            problem = problem.at_labeled(span, "no `-c`");
         }
         found.push(problem);
     }
@@ -112,7 +158,9 @@ impl StepLint<'_> {
                     continue;
                 };
                 let secret = self.runbook.params.get(name).is_some_and(|p| p.secret);
-                if !secret || seen.contains(name) {
+                // `{% if params.token %}--token "$RUNBOOK_PARAM_TOKEN"{% endif %}`
+                // tests the value without putting it on the command line
+                if !secret || seen.contains(name) || in_condition_tag(text, located.range.start) {
                     continue;
                 }
                 seen.push(name.clone());
@@ -233,6 +281,27 @@ impl StepLint<'_> {
             );
         }
     }
+}
+
+/// Whether byte `at` of template `text` is inside the condition of an
+/// `{% if ... %}` or `{% elif ... %}` tag (tested, never printed).
+fn in_condition_tag(text: &str, at: usize) -> bool {
+    let Some(before) = text.get(..at) else {
+        return false;
+    };
+    let Some(open) = before.rfind("{%") else {
+        return false;
+    };
+    let tag = &before[open + 2..];
+    if tag.contains("%}") {
+        return false;
+    }
+    let first = tag
+        .trim_start_matches(['-', '+'])
+        .split_whitespace()
+        .next()
+        .unwrap_or("");
+    matches!(first, "if" | "elif")
 }
 
 /// Every template string under `node` (with the node holding it).

@@ -138,10 +138,33 @@ fn env_line(step: &PlannedStep) -> Option<String> {
     let env = step.env.as_deref().filter(|e| !e.is_empty())?;
     Some(
         env.iter()
-            .map(|(k, v)| format!("{k}={}", crate::template::shell_quote(v)))
+            .map(|(k, v)| format!("{k}={}", env_word(v)))
             .collect::<Vec<_>>()
             .join(" "),
     )
+}
+
+/// A value as one shell word on one line: quoted for the shell, and with
+/// newlines or other control characters as `$'...'` escapes, so that a
+/// multi-line value neither breaks the plan's layout nor hides its lines.
+fn env_word(value: &str) -> String {
+    if !value.chars().any(char::is_control) {
+        return crate::template::shell_quote(value);
+    }
+    let mut out = String::from("$'");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c) & 0xff)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// Human-readable plan, without colour.
@@ -308,6 +331,16 @@ fn md_text(text: &str) -> String {
 /// run of backticks inside, padded when the text starts or ends with one;
 /// `|` escaped for tables; `*(empty)*` for nothing.
 fn md_code(text: &str) -> String {
+    md_code_span(text, true)
+}
+
+/// Inline code outside a table: `|` as is (a backslash in a code span is
+/// shown literally, so `a \| b` would not be the command that runs).
+fn md_inline(text: &str) -> String {
+    md_code_span(text, false)
+}
+
+fn md_code_span(text: &str, in_table: bool) -> String {
     let text = text.replace(['\n', '\r'], " ");
     if text.trim().is_empty() {
         return "*(empty)*".into();
@@ -318,7 +351,12 @@ fn md_code(text: &str) -> String {
     } else {
         ""
     };
-    format!("{fence}{pad}{}{pad}{fence}", text.replace('|', "\\|"))
+    let text = if in_table {
+        text.replace('|', "\\|")
+    } else {
+        text
+    };
+    format!("{fence}{pad}{text}{pad}{fence}")
 }
 
 fn longest_backtick_run(text: &str) -> usize {
@@ -542,9 +580,9 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         } else {
             ""
         };
-        writeln!(out, "- [ ] **{}**{title}{skipped}", md_code(&step.id))?;
+        writeln!(out, "- [ ] **{}**{title}{skipped}", md_inline(&step.id))?;
         if !step.needs.is_empty() {
-            let needs: Vec<String> = step.needs.iter().map(|n| md_code(n)).collect();
+            let needs: Vec<String> = step.needs.iter().map(|n| md_inline(n)).collect();
             writeln!(out, "  - needs {}", needs.join(", "))?;
         }
         if let Some(when) = &step.when {
@@ -553,19 +591,24 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
                 Some(false) => "false: SKIPPED",
                 None => "decided at run time",
             };
-            writeln!(out, "  - when {} → {verdict}", md_code(&when.expression))?;
+            writeln!(out, "  - when {} → {verdict}", md_inline(&when.expression))?;
         }
         if let Some(check) = &step.done_if {
-            writeln!(out, "  - done if {}", md_code(check.trim()))?;
+            writeln!(out, "  - done if {}", md_inline(check.trim()))?;
         }
         if let Some(shell) = &step.shell {
-            writeln!(out, "  - shell {}", md_code(shell))?;
+            writeln!(out, "  - shell {}", md_inline(shell))?;
         }
         for (k, v) in step.env.iter().flat_map(|e| e.iter()) {
-            writeln!(out, "  - env {} = {}", md_code(k), md_code(v))?;
+            let shown = if v.chars().any(char::is_control) {
+                env_word(v)
+            } else {
+                v.clone()
+            };
+            writeln!(out, "  - env {} = {}", md_inline(k), md_inline(&shown))?;
         }
         if let Some(dir) = &step.workdir {
-            writeln!(out, "  - workdir {}", md_code(dir))?;
+            writeln!(out, "  - workdir {}", md_inline(dir))?;
         }
         if is_pause(step) {
             let message = step
@@ -578,7 +621,7 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             writeln!(
                 out,
                 "  > **Gate {}**: the run stops here until it is approved.",
-                md_code(&step.id)
+                md_inline(&step.id)
             )?;
             writeln!(out, "  >")?;
             for line in message.trim().lines() {

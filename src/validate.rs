@@ -835,6 +835,27 @@ impl Checker<'_> {
             RawShell::Name(name) if known.contains(&name.as_str()) => {
                 Some(Shell::Named(name.clone()))
             }
+            RawShell::Name(name) if name.split_whitespace().nth(1).is_some() => {
+                // GitHub Actions' `bash -e {0}`: a command line in a string
+                let mut words: Vec<&str> =
+                    name.split_whitespace().filter(|w| *w != "{0}").collect();
+                if !words.iter().any(|w| is_command_flag(w)) {
+                    words.push("-c");
+                }
+                self.push(
+                    Problem::new(
+                        "step::unknown-shell",
+                        format!("{place}: `shell: {name}` is a command line in a string"),
+                    )
+                    .at_labeled(span, "a command line, not a shell name")
+                    .help(format!(
+                        "give a known shell ({}) or the command line as a list, without `{{0}}` (the script is appended as the last argument): `shell: [{}]`",
+                        known.join(", "),
+                        words.join(", ")
+                    )),
+                );
+                None
+            }
             RawShell::Name(name) => {
                 let help = match did_you_mean(name, known.iter().copied()) {
                     Some(best) => format!(
@@ -908,7 +929,11 @@ impl Checker<'_> {
                         format!("{place}: `{key}` is not a valid environment variable name"),
                     )
                     .at_labeled(span, "invalid name")
-                    .help(format!("names are letters, digits and `_`, not starting with a digit, e.g. `{fixed}`")),
+                    .help(if fixed.is_empty() {
+                        "names are letters, digits and `_`, not starting with a digit, e.g. `API_URL`".to_owned()
+                    } else {
+                        format!("names are letters, digits and `_`, not starting with a digit, e.g. `{fixed}`")
+                    }),
                 );
             } else if key.starts_with("RUNBOOK_") {
                 self.push(
@@ -1229,6 +1254,16 @@ pub(crate) fn locate_in_node(
 /// SHA-256 digest as `sha256:<hex>`.
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Whether a shell argument is a short-option cluster with `c` (`-c`,
+/// `-ec`, `-uc`): the option that makes the next argument the script.
+pub(crate) fn is_command_flag(arg: &str) -> bool {
+    arg.strip_prefix('-').is_some_and(|flags| {
+        !flags.starts_with('-')
+            && flags.contains('c')
+            && flags.bytes().all(|b| b.is_ascii_alphabetic())
+    })
 }
 
 #[cfg(test)]

@@ -398,3 +398,77 @@ fn text_plan_is_coloured_only_when_asked() {
     );
     assert!(plain.contains("      workdir: /srv/<tag>"), "{plain}");
 }
+
+/// A `|` in a code span outside a table is the command's own: GitHub shows
+/// a backslash in a code span literally, so `\|` would misquote `done_if`,
+/// `env`, `workdir` and `when` in the steps list.
+#[test]
+fn markdown_code_outside_tables_keeps_pipes_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipes.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: runbook/v1
+kind: Runbook
+metadata: { name: pipes, version: 1.0.0 }
+params:
+  mode: { type: string, default: "a|b" }
+steps:
+  - id: check
+    when: params.mode | length > 0
+    env: { MODE: "{{ params.mode }}" }
+    done_if: kubectl get pods | grep -q ready
+    run: echo "$MODE" | tr a b
+"#,
+    )
+    .unwrap();
+    let out = runbook()
+        .args(["plan", "-o", "markdown"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let md = stdout_of(&out);
+    for line in [
+        "  - when `params.mode | length > 0` → true",
+        "  - done if `kubectl get pods | grep -q ready`",
+        "  - env `MODE` = `a|b`",
+    ] {
+        assert!(md.contains(line), "missing `{line}`:\n{md}");
+    }
+    // in the summary table the pipe is still escaped (it would end the cell)
+    assert!(md.contains(r#"`echo "$MODE" \| tr a b`"#), "{md}");
+}
+
+/// A multi-line `env` value stays on the step's line in the text plan and
+/// is shown with its newline in the Markdown one (not joined by a space).
+#[test]
+fn multi_line_env_values_are_shown_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lines.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: runbook/v1
+kind: Runbook
+metadata: { name: lines, version: 1.0.0 }
+steps:
+  - id: a
+    env: { MULTI: "one\ntwo", PLAIN: "a b" }
+    run: echo "$MULTI"
+"#,
+    )
+    .unwrap();
+    let text = stdout_of(&runbook().arg("plan").arg(&file).output().unwrap());
+    assert!(
+        text.contains(r"env: MULTI=$'one\ntwo' PLAIN='a b'"),
+        "{text}"
+    );
+    let md = stdout_of(
+        &runbook()
+            .args(["plan", "-o", "markdown"])
+            .arg(&file)
+            .output()
+            .unwrap(),
+    );
+    assert!(md.contains(r"  - env `MULTI` = `$'one\ntwo'`"), "{md}");
+    assert!(md.contains("  - env `PLAIN` = `a b`"), "{md}");
+}

@@ -362,3 +362,136 @@ fn without_bash_the_default_shell_is_sh_with_errexit() {
     assert!(lab.path("pipe-passed").exists(), "sh has no pipefail");
     assert!(!lab.path("errexit-ignored").exists(), "but -e holds");
 }
+
+#[test]
+fn shell_keywords_that_are_also_programs_run_in_the_shell() {
+    // `time` is a bash keyword and, on most hosts, /usr/bin/time as well:
+    // the fast path that skips the shell must not pick the program
+    let lab = Lab::new();
+    let file = lab.runbook("keywords", "  {}", "  - { id: timed, run: 'time true' }\n");
+    let out = run_in_lab(&lab, &file, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = lab.read(&format!("state/runs/{}/logs/timed.log", lab.run_id()));
+    assert!(
+        log.contains("real") && !log.contains("elapsed"),
+        "bash's `time`, not GNU time: {log}"
+    );
+}
+
+#[test]
+fn a_step_sees_its_own_directory_in_pwd() {
+    // bash sets $PWD for the processes it starts; a command started
+    // without it (the fast path) must not inherit the runner's
+    let lab = Lab::new();
+    std::fs::create_dir_all(lab.path("sub")).unwrap();
+    let file = lab.runbook(
+        "pwd",
+        "  {}",
+        r#"  - id: direct
+    workdir: sub
+    run: printenv PWD
+  - id: shell
+    workdir: sub
+    run: printenv PWD | cat
+"#,
+    );
+    let out = run_in_lab(&lab, &file, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for step in ["direct", "shell"] {
+        let log = lab.read(&format!("state/runs/{}/logs/{step}.log", lab.run_id()));
+        let printed = log.lines().last().unwrap_or("").trim().to_owned();
+        assert!(
+            printed.ends_with("/sub"),
+            "{step}: PWD is `{printed}`:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_shell_that_cannot_be_executed_is_named_in_the_error() {
+    let lab = Lab::new();
+    let file = lab.runbook(
+        "badshell",
+        "  {}",
+        r#"  - { id: relative, shell: [./no-such-shell, -c], run: 'true' }
+  - { id: directory, shell: [/tmp, -c], run: 'true' }
+"#,
+    );
+    let out = run_in_lab(&lab, &file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("`./no-such-shell`") && said.contains("`/tmp`"),
+        "the error names the program: {said}"
+    );
+}
+
+#[test]
+fn a_nul_byte_in_env_names_the_variable() {
+    let lab = Lab::new();
+    let file = lab.runbook(
+        "nul",
+        "  {}",
+        "  - { id: a, env: { GOOD: ok, BAD: \"a\\0b\" }, run: 'true' }\n",
+    );
+    let out = run_in_lab(&lab, &file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("env `BAD` contains a NUL byte"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_function_exported_to_the_runner_is_run_as_bash_would() {
+    // `export -f true` in the operator's shell: bash runs the function,
+    // so the fast path must not exec /usr/bin/true instead
+    let lab = Lab::new();
+    let file = lab.runbook("func", "  {}", "  - { id: f, run: 'true' }\n");
+    let out = runbook()
+        .current_dir(lab.path(""))
+        .env("BASH_FUNC_true%%", "() {  echo from-the-function\n}")
+        .arg("run")
+        .arg(&file)
+        .args(["--state-dir", &lab.state()])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = lab.read(&format!("state/runs/{}/logs/f.log", lab.run_id()));
+    assert!(log.contains("from-the-function"), "{log}");
+}
+
+#[test]
+fn a_relative_path_entry_is_searched_from_the_steps_directory() {
+    // PATH=.:... with an `ls` where the runner starts but none in the
+    // step's `workdir`: bash runs /bin/ls, as the step must
+    let lab = Lab::new();
+    std::fs::create_dir_all(lab.path("sub")).unwrap();
+    let fake = lab.path("ls");
+    std::fs::write(&fake, "#!/bin/sh\necho the-fake-ls\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(lab.path("sub/present"), "").unwrap();
+    let file = lab.runbook(
+        "relpath",
+        "  {}",
+        "  - { id: list, workdir: sub, run: 'ls' }\n",
+    );
+    let path = format!(".:{}", std::env::var("PATH").unwrap_or_default());
+    let out = runbook()
+        .current_dir(lab.path(""))
+        .env("PATH", path)
+        .arg("run")
+        .arg(&file)
+        .args(["--state-dir", &lab.state()])
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = lab.read(&format!("state/runs/{}/logs/list.log", lab.run_id()));
+    assert!(
+        log.contains("present") && !log.contains("the-fake-ls"),
+        "{log}"
+    );
+}

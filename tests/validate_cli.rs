@@ -288,3 +288,188 @@ fn shipped_runbooks_are_valid_without_warnings() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.matches(" is valid ").count() >= 6, "{stdout}");
 }
+
+/// The retry warning's help offers `done_if` as a remedy: a step that has
+/// one is not warned about; the same step without it is.
+#[test]
+fn a_retried_step_with_done_if_is_not_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("retry.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: runbook/v1
+kind: Runbook
+metadata: { name: retry, version: 1.0.0 }
+steps:
+  - id: checked
+    idempotent: false
+    retry: { attempts: 3 }
+    done_if: test -f /tmp/restored
+    run: "true"
+  - id: unchecked
+    idempotent: false
+    retry: { attempts: 3 }
+    run: "true"
+"#,
+    )
+    .unwrap();
+    let out = runbook()
+        .args(["validate", "-o", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let warned: Vec<&str> = records
+        .iter()
+        .filter(|r| r["code"] == "step::retry-not-idempotent")
+        .filter_map(|r| r["message"].as_str())
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("`unchecked`"), "{warned:?}");
+}
+
+/// A list shell of bash or Python without `-c` takes the script for a file
+/// name: warned about, with the fixed list; GitHub's `bash -e {0}` string
+/// gets the list to write instead, not a list holding `{0}`.
+#[test]
+fn shells_written_the_github_way_or_without_c_get_the_list_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shells.yaml");
+    let steps = r#"apiVersion: runbook/v1
+kind: Runbook
+metadata: { name: shells, version: 1.0.0 }
+steps:
+  - { id: no-c, shell: [bash, -e], run: "true" }
+  - { id: clustered, shell: [bash, -ec], run: "true" }
+  - { id: python, shell: [/usr/bin/python3, -u], run: "pass" }
+  - { id: wrapper, shell: [bash, /opt/wrap.sh], run: "true" }
+  - { id: fine, shell: [bash, --noprofile, -eo, pipefail, -c], run: "true" }
+"#;
+    std::fs::write(&file, steps).unwrap();
+    let out = runbook()
+        .args(["validate", "-o", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let warned: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["code"] == "step::shell-without-c")
+        .map(|r| (r["message"].as_str().unwrap(), r["help"].as_str().unwrap()))
+        .collect();
+    assert_eq!(warned.len(), 2, "{warned:?}");
+    assert!(warned[0].0.contains("`no-c`"), "{warned:?}");
+    assert!(
+        warned[0].1.contains("`shell: [bash, -e, -c]`"),
+        "{warned:?}"
+    );
+    assert!(warned[1].0.contains("`python`"), "{warned:?}");
+
+    std::fs::write(
+        &file,
+        steps.replace("[bash, -e], run", "\"bash -e {0}\", run"),
+    )
+    .unwrap();
+    let out = runbook().arg("validate").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("`shell: [bash, -e, -c]`"), "{said}");
+    assert!(!said.contains("[bash -e {0}"), "{said}");
+}
+
+/// A secret only tested in `{% if %}` never reaches the command line (the
+/// pattern the warning's help leads to: `{% if params.token %}--token
+/// "$RUNBOOK_PARAM_TOKEN"{% endif %}`); printed anywhere, it is warned
+/// about, however it is spelled.
+#[test]
+fn a_secret_tested_in_an_if_is_not_a_secret_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tested.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: runbook/v1
+kind: Runbook
+metadata: { name: tested, version: 1.0.0 }
+params:
+  token: { type: string, secret: true, required: false }
+  verbose: { type: bool, default: false }
+steps:
+  - id: tested
+    run: 'curl{% if params.token %} --token "$RUNBOOK_PARAM_TOKEN"{% endif %} https://x'
+  - id: elif
+    run: '{% if params.verbose %}v{%- elif params.token -%}t{% endif %}'
+  - id: printed
+    run: '{% if params.verbose %}echo {{params.token}}{% endif %}'
+  - id: subscript
+    run: "echo {{ params['token'] }}"
+  - id: checked
+    run: "true"
+    done_if: "test {{params.token}} = x"
+  - id: in-env
+    env: { TOKEN: "{{ params.token }}" }
+    run: 'echo "$TOKEN"'
+"#,
+    )
+    .unwrap();
+    let out = runbook()
+        .args(["validate", "-o", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let warned: Vec<&str> = records
+        .iter()
+        .filter(|r| r["code"] == "step::secret-in-command")
+        .filter_map(|r| r["message"].as_str())
+        .map(|m| m.split('`').nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(warned, ["printed", "subscript", "checked"], "{records:?}");
+}
+
+/// Bad `env` names are errors whose help shows a usable name, also for
+/// an empty one.
+#[test]
+fn bad_env_names_get_a_usable_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("envnames.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: runbook/v1
+kind: Runbook
+metadata: { name: envnames, version: 1.0.0 }
+steps:
+  - id: a
+    env: { "": x, "A=B": y, "1X": z }
+    run: "true"
+"#,
+    )
+    .unwrap();
+    let out = runbook()
+        .args(["validate", "-o", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let helps: Vec<&str> = records
+        .iter()
+        .filter(|r| r["code"] == "step::env-name")
+        .filter_map(|r| r["help"].as_str())
+        .collect();
+    assert_eq!(helps.len(), 3, "{records:?}");
+    for help in &helps {
+        assert!(!help.contains("``"), "an empty example: {help}");
+    }
+    assert!(
+        helps[1].ends_with("`A_B`") && helps[2].ends_with("`_1X`"),
+        "{helps:?}"
+    );
+}

@@ -235,7 +235,13 @@ pub fn prepare(
     // the step's own variables first: RUNBOOK_* (reserved) come after
     let mut own = Vec::with_capacity(step.env.len() + env.len());
     for (key, value) in &step.env {
-        own.push((key.clone(), render(&format!("env `{key}`"), value)?));
+        let value = render(&format!("env `{key}`"), value)?;
+        if value.contains('\0') {
+            return Err(format!(
+                "env `{key}` contains a NUL byte, which no environment variable can hold; remove it from the value"
+            ));
+        }
+        own.push((key.clone(), value));
     }
     own.append(&mut env);
     let cwd = match &step.workdir {
@@ -260,11 +266,28 @@ pub fn prepare(
             }
         }
     };
+    // a shell sets $PWD for what it starts, but a command started without
+    // one (the fast path) would inherit the runner's: elsewhere than the
+    // runner (a `workdir`, a resume from another directory) it is the
+    // step's directory, unless the step sets it
+    if !own.iter().any(|(k, _)| k == "PWD") && !is_runner_directory(&cwd) {
+        own.push(("PWD".into(), cwd.display().to_string()));
+    }
     Ok(Prepared {
         env: own,
         cwd,
         shell: step.shell.as_deref().map(crate::model::Shell::argv),
     })
+}
+
+/// Whether `dir` is the directory the runner was started in (read once),
+/// where the inherited `$PWD` is already right.
+fn is_runner_directory(dir: &std::path::Path) -> bool {
+    static START: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    START
+        .get_or_init(|| std::env::current_dir().ok())
+        .as_deref()
+        .is_some_and(|start| start == dir)
 }
 
 /// A contained command that is running: its main process, its slot

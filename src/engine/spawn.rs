@@ -161,13 +161,87 @@ fn signals_to_reset() -> u64 {
     (HANDLED_SIGNALS.load(std::sync::atomic::Ordering::Relaxed) & !1) | always
 }
 
-/// Words that make a command need the shell even when they look plain
-/// (shell keywords and the builtins GNU make hands to the shell).
-const SHELL_WORDS: [&str; 44] = [
-    ".", ":", "[", "alias", "bg", "break", "case", "cd", "command", "continue", "do", "done",
-    "elif", "else", "esac", "eval", "exec", "exit", "export", "fc", "fg", "fi", "for", "getopts",
-    "hash", "if", "jobs", "kill", "local", "read", "readonly", "return", "set", "shift", "test",
-    "then", "times", "trap", "type", "ulimit", "umask", "unset", "until", "wait",
+/// Words that make a command need the shell even when they look plain:
+/// shell keywords and builtins (with the builtins GNU make hands to the
+/// shell). Some also exist as programs on `PATH` (`time` as GNU time,
+/// `kill`, `test`) that behave differently from bash's own (`time true`
+/// must print bash's `real/user/sys`, not GNU time's report).
+const SHELL_WORDS: [&str; 75] = [
+    "!",
+    ".",
+    ":",
+    "[",
+    "[[",
+    "alias",
+    "bg",
+    "bind",
+    "break",
+    "builtin",
+    "caller",
+    "case",
+    "cd",
+    "command",
+    "compgen",
+    "complete",
+    "compopt",
+    "continue",
+    "coproc",
+    "declare",
+    "dirs",
+    "disown",
+    "do",
+    "done",
+    "elif",
+    "else",
+    "enable",
+    "esac",
+    "eval",
+    "exec",
+    "exit",
+    "export",
+    "fc",
+    "fg",
+    "fi",
+    "for",
+    "function",
+    "getopts",
+    "hash",
+    "help",
+    "history",
+    "if",
+    "in",
+    "jobs",
+    "kill",
+    "let",
+    "local",
+    "logout",
+    "mapfile",
+    "popd",
+    "pushd",
+    "read",
+    "readarray",
+    "readonly",
+    "return",
+    "select",
+    "set",
+    "shift",
+    "shopt",
+    "source",
+    "suspend",
+    "test",
+    "then",
+    "time",
+    "times",
+    "trap",
+    "type",
+    "typeset",
+    "ulimit",
+    "umask",
+    "unalias",
+    "unset",
+    "until",
+    "wait",
+    "while",
 ];
 
 /// A command that is one simple command of plain words (letters, digits and
@@ -190,6 +264,7 @@ fn direct_command(command: &str) -> Option<(std::ffi::CString, Vec<std::ffi::CSt
         || first.contains('=')
         || first.contains('/')
         || SHELL_WORDS.contains(&first)
+        || exported_function(first)
     {
         return None;
     }
@@ -199,6 +274,15 @@ fn direct_command(command: &str) -> Option<(std::ffi::CString, Vec<std::ffi::CSt
         .map(|w| std::ffi::CString::new(*w).ok())
         .collect::<Option<Vec<_>>>()?;
     Some((path, argv))
+}
+
+/// Whether the runner's environment exports a bash function `name`
+/// (`export -f name`): bash runs that function, not the program.
+fn exported_function(name: &str) -> bool {
+    let key = format!("BASH_FUNC_{name}%%");
+    base_environment()
+        .iter()
+        .any(|(k, _)| k.as_slice() == key.as_bytes())
 }
 
 /// The first `PATH` entry holding an executable `name`, if it is an ELF
@@ -216,6 +300,11 @@ fn resolve_executable(name: &str) -> Option<std::ffi::CString> {
     }
     let lookup = || -> Option<std::ffi::CString> {
         for dir in std::env::split_paths(&std::env::var_os("PATH")?) {
+            // a relative entry (`.`, ``, `bin`) is relative to the step's
+            // directory, not the runner's: the shell searches it there
+            if dir.is_relative() {
+                return None;
+            }
             let candidate = dir.join(name);
             let Ok(meta) = std::fs::metadata(&candidate) else {
                 continue;
@@ -638,14 +727,18 @@ fn start_child(
             "execute the command",
             "join the step's cgroup",
         ];
-        return Err(std::io::Error::new(
-            std::io::Error::from_raw_os_error(child.errno).kind(),
+        let cause = std::io::Error::from_raw_os_error(child.errno);
+        // name the program that could not be executed (a `shell:` path
+        // relative to the step's directory, a directory, not executable)
+        let message = if child.stage == 5 {
+            format!("cannot execute `{}`: {cause}", path.to_string_lossy())
+        } else {
             format!(
-                "cannot {}: {}",
-                what.get(child.stage as usize).unwrap_or(&"start"),
-                std::io::Error::from_raw_os_error(child.errno)
-            ),
-        ));
+                "cannot {}: {cause}",
+                what.get(child.stage as usize).unwrap_or(&"start")
+            )
+        };
+        return Err(std::io::Error::new(cause.kind(), message));
     }
     drop(out_w);
     let err_r = err_pipe.map(|(r, w)| {
