@@ -293,10 +293,8 @@ fn shipped_runbooks_are_valid_without_warnings() {
 /// one is not warned about; the same step without it is.
 #[test]
 fn a_retried_step_with_done_if_is_not_warned_about() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("retry.yaml");
-    std::fs::write(
-        &file,
+    let records = validate_json(
+        "retry.yaml",
         r#"apiVersion: runbook/v1
 kind: Runbook
 metadata: { name: retry, version: 1.0.0 }
@@ -311,15 +309,8 @@ steps:
     retry: { attempts: 3 }
     run: "true"
 "#,
-    )
-    .unwrap();
-    let out = runbook()
-        .args(["validate", "-o", "json"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        0,
+    );
     let warned: Vec<&str> = records
         .iter()
         .filter(|r| r["code"] == "step::retry-not-idempotent")
@@ -390,10 +381,8 @@ steps:
 /// about, however it is spelled.
 #[test]
 fn a_secret_tested_in_an_if_is_not_a_secret_on_the_command_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tested.yaml");
-    std::fs::write(
-        &file,
+    let records = validate_json(
+        "tested.yaml",
         r#"apiVersion: runbook/v1
 kind: Runbook
 metadata: { name: tested, version: 1.0.0 }
@@ -416,15 +405,8 @@ steps:
     env: { TOKEN: "{{ params.token }}" }
     run: 'echo "$TOKEN"'
 "#,
-    )
-    .unwrap();
-    let out = runbook()
-        .args(["validate", "-o", "json"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        0,
+    );
     let warned: Vec<&str> = records
         .iter()
         .filter(|r| r["code"] == "step::secret-in-command")
@@ -438,10 +420,8 @@ steps:
 /// an empty one.
 #[test]
 fn bad_env_names_get_a_usable_example() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("envnames.yaml");
-    std::fs::write(
-        &file,
+    let records = validate_json(
+        "envnames.yaml",
         r#"apiVersion: runbook/v1
 kind: Runbook
 metadata: { name: envnames, version: 1.0.0 }
@@ -450,15 +430,8 @@ steps:
     env: { "": x, "A=B": y, "1X": z }
     run: "true"
 "#,
-    )
-    .unwrap();
-    let out = runbook()
-        .args(["validate", "-o", "json"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        2,
+    );
     let helps: Vec<&str> = records
         .iter()
         .filter(|r| r["code"] == "step::env-name")
@@ -472,4 +445,24 @@ steps:
         helps[1].ends_with("`A_B`") && helps[2].ends_with("`_1X`"),
         "{helps:?}"
     );
+}
+
+/// `runbook validate -o json` of `yaml` written as `name`: the records,
+/// after checking the exit code.
+fn validate_json(name: &str, yaml: &str, exit_code: i32) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(name);
+    std::fs::write(&file, yaml).unwrap();
+    let out = runbook()
+        .args(["validate", "-o", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
