@@ -136,9 +136,17 @@ pub async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Respon
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if ct.contains("protobuf") || ct.contains("cbor") {
+    let body = if ct.contains("protobuf") {
+        // Only the SelfSubjectAccessReview of `kubectl auth can-i` is understood in protobuf.
+        match crate::protobuf::self_subject_access_review(&body) {
+            Some(v) => Bytes::from(v.to_string()),
+            None => return ApiError::unsupported_media_type(ct).into_response(),
+        }
+    } else if ct.contains("cbor") {
         return ApiError::unsupported_media_type(ct).into_response();
-    }
+    } else {
+        body
+    };
     let r = Req {
         method: parts.method,
         query,
@@ -481,9 +489,7 @@ impl Op<'_> {
         }
         self.store.put(
             &self.shared.events,
-            &def.store_key(),
-            self.t.ns(),
-            &name,
+            (&def.store_key(), self.t.ns(), &name),
             obj.clone(),
             rv,
             "ADDED",
@@ -571,9 +577,7 @@ impl Op<'_> {
         let t = self.t;
         self.store.put(
             &self.shared.events,
-            &def.store_key(),
-            t.ns(),
-            t.name.as_deref().unwrap_or(""),
+            (&def.store_key(), t.ns(), t.name.as_deref().unwrap_or("")),
             new.clone(),
             rv,
             "MODIFIED",
@@ -747,9 +751,7 @@ impl Op<'_> {
         set_rv(&mut old, rv);
         self.store.put(
             &self.shared.events,
-            &key,
-            &ns,
-            &name,
+            (&key, &ns, &name),
             old.clone(),
             rv,
             "DELETED",
@@ -775,7 +777,7 @@ impl Op<'_> {
                 let rv = self.store.next_rv();
                 set_rv(&mut v, rv);
                 self.store
-                    .put(&self.shared.events, &k, &name, &n, v, rv, "DELETED");
+                    .put(&self.shared.events, (&k, &name, &n), v, rv, "DELETED");
             }
         }
         if let Some(defs) = crd_def(&old)
@@ -1132,7 +1134,7 @@ fn crd_def(obj: &Value) -> Result<Option<Vec<ResourceDef>>, ApiError> {
             .unwrap_or_default();
         let mut d = ResourceDef::new(group, version, plural, kind, namespaced)
             .short(&shorts)
-            .sub(&subs);
+            .subresources(&subs);
         if let Some(s) = spec.pointer("/names/singular").and_then(Value::as_str) {
             d.singular = s.to_string();
         }

@@ -53,7 +53,7 @@ impl ResourceDef {
         self
     }
 
-    pub fn sub(mut self, subs: &[&str]) -> Self {
+    pub fn subresources(mut self, subs: &[&str]) -> Self {
         self.subresources = subs.iter().map(|s| s.to_string()).collect();
         self
     }
@@ -153,19 +153,15 @@ impl Catalog {
         let resources = vec![
             r("", "v1", "namespaces", "Namespace", false)
                 .short(&["ns"])
-                .sub(&["status", "finalize"]),
+                .subresources(&["status", "finalize"]),
             r("", "v1", "configmaps", "ConfigMap", true).short(&["cm"]),
             r("", "v1", "secrets", "Secret", true),
-            r("", "v1", "pods", "Pod", true).short(&["po"]).sub(&[
-                "status",
-                "exec",
-                "log",
-                "attach",
-                "portforward",
-            ]),
+            r("", "v1", "pods", "Pod", true)
+                .short(&["po"])
+                .subresources(&["status", "exec", "log", "attach", "portforward"]),
             r("", "v1", "services", "Service", true)
                 .short(&["svc"])
-                .sub(&["status"]),
+                .subresources(&["status"]),
             r(
                 "",
                 "v1",
@@ -174,10 +170,10 @@ impl Catalog {
                 true,
             )
             .short(&["pvc"])
-            .sub(&["status"]),
+            .subresources(&["status"]),
             r("", "v1", "persistentvolumes", "PersistentVolume", false)
                 .short(&["pv"])
-                .sub(&["status"]),
+                .subresources(&["status"]),
             r("", "v1", "serviceaccounts", "ServiceAccount", true).short(&["sa"]),
             r("", "v1", "endpoints", "Endpoints", true).short(&["ep"]),
             r("", "v1", "events", "Event", true).short(&["ev"]),
@@ -189,23 +185,23 @@ impl Catalog {
                 true,
             )
             .short(&["rc"])
-            .sub(&["status", "scale"]),
+            .subresources(&["status", "scale"]),
             r("apps", "v1", "deployments", "Deployment", true)
                 .short(&["deploy"])
-                .sub(&["status", "scale"]),
+                .subresources(&["status", "scale"]),
             r("apps", "v1", "statefulsets", "StatefulSet", true)
                 .short(&["sts"])
-                .sub(&["status", "scale"]),
+                .subresources(&["status", "scale"]),
             r("apps", "v1", "daemonsets", "DaemonSet", true)
                 .short(&["ds"])
-                .sub(&["status"]),
+                .subresources(&["status"]),
             r("apps", "v1", "replicasets", "ReplicaSet", true)
                 .short(&["rs"])
-                .sub(&["status", "scale"]),
-            r("batch", "v1", "jobs", "Job", true).sub(&["status"]),
+                .subresources(&["status", "scale"]),
+            r("batch", "v1", "jobs", "Job", true).subresources(&["status"]),
             r("batch", "v1", "cronjobs", "CronJob", true)
                 .short(&["cj"])
-                .sub(&["status"]),
+                .subresources(&["status"]),
             r(
                 "apps.openshift.io",
                 "v1",
@@ -214,7 +210,7 @@ impl Catalog {
                 true,
             )
             .short(&["dc"])
-            .sub(&["status", "scale", "instantiate"]),
+            .subresources(&["status", "scale", "instantiate"]),
             r(
                 "authorization.k8s.io",
                 "v1",
@@ -231,7 +227,7 @@ impl Catalog {
                 false,
             )
             .short(&["crd", "crds"])
-            .sub(&["status"]),
+            .subresources(&["status"]),
         ];
         Catalog { resources }
     }

@@ -16,6 +16,7 @@ mod api;
 pub mod catalog;
 pub mod faults;
 pub mod patch;
+mod protobuf;
 pub mod selector;
 pub mod status;
 pub mod store;

@@ -11,7 +11,7 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
-    pub details: Value,
+    pub details: Option<Box<Value>>,
     /// Seconds for a `Retry-After` header (429 and some 5xx).
     pub retry_after: Option<u64>,
 }
@@ -22,7 +22,7 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            details: Value::Null,
+            details: None,
             retry_after: None,
         }
     }
@@ -35,7 +35,7 @@ impl ApiError {
         if !group.is_empty() {
             d["group"] = json!(group);
         }
-        self.details = d;
+        self.details = Some(Box::new(d));
         self
     }
 
@@ -145,7 +145,7 @@ impl ApiError {
                 },
             ),
         );
-        e.details = json!({ "kind": plural, "group": group });
+        e.details = Some(Box::new(json!({ "kind": plural, "group": group })));
         e
     }
 
@@ -164,8 +164,8 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if !self.details.is_null() {
-            s["details"] = self.details.clone();
+        if let Some(d) = &self.details {
+            s["details"] = (**d).clone();
         }
         if let Some(secs) = self.retry_after {
             s["details"]["retryAfterSeconds"] = json!(secs);

@@ -65,12 +65,11 @@ impl Store {
     }
 
     /// Stores `obj` (its resourceVersion already set to `rv`), logs and broadcasts the event.
+    /// `at` is (resource key, namespace, name).
     pub fn put(
         &mut self,
         tx: &broadcast::Sender<Arc<Event>>,
-        key: &str,
-        ns: &str,
-        name: &str,
+        (key, ns, name): (&str, &str, &str),
         obj: Value,
         rv: u64,
         kind: &'static str,
