@@ -599,3 +599,62 @@ async fn bad_input_is_a_status_400() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn runtime_watcher_and_await_condition_work() {
+    use kube::runtime::wait::{await_condition, conditions};
+    let cluster = FakeCluster::start().await.expect("start");
+    let c = client(&cluster);
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "r");
+    bounded(async {
+        let waiter = tokio::spawn(await_condition(
+            cms.clone(),
+            "late",
+            |o: Option<&ConfigMap>| {
+                o.and_then(|c| c.data.as_ref())
+                    .and_then(|d| d.get("ready"))
+                    .is_some_and(|v| v == "yes")
+            },
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cms.create(
+            &PostParams::default(),
+            &cm("late", json!({}), json!({"ready": "no"})),
+        )
+        .await
+        .expect("create");
+        cms.patch(
+            "late",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"ready": "yes"}})),
+        )
+        .await
+        .expect("patch");
+        let got = waiter.await.expect("join").expect("condition");
+        assert_eq!(
+            got.and_then(|c| c.data)
+                .and_then(|d| d.get("ready").cloned())
+                .as_deref(),
+            Some("yes")
+        );
+
+        let uid = cms
+            .get("late")
+            .await
+            .expect("get")
+            .metadata
+            .uid
+            .expect("uid");
+        let (gone, ()) = tokio::join!(
+            await_condition(cms.clone(), "late", conditions::is_deleted(&uid)),
+            async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                cms.delete("late", &DeleteParams::default())
+                    .await
+                    .expect("delete");
+            }
+        );
+        gone.expect("deleted");
+    })
+    .await;
+}
