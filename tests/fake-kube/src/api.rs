@@ -9,7 +9,7 @@ use crate::faults::FaultAction;
 use crate::patch::{self, PatchError, PatchKind};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
-use crate::store::{Event, Store, now_rfc3339, set_rv, spec_part};
+use crate::store::{Store, now_rfc3339, set_rv, spec_part};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -1146,20 +1146,6 @@ fn crd_def(obj: &Value) -> Result<Option<Vec<ResourceDef>>, ApiError> {
         ));
     }
     Ok(Some(defs))
-}
-
-/// Re-exported for the watch module: events are filtered the same way lists are.
-pub(crate) fn event_matches(
-    ev: &Event,
-    key: &str,
-    ns: Option<&str>,
-    ls: &LabelSelector,
-    fs: &FieldSelector,
-) -> bool {
-    ev.key == key
-        && ns.is_none_or(|n| n == ev.namespace)
-        && ls.matches(&ev.object)
-        && fs.matches(&ev.object)
 }
 
 pub(crate) fn stream_response(body: Body) -> Response {

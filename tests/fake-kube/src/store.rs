@@ -3,6 +3,7 @@
 //! watches replay from (older history is compacted away, which answers 410 Expired).
 
 use crate::catalog::Catalog;
+use crate::selector::{FieldSelector, LabelSelector};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,6 +22,35 @@ pub struct Event {
     pub key: String,
     pub namespace: String,
     pub object: Value,
+    /// The object before this change (for MODIFIED and DELETED).
+    pub previous: Option<Value>,
+}
+
+impl Event {
+    /// How a watch with these selectors sees this event, as a real server reports it: an
+    /// object that starts matching is ADDED, one that stops matching is DELETED.
+    pub fn seen_as(
+        &self,
+        key: &str,
+        ns: Option<&str>,
+        ls: &LabelSelector,
+        fs: &FieldSelector,
+    ) -> Option<&'static str> {
+        if self.key != key || ns.is_some_and(|n| n != self.namespace) {
+            return None;
+        }
+        let m = |o: &Value| ls.matches(o) && fs.matches(o);
+        let now = m(&self.object);
+        let before = self.previous.as_ref().is_some_and(m);
+        match (self.kind, before, now) {
+            ("ADDED", _, true) => Some("ADDED"),
+            ("MODIFIED", true, true) => Some("MODIFIED"),
+            ("MODIFIED", false, true) => Some("ADDED"),
+            ("MODIFIED", true, false) => Some("DELETED"),
+            ("DELETED", b, n) if b || n => Some("DELETED"),
+            _ => None,
+        }
+    }
 }
 
 /// Everything behind the server's one lock.
@@ -75,17 +105,18 @@ impl Store {
         kind: &'static str,
     ) {
         let map = self.objects.entry(key.to_string()).or_default();
-        if kind == "DELETED" {
-            map.remove(&(ns.to_string(), name.to_string()));
+        let previous = if kind == "DELETED" {
+            map.remove(&(ns.to_string(), name.to_string()))
         } else {
-            map.insert((ns.to_string(), name.to_string()), obj.clone());
-        }
+            map.insert((ns.to_string(), name.to_string()), obj.clone())
+        };
         let ev = Arc::new(Event {
             rv,
             kind,
             key: key.to_string(),
             namespace: ns.to_string(),
             object: obj,
+            previous,
         });
         let log = self.logs.entry(key.to_string()).or_default();
         log.push_back(ev.clone());

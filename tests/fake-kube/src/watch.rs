@@ -4,7 +4,7 @@
 //! `ERROR` event carrying a 410 Expired `Status`, as a real API server does.
 
 use crate::Shared;
-use crate::api::{event_matches, stream_response, watch_timeout};
+use crate::api::{stream_response, watch_timeout};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use axum::body::{Body, Bytes};
@@ -53,8 +53,10 @@ pub(crate) fn watch(
             Some(n) => match store.events_since(key, n) {
                 Some(evs) => evs
                     .iter()
-                    .filter(|e| event_matches(e, key, ns.as_deref(), &ls, &fs))
-                    .map(|e| line(e.kind, &e.object))
+                    .filter_map(|e| {
+                        e.seen_as(key, ns.as_deref(), &ls, &fs)
+                            .map(|k| line(k, &e.object))
+                    })
                     .collect(),
                 None => {
                     let gone =
@@ -90,11 +92,12 @@ pub(crate) fn watch(
                 got = next => match got {
                     None => return,
                     Some(Ok(ev)) => {
-                        if ev.rv <= last || !event_matches(&ev, &key, ns.as_deref(), &ls, &fs) {
+                        let seen = ev.seen_as(&key, ns.as_deref(), &ls, &fs);
+                        let Some(kind) = seen.filter(|_| ev.rv > last) else {
                             continue;
-                        }
+                        };
                         last = ev.rv;
-                        if tx.send(Ok(line(ev.kind, &ev.object))).await.is_err() {
+                        if tx.send(Ok(line(kind, &ev.object))).await.is_err() {
                             return;
                         }
                     }

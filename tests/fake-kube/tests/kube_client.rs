@@ -658,3 +658,50 @@ async fn runtime_watcher_and_await_condition_work() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn selector_watches_see_objects_enter_and_leave() {
+    let cluster = FakeCluster::start().await.expect("start");
+    let cms: Api<ConfigMap> = Api::namespaced(client(&cluster), "sel");
+    bounded(async {
+        cms.create(
+            &PostParams::default(),
+            &cm("c", json!({"role": "db"}), json!({})),
+        )
+        .await
+        .expect("create");
+        let rv = cms
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .metadata
+            .resource_version
+            .expect("rv");
+        let mut w = cms
+            .watch(&WatchParams::default().labels("role=db").timeout(10), &rv)
+            .await
+            .expect("watch")
+            .boxed();
+        let relabel = |role: &str| Patch::Merge(json!({"metadata": {"labels": {"role": role}}}));
+        cms.patch("c", &PatchParams::default(), &relabel("web"))
+            .await
+            .expect("leave");
+        cms.patch("c", &PatchParams::default(), &relabel("web2"))
+            .await
+            .expect("still out");
+        cms.patch("c", &PatchParams::default(), &relabel("db"))
+            .await
+            .expect("enter");
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            match w.try_next().await.expect("event").expect("open") {
+                WatchEvent::Added(_) => seen.push("ADDED"),
+                WatchEvent::Modified(_) => seen.push("MODIFIED"),
+                WatchEvent::Deleted(_) => seen.push("DELETED"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, ["DELETED", "ADDED"]);
+    })
+    .await;
+}
