@@ -14,7 +14,9 @@
 
 mod api;
 pub mod catalog;
+mod crd;
 pub mod faults;
+mod managed;
 pub mod patch;
 mod protobuf;
 pub mod selector;
