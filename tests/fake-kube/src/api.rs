@@ -12,6 +12,7 @@ use crate::patch::{self, PatchError, PatchKind};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::store::{Store, now_rfc3339, set_rv, spec_part};
+use crate::table;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -319,15 +320,16 @@ fn resource(
         return Err(ApiError::forbidden(verb, group, &res_name, t.ns.as_deref()));
     }
     if verb == "watch" {
-        return crate::watch::watch(
-            shared,
-            &t.key(),
-            t.ns.clone(),
-            r.q("resourceVersion"),
-            r.q("labelSelector"),
-            r.q("fieldSelector"),
-            r.q("timeoutSeconds"),
-        );
+        let w = crate::watch::WatchRequest {
+            key: t.key(),
+            ns: t.ns.clone(),
+            rv: r.q("resourceVersion"),
+            label_selector: r.q("labelSelector"),
+            field_selector: r.q("fieldSelector"),
+            timeout: r.q("timeoutSeconds"),
+            table_kind: table::wants_table(&r.headers).then(|| t.def.kind.clone()),
+        };
+        return crate::watch::watch(shared, w);
     }
     let mut store = shared
         .store
@@ -377,7 +379,18 @@ impl Op<'_> {
     }
 
     fn get(&self) -> Res {
-        Ok(json_response(StatusCode::OK, &self.current()?))
+        let obj = self.current()?;
+        if table::wants_table(&self.r.headers) && self.t.sub.is_none() {
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            return Ok(json_response(
+                StatusCode::OK,
+                &table::table(&self.t.def.kind, std::slice::from_ref(&obj), rv, true),
+            ));
+        }
+        Ok(json_response(StatusCode::OK, &obj))
     }
 
     fn list(&self) -> Res {
@@ -389,6 +402,10 @@ impl Op<'_> {
             .filter(|o| ls.matches(o) && fs.matches(o))
             .cloned()
             .collect();
+        if table::wants_table(&self.r.headers) {
+            let t = table::table(&self.t.def.kind, &items, &self.store.rv.to_string(), true);
+            return Ok(json_response(StatusCode::OK, &t));
+        }
         let list = json!({
             "kind": format!("{}List", self.t.def.kind),
             "apiVersion": self.t.def.api_version(),

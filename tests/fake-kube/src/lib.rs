@@ -22,6 +22,7 @@ mod protobuf;
 pub mod selector;
 pub mod status;
 pub mod store;
+mod table;
 mod watch;
 
 pub use catalog::ResourceDef;

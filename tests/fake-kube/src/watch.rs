@@ -13,21 +13,58 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
+/// Encodes watch events, as objects or as one-row Tables (column headers on the first).
+struct Encoder {
+    table_kind: Option<String>,
+    first: bool,
+}
+
+impl Encoder {
+    fn line(&mut self, kind: &str, object: &Value) -> Bytes {
+        match &self.table_kind {
+            Some(k) if kind != "ERROR" => {
+                let rv = object
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let t = crate::table::table(k, std::slice::from_ref(object), rv, self.first);
+                self.first = false;
+                line(kind, &t)
+            }
+            _ => line(kind, object),
+        }
+    }
+}
+
 fn line(kind: &str, object: &Value) -> Bytes {
     let mut s = json!({ "type": kind, "object": object }).to_string();
     s.push('\n');
     Bytes::from(s)
 }
 
-pub(crate) fn watch(
-    shared: &Arc<Shared>,
-    key: &str,
-    ns: Option<String>,
-    rv: Option<&str>,
-    label_selector: Option<&str>,
-    field_selector: Option<&str>,
-    timeout: Option<&str>,
-) -> Result<Response, ApiError> {
+/// What a watch request asks for.
+pub(crate) struct WatchRequest<'a> {
+    pub key: String,
+    pub ns: Option<String>,
+    pub rv: Option<&'a str>,
+    pub label_selector: Option<&'a str>,
+    pub field_selector: Option<&'a str>,
+    pub timeout: Option<&'a str>,
+    /// Send each object as a one-row Table of this kind (`kubectl get -w`).
+    pub table_kind: Option<String>,
+}
+
+pub(crate) fn watch(shared: &Arc<Shared>, w: WatchRequest<'_>) -> Result<Response, ApiError> {
+    let WatchRequest {
+        key,
+        ns,
+        rv,
+        label_selector,
+        field_selector,
+        timeout,
+        table_kind,
+    } = w;
+    let key = key.as_str();
     let ls = LabelSelector::parse(label_selector.unwrap_or(""))?;
     let fs = FieldSelector::parse(field_selector.unwrap_or(""))?;
     let timeout = watch_timeout(timeout)?;
@@ -37,6 +74,10 @@ pub(crate) fn watch(
             s.parse::<u64>()
                 .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {s:?}")))?,
         ),
+    };
+    let mut enc = Encoder {
+        table_kind,
+        first: true,
     };
     let (backlog, mut live, mut last) = {
         let store = shared
@@ -48,14 +89,14 @@ pub(crate) fn watch(
             None => store
                 .list(key, ns.as_deref())
                 .filter(|o| ls.matches(o) && fs.matches(o))
-                .map(|o| line("ADDED", o))
+                .map(|o| enc.line("ADDED", o))
                 .collect(),
             Some(n) => match store.events_since(key, n) {
                 Some(evs) => evs
                     .iter()
                     .filter_map(|e| {
                         e.seen_as(key, ns.as_deref(), &ls, &fs)
-                            .map(|k| line(k, &e.object))
+                            .map(|k| enc.line(k, &e.object))
                     })
                     .collect(),
                 None => {
@@ -97,7 +138,7 @@ pub(crate) fn watch(
                             continue;
                         };
                         last = ev.rv;
-                        if tx.send(Ok(line(kind, &ev.object))).await.is_err() {
+                        if tx.send(Ok(enc.line(kind, &ev.object))).await.is_err() {
                             return;
                         }
                     }

@@ -187,6 +187,13 @@ fn kubectl_apply_get_scale_delete() {
             .contains("scaled")
     );
     assert_eq!(replicas(&cluster), Some(3));
+    let table = k.ok(&["get", "deploy", "-n", "x"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("READY") && table.contains("0/3"),
+        "{table}"
+    );
+    let table = k.ok(&["get", "cm", "conf", "-n", "x"]);
+    assert!(table.contains("DATA") && table.contains("conf"), "{table}");
     let json: Value =
         serde_json::from_str(&k.ok(&["get", "deploy", "-n", "x", "-o", "json"])).expect("json");
     assert_eq!(json["items"][0]["spec"]["replicas"], 3);
