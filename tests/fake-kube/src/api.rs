@@ -461,6 +461,12 @@ impl Op<'_> {
                 _ => obj["metadata"]["namespace"] = json!(ns),
             }
         }
+        if def.namespaced
+            && self.store.strict_namespaces
+            && self.store.get("/namespaces", "", self.t.ns()).is_none()
+        {
+            return Err(ApiError::not_found("", "namespaces", self.t.ns()));
+        }
         if self
             .store
             .get(&def.store_key(), self.t.ns(), &name)

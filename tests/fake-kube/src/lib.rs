@@ -83,6 +83,14 @@ impl ClusterHandle {
         }
     }
 
+    /// With `true`, creating an object in a namespace that does not exist answers 404
+    /// NotFound, as a cluster does; by default namespaces need not exist.
+    pub fn require_namespaces(&self, on: bool) {
+        if let Ok(mut s) = self.shared.store.lock() {
+            s.strict_namespaces = on;
+        }
+    }
+
     /// A stored object, by API group ("" for core), plural, namespace ("" for cluster) and name.
     pub fn object(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
         let s = self.shared.store.lock().ok()?;

@@ -57,6 +57,9 @@ impl Event {
 #[derive(Debug, Default)]
 pub struct Store {
     pub catalog: Catalog,
+    /// Creating in a namespace that does not exist answers 404, as a cluster does
+    /// (off by default, so tests need not create namespaces first).
+    pub strict_namespaces: bool,
     /// The last resourceVersion handed out.
     pub rv: u64,
     /// resource key -> (namespace, name) -> object; cluster objects use namespace "".

@@ -705,3 +705,39 @@ async fn selector_watches_see_objects_enter_and_leave() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn namespaces_strict_mode_and_cascading_delete() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let cluster = FakeCluster::start().await.expect("start");
+    let c = client(&cluster);
+    let nss: Api<Namespace> = Api::all(c.clone());
+    let cms: Api<ConfigMap> = Api::namespaced(c, "team");
+    bounded(async {
+        cluster.require_namespaces(true);
+        let e = cms
+            .create(&PostParams::default(), &cm("a", json!({}), json!({})))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, kube::Error::Api(s) if s.is_not_found()),
+            "{e:?}"
+        );
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": "team"}})).expect("ns");
+        nss.create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        cms.create(&PostParams::default(), &cm("a", json!({}), json!({})))
+            .await
+            .expect("create in namespace");
+        nss.delete("team", &DeleteParams::default())
+            .await
+            .expect("delete namespace");
+        assert!(
+            cluster.object("", "configmaps", "team", "a").is_none(),
+            "objects go with their namespace"
+        );
+    })
+    .await;
+}
