@@ -753,6 +753,30 @@ impl Op<'_> {
 
     fn delete(mut self) -> Res {
         let old = self.current()?;
+        // DeleteOptions may carry preconditions on uid and resourceVersion.
+        if !self.r.body.is_empty() {
+            let opts = self.r.json_body()?;
+            for (field, ptr) in [
+                ("uid", "/metadata/uid"),
+                ("resourceVersion", "/metadata/resourceVersion"),
+            ] {
+                if let Some(want) = opts
+                    .pointer(&format!("/preconditions/{field}"))
+                    .and_then(Value::as_str)
+                    && old.pointer(ptr).and_then(Value::as_str) != Some(want)
+                {
+                    let have = old.pointer(ptr).and_then(Value::as_str).unwrap_or("");
+                    let why =
+                        format!("Precondition failed: {field}: {want}, object has {field}: {have}");
+                    return Err(ApiError::conflict(
+                        &self.t.def.group,
+                        &self.t.def.plural,
+                        self.name(),
+                        &why,
+                    ));
+                }
+            }
+        }
         let out = self.delete_object(old)?;
         Ok(json_response(StatusCode::OK, &out))
     }

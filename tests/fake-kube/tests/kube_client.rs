@@ -223,6 +223,19 @@ async fn crud_selectors_conflicts_and_dry_run() {
             "{e:?}"
         );
 
+        let stale_rv = kube::api::Preconditions {
+            resource_version: Some("1".into()),
+            uid: None,
+        };
+        let dp = DeleteParams {
+            preconditions: Some(stale_rv),
+            ..Default::default()
+        };
+        let e = api.delete("a", &dp).await.unwrap_err();
+        assert!(
+            matches!(&e, kube::Error::Api(s) if s.is_conflict()),
+            "{e:?}"
+        );
         api.delete("a", &DeleteParams::default())
             .await
             .expect("delete");
