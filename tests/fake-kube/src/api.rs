@@ -335,6 +335,12 @@ fn resource(
         .store
         .lock()
         .map_err(|_| ApiError::new(500, "InternalError", "store lock poisoned"))?;
+    let on_collection = t.name.is_none();
+    if (on_collection && matches!(verb, "update" | "patch"))
+        || (!on_collection && verb == "create" && t.sub.is_none())
+    {
+        return Err(ApiError::method_not_allowed(path));
+    }
     let op = Op {
         shared,
         store: &mut store,

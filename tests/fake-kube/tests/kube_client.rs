@@ -609,6 +609,110 @@ async fn bad_input_is_a_status_400() {
             .body(Vec::new())
             .expect("request");
         assert_eq!(api_code(&c.request::<Value>(req).await.unwrap_err()), 404);
+
+        // Malformed bodies and parameters of every kind answer a Status, never a panic.
+        let cm = br#"{"metadata":{"name":"a"}}"#.to_vec();
+        let req = http::Request::post("/api/v1/namespaces/x/configmaps")
+            .body(cm)
+            .expect("request");
+        c.request::<Value>(req).await.expect("create");
+        let a = "/api/v1/namespaces/x/configmaps/a";
+        let cases: Vec<(http::Method, String, &str, &[u8], u16)> = vec![
+            (
+                http::Method::PATCH,
+                a.into(),
+                "application/json-patch+json",
+                br#"{"op":"x"}"#,
+                400,
+            ),
+            (
+                http::Method::PATCH,
+                format!("{a}?fieldManager=m"),
+                "application/apply-patch+yaml",
+                b"- a",
+                400,
+            ),
+            (
+                http::Method::PATCH,
+                format!("{a}?fieldManager=m"),
+                "application/apply-patch+yaml",
+                b": : :",
+                400,
+            ),
+            (
+                http::Method::PATCH,
+                a.into(),
+                "application/apply-patch+yaml",
+                b"data: {}",
+                422,
+            ),
+            (
+                http::Method::PATCH,
+                a.into(),
+                "application/merge-patch+json",
+                b"[1]",
+                400,
+            ),
+            (http::Method::PUT, a.into(), "application/json", b"[1]", 400),
+            (
+                http::Method::PUT,
+                a.into(),
+                "application/json",
+                br#"{"metadata":5}"#,
+                400,
+            ),
+            (
+                http::Method::GET,
+                "/api/v1/namespaces/x/configmaps?watch=1&resourceVersion=abc".into(),
+                "",
+                b"",
+                400,
+            ),
+            (
+                http::Method::GET,
+                "/api/v1/namespaces/x/configmaps?labelSelector=a%20in%20(b".into(),
+                "",
+                b"",
+                400,
+            ),
+            (
+                http::Method::DELETE,
+                a.into(),
+                "application/json",
+                b"garbage",
+                400,
+            ),
+            (
+                http::Method::POST,
+                "/api/v1/namespaces/x/configmaps".into(),
+                "application/json",
+                br#"{"metadata":{}}"#,
+                422,
+            ),
+            (
+                http::Method::POST,
+                "/api/v1/namespaces/x/configmaps".into(),
+                "application/vnd.kubernetes.protobuf",
+                b"k8s",
+                415,
+            ),
+            (
+                http::Method::PUT,
+                "/api/v1/namespaces/x/configmaps".into(),
+                "application/json",
+                b"{}",
+                405,
+            ),
+        ];
+        for (method, path, ct, body, want) in cases {
+            let mut req = http::Request::builder().method(method.clone()).uri(&path);
+            if !ct.is_empty() {
+                req = req.header("content-type", ct);
+            }
+            let req = req.body(body.to_vec()).expect("request");
+            let e = c.request::<Value>(req).await.unwrap_err();
+            assert_eq!(api_code(&e), want, "{method} {path} {ct}");
+        }
     })
     .await;
 }
