@@ -98,6 +98,96 @@ impl ClusterHandle {
             .cloned()
     }
 
+    /// Writes an object directly into the store, as a controller inside the API server
+    /// would (no access checks, faults or field managers): creates it with uid,
+    /// creationTimestamp and generation 1 when missing, else replaces it keeping identity
+    /// and bumping generation when anything outside metadata and status changed. Watches see
+    /// ADDED or MODIFIED. `namespace` is "" for cluster resources. Returns the stored object.
+    pub fn upsert(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: &str,
+        mut obj: Value,
+    ) -> Option<Value> {
+        let mut s = self.shared.store.lock().ok()?;
+        let key = format!("{group}/{plural}");
+        let def = s
+            .catalog
+            .resources
+            .iter()
+            .find(|r| r.group == group && r.plural == plural)?
+            .clone();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)?
+            .to_string();
+        obj["apiVersion"] = serde_json::json!(def.api_version());
+        obj["kind"] = serde_json::json!(def.kind);
+        if def.namespaced {
+            obj["metadata"]["namespace"] = serde_json::json!(namespace);
+        }
+        let kind = match s.get(&key, namespace, &name) {
+            Some(old) => {
+                for k in ["uid", "creationTimestamp", "generation"] {
+                    obj["metadata"][k] = old["metadata"][k].clone();
+                }
+                if store::spec_part(old) != store::spec_part(&obj) {
+                    let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                    obj["metadata"]["generation"] = serde_json::json!(g + 1);
+                }
+                "MODIFIED"
+            }
+            None => {
+                obj["metadata"]["uid"] = serde_json::json!(uuid::Uuid::new_v4().to_string());
+                obj["metadata"]["creationTimestamp"] = serde_json::json!(store::now_rfc3339());
+                obj["metadata"]["generation"] = serde_json::json!(1);
+                "ADDED"
+            }
+        };
+        let rv = s.next_rv();
+        store::set_rv(&mut obj, rv);
+        s.put(
+            &self.shared.events,
+            (&key, namespace, &name),
+            obj.clone(),
+            rv,
+            kind,
+        );
+        Some(obj)
+    }
+
+    /// Removes an object directly from the store (watches see DELETED); false when missing.
+    pub fn remove(&self, group: &str, plural: &str, namespace: &str, name: &str) -> bool {
+        let Ok(mut s) = self.shared.store.lock() else {
+            return false;
+        };
+        let key = format!("{group}/{plural}");
+        let Some(mut obj) = s.get(&key, namespace, name).cloned() else {
+            return false;
+        };
+        let rv = s.next_rv();
+        store::set_rv(&mut obj, rv);
+        s.put(
+            &self.shared.events,
+            (&key, namespace, name),
+            obj,
+            rv,
+            "DELETED",
+        );
+        true
+    }
+
+    /// Every stored object of a resource, in one namespace or (None) all.
+    pub fn objects(&self, group: &str, plural: &str, namespace: Option<&str>) -> Vec<Value> {
+        let Ok(s) = self.shared.store.lock() else {
+            return Vec::new();
+        };
+        s.list(&format!("{group}/{plural}"), namespace)
+            .cloned()
+            .collect()
+    }
+
     /// The last resourceVersion handed out.
     pub fn resource_version(&self) -> u64 {
         self.shared.store.lock().map(|s| s.rv).unwrap_or(0)

@@ -858,3 +858,70 @@ async fn namespaces_strict_mode_and_cascading_delete() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn direct_store_writes_are_seen_by_clients_and_watches() {
+    let cluster = FakeCluster::start().await.expect("start");
+    let cms: Api<ConfigMap> = Api::namespaced(client(&cluster), "d");
+    bounded(async {
+        let rv = cms
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .metadata
+            .resource_version
+            .expect("rv");
+        let mut w = cms
+            .watch(&WatchParams::default().timeout(10), &rv)
+            .await
+            .expect("watch")
+            .boxed();
+        let stored = cluster
+            .upsert(
+                "",
+                "configmaps",
+                "d",
+                json!({"metadata": {"name": "seed"}, "data": {"a": "1"}}),
+            )
+            .expect("upsert");
+        assert_eq!(stored["metadata"]["generation"], 1);
+        let again = cluster
+            .upsert(
+                "",
+                "configmaps",
+                "d",
+                json!({"metadata": {"name": "seed"}, "data": {"a": "2"}}),
+            )
+            .expect("upsert");
+        assert_eq!(again["metadata"]["uid"], stored["metadata"]["uid"]);
+        assert_eq!(again["metadata"]["generation"], 2);
+        assert_eq!(
+            cms.get("seed")
+                .await
+                .expect("get")
+                .data
+                .and_then(|d| d.get("a").cloned())
+                .as_deref(),
+            Some("2")
+        );
+        assert_eq!(cluster.objects("", "configmaps", Some("d")).len(), 1);
+        assert!(cluster.remove("", "configmaps", "d", "seed"));
+        assert!(!cluster.remove("", "configmaps", "d", "seed"));
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            match w.try_next().await.expect("event").expect("open") {
+                WatchEvent::Added(_) => seen.push("ADDED"),
+                WatchEvent::Modified(_) => seen.push("MODIFIED"),
+                WatchEvent::Deleted(_) => seen.push("DELETED"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, ["ADDED", "MODIFIED", "DELETED"]);
+        assert!(
+            cluster
+                .upsert("", "nonexistent", "d", json!({"metadata": {"name": "x"}}))
+                .is_none()
+        );
+    })
+    .await;
+}
