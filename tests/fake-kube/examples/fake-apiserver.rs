@@ -1,0 +1,40 @@
+//! `cargo run --example fake-apiserver -- --kubeconfig PATH`: serves the fake Kubernetes
+//! API server on a free loopback port, writes a kubeconfig for it to PATH and runs until
+//! killed. Options: `--deny VERB:RESOURCE` (repeatable) to answer 403 for it.
+
+use fake_kube::FakeCluster;
+use std::path::PathBuf;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let mut kubeconfig: Option<PathBuf> = None;
+    let mut deny = Vec::new();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--kubeconfig" => kubeconfig = args.next().map(PathBuf::from),
+            "--deny" => deny.extend(args.next()),
+            "-h" | "--help" => {
+                println!("usage: fake-apiserver --kubeconfig PATH [--deny VERB:RESOURCE]...");
+                return Ok(());
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)").into()),
+        }
+    }
+    let Some(path) = kubeconfig else {
+        return Err("--kubeconfig PATH is required".into());
+    };
+    let cluster = FakeCluster::start().await?;
+    for d in &deny {
+        let (verb, resource) = d.split_once(':').ok_or("--deny takes VERB:RESOURCE")?;
+        cluster.deny(verb, resource, None);
+    }
+    cluster.write_kubeconfig(&path)?;
+    println!(
+        "fake API server on {} (kubeconfig {})",
+        cluster.url(),
+        path.display()
+    );
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

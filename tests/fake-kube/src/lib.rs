@@ -1,0 +1,345 @@
+//! A stateful fake Kubernetes API server for tests: real HTTP that the real kube-rs client
+//! and real kubectl accept. Objects of any kind are stored as JSON with one global
+//! resourceVersion; discovery, CRUD, patches, server-side apply, watches, the scale
+//! subresource, SelfSubjectAccessReview and injected faults are served. See
+//! docs/testing.md in the repository for how to use it from tests and by hand.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let cluster = fake_kube::FakeCluster::start().await?;
+//! cluster.write_kubeconfig(std::path::Path::new("/tmp/kubeconfig"))?;
+//! println!("serving {}", cluster.url());
+//! # Ok(()) }
+//! ```
+
+mod api;
+pub mod catalog;
+mod crd;
+pub mod faults;
+mod managed;
+pub mod patch;
+mod protobuf;
+pub mod selector;
+pub mod status;
+pub mod store;
+mod table;
+mod watch;
+
+pub use catalog::ResourceDef;
+pub use faults::{FaultAction, FaultRule};
+
+use faults::{Access, Faults};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use store::{Event, Store};
+use tokio::sync::{broadcast, oneshot};
+
+/// State shared by every request and by the test's handle.
+#[derive(Debug)]
+pub struct Shared {
+    pub(crate) store: Mutex<Store>,
+    pub(crate) events: broadcast::Sender<Arc<Event>>,
+    pub(crate) faults: Mutex<Faults>,
+    pub(crate) access: Mutex<Access>,
+}
+
+/// A cheap, cloneable handle on a running fake server's state: inspect objects, register
+/// custom resources, inject faults, deny access.
+#[derive(Debug, Clone)]
+pub struct ClusterHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl ClusterHandle {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The kubeconfig YAML for this server (context `fake`, namespace `default`).
+    pub fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\npreferences: {{}}\n",
+            self.url()
+        )
+    }
+
+    /// Writes [`Self::kubeconfig_yaml`] to `path`.
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, self.kubeconfig_yaml())
+    }
+
+    /// Serves a custom resource from now on (as creating its CRD would).
+    pub fn register(&self, def: ResourceDef) {
+        if let Ok(mut s) = self.shared.store.lock() {
+            s.catalog.register(def);
+        }
+    }
+
+    /// With `true`, creating an object in a namespace that does not exist answers 404
+    /// NotFound, as a cluster does; by default namespaces need not exist.
+    pub fn require_namespaces(&self, on: bool) {
+        if let Ok(mut s) = self.shared.store.lock() {
+            s.strict_namespaces = on;
+        }
+    }
+
+    /// A stored object, by API group ("" for core), plural, namespace ("" for cluster) and name.
+    pub fn object(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let s = self.shared.store.lock().ok()?;
+        s.get(&format!("{group}/{plural}"), namespace, name)
+            .cloned()
+    }
+
+    /// Writes an object directly into the store, as a controller inside the API server
+    /// would (no access checks, faults or field managers): creates it with uid,
+    /// creationTimestamp and generation 1 when missing, else replaces it keeping identity
+    /// and bumping generation when anything outside metadata and status changed. Watches see
+    /// ADDED or MODIFIED. `namespace` is "" for cluster resources. Returns the stored object.
+    pub fn upsert(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: &str,
+        mut obj: Value,
+    ) -> Option<Value> {
+        let mut s = self.shared.store.lock().ok()?;
+        let key = format!("{group}/{plural}");
+        let def = s
+            .catalog
+            .resources
+            .iter()
+            .find(|r| r.group == group && r.plural == plural)?
+            .clone();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)?
+            .to_string();
+        obj["apiVersion"] = serde_json::json!(def.api_version());
+        obj["kind"] = serde_json::json!(def.kind);
+        if def.namespaced {
+            obj["metadata"]["namespace"] = serde_json::json!(namespace);
+        }
+        let kind = match s.get(&key, namespace, &name) {
+            Some(old) => {
+                for k in ["uid", "creationTimestamp", "generation"] {
+                    obj["metadata"][k] = old["metadata"][k].clone();
+                }
+                if store::spec_part(old) != store::spec_part(&obj) {
+                    let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                    obj["metadata"]["generation"] = serde_json::json!(g + 1);
+                }
+                "MODIFIED"
+            }
+            None => {
+                obj["metadata"]["uid"] = serde_json::json!(uuid::Uuid::new_v4().to_string());
+                obj["metadata"]["creationTimestamp"] = serde_json::json!(store::now_rfc3339());
+                obj["metadata"]["generation"] = serde_json::json!(1);
+                "ADDED"
+            }
+        };
+        let rv = s.next_rv();
+        store::set_rv(&mut obj, rv);
+        s.put(
+            &self.shared.events,
+            (&key, namespace, &name),
+            obj.clone(),
+            rv,
+            kind,
+        );
+        Some(obj)
+    }
+
+    /// Removes an object directly from the store (watches see DELETED); false when missing.
+    pub fn remove(&self, group: &str, plural: &str, namespace: &str, name: &str) -> bool {
+        let Ok(mut s) = self.shared.store.lock() else {
+            return false;
+        };
+        let key = format!("{group}/{plural}");
+        let Some(mut obj) = s.get(&key, namespace, name).cloned() else {
+            return false;
+        };
+        let rv = s.next_rv();
+        store::set_rv(&mut obj, rv);
+        s.put(
+            &self.shared.events,
+            (&key, namespace, name),
+            obj,
+            rv,
+            "DELETED",
+        );
+        true
+    }
+
+    /// Every stored object of a resource, in one namespace or (None) all.
+    pub fn objects(&self, group: &str, plural: &str, namespace: Option<&str>) -> Vec<Value> {
+        let Ok(s) = self.shared.store.lock() else {
+            return Vec::new();
+        };
+        s.list(&format!("{group}/{plural}"), namespace)
+            .cloned()
+            .collect()
+    }
+
+    /// The last resourceVersion handed out.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.store.lock().map(|s| s.rv).unwrap_or(0)
+    }
+
+    /// Forgets all watch history: watches from an older resourceVersion get 410 Expired.
+    pub fn compact(&self) {
+        if let Ok(mut s) = self.shared.store.lock() {
+            s.compact();
+        }
+    }
+
+    /// Adds a fault rule (first matching rule wins).
+    pub fn add_fault(&self, rule: FaultRule) {
+        if let Ok(mut f) = self.shared.faults.lock() {
+            f.add(rule);
+        }
+    }
+
+    /// Removes every fault rule.
+    pub fn clear_faults(&self) {
+        if let Ok(mut f) = self.shared.faults.lock() {
+            f.clear();
+        }
+    }
+
+    /// Seeds the random source that decides which requests a fractional rule hits.
+    pub fn seed_faults(&self, seed: u64) {
+        if let Ok(mut f) = self.shared.faults.lock() {
+            f.seed(seed);
+        }
+    }
+
+    /// How many requests got an injected fault so far.
+    pub fn faults_injected(&self) -> u64 {
+        self.shared.faults.lock().map(|f| f.injected).unwrap_or(0)
+    }
+
+    /// Denies `verb` on `resource` (`deployments`, `pods/exec`, `*`) in `namespace` or
+    /// everywhere: requests get 403 and SelfSubjectAccessReview answers not allowed.
+    pub fn deny(&self, verb: &str, resource: &str, namespace: Option<&str>) {
+        if let Ok(mut a) = self.shared.access.lock() {
+            a.deny(verb, resource, namespace);
+        }
+    }
+
+    /// Clears the deny list.
+    pub fn allow_all(&self) {
+        if let Ok(mut a) = self.shared.access.lock() {
+            a.allow_all();
+        }
+    }
+}
+
+/// A running fake API server on a free loopback port; stops when dropped.
+#[derive(Debug)]
+pub struct FakeCluster {
+    handle: ClusterHandle,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for FakeCluster {
+    type Target = ClusterHandle;
+    fn deref(&self) -> &ClusterHandle {
+        &self.handle
+    }
+}
+
+fn new_shared() -> Arc<Shared> {
+    let (events, _) = broadcast::channel(4096);
+    Arc::new(Shared {
+        store: Mutex::new(Store::default()),
+        events,
+        faults: Mutex::new(Faults::default()),
+        access: Mutex::new(Access::default()),
+    })
+}
+
+fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new()
+        .fallback(api::dispatch)
+        .with_state(shared)
+}
+
+impl FakeCluster {
+    /// Starts serving on the current tokio runtime.
+    pub async fn start() -> std::io::Result<FakeCluster> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = new_shared();
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(FakeCluster {
+            handle: ClusterHandle { shared, addr },
+            shutdown: Some(tx),
+            thread: None,
+        })
+    }
+
+    /// Starts serving on a runtime of its own thread, for synchronous tests (such as ones
+    /// that run the `runbook` binary); the thread ends when this is dropped.
+    pub fn start_in_thread() -> std::io::Result<FakeCluster> {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let shared = new_shared();
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = router(shared.clone());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let thread = std::thread::spawn(move || {
+            rt.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                    return;
+                };
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+            rt.shutdown_background();
+        });
+        Ok(FakeCluster {
+            handle: ClusterHandle { shared, addr },
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle that outlives borrows of this server (it does not keep the server running).
+    pub fn handle(&self) -> ClusterHandle {
+        self.handle.clone()
+    }
+}
+
+impl Drop for FakeCluster {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        // Graceful shutdown waits for open watches; do not block the dropping thread on them.
+        drop(self.thread.take());
+    }
+}
