@@ -14,6 +14,7 @@
 
 mod api;
 pub mod catalog;
+mod controller;
 mod crd;
 pub mod faults;
 mod managed;
@@ -281,6 +282,7 @@ impl FakeCluster {
         let shared = new_shared();
         let (tx, rx) = oneshot::channel::<()>();
         let app = router(shared.clone());
+        tokio::spawn(controller::run(shared.clone()));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -304,12 +306,14 @@ impl FakeCluster {
         let shared = new_shared();
         let (tx, rx) = oneshot::channel::<()>();
         let app = router(shared.clone());
+        let shared_c = shared.clone();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
         let thread = std::thread::spawn(move || {
             rt.block_on(async move {
+                tokio::spawn(controller::run(shared_c));
                 let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
                     return;
                 };

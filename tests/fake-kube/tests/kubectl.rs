@@ -189,7 +189,7 @@ fn kubectl_apply_get_scale_delete() {
     assert_eq!(replicas(&cluster), Some(3));
     let table = k.ok(&["get", "deploy", "-n", "x"]);
     assert!(
-        table.starts_with("NAME") && table.contains("READY") && table.contains("0/3"),
+        table.starts_with("NAME") && table.contains("READY") && table.contains("/3"),
         "{table}"
     );
     let table = k.ok(&["get", "cm", "conf", "-n", "x"]);
@@ -342,5 +342,54 @@ fn kubectl_watch_sees_new_pods() {
     assert!(
         stdout.contains("pod/p1"),
         "watch printed {stdout:?} {stderr:?}"
+    );
+}
+
+#[test]
+fn kubectl_rollout_restart_and_status_complete() {
+    if !have_kubectl() {
+        return;
+    }
+    let cluster = FakeCluster::start_in_thread().expect("start");
+    let k = Kubectl::new(&cluster);
+    let deploy = k.file("deploy.yaml", DEPLOY);
+    k.ok(&["apply", "-f", &deploy, "--validate=false"]);
+    k.ok(&["scale", "deploy/web", "-n", "x", "--replicas", "2"]);
+    k.ok(&[
+        "rollout",
+        "status",
+        "deploy/web",
+        "-n",
+        "x",
+        "--timeout=20s",
+    ]);
+    let before = k.ok(&["get", "pods", "-n", "x", "-l", "app=web", "-o", "name"]);
+    assert_eq!(before.lines().count(), 2, "{before}");
+    assert!(
+        k.ok(&["rollout", "restart", "deploy/web", "-n", "x"])
+            .contains("restarted")
+    );
+    let out = k.ok(&[
+        "rollout",
+        "status",
+        "deploy/web",
+        "-n",
+        "x",
+        "--timeout=20s",
+    ]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    // The old pods terminate briefly, then are gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut after = String::new();
+    while Instant::now() < deadline {
+        after = k.ok(&["get", "pods", "-n", "x", "-l", "app=web", "-o", "name"]);
+        if after.lines().count() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        before.lines().all(|p| !after.contains(p)),
+        "{before} vs {after}"
     );
 }
