@@ -76,7 +76,7 @@ impl Req {
 
 /// The axum entry point for every path.
 pub async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let path_q = parts
         .uri
         .path_and_query()
@@ -123,6 +123,27 @@ pub async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Respon
                 .into_response();
         }
         None => {}
+    }
+    if parts.method == Method::GET {
+        let segs: Vec<String> = parts
+            .uri
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        if let [a, v, n, ns, p, pod, e] = segs.as_slice()
+            && (a, v, n, p, e)
+                == (
+                    &"api".into(),
+                    &"v1".into(),
+                    &"namespaces".into(),
+                    &"pods".into(),
+                    &"exec".into(),
+                )
+        {
+            return crate::exec::serve(shared.clone(), ns, pod, &mut parts).await;
+        }
     }
     let body = match axum::body::to_bytes(body, 256 * 1024 * 1024).await {
         Ok(b) => b,

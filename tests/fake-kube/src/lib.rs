@@ -16,6 +16,7 @@ mod api;
 pub mod catalog;
 mod controller;
 mod crd;
+pub mod exec;
 pub mod faults;
 mod managed;
 pub mod patch;
@@ -27,6 +28,7 @@ mod table;
 mod watch;
 
 pub use catalog::ResourceDef;
+pub use exec::{ExecConfig, ExecFault};
 pub use faults::{FaultAction, FaultRule};
 
 use faults::{Access, Faults};
@@ -44,6 +46,7 @@ pub struct Shared {
     pub(crate) events: broadcast::Sender<Arc<Event>>,
     pub(crate) faults: Mutex<Faults>,
     pub(crate) access: Mutex<Access>,
+    pub(crate) exec: Mutex<ExecConfig>,
 }
 
 /// A cheap, cloneable handle on a running fake server's state: inspect objects, register
@@ -235,6 +238,52 @@ impl ClusterHandle {
         }
     }
 
+    /// Sets a fault for exec sessions from now on (`None` clears it). A 403 on exec comes
+    /// from [`Self::deny`] (`create` or `get` on `pods/exec`).
+    pub fn exec_fault(&self, fault: Option<ExecFault>) {
+        if let Ok(mut e) = self.shared.exec.lock() {
+            e.fault = fault;
+        }
+    }
+
+    /// With `true`, exec offers only the `v4.channel.k8s.io` subprotocol (an older server).
+    pub fn exec_v4_only(&self, on: bool) {
+        if let Ok(mut e) = self.shared.exec.lock() {
+            e.v4_only = on;
+        }
+    }
+
+    /// The paths each pod gets its own copy of inside exec (default /var, /opt, /tmp, /home).
+    pub fn exec_mounts(&self, paths: Vec<std::path::PathBuf>) {
+        if let Ok(mut e) = self.shared.exec.lock() {
+            e.mounts = paths;
+        }
+    }
+
+    /// Whether exec runs in a private mount namespace per pod (root only); without it, every
+    /// exec sees the host's filesystem.
+    pub fn exec_isolated(&self) -> bool {
+        self.shared.exec.lock().is_ok_and(|e| e.isolate)
+    }
+
+    /// Turns per-pod mount isolation off (or back on, when running as root).
+    pub fn set_exec_isolation(&self, on: bool) {
+        if let Ok(mut e) = self.shared.exec.lock() {
+            e.isolate = on && exec::is_root();
+        }
+    }
+
+    /// The host directory that pod `namespace/name` sees as `path` (`/var`) in exec.
+    pub fn pod_dir(&self, namespace: &str, name: &str, path: &Path) -> std::path::PathBuf {
+        let root = self
+            .shared
+            .exec
+            .lock()
+            .map(|e| e.root.clone())
+            .unwrap_or_default();
+        exec::pod_dir(&root, namespace, name, path)
+    }
+
     /// Clears the deny list.
     pub fn allow_all(&self) {
         if let Ok(mut a) = self.shared.access.lock() {
@@ -265,6 +314,7 @@ fn new_shared() -> Arc<Shared> {
         events,
         faults: Mutex::new(Faults::default()),
         access: Mutex::new(Access::default()),
+        exec: Mutex::new(ExecConfig::default()),
     })
 }
 
@@ -342,6 +392,11 @@ impl Drop for FakeCluster {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Ok(e) = self.handle.shared.exec.lock()
+            && e.root.exists()
+        {
+            let _ = std::fs::remove_dir_all(&e.root);
         }
         // Graceful shutdown waits for open watches; do not block the dropping thread on them.
         drop(self.thread.take());

@@ -393,3 +393,56 @@ fn kubectl_rollout_restart_and_status_complete() {
         "{before} vs {after}"
     );
 }
+
+#[test]
+fn kubectl_exec_passes_the_exit_code_through() {
+    if !have_kubectl() {
+        return;
+    }
+    let cluster = FakeCluster::start_in_thread().expect("start");
+    let k = Kubectl::new(&cluster);
+    let pod = k.file(
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p1, namespace: x}\nspec: {containers: [{name: c, image: i}]}\n",
+    );
+    k.ok(&["apply", "-f", &pod, "--validate=false"]);
+    let out = k.ok(&[
+        "exec",
+        "-n",
+        "x",
+        "p1",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; echo err >&2",
+    ]);
+    assert_eq!(out, "hi\n");
+    let mut child = k.spawn(&[
+        "exec",
+        "-n",
+        "x",
+        "p1",
+        "--",
+        "sh",
+        "-c",
+        "echo bye; exit 5",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kubectl exec ran over 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut stdout);
+    }
+    assert_eq!(stdout, "bye\n");
+    assert_eq!(status.code(), Some(5));
+}

@@ -1,0 +1,481 @@
+//! `pods/NAME/exec` over WebSocket, as kubelet streams it through the API server: the
+//! `v5.channel.k8s.io` and `v4.channel.k8s.io` subprotocols, channels 0 (stdin), 1 (stdout),
+//! 2 (stderr), 3 (status) and 4 (resize, ignored), v5's close frame `[255, ch]`, a `Status`
+//! on channel 3 (Success, or Failure/NonZeroExitCode with an ExitCode cause), then Close
+//! 1000, and reading on after the close so the client's last frames are not reset away.
+//! The command runs as a real local process; as root each exec gets a private mount
+//! namespace with the pod's own directories bind-mounted over /var, /opt, /tmp and /home
+//! (configurable), so pods do not see each other's files. Faults: cut the stream without a
+//! status, stall output; a 403 comes from the deny list (`create`/`get` on `pods/exec`).
+
+use crate::Shared;
+use crate::status::ApiError;
+use axum::extract::FromRequestParts;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// A fault for exec sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecFault {
+    /// Send this many bytes of output, then break the connection: no status, no close.
+    Cut { after_bytes: usize },
+    /// Hold all output back for this long (the command keeps running).
+    Stall(Duration),
+}
+
+/// How exec sessions behave.
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    /// Offer only `v4.channel.k8s.io` (an older API server).
+    pub v4_only: bool,
+    pub fault: Option<ExecFault>,
+    /// The paths each pod gets its own copy of (bind mounts in a private mount namespace).
+    pub mounts: Vec<PathBuf>,
+    /// Per-pod directories live under here: `ROOT/NAMESPACE/POD/var` and so on.
+    pub root: PathBuf,
+    /// Whether to isolate at all (needs root); off falls back to the host's filesystem.
+    pub isolate: bool,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig {
+            v4_only: false,
+            fault: None,
+            mounts: ["/var", "/opt", "/tmp", "/home"]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            root: std::env::temp_dir().join(format!("fake-kube-pods-{}", uuid::Uuid::new_v4())),
+            isolate: is_root(),
+        }
+    }
+}
+
+/// Whether this process runs as root (per-pod mount namespaces need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The directory that stands in for `path` (`/var`) inside pod `ns/name`.
+pub fn pod_dir(root: &Path, ns: &str, name: &str, path: &Path) -> PathBuf {
+    let flat = path.to_string_lossy().trim_matches('/').replace('/', "_");
+    root.join(ns).join(name).join(flat)
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The query's pairs in order, repeated keys kept (kube-rs starts it with `?&`).
+fn pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+fn flag(pairs: &[(String, String)], k: &str) -> bool {
+    pairs
+        .iter()
+        .any(|(key, v)| key == k && matches!(v.as_str(), "true" | "1"))
+}
+
+/// Serves `GET /api/v1/namespaces/NS/pods/NAME/exec`.
+pub async fn serve(
+    shared: Arc<Shared>,
+    ns: &str,
+    pod: &str,
+    parts: &mut axum::http::request::Parts,
+) -> Response {
+    let q = pairs(parts.uri.query().unwrap_or(""));
+    let allowed = shared.access.lock().is_ok_and(|a| {
+        a.allowed("create", "pods/exec", Some(ns)) && a.allowed("get", "pods/exec", Some(ns))
+    });
+    if !allowed {
+        return ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "pods \"{pod}\" is forbidden: User \"fake\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"{ns}\""
+            ),
+        )
+        .into_response();
+    }
+    let Some(obj) = shared
+        .store
+        .lock()
+        .ok()
+        .and_then(|s| s.get("/pods", ns, pod).cloned())
+    else {
+        return ApiError::not_found("", "pods", pod).into_response();
+    };
+    let names: Vec<String> = obj
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    match q.iter().find(|(k, _)| k == "container") {
+        None if names.len() > 1 => {
+            return ApiError::bad_request(format!(
+                "a container name must be specified for pod {pod}, choose one of: [{}]",
+                names.join(" ")
+            ))
+            .into_response();
+        }
+        Some((_, c)) if !names.contains(c) => {
+            return ApiError::bad_request(format!("container {c} is not valid for pod {pod}"))
+                .into_response();
+        }
+        _ => {}
+    }
+    let argv: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if argv.is_empty() {
+        return ApiError::bad_request("you must specify at least 1 command").into_response();
+    }
+    let flags = Flags {
+        stdin: flag(&q, "stdin"),
+        stdout: flag(&q, "stdout"),
+        stderr: flag(&q, "stderr"),
+    };
+    let cfg = shared.exec.lock().map(|c| c.clone()).unwrap_or_default();
+    let ws = match WebSocketUpgrade::from_request_parts(parts, &()).await {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
+    let protos: Vec<&'static str> = if cfg.v4_only {
+        vec!["v4.channel.k8s.io"]
+    } else {
+        vec!["v5.channel.k8s.io", "v4.channel.k8s.io"]
+    };
+    let (ns, pod) = (ns.to_string(), pod.to_string());
+    ws.protocols(protos)
+        .on_upgrade(move |socket| session(socket, argv, flags, cfg, ns, pod))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flags {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+}
+
+fn frame(ch: u8, data: &[u8]) -> Message {
+    let mut v = Vec::with_capacity(data.len() + 1);
+    v.push(ch);
+    v.extend_from_slice(data);
+    Message::Binary(Bytes::from(v))
+}
+
+fn command(
+    argv: &[String],
+    cfg: &ExecConfig,
+    ns: &str,
+    pod: &str,
+) -> std::io::Result<tokio::process::Command> {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env("HOSTNAME", pod)
+        .current_dir("/")
+        .kill_on_drop(true);
+    if cfg.isolate {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        // Paths that hold the pod root itself are mounted last, so the sources stay visible.
+        let mut mounts = cfg.mounts.clone();
+        mounts.sort_by_key(|m| cfg.root.starts_with(m));
+        let mut pairs = Vec::new();
+        for m in &mounts {
+            let src = pod_dir(&cfg.root, ns, pod, m);
+            std::fs::create_dir_all(&src)?;
+            if m == Path::new("/tmp") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o1777))?;
+            }
+            let c = |p: &Path| {
+                CString::new(p.as_os_str().as_bytes())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            };
+            pairs.push((c(&src)?, c(m)?));
+        }
+        let root = CString::new("/").map_err(std::io::Error::other)?;
+        // SAFETY: the closure runs in the forked child before exec and only calls the
+        // async-signal-safe unshare(2) and mount(2) on CStrings built beforehand.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for (src, dst) in &pairs {
+                    if libc::mount(
+                        src.as_ptr(),
+                        dst.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    Ok(cmd)
+}
+
+fn pump(ch: u8, mut r: impl AsyncRead + Unpin + Send + 'static, tx: mpsc::Sender<(u8, Bytes)>) {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx
+                        .send((ch, Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+async fn session(
+    socket: WebSocket,
+    argv: Vec<String>,
+    flags: Flags,
+    cfg: ExecConfig,
+    ns: String,
+    pod: String,
+) {
+    let v5 = socket
+        .protocol()
+        .and_then(|p| p.to_str().ok())
+        .is_some_and(|p| p.starts_with("v5."));
+    let (mut tx, mut rx) = socket.split();
+    // Kubelet opens with one empty frame per channel in use.
+    let mut opening = Vec::new();
+    if flags.stdin {
+        opening.push(0u8);
+    }
+    if flags.stdout {
+        opening.push(1);
+    }
+    if flags.stderr {
+        opening.push(2);
+    }
+    opening.push(3);
+    for ch in opening {
+        if tx.send(frame(ch, &[])).await.is_err() {
+            return;
+        }
+    }
+    let spawned = command(&argv, &cfg, &ns, &pod).and_then(|mut c| {
+        c.stdin(if flags.stdin {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(if flags.stdout {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stderr(if flags.stderr {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .spawn()
+    });
+    let (out_tx, mut out_rx) = mpsc::channel::<(u8, Bytes)>(16);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let status = json!({"metadata": {}, "status": "Failure",
+                "message": format!("failed to exec in container: {:?}: {e}", argv[0]),
+                "reason": "InternalError", "code": 500});
+            finish(&mut tx, rx, status).await;
+            return;
+        }
+    };
+    if let Some(o) = child.stdout.take() {
+        pump(1, o, out_tx.clone());
+    }
+    if let Some(e) = child.stderr.take() {
+        pump(2, e, out_tx.clone());
+    }
+    drop(out_tx);
+    let (gone_tx, mut gone_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut stdin = child.stdin.take();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = rx.next().await {
+            match msg {
+                Message::Binary(b) if !b.is_empty() => match b[0] {
+                    0 => {
+                        if let Some(s) = stdin.as_mut()
+                            && (s.write_all(&b[1..]).await.is_err() || s.flush().await.is_err())
+                        {
+                            stdin = None;
+                        }
+                    }
+                    255 if b.get(1) == Some(&0) => stdin = None,
+                    _ => {}
+                },
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        drop(stdin);
+        let _ = gone_tx.send(());
+        rx
+    });
+    let mut sent = 0usize;
+    let mut stalled = false;
+    let mut client_gone = false;
+    loop {
+        let next = tokio::select! {
+            n = out_rx.recv() => n,
+            _ = &mut gone_rx, if !client_gone => {
+                client_gone = true;
+                // The client can read nothing more (closed or broken): end the command.
+                let _ = child.start_kill();
+                continue;
+            }
+        };
+        let Some((ch, data)) = next else { break };
+        if client_gone {
+            continue;
+        }
+        if let Some(ExecFault::Stall(d)) = &cfg.fault
+            && !stalled
+        {
+            stalled = true;
+            tokio::time::sleep(*d).await;
+        }
+        if let Some(ExecFault::Cut { after_bytes }) = cfg.fault
+            && sent + data.len() >= after_bytes
+        {
+            let n = after_bytes.saturating_sub(sent);
+            let _ = tx.send(frame(ch, &data[..n])).await;
+            let _ = tx.flush().await;
+            // Break the connection: no status, no close handshake.
+            let _ = child.start_kill();
+            reader.abort();
+            drop(tx);
+            let _ = child.wait().await;
+            return;
+        }
+        if tx.send(frame(ch, &data)).await.is_err() {
+            let _ = child.start_kill();
+            client_gone = true;
+            continue;
+        }
+        sent += data.len();
+    }
+    let code = child.wait().await.ok().and_then(|s| s.code());
+    if client_gone {
+        return;
+    }
+    if v5 {
+        if flags.stdout {
+            let _ = tx.send(frame(255, &[1])).await;
+        }
+        if flags.stderr {
+            let _ = tx.send(frame(255, &[2])).await;
+        }
+    }
+    let status = match code {
+        Some(0) => json!({"metadata": {}, "status": "Success"}),
+        Some(c) => json!({"metadata": {}, "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command {argv:?}, exit code {c}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": c.to_string()}]}}),
+        None => json!({"metadata": {}, "status": "Failure",
+            "message": "command terminated by a signal", "reason": "InternalError"}),
+    };
+    let _ = tx.send(frame(3, status.to_string().as_bytes())).await;
+    let _ = tx
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: "".into(),
+        })))
+        .await;
+    // Read on after the close: closing while a client frame is in flight resets the
+    // connection and the client loses the unread tail.
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+}
+
+/// Sends `status` and Close 1000 and reads until the client closes (bounded).
+async fn finish(
+    tx: &mut futures::stream::SplitSink<WebSocket, Message>,
+    mut rx: futures::stream::SplitStream<WebSocket>,
+    status: Value,
+) {
+    let _ = tx.send(frame(3, status.to_string().as_bytes())).await;
+    let _ = tx
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: "".into(),
+        })))
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = rx.next().await {}
+    })
+    .await;
+}

@@ -1,0 +1,284 @@
+//! Exec over WebSocket against the real kube-rs client (`Api::<Pod>::exec`) and the real
+//! kubectl: stdout, stderr, stdin with shutdown, exit codes, v4 and v5, a cut stream without
+//! a status, a stalled stream, 403, 400 for an unnamed container of several, and per-pod
+//! filesystems. Every test is bounded by a timeout; kubectl runs are killed after 30 s.
+
+use fake_kube::{ExecFault, FakeCluster};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
+use kube::api::{Api, AttachParams, AttachedProcess, PostParams};
+use kube::{Client, Config};
+use serde_json::json;
+use std::future::Future;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn bounded<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("test took longer than 30 s")
+}
+
+fn client(cluster: &FakeCluster) -> Client {
+    let mut config = Config::new(cluster.url().parse().expect("url"));
+    config.default_namespace = "default".into();
+    config.default_retry = false;
+    config.read_timeout = Some(Duration::from_secs(10));
+    Client::try_from(config).expect("client")
+}
+
+async fn pod(c: &Client, name: &str, containers: &[&str]) -> Api<Pod> {
+    let pods: Api<Pod> = Api::default_namespaced(c.clone());
+    let cs: Vec<_> = containers
+        .iter()
+        .map(|n| json!({"name": n, "image": "busybox"}))
+        .collect();
+    let p: Pod =
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"containers": cs}}))
+            .expect("pod");
+    pods.create(&PostParams::default(), &p)
+        .await
+        .expect("create pod");
+    pods
+}
+
+/// Output and status of a finished exec: (stdout, stderr, status); the status is `None`
+/// when the stream broke. Reads race the status so a broken stream cannot hang the test.
+async fn collect(mut p: AttachedProcess) -> (String, String, Option<Status>) {
+    let mut out = p.stdout();
+    let mut err = p.stderr();
+    let status = p.take_status().expect("status future");
+    let read = async {
+        let mut o = Vec::new();
+        let mut e = Vec::new();
+        if let Some(out) = out.as_mut() {
+            let _ = out.read_to_end(&mut o).await;
+        }
+        if let Some(err) = err.as_mut() {
+            let _ = err.read_to_end(&mut e).await;
+        }
+        (o, e)
+    };
+    // A broken stream never ends the readers (kube 5): once the status future is done,
+    // give the reads a moment, then take what arrived.
+    tokio::pin!(read);
+    let mut status = Box::pin(status);
+    let (o, e, st) = tokio::select! {
+        (o, e) = &mut read => {
+            let st = tokio::time::timeout(Duration::from_secs(10), status).await.ok().flatten();
+            (o, e, st)
+        }
+        st = &mut status => {
+            match tokio::time::timeout(Duration::from_millis(500), &mut read).await {
+                Ok((o, e)) => (o, e, st),
+                Err(_) => (Vec::new(), Vec::new(), st),
+            }
+        }
+    };
+    (
+        String::from_utf8_lossy(&o).into_owned(),
+        String::from_utf8_lossy(&e).into_owned(),
+        st,
+    )
+}
+
+fn exit_code(s: &Status) -> Option<i32> {
+    if s.status.as_deref() == Some("Success") {
+        return Some(0);
+    }
+    s.details
+        .as_ref()?
+        .causes
+        .as_ref()?
+        .iter()
+        .find(|c| c.reason.as_deref() == Some("ExitCode"))
+        .and_then(|c| c.message.as_deref()?.parse().ok())
+}
+
+fn sh(cmd: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), cmd.into()]
+}
+
+fn io() -> AttachParams {
+    AttachParams::default().stdout(true).stderr(true)
+}
+
+#[tokio::test]
+async fn kube_exec_output_stdin_and_exit_codes() {
+    let cluster = FakeCluster::start().await.expect("start");
+    let c = client(&cluster);
+    bounded(async {
+        let pods = pod(&c, "p", &["app"]).await;
+        let p = pods
+            .exec("p", sh("echo out; echo err >&2; exit 0"), &io())
+            .await
+            .expect("exec");
+        let (o, e, st) = collect(p).await;
+        assert_eq!((o.as_str(), e.as_str()), ("out\n", "err\n"));
+        assert_eq!(st.as_ref().and_then(exit_code), Some(0));
+
+        let p = pods
+            .exec("p", sh("echo x; exit 7"), &io())
+            .await
+            .expect("exec");
+        let (o, _, st) = collect(p).await;
+        assert_eq!(o, "x\n");
+        let st = st.expect("a status");
+        assert_eq!(st.reason.as_deref(), Some("NonZeroExitCode"));
+        assert_eq!(exit_code(&st), Some(7));
+
+        // stdin ends with shutdown; output after EOF still arrives (v5).
+        let mut p = pods
+            .exec("p", sh("cat; echo done"), &io().stdin(true))
+            .await
+            .expect("exec");
+        let mut stdin = p.stdin().expect("stdin");
+        stdin.write_all(b"hello\n").await.expect("write");
+        stdin.shutdown().await.expect("shutdown");
+        let (o, _, st) = collect(p).await;
+        assert_eq!(o, "hello\ndone\n");
+        assert_eq!(st.as_ref().and_then(exit_code), Some(0));
+
+        // A missing executable is a failure, not an exit code.
+        let p = pods
+            .exec("p", vec!["/nonexistent/cmd".to_string()], &io())
+            .await
+            .expect("exec");
+        let (_, _, st) = collect(p).await;
+        let st = st.expect("a status");
+        assert_eq!(exit_code(&st), None);
+        assert_ne!(st.reason.as_deref(), Some("NonZeroExitCode"));
+
+        // v4 only: output and exit codes still work.
+        cluster.exec_v4_only(true);
+        let p = pods
+            .exec("p", sh("echo four; exit 3"), &io())
+            .await
+            .expect("exec");
+        let (o, _, st) = collect(p).await;
+        assert_eq!(o, "four\n");
+        assert_eq!(st.as_ref().and_then(exit_code), Some(3));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kube_exec_faults_and_errors() {
+    let cluster = FakeCluster::start().await.expect("start");
+    let c = client(&cluster);
+    bounded(async {
+        let pods = pod(&c, "two", &["a", "b"]).await;
+        // Several containers and none named: 400; named: fine.
+        let Err(err) = pods.exec("two", sh("true"), &io()).await else {
+            panic!("exec without a container name must fail")
+        };
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 400),
+            "{err:?}"
+        );
+        let p = pods
+            .exec("two", sh("echo b"), &io().container("b"))
+            .await
+            .expect("exec");
+        assert_eq!(collect(p).await.0, "b\n");
+
+        // A cut stream: some output, then no status.
+        cluster.exec_fault(Some(ExecFault::Cut { after_bytes: 4 }));
+        let p = pods
+            .exec("two", sh("echo 123456789; sleep 5"), &io().container("a"))
+            .await
+            .expect("exec");
+        let (o, _, st) = collect(p).await;
+        assert!(o.len() <= 4, "{o:?}");
+        assert!(st.is_none(), "a cut stream has no status: {st:?}");
+
+        // A stall holds output back, then it flows.
+        cluster.exec_fault(Some(ExecFault::Stall(Duration::from_millis(800))));
+        let t = std::time::Instant::now();
+        let p = pods
+            .exec("two", sh("echo late"), &io().container("a"))
+            .await
+            .expect("exec");
+        let (o, _, st) = collect(p).await;
+        assert_eq!(o, "late\n");
+        assert!(t.elapsed() >= Duration::from_millis(800));
+        assert_eq!(st.as_ref().and_then(exit_code), Some(0));
+        cluster.exec_fault(None);
+
+        // 403 on exec.
+        cluster.deny("create", "pods/exec", None);
+        let Err(err) = pods.exec("two", sh("true"), &io().container("a")).await else {
+            panic!("denied exec must fail")
+        };
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 403),
+            "{err:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pods_have_their_own_var() {
+    let cluster = FakeCluster::start().await.expect("start");
+    if !cluster.exec_isolated() {
+        eprintln!("SKIPPED: not root, so exec runs without per-pod mount namespaces");
+        return;
+    }
+    let c = client(&cluster);
+    bounded(async {
+        // Two pods of one Deployment.
+        cluster.upsert(
+            "apps",
+            "deployments",
+            "default",
+            json!({"metadata": {"name": "web"}, "spec": {"replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]}}}}),
+        );
+        let pods: Api<Pod> = Api::default_namespaced(c.clone());
+        let names = loop {
+            let l = pods
+                .list(&kube::api::ListParams::default().labels("app=web"))
+                .await
+                .expect("list");
+            let v: Vec<String> = l
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            if v.len() == 2 {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (one, other) = (names[0].as_str(), names[1].as_str());
+        let p = pods
+            .exec(one, sh("echo mine > /var/marker && ls /var"), &io())
+            .await
+            .expect("exec");
+        let (o, e, st) = collect(p).await;
+        assert_eq!(st.as_ref().and_then(exit_code), Some(0), "{o} {e}");
+        assert_eq!(o, "marker\n");
+        let p = pods
+            .exec(other, sh("ls -A /var; test ! -e /var/marker"), &io())
+            .await
+            .expect("exec");
+        let (o, e, st) = collect(p).await;
+        assert_eq!(st.as_ref().and_then(exit_code), Some(0), "{o} {e}");
+        assert_eq!(o, "");
+        let again = pods
+            .exec(one, sh("cat /var/marker"), &io())
+            .await
+            .expect("exec");
+        assert_eq!(collect(again).await.0, "mine\n");
+        let host = cluster.pod_dir("default", one, std::path::Path::new("/var"));
+        assert_eq!(
+            std::fs::read_to_string(host.join("marker")).expect("host side"),
+            "mine\n"
+        );
+        assert!(!std::path::Path::new("/var/marker").exists());
+    })
+    .await;
+}
