@@ -479,3 +479,33 @@ async fn finish(
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_keeps_repeated_commands_in_order() {
+        let q = pairs("&command=sh&command=-c&command=echo%20a%3Bb+c&stdout=true&stdin=1");
+        let argv: Vec<&str> = q
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(argv, ["sh", "-c", "echo a;b c"]);
+        assert!(flag(&q, "stdout") && flag(&q, "stdin") && !flag(&q, "stderr"));
+    }
+
+    #[test]
+    fn pod_dirs_are_per_pod() {
+        let r = Path::new("/r");
+        assert_eq!(
+            pod_dir(r, "ns", "p", Path::new("/var")),
+            Path::new("/r/ns/p/var")
+        );
+        assert_ne!(
+            pod_dir(r, "ns", "p", Path::new("/var/lib")),
+            pod_dir(r, "ns", "q", Path::new("/var/lib"))
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! A stateful fake Kubernetes API server for tests: real HTTP that the real kube-rs client
 //! and real kubectl accept. Objects of any kind are stored as JSON with one global
 //! resourceVersion; discovery, CRUD, patches, server-side apply, watches, the scale
-//! subresource, SelfSubjectAccessReview and injected faults are served. See
+//! subresource, SelfSubjectAccessReview and injected faults are served; a controller gives
+//! workloads running Pods, and `pods/exec` runs real processes over WebSocket. See
 //! docs/testing.md in the repository for how to use it from tests and by hand.
 //!
 //! ```no_run
