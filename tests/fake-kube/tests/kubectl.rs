@@ -446,3 +446,50 @@ fn kubectl_exec_passes_the_exit_code_through() {
     assert_eq!(stdout, "bye\n");
     assert_eq!(status.code(), Some(5));
 }
+
+#[test]
+fn kubectl_exec_with_stdin() {
+    if !have_kubectl() {
+        return;
+    }
+    let cluster = FakeCluster::start_in_thread().expect("start");
+    let k = Kubectl::new(&cluster);
+    let pod = k.file(
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p1, namespace: x}\nspec: {containers: [{name: c, image: i}]}\n",
+    );
+    k.ok(&["apply", "-f", &pod, "--validate=false"]);
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .args([
+            "exec",
+            "-i",
+            "-n",
+            "x",
+            "p1",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; exit 4",
+        ])
+        .env("HOME", k.dir.path())
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kubectl");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"hello\n").expect("write");
+    }
+    let (timed_out, _, stdout, stderr) = wait_bounded(child, Duration::from_secs(30));
+    assert!(!timed_out, "kubectl exec -i ran over 30 s: {stderr}");
+    assert_eq!(stdout, "HELLO\n", "{stderr}");
+    assert!(
+        stderr.contains("exit code 4") || stderr.is_empty(),
+        "{stderr}"
+    );
+}
