@@ -3,29 +3,18 @@
 //! a status, a stalled stream, 403, 400 for an unnamed container of several, and per-pod
 //! filesystems. Every test is bounded by a timeout; kubectl runs are killed after 30 s.
 
+mod common;
+
+use common::{bounded, client};
+use kube::Client;
+
 use fake_kube::{ExecFault, FakeCluster};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{Api, AttachParams, AttachedProcess, PostParams};
-use kube::{Client, Config};
 use serde_json::json;
-use std::future::Future;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn bounded<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("test took longer than 30 s")
-}
-
-fn client(cluster: &FakeCluster) -> Client {
-    let mut config = Config::new(cluster.url().parse().expect("url"));
-    config.default_namespace = "default".into();
-    config.default_retry = false;
-    config.read_timeout = Some(Duration::from_secs(10));
-    Client::try_from(config).expect("client")
-}
 
 async fn pod(c: &Client, name: &str, containers: &[&str]) -> Api<Pod> {
     let pods: Api<Pod> = Api::default_namespaced(c.clone());

@@ -2,6 +2,10 @@
 //! discovery, CRUD, selectors, patches, server-side apply, watches, scale, access reviews,
 //! faults. Every test is bounded by a timeout.
 
+mod common;
+
+use common::{bounded, client};
+
 use fake_kube::{FakeCluster, FaultAction, FaultRule, ResourceDef};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -13,25 +17,8 @@ use kube::api::{
 };
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{self, Discovery};
-use kube::{Client, Config};
 use serde_json::{Value, json};
-use std::future::Future;
 use std::time::Duration;
-
-async fn bounded<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("test took longer than 30 s")
-}
-
-fn client(cluster: &FakeCluster) -> Client {
-    let mut config = Config::new(cluster.url().parse().expect("url"));
-    config.default_namespace = "default".into();
-    // Faults must reach the test, not be retried away by kube's own retry layer.
-    config.default_retry = false;
-    config.read_timeout = Some(Duration::from_secs(10));
-    Client::try_from(config).expect("client")
-}
 
 fn cm(name: &str, labels: Value, data: Value) -> ConfigMap {
     serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": data}))

@@ -3,28 +3,16 @@
 //! exec over WebSocket (stdout, stderr, stdin, exit codes, faults, per-pod filesystems).
 //! Every test is bounded by a timeout.
 
+mod common;
+
+use common::{bounded, client};
+
 use fake_kube::FakeCluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, Config};
 use serde_json::{Value, json};
-use std::future::Future;
 use std::time::Duration;
-
-async fn bounded<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("test took longer than 30 s")
-}
-
-fn client(cluster: &FakeCluster) -> Client {
-    let mut config = Config::new(cluster.url().parse().expect("url"));
-    config.default_namespace = "default".into();
-    config.default_retry = false;
-    config.read_timeout = Some(Duration::from_secs(10));
-    Client::try_from(config).expect("client")
-}
 
 fn deployment(name: &str, replicas: i32) -> Deployment {
     serde_json::from_value(json!({
