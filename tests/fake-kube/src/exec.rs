@@ -1,6 +1,6 @@
 //! `pods/NAME/exec` over WebSocket, as kubelet streams it through the API server: the
 //! `v5.channel.k8s.io` and `v4.channel.k8s.io` subprotocols, channels 0 (stdin), 1 (stdout),
-//! 2 (stderr), 3 (status) and 4 (resize, ignored), v5's close frame `[255, ch]`, a `Status`
+//! 2 (stderr), 3 (status) and 4 (resize, ignored), v5's close frame `[255, 0]` from the client (stdin's end), a `Status`
 //! on channel 3 (Success, or Failure/NonZeroExitCode with an ExitCode cause), then Close
 //! 1000, and reading on after the close so the client's last frames are not reset away.
 //! The command runs as a real local process; as root each exec gets a private mount
@@ -303,10 +303,6 @@ async fn session(
     ns: String,
     pod: String,
 ) {
-    let v5 = socket
-        .protocol()
-        .and_then(|p| p.to_str().ok())
-        .is_some_and(|p| p.starts_with("v5."));
     let (mut tx, mut rx) = socket.split();
     // Kubelet opens with one empty frame per channel in use.
     let mut opening = Vec::new();
@@ -432,14 +428,8 @@ async fn session(
     if client_gone {
         return;
     }
-    if v5 {
-        if flags.stdout {
-            let _ = tx.send(frame(255, &[1])).await;
-        }
-        if flags.stderr {
-            let _ = tx.send(frame(255, &[2])).await;
-        }
-    }
+    // no `[255, ch]` for stdout/stderr: in v5 only the client closes a
+    // channel (stdin); kubectl logs "Unknown stream id 255" otherwise
     let status = match code {
         Some(0) => json!({"metadata": {}, "status": "Success"}),
         Some(c) => json!({"metadata": {}, "status": "Failure",

@@ -445,6 +445,12 @@ fn kubectl_exec_passes_the_exit_code_through() {
     }
     assert_eq!(stdout, "bye\n");
     assert_eq!(status.code(), Some(5));
+    // the stream ends as kubelet ends it: kubectl has nothing to complain about
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(!stderr.contains("Unknown stream id"), "{stderr}");
 }
 
 #[test]
