@@ -94,6 +94,8 @@ runbook plan FILE --save plan.json      # pin what was reviewed"
         /// rendered steps) to this file.
         #[arg(long, value_name = "PLAN.json")]
         save: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
 
     /// Run a runbook: steps in dependency order, in parallel where they can be,
@@ -170,6 +172,11 @@ runbook resume RUN --approve confirm-overwrite"
         /// changed steps that had not succeeded run in their new form.
         #[arg(long)]
         allow_changed: bool,
+        /// Proceed although the cluster or context differs from the one
+        /// the run started on (journaled): without it such a resume is
+        /// refused, naming both.
+        #[arg(long)]
+        allow_context_change: bool,
     },
 
     /// Show the state of a run: each step's state, attempts, duration and log.
@@ -391,9 +398,38 @@ pub enum RunsAction {
     },
 }
 
+/// Which Kubernetes cluster, as kubectl takes it (plan, run, resume).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else
+    /// the in-cluster service account inside a pod).
+    #[arg(long, value_name = "FILE", help_heading = "Cluster")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: its current context).
+    #[arg(long, value_name = "NAME", help_heading = "Cluster")]
+    pub context: Option<String>,
+    /// Namespace of steps that name none (default: the context's, else
+    /// `default`).
+    #[arg(short = 'n', long, value_name = "NAMESPACE", help_heading = "Cluster")]
+    pub namespace: Option<String>,
+}
+
+impl ClusterArgs {
+    /// The cluster these flags select.
+    pub fn target(&self) -> crate::cluster::Target {
+        crate::cluster::Target {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+}
+
 /// Options shared by `run` and `resume`.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Most steps running at once.
     #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=1024))]

@@ -255,6 +255,10 @@ pub enum RunEvent {
         /// Who started the run (`$USER`, else the account name, else the uid).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         started_by: Option<String>,
+        /// The Kubernetes cluster (server, context, namespace) the run
+        /// talks to; absent for runs without Kubernetes steps.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster: Option<crate::cluster::Identity>,
     },
     /// A `resume` took over the run.
     RunResumed {
@@ -269,6 +273,10 @@ pub enum RunEvent {
         changed_steps: Vec<String>,
         /// The runbook as now used (digest may differ with --allow-changed).
         runbook: RunbookRef,
+        /// The cluster this resume talks to (differs from the run's only
+        /// with `--allow-context-change`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster: Option<crate::cluster::Identity>,
     },
     /// `-j` was lowered to what the open-files limit allows (after raising
     /// the soft limit to the hard one).

@@ -511,6 +511,10 @@ pub struct RunState {
     /// Who started the run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
+    /// The cluster the run last talked to (its start, or a resume with
+    /// `--allow-context-change`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::Identity>,
 }
 
 impl RunState {
@@ -571,6 +575,7 @@ impl RunState {
                     selection,
                     approved_in_advance,
                     started_by,
+                    cluster,
                     ..
                 },
             ..
@@ -606,6 +611,7 @@ impl RunState {
             selection: selection.clone(),
             approved_in_advance: approved_in_advance.clone(),
             started_by: started_by.clone(),
+            cluster: cluster.clone(),
         };
         for record in &records[1..] {
             state.updated_at.clone_from(&record.at);
@@ -631,10 +637,14 @@ impl RunState {
                     RunEvent::RunResumed {
                         runbook,
                         containment,
+                        cluster,
                         ..
                     },
                     _,
                 ) => {
+                    if cluster.is_some() {
+                        state.cluster.clone_from(cluster);
+                    }
                     state.resumes += 1;
                     state.outcome = None;
                     state.runbook = runbook.clone();
@@ -855,6 +865,7 @@ mod tests {
             selection: None,
             approved_in_advance: Vec::new(),
             started_by: None,
+            cluster: None,
         }
     }
 

@@ -6,7 +6,9 @@
 //! the `report`ers).
 //! See docs/architecture.md.
 
+pub mod actions;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod diagnostic;
 pub mod engine;

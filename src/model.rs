@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::graph::StepGraph;
 use crate::spec::raw::{
-    ApplyAction, Backoff, CopyAction, ExecAction, ExportAction, ParamType, PatchAction,
-    RolloutAction, ScaleAction, WaitAction,
+    ApplyAction, Backoff, CopyAction, DeleteAction, ExecAction, ExportAction, ParamType,
+    PatchAction, RolloutAction, ScaleAction, WaitAction,
 };
 
 /// A validated runbook.
@@ -451,6 +451,8 @@ pub enum Action {
     Wait(Box<WaitAction>),
     /// Patch a resource.
     Patch(Box<PatchAction>),
+    /// Delete resources and wait until they are gone.
+    Delete(Box<DeleteAction>),
 }
 
 impl Action {
@@ -467,6 +469,7 @@ impl Action {
             Action::Rollout(_) => "rollout",
             Action::Wait(_) => "wait",
             Action::Patch(_) => "patch",
+            Action::Delete(_) => "delete",
         }
     }
 
@@ -488,6 +491,7 @@ impl Action {
             Action::Rollout(a) => serde_json::to_value(a),
             Action::Wait(a) => serde_json::to_value(a),
             Action::Patch(a) => serde_json::to_value(a),
+            Action::Delete(a) => serde_json::to_value(a),
         };
         spec.unwrap_or(serde_json::Value::Null)
     }

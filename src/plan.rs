@@ -329,6 +329,30 @@ fn render_action(
 ) -> Option<serde_json::Value> {
     let mut spec = action.spec();
     let ok = render_strings(&mut spec, render);
+    Some(annotate(action, spec)).filter(|_| ok)
+}
+
+/// An action's fields with every template string rendered by `render`;
+/// `None` when one cannot be rendered.
+pub fn render_fields(
+    action: &Action,
+    render: &mut impl FnMut(&str) -> Option<String>,
+) -> Option<serde_json::Value> {
+    let mut spec = action.spec();
+    render_strings(&mut spec, render).then_some(spec)
+}
+
+/// The one line that says what a Kubernetes action does, from its
+/// rendered fields: the command an operator would have typed.
+pub fn operation_line(action: &Action, spec: &serde_json::Value) -> String {
+    let out = annotate(action, spec.clone());
+    out.get("equivalent")
+        .and_then(serde_json::Value::as_str)
+        .map_or_else(|| action.key().to_owned(), str::to_owned)
+}
+
+/// Adds `type` and the equivalent command line to rendered fields.
+fn annotate(action: &Action, spec: serde_json::Value) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     out.insert("type".into(), action.key().into());
     if let serde_json::Value::Object(fields) = spec {
@@ -341,7 +365,7 @@ fn render_action(
     if let Some(line) = equivalent_command(action.key(), &out) {
         out.insert("equivalent".into(), line.into());
     }
-    ok.then_some(serde_json::Value::Object(out))
+    serde_json::Value::Object(out)
 }
 
 fn render_strings(
@@ -544,6 +568,20 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
                 q(&f.get("patch").map(ToString::to_string).unwrap_or_default())
             ),
         },
+        "delete" => {
+            let what = match (field(f, "name"), field(f, "selector")) {
+                (Some(name), _) => format!("{kind}/{}", q(name)),
+                (None, Some(sel)) => format!("{kind} -l {}", q(sel)),
+                _ => kind.clone(),
+            };
+            let missing =
+                if f.get("ignore_missing").and_then(serde_json::Value::as_bool) == Some(true) {
+                    " --ignore-not-found"
+                } else {
+                    ""
+                };
+            format!("kubectl delete {what}{ns}{missing} --wait")
+        }
         _ => return None,
     })
 }

@@ -121,6 +121,64 @@ pub struct ExecOptions {
     pub jobs_limited: Option<crate::limits::JobsCap>,
     /// `--allow-concurrent`: do not take the runbook lock.
     pub allow_concurrent: bool,
+    /// `--kubeconfig/--context/-n`.
+    pub target: crate::cluster::Target,
+}
+
+/// The cluster side of a run: the connection (only for runbooks with
+/// Kubernetes steps) and the variables step processes get.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// Injected into the actions.
+    pub services: crate::actions::Services,
+    /// `KUBECONFIG`, `RUNBOOK_CONTEXT`, `RUNBOOK_NAMESPACE`.
+    pub env: Vec<(String, String)>,
+}
+
+impl Connection {
+    /// Where the run talks to, if it has Kubernetes steps.
+    pub fn identity(&self) -> Option<crate::cluster::Identity> {
+        self.services.cluster.as_ref().map(|c| c.identity().clone())
+    }
+}
+
+/// Builds the client when the runbook has Kubernetes steps (nothing is
+/// sent to the server yet); otherwise only passes the flags on to `run`
+/// steps.
+pub async fn connect(
+    runbook: &Runbook,
+    target: &crate::cluster::Target,
+) -> Result<Connection, RunError> {
+    if !runbook.steps.iter().any(|s| s.action.needs_cluster()) {
+        let mut env = Vec::new();
+        if let Some(path) = &target.kubeconfig {
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            env.push(("KUBECONFIG".to_owned(), path.display().to_string()));
+        }
+        if let Some(context) = &target.context {
+            env.push(("RUNBOOK_CONTEXT".to_owned(), context.clone()));
+        }
+        if let Some(namespace) = &target.namespace {
+            env.push(("RUNBOOK_NAMESPACE".to_owned(), namespace.clone()));
+        }
+        return Ok(Connection {
+            services: Default::default(),
+            env,
+        });
+    }
+    let cluster = crate::cluster::Cluster::connect(target)
+        .await
+        .map_err(|e| RunError::Environment {
+            help: e.help(),
+            message: e.to_string(),
+        })?;
+    let env = cluster.step_env();
+    Ok(Connection {
+        services: crate::actions::Services {
+            cluster: Some(Arc::new(cluster)),
+        },
+        env,
+    })
 }
 
 /// `run --only/--from/--skip/--approve`.
@@ -264,24 +322,31 @@ fn step_digests(runbook: &Runbook) -> IndexMap<String, String> {
         .collect()
 }
 
-/// Refuses runbooks with actions this version cannot execute.
-fn check_supported(runbook: &Runbook) -> Result<(), RunError> {
-    let unsupported: Vec<String> = runbook
-        .steps
-        .iter()
-        .filter(|s| s.action.needs_cluster())
-        .map(|s| format!("{} ({})", s.id, s.action.key()))
-        .collect();
-    if unsupported.is_empty() {
+/// Refuses a resume pointed at another cluster or context than the run
+/// last used, naming both, unless `--allow-context-change`.
+fn check_cluster(
+    run_id: &str,
+    run_state: &crate::journal::RunState,
+    connection: &Connection,
+    allow: bool,
+) -> Result<(), RunError> {
+    let (Some(before), Some(now)) = (&run_state.cluster, connection.identity()) else {
+        return Ok(());
+    };
+    if allow || (before.server == now.server && before.context == now.context) {
         return Ok(());
     }
     Err(RunError::Refused {
-        message: format!(
-            "this version of runbook runs `run` and `pause` steps only; these steps use Kubernetes actions: {}",
-            unsupported.join(", ")
+        message: format!("run {run_id} talks to {before}; this resume would talk to {now}"),
+        help: format!(
+            "resume against the same cluster (--context {}{}), or pass --allow-context-change if the run must go on against the other one (journaled)",
+            before.context.as_deref().unwrap_or("<in-cluster>"),
+            if before.namespace != now.namespace {
+                format!(" -n {}", before.namespace)
+            } else {
+                String::new()
+            }
         ),
-        help: "review it with `runbook plan` meanwhile; Kubernetes actions run in a later version"
-            .into(),
     })
 }
 
@@ -371,8 +436,8 @@ pub fn start(
     mut params: ParamValues,
     options: &ExecOptions,
     scope: &RunScope,
+    connection: Connection,
 ) -> Result<Prepared, RunError> {
-    check_supported(&runbook)?;
     check_approvals(&runbook, &scope.approve)?;
     let (selected, selection) =
         crate::selection::resolve(&runbook, &scope.only, &scope.from, &scope.skip)?;
@@ -421,6 +486,7 @@ pub fn start(
         selection,
         approved_in_advance: scope.approve.clone(),
         started_by: Some(operator()),
+        cluster: connection.identity(),
     };
     let initial = selected
         .iter()
@@ -448,6 +514,8 @@ pub fn start(
             containment,
             secrets,
             fds: Default::default(),
+            services: connection.services,
+            extra_env: connection.env,
         }),
         initial,
         journal,
@@ -477,6 +545,8 @@ pub struct ResumeRequest {
     pub approve: Vec<String>,
     /// `--allow-changed`.
     pub allow_changed: bool,
+    /// `--allow-context-change`.
+    pub allow_context_change: bool,
 }
 
 /// The most recent run that did not succeed.
@@ -664,7 +734,13 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         runbook_path.clone(),
         loaded,
     )?;
-    check_supported(&runbook)?;
+    let connection = connect(&runbook, &options.target).await?;
+    check_cluster(
+        &run_id,
+        &run_state,
+        &connection,
+        request.allow_context_change,
+    )?;
     let mut params = ParamValues::for_resume(
         &runbook.params,
         &run_state.params,
@@ -831,6 +907,8 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         containment,
         secrets,
         fds: Default::default(),
+        services: connection.services.clone(),
+        extra_env: connection.env.clone(),
     };
     let runbook = ctx.runbook.clone();
     let env = template::environment();
@@ -970,6 +1048,7 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
         allow_changed: request.allow_changed,
         changed_steps: changed,
         runbook: runbook_ref(&runbook, &path),
+        cluster: connection.identity(),
     };
     Ok(Prepared {
         ctx: Arc::new(ctx),

@@ -1220,6 +1220,8 @@ fn action_of(raw: &RawStep) -> Option<Action> {
         Action::Wait(a.clone())
     } else if let Some(a) = &raw.patch {
         Action::Patch(a.clone())
+    } else if let Some(a) = &raw.delete {
+        Action::Delete(a.clone())
     } else {
         return None;
     })

@@ -488,7 +488,7 @@ fn json_log_format_prints_one_event_per_line() {
 }
 
 #[test]
-fn runs_lists_history_and_kubernetes_runbooks_are_refused_for_now() {
+fn runs_lists_history_and_a_kubernetes_runbook_without_a_cluster_says_so() {
     let lab = Lab::new();
     let file = lab.runbook(
         "hist",
@@ -518,10 +518,16 @@ fn runs_lists_history_and_kubernetes_runbooks_are_refused_for_now() {
             "--state-dir",
             &lab.state(),
         ])
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", lab.path("home"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Kubernetes actions"));
+    // no kubeconfig anywhere: one clear line before any run directory
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no kubeconfig"), "{stderr}");
+    assert!(stderr.contains("--kubeconfig"), "{stderr}");
 }
 
 #[test]

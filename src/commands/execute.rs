@@ -48,6 +48,7 @@ fn options(exec: &ExecArgs, fail_fast: bool) -> Result<ExecOptions, u8> {
         state_dir,
         jobs_limited,
         allow_concurrent: exec.allow_concurrent,
+        target: exec.cluster.target(),
     })
 }
 
@@ -174,12 +175,19 @@ pub fn run(
     {
         return report_error(e, style);
     }
-    let prepared = match runner::start(runbook, &source, &path, values, &options, &scope) {
-        Ok(p) => p,
-        Err(e) => return report_error(e, style),
-    };
     let Ok(rt) = runtime() else {
         return exit::RUNTIME;
+    };
+    // the client is built here, at the edge, and only for Kubernetes steps
+    let connection = match rt.block_on(runner::connect(&runbook, &options.target)) {
+        Ok(c) => c,
+        Err(e) => return report_error(e, style),
+    };
+    let prepared = match runner::start(
+        runbook, &source, &path, values, &options, &scope, connection,
+    ) {
+        Ok(p) => p,
+        Err(e) => return report_error(e, style),
     };
     finish(
         rt,

@@ -59,6 +59,7 @@ pub fn dispatch(cli: Cli) -> u8 {
             params,
             output,
             save,
+            cluster: _,
         } => plan(&file, &params, output, save.as_deref(), style, cli.color),
         Command::Schema => write_stdout(crate::schema::runbook_schema_json().as_bytes()),
         Command::Run {
@@ -88,6 +89,7 @@ pub fn dispatch(cli: Cli) -> u8 {
             reason,
             approve,
             allow_changed,
+            allow_context_change,
         } => execute::resume(
             crate::runner::ResumeRequest {
                 run_id,
@@ -100,6 +102,7 @@ pub fn dispatch(cli: Cli) -> u8 {
                 reason,
                 approve,
                 allow_changed,
+                allow_context_change,
             },
             &exec,
             exec.fail_fast,

@@ -26,6 +26,8 @@ use indexmap::IndexMap;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
+use crate::actions::pause::Gate;
+use crate::actions::{AttemptCx, Outcome, Rendered, first_line};
 use crate::events::{OutputStream, RunEvent, RunOutcome, SuccessVia};
 use crate::journal::JournalWriter;
 use crate::model::{Action, Runbook, Step};
@@ -166,6 +168,11 @@ pub struct RunContext {
     pub secrets: Arc<SecretSet>,
     /// Back-pressure when spawning runs out of descriptors.
     pub fds: Arc<crate::limits::FdGate>,
+    /// What actions use beyond the run (the cluster, when there is one).
+    pub services: crate::actions::Services,
+    /// Variables every step process gets (`KUBECONFIG`,
+    /// `RUNBOOK_CONTEXT`, `RUNBOOK_NAMESPACE` for the run's cluster).
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// The environment of a step's processes (attempts, `done_if`, `ready`).
@@ -185,6 +192,7 @@ pub fn step_env(ctx: &RunContext, step: &Step, attempt: u32) -> Vec<(String, Str
     for (name, value) in &ctx.params.values {
         env.push((crate::params::env_var_name(name), value.value.to_string()));
     }
+    env.extend(ctx.extra_env.iter().cloned());
     env
 }
 
@@ -293,8 +301,8 @@ fn is_runner_directory(dir: &std::path::Path) -> bool {
 /// A contained command that is running: its main process, its slot
 /// cgroup (if any), and the task copying its output to the log.
 pub struct Launched {
-    child: spawn::StepProcess,
-    slot: Option<Slot>,
+    pub(crate) child: spawn::StepProcess,
+    pub(crate) slot: Option<Slot>,
     pump: tokio::task::JoinHandle<std::io::Result<u64>>,
     /// Descriptors held (pipe, pidfd, log, slot) while it runs.
     _hold: crate::limits::FdHold,
@@ -566,7 +574,7 @@ pub struct Summary {
 }
 
 /// Evaluates a step's `when` with the outputs and statuses known so far.
-fn evaluate_when(ctx: &RunContext, step: &Step, known: &Known) -> Result<bool, String> {
+pub(crate) fn evaluate_when(ctx: &RunContext, step: &Step, known: &Known) -> Result<bool, String> {
     let Some(when) = &step.when else {
         return Ok(true);
     };
@@ -587,7 +595,7 @@ fn evaluate_when(ctx: &RunContext, step: &Step, known: &Known) -> Result<bool, S
 
 /// A template error as a message; an undefined value that is a missing
 /// output names the step and what became of it.
-fn explain(known: &Known, e: &minijinja::Error, text: &str, expression: bool) -> String {
+pub(crate) fn explain(known: &Known, e: &minijinja::Error, text: &str, expression: bool) -> String {
     let why = (e.kind() == minijinja::ErrorKind::UndefinedError)
         .then(|| {
             let text = if expression {
@@ -766,21 +774,27 @@ pub async fn execute(
         while !stopping && running.len() < options.jobs {
             let Some(i) = ready.pop_front() else { break };
             let step = &runbook.steps[i];
-            if let Action::Pause { message } = &step.action {
-                // a gate whose `when` is false is skipped, as the plan shows
-                let gate_done = match evaluate_when(&ctx, step, &known(&outputs)) {
-                    Ok(true) => None,
-                    Ok(false) => {
+            if matches!(step.action, Action::Pause { .. }) {
+                let gate = crate::actions::pause::decide(
+                    &ctx,
+                    step,
+                    &known(&outputs),
+                    &options.gates.approved_in_advance,
+                );
+                let mut message = None;
+                let gate_done = match gate {
+                    Gate::Ask { message: m } => {
+                        message = m;
+                        None
+                    }
+                    Gate::Skip { reason } => {
                         dispatch.emit(RunEvent::StepSkipped {
                             step: step.id.clone(),
-                            reason: format!(
-                                "when `{}` is false",
-                                step.when.as_deref().unwrap_or("")
-                            ),
+                            reason,
                         });
                         Some((Finish::Skipped, Status::Skipped))
                     }
-                    Err(error) => {
+                    Gate::Invalid { error } => {
                         dispatch.emit(RunEvent::StepFailed {
                             step: step.id.clone(),
                             attempt: next_attempt[i],
@@ -792,6 +806,14 @@ pub async fn execute(
                         failed = true;
                         stopping |= options.fail_fast;
                         Some((Finish::Failed, Status::Failed))
+                    }
+                    Gate::ApprovedInAdvance => {
+                        dispatch.emit(RunEvent::StepApproved {
+                            step: step.id.clone(),
+                            by: options.gates.operator.clone(),
+                            reason: Some("approved in advance (run --approve)".into()),
+                        });
+                        Some((Finish::Succeeded, Status::Succeeded))
                     }
                 };
                 if let Some((done, status)) = gate_done {
@@ -807,33 +829,6 @@ pub async fn execute(
                     );
                     continue;
                 }
-                if options.gates.approved_in_advance.contains(&step.id) {
-                    dispatch.emit(RunEvent::StepApproved {
-                        step: step.id.clone(),
-                        by: options.gates.operator.clone(),
-                        reason: Some("approved in advance (run --approve)".into()),
-                    });
-                    finish[i] = Some(Finish::Succeeded);
-                    statuses.set(i, Status::Succeeded);
-                    settle(
-                        i,
-                        &runbook,
-                        &mut finish,
-                        &mut remaining,
-                        &mut ready,
-                        &dispatch,
-                    );
-                    continue;
-                }
-                let message = message.as_ref().map(|m| {
-                    Context::new(
-                        &ctx.params.template_values(true),
-                        Outputs::Known(known(&outputs)),
-                        &ctx.facts,
-                    )
-                    .render(template::environment(), m)
-                    .map_or_else(|_| m.clone(), |text| ctx.secrets.mask(&text))
-                });
                 // journaled first: a runner that dies while asking leaves
                 // the run paused at this gate
                 dispatch.emit(RunEvent::StepPaused {
@@ -1175,11 +1170,9 @@ impl StepTask {
         &self.ctx.runbook.steps[self.index].id
     }
 
-    async fn run(mut self) -> StepResult {
+    async fn run(self) -> StepResult {
         let ctx = self.ctx.clone();
         let step = &ctx.runbook.steps[self.index];
-        let env = template::environment();
-        let known = Outputs::Known(self.known.clone());
         let scrub = ctx.secrets.clone();
 
         match evaluate_when(&ctx, step, &self.known) {
@@ -1193,40 +1186,13 @@ impl StepTask {
             }
             Err(error) => return self.fail(self.first_attempt, error, None, Duration::ZERO, false),
         }
-        let Action::Run { command } = &step.action else {
-            return self.fail(
-                self.first_attempt,
-                format!(
-                    "`{}` is a Kubernetes action; this version of runbook runs `run` and `pause` steps only",
-                    step.action.key()
-                ),
-                None,
-                Duration::ZERO,
-                false,
-            );
-        };
-        // most steps in large runbooks are plain commands: build the
-        // template context only for steps that need one
-        let script = if template::is_template(command) {
-            let real = Context::new(&ctx.params.template_values(false), known, &ctx.facts);
-            match real.render(env, command) {
-                Ok(s) => s,
-                Err(e) => {
-                    let msg = scrub.mask(&explain(&self.known, &e, command, false));
-                    return self.fail(
-                        self.first_attempt,
-                        format!("cannot render the command: {msg}"),
-                        None,
-                        Duration::ZERO,
-                        false,
-                    );
-                }
+        let rendered = match crate::actions::render(&ctx, step, &self.known) {
+            Ok(r) => r,
+            Err(error) => {
+                return self.fail(self.first_attempt, error, None, Duration::ZERO, false);
             }
-        } else {
-            command.clone()
         };
-        let shown = scrub.mask(&script);
-
+        let shown = rendered.shown().to_owned();
         let log = Arc::new(std::sync::Mutex::new(output::StepLog::new(
             ctx.run_dir.log(&step.id),
         )));
@@ -1255,24 +1221,40 @@ impl StepTask {
                 }
             }
             let began = Instant::now();
-            let outcome = self.attempt(attempt, &script, &shown, &log).await;
+            let cx = AttemptCx {
+                ctx: ctx.clone(),
+                index: self.index,
+                attempt,
+                known: self.known.clone(),
+                dispatch: self.dispatch.clone(),
+                kill: self.kill.clone(),
+                grace: self.grace,
+                log: log.clone(),
+            };
+            if let Ok(mut f) = log.lock() {
+                f.set_header(format!(
+                    "--- runbook: step {} attempt {attempt} at {}\n--- $ {}\n",
+                    step.id,
+                    crate::events::now_rfc3339(),
+                    shown.trim_end().replace('\n', "\n---   ")
+                ));
+            }
+            if !matches!(rendered, Rendered::Script { .. }) && step.idempotent {
+                // no process group to record: the attempt starts now
+                self.dispatch.emit(RunEvent::StepStarted {
+                    step: step.id.clone(),
+                    attempt,
+                    command: Some(first_line(&shown)),
+                    pgid: None,
+                    cgroup: None,
+                });
+            }
+            let outcome = crate::actions::attempt(&cx, &rendered).await;
             let elapsed = began.elapsed();
             let (error, exit_code, uncertain) = match outcome {
-                Attempt::Succeeded(daemon) => {
-                    let output_file = ctx.run_dir.output_file(&step.id, attempt);
-                    let read = output::read_outputs(&output_file);
-                    // the journal keeps the (masked) outputs; the raw file may hold secrets
-                    let _ = std::fs::remove_file(&output_file);
-                    let outputs = match read {
-                        Ok(out) => out,
-                        Err(e) => {
-                            // it ran to the end: whatever it did took effect
-                            if let Some(launched) = daemon {
-                                let _ = stop_launched(&ctx, launched, &step.id, self.grace).await;
-                            }
-                            return self.fail(attempt, e, Some(0), elapsed, !step.idempotent);
-                        }
-                    };
+                Outcome::Succeeded(success) => {
+                    let outputs = success.outputs;
+                    let daemon = success.daemon;
                     // shown and stored masked, with what a resume needs to
                     // rebuild them; later steps of this session get them real
                     let (masked, secret_outputs) = scrub.mask_outputs(&outputs);
@@ -1285,18 +1267,18 @@ impl StepTask {
                         secret_outputs,
                     });
                     return match daemon {
-                        Some(launched) => StepResult::Daemon(outputs, launched),
+                        Some(launched) => StepResult::Daemon(outputs, *launched),
                         None => StepResult::Succeeded(outputs),
                     };
                 }
-                Attempt::Interrupted => {
+                Outcome::Interrupted => {
                     self.dispatch.emit(RunEvent::AttemptInterrupted {
                         step: step.id.clone(),
                         attempt,
                     });
                     return StepResult::Interrupted;
                 }
-                Attempt::Failed {
+                Outcome::Failed {
                     error,
                     exit_code,
                     uncertain,
@@ -1359,337 +1341,6 @@ impl StepTask {
             }
             attempt += 1;
         }
-    }
-
-    async fn attempt(
-        &mut self,
-        attempt: u32,
-        script: &str,
-        shown: &str,
-        log: &Arc<std::sync::Mutex<output::StepLog>>,
-    ) -> Attempt {
-        let ctx = self.ctx.clone();
-        let step = &ctx.runbook.steps[self.index];
-        let output_file = ctx.run_dir.output_file(&step.id, attempt);
-        if let Ok(mut f) = log.lock() {
-            f.set_header(format!(
-                "--- runbook: step {} attempt {attempt} at {}\n--- $ {}\n",
-                step.id,
-                crate::events::now_rfc3339(),
-                shown.trim_end().replace('\n', "\n---   ")
-            ));
-        }
-        let prepared = prepare(&ctx, step, attempt, &self.known);
-        let on_output = {
-            let dispatch = self.dispatch.clone();
-            let id = step.id.clone();
-            move |pumped: output::Pumped<'_>| {
-                dispatch.emit(match pumped {
-                    output::Pumped::Line(line, stream) => RunEvent::StepOutput {
-                        step: id.clone(),
-                        line: line.to_owned(),
-                        stream,
-                    },
-                    output::Pumped::Trouble(trouble) => trouble.event(&id, attempt),
-                })
-            }
-        };
-        let launched = match &prepared {
-            Ok(how) => launch(
-                &ctx,
-                script,
-                how,
-                log.clone(),
-                on_output,
-                Some(self.kill.clone()),
-            )
-            .await
-            .map_err(|e| format!("cannot start the command: {e}")),
-            Err(e) => Err(e.clone()),
-        };
-        let mut launched = match launched {
-            Ok(Some(l)) => l,
-            Ok(None) => return Attempt::Interrupted,
-            Err(error) => {
-                if step.idempotent {
-                    self.dispatch.emit(RunEvent::StepStarted {
-                        step: step.id.clone(),
-                        attempt,
-                        command: Some(first_line(shown)),
-                        pgid: None,
-                        cgroup: None,
-                    });
-                }
-                return Attempt::Failed {
-                    error,
-                    exit_code: None,
-                    uncertain: false,
-                };
-            }
-        };
-        let pid = launched.pid();
-        if step.idempotent {
-            self.dispatch.emit(RunEvent::StepStarted {
-                step: step.id.clone(),
-                attempt,
-                command: Some(first_line(shown)),
-                pgid: Some(pid),
-                cgroup: launched.cgroup(),
-            });
-        } else {
-            self.dispatch.emit(RunEvent::AttemptSpawned {
-                step: step.id.clone(),
-                attempt,
-                pid,
-                pgid: pid,
-                cgroup: launched.cgroup(),
-            });
-        }
-        if step.daemon {
-            return self.start_daemon(attempt, launched, log).await;
-        }
-        let ended = wait_launched(
-            &ctx,
-            &mut launched,
-            step.timeout,
-            Some(self.kill.clone()),
-            self.grace,
-        )
-        .await;
-        let (left, held) = finish_launched(&ctx, launched, &step.id).await;
-        self.note_leftovers(log, left, held);
-        let remove_outputs = || {
-            let _ = std::fs::remove_file(&output_file);
-        };
-        let status = match ended {
-            Ended::Killed => {
-                remove_outputs();
-                return Attempt::Interrupted;
-            }
-            Ended::TimedOut => {
-                remove_outputs();
-                return Attempt::Failed {
-                    error: format!(
-                        "timed out after {}",
-                        crate::model::fmt_duration(step.timeout.unwrap_or_default())
-                    ),
-                    exit_code: None,
-                    uncertain: true,
-                };
-            }
-            Ended::Exited(Ok(status)) => status,
-            Ended::Exited(Err(e)) => {
-                remove_outputs();
-                return Attempt::Failed {
-                    error: format!("cannot wait for the step's process: {e}"),
-                    exit_code: None,
-                    uncertain: true,
-                };
-            }
-        };
-        use std::os::unix::process::ExitStatusExt;
-        if !status.success() {
-            remove_outputs();
-        }
-        match (status.code(), status.signal()) {
-            (Some(0), _) => Attempt::Succeeded(None),
-            (Some(code), _) => Attempt::Failed {
-                error: format!("exited with code {code}"),
-                exit_code: Some(code),
-                uncertain: false,
-            },
-            (None, Some(sig)) => Attempt::Failed {
-                error: format!("killed by signal {sig}"),
-                exit_code: None,
-                uncertain: true,
-            },
-            (None, None) => Attempt::Failed {
-                error: "ended without an exit status".into(),
-                exit_code: None,
-                uncertain: true,
-            },
-        }
-    }
-
-    /// Journals (and shows) what an ended attempt left behind.
-    fn note_leftovers(
-        &self,
-        log: &Arc<std::sync::Mutex<output::StepLog>>,
-        left: Vec<i32>,
-        held: bool,
-    ) {
-        let step = self.id().to_owned();
-        if held && let Ok(mut f) = log.lock() {
-            let _ = f.note(&format!(
-                "--- runbook: a process outside the step's containment still holds its output; stopped reading {}s after the step ended",
-                PIPE_GRACE.as_secs()
-            ));
-        }
-        if !left.is_empty() {
-            if let Ok(mut f) = log.lock() {
-                let _ = f.note(&format!(
-                    "--- runbook: terminated {} process(es) the step left running: {:?}",
-                    left.len(),
-                    left
-                ));
-            }
-            self.dispatch.emit(RunEvent::LeftoverTerminated {
-                step: Some(step),
-                pids: left,
-                cause: "attempt-end".into(),
-            });
-        }
-    }
-
-    /// A daemon step: succeeds once its process runs (and its `ready`
-    /// check holds, within the step's timeout).
-    async fn start_daemon(
-        &mut self,
-        attempt: u32,
-        mut launched: Launched,
-        log: &Arc<std::sync::Mutex<output::StepLog>>,
-    ) -> Attempt {
-        let ctx = self.ctx.clone();
-        let step = &ctx.runbook.steps[self.index];
-        let Some(check) = &step.ready else {
-            return Attempt::Succeeded(Some(launched));
-        };
-        let check = match Context::new(
-            &ctx.params.template_values(false),
-            Outputs::Known(self.known.clone()),
-            &ctx.facts,
-        )
-        .render(template::environment(), check)
-        {
-            Ok(c) => c,
-            Err(e) => {
-                let (left, held) = stop_launched(&ctx, launched, &step.id, self.grace).await;
-                self.note_leftovers(log, left, held);
-                return Attempt::Failed {
-                    error: format!(
-                        "cannot render `ready`: {}",
-                        ctx.secrets.mask(&explain(&self.known, &e, check, false))
-                    ),
-                    exit_code: None,
-                    uncertain: false,
-                };
-            }
-        };
-        let how = match prepare(&ctx, step, attempt, &self.known) {
-            Ok(how) => how,
-            Err(error) => {
-                let (left, held) = stop_launched(&ctx, launched, &step.id, self.grace).await;
-                self.note_leftovers(log, left, held);
-                return Attempt::Failed {
-                    error,
-                    exit_code: None,
-                    uncertain: false,
-                };
-            }
-        };
-        let deadline = step.timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut kill = self.kill.clone();
-        // each check is an attempt of its own, contained like the step and
-        // always ended (terminated if need be) before the next one
-        let failure = loop {
-            let check_run = launch(&ctx, &check, &how, log.clone(), |_| {}, None).await;
-            let mut check_run = match check_run {
-                Ok(Some(c)) => c,
-                _ => break (format!("cannot start its `ready` check: {check}"), false),
-            };
-            let until_deadline = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            enum Next {
-                Checked(bool),
-                Stop(String, bool),
-            }
-            let next = tokio::select! {
-                status = check_run.child.wait() => {
-                    Next::Checked(matches!(status, Ok(s) if s.success()))
-                }
-                () = tokio::time::sleep(READY_CHECK_TIMEOUT) => Next::Checked(false),
-                status = launched.child.wait() => Next::Stop(
-                    format!("exited before it was ready ({})", describe_status(status.ok())),
-                    false,
-                ),
-                () = until_deadline => Next::Stop(
-                    format!(
-                        "not ready within {}",
-                        crate::model::fmt_duration(step.timeout.unwrap_or_default())
-                    ),
-                    false,
-                ),
-                _ = kill.wait_for(|k| *k) => Next::Stop(String::new(), true),
-            };
-            let (left, held) = stop_launched(&ctx, check_run, &step.id, LEFTOVER_GRACE).await;
-            self.note_leftovers(log, left, held);
-            match next {
-                Next::Checked(true) => return Attempt::Succeeded(Some(launched)),
-                Next::Checked(false) => {}
-                Next::Stop(error, interrupted) => break (error, interrupted),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(250)) => {}
-                status = launched.child.wait() => {
-                    break (format!("exited before it was ready ({})", describe_status(status.ok())), false);
-                }
-                _ = kill.wait_for(|k| *k) => break (String::new(), true),
-            }
-        };
-        let (left, held) = stop_launched(&ctx, launched, &step.id, self.grace).await;
-        self.note_leftovers(log, left, held);
-        match failure {
-            (_, true) => Attempt::Interrupted,
-            (error, false) => Attempt::Failed {
-                error,
-                exit_code: None,
-                uncertain: false,
-            },
-        }
-    }
-}
-
-fn describe_status(status: Option<std::process::ExitStatus>) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Some(s) => match (s.code(), s.signal()) {
-            (Some(c), _) => format!("exit code {c}"),
-            (None, Some(sig)) => format!("signal {sig}"),
-            _ => "no exit status".into(),
-        },
-        None => "no exit status".into(),
-    }
-}
-
-enum Attempt {
-    /// Exited 0; a daemon step hands over its running process.
-    Succeeded(Option<Launched>),
-    Failed {
-        error: String,
-        exit_code: Option<i32>,
-        /// Whether it may have taken effect (timeout, signal, no status).
-        uncertain: bool,
-    },
-    Interrupted,
-}
-
-/// The line shown for a starting step: the first line of its command that
-/// says something (not `set -e...`, not a comment), marked when more follow.
-fn first_line(text: &str) -> String {
-    let mut lines = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("set -"));
-    let first = lines.next().unwrap_or("");
-    let first: String = first.chars().take(120).collect();
-    if lines.next().is_some() {
-        format!("{first} …")
-    } else {
-        first
     }
 }
 

@@ -198,7 +198,7 @@ pub enum Backoff {
     {"required": ["run"]}, {"required": ["pause"]}, {"required": ["scale"]},
     {"required": ["exec"]}, {"required": ["copy"]}, {"required": ["apply"]},
     {"required": ["export"]}, {"required": ["rollout"]}, {"required": ["wait"]},
-    {"required": ["patch"]}
+    {"required": ["patch"]}, {"required": ["delete"]}
 ]))]
 pub struct RawStep {
     /// Unique id: lowercase letters, digits, `-` and `_`, starting with a
@@ -291,11 +291,15 @@ pub struct RawStep {
     /// Patch a resource, or edit a text key of a ConfigMap.
     #[serde(default)]
     pub patch: Option<Box<PatchAction>>,
+    /// Delete resources and wait until they are gone.
+    #[serde(default)]
+    pub delete: Option<Box<DeleteAction>>,
 }
 
 /// The names of every action key, in the order they are documented.
-pub const ACTION_KEYS: [&str; 10] = [
+pub const ACTION_KEYS: [&str; 11] = [
     "run", "pause", "scale", "exec", "copy", "apply", "export", "rollout", "wait", "patch",
+    "delete",
 ];
 
 /// `pause`: stop the run until an operator approves.
@@ -557,4 +561,25 @@ pub struct TextEdit {
     pub find: String,
     /// Replacement text.
     pub replace: String,
+}
+
+/// `delete`: remove resources and wait until they are gone.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAction {
+    /// Resource kind, e.g. `Pod`, `ConfigMap`, `APIManager`.
+    pub kind: String,
+    /// Resource name (or use `selector`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Label selector: every matching resource is deleted.
+    #[serde(default)]
+    pub selector: Option<String>,
+    /// Namespace; defaults to `-n`, else the kube context's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Succeed when there is nothing to delete (default `false`: a missing
+    /// object is an error).
+    #[serde(default)]
+    pub ignore_missing: bool,
 }

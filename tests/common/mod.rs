@@ -53,6 +53,7 @@ fn clean_env() -> Vec<(String, Option<String>)> {
     }
     vars
 }
+pub mod kube;
 pub mod lab;
 pub mod pty;
 pub mod scratch;

@@ -1,0 +1,8 @@
+//! The `patch` action (being built: see issue 8).
+
+use super::{ActionResult, AttemptCx, Failure};
+
+/// One attempt of a `patch` step.
+pub async fn run(_cx: &AttemptCx, _spec: &serde_json::Value) -> ActionResult {
+    Err(Failure::permanent("the `patch` action is not built yet"))
+}

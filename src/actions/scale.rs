@@ -1,0 +1,8 @@
+//! The `scale` action (being built: see issue 8).
+
+use super::{ActionResult, AttemptCx, Failure};
+
+/// One attempt of a `scale` step.
+pub async fn run(_cx: &AttemptCx, _spec: &serde_json::Value) -> ActionResult {
+    Err(Failure::permanent("the `scale` action is not built yet"))
+}
