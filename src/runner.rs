@@ -1228,13 +1228,13 @@ async fn check_condition(
 ) -> (bool, String) {
     let wait = crate::model::Action::Wait(Box::new(condition.clone()));
     let mut error = None;
-    let spec = crate::plan::render_fields(&wait, &mut |text: &str| {
-        match context.render(template::environment(), text) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                error.get_or_insert_with(|| engine::render_error(&e));
-                None
-            }
+    let spec = crate::plan::render_fields(&wait, &mut |text: &str| match context
+        .render(template::environment(), text)
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            error.get_or_insert_with(|| engine::render_error(&e));
+            None
         }
     });
     let Some(spec) = spec else {

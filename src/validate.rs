@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use crate::diagnostic::{Problem, Report, did_you_mean, suggestion};
 use crate::graph::StepGraph;
 use crate::model::{
-    Action, DoneIf, KNOWN_SHELLS, ParamSpec, ParamValue, RetryPolicy, Runbook, Shell, Step, type_name,
+    Action, DoneIf, KNOWN_SHELLS, ParamSpec, ParamValue, RetryPolicy, Runbook, Shell, Step,
+    type_name,
 };
 use crate::spec::raw::{
     ACTION_KEYS, IntOrString, ParamType, RawDoneIf, RawRetry, RawShell, RawStep, RolloutMode,
@@ -1053,9 +1054,8 @@ impl Checker<'_> {
             let is_dc = ["deploymentconfig", "deploymentconfigs", "dc"].contains(&kind.as_str())
                 || kind.starts_with("deploymentconfigs.");
             let wrong = match rollout.mode {
-                RolloutMode::Latest => (!is_dc).then_some(
-                    "`mode: latest` triggers a new rollout of a DeploymentConfig only",
-                ),
+                RolloutMode::Latest => (!is_dc)
+                    .then_some("`mode: latest` triggers a new rollout of a DeploymentConfig only"),
                 RolloutMode::Restart => is_dc.then_some(
                     "a DeploymentConfig is rolled out with `mode: latest`, not restarted",
                 ),
@@ -1139,7 +1139,9 @@ impl Checker<'_> {
                     format!("step `{step}`: `{key}` names no object: give `name` or `selector`"),
                 )
                 .at_labeled(span, "which object?")
-                .help("add `name: OBJECT`, or `selector: app=web` for every object with that label"),
+                .help(
+                    "add `name: OBJECT`, or `selector: app=web` for every object with that label",
+                ),
             ),
             _ => {}
         }

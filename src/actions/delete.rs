@@ -60,9 +60,7 @@ pub async fn run(cx: &AttemptCx, spec: &Value) -> ActionResult {
             return Ok(outputs(0));
         }
         return Err(Failure::permanent(match name {
-            Some(_) => format!(
-                "{what} does not exist; set `ignore_missing: true` if that is fine"
-            ),
+            Some(_) => format!("{what} does not exist; set `ignore_missing: true` if that is fine"),
             None => format!(
                 "nothing to delete: no object matches; set `ignore_missing: true` if that is fine ({what})"
             ),

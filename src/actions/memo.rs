@@ -28,9 +28,8 @@ pub fn load(cx: &AttemptCx, purpose: &str) -> Option<Value> {
 pub fn store(cx: &AttemptCx, purpose: &str, value: &Value) -> Result<(), Failure> {
     let path = path(cx, purpose);
     if let Some(dir) = path.parent() {
-        crate::state::create_private_dir(dir).map_err(|e| {
-            Failure::permanent(format!("cannot keep the step's state: {e}"))
-        })?;
+        crate::state::create_private_dir(dir)
+            .map_err(|e| Failure::permanent(format!("cannot keep the step's state: {e}")))?;
     }
     crate::state::write_private(&path, value.to_string().as_bytes())
         .map_err(|e| Failure::permanent(format!("cannot keep the step's state: {e}")))

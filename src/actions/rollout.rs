@@ -51,7 +51,10 @@ fn int(object: &Value, pointer: &str) -> Option<i64> {
 }
 
 fn text<'a>(object: &'a Value, pointer: &str) -> &'a str {
-    object.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    object
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 /// Judges whether the rollout of `object` (of `kind`) is complete, as
@@ -121,7 +124,8 @@ pub fn judge_rollout(kind: &str, object: &Value, wanted: Wanted) -> Progress {
             {
                 return Progress::Waiting(format!("{ready} of {desired} pods are ready"));
             }
-            let partition = int(object, "/spec/updateStrategy/rollingUpdate/partition").unwrap_or(0);
+            let partition =
+                int(object, "/spec/updateStrategy/rollingUpdate/partition").unwrap_or(0);
             if partition > 0
                 && let Some(desired) = desired
             {
@@ -194,7 +198,8 @@ pub fn judge_rollout(kind: &str, object: &Value, wanted: Wanted) -> Progress {
             let message = progressing.map_or("", |c| text(c, "/message"));
             // the condition must speak of this version's controller, not a
             // previous one's
-            let about_latest = message.contains(&controller) || !message.contains(&format!("\"{name}-"));
+            let about_latest =
+                message.contains(&controller) || !message.contains(&format!("\"{name}-"));
             if reason == "NewReplicationControllerAvailable" && about_latest {
                 return Progress::Done(format!(
                     "replication controller {controller} successfully rolled out"
@@ -248,7 +253,9 @@ pub fn status_line(object: &Value) -> String {
 fn revision(kind: &str, object: &Value) -> Option<String> {
     match kind {
         "DeploymentConfig" => int(object, "/status/latestVersion").map(|v| v.to_string()),
-        "StatefulSet" => Some(text(object, "/status/updateRevision").to_owned()).filter(|s| !s.is_empty()),
+        "StatefulSet" => {
+            Some(text(object, "/status/updateRevision").to_owned()).filter(|s| !s.is_empty())
+        }
         _ => object
             .pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
             .and_then(Value::as_str)
@@ -317,8 +324,8 @@ pub async fn run(cx: &AttemptCx, spec: &Value) -> ActionResult {
                 let params = PatchParams::default();
                 // the same stamp again is no change: safe to repeat
                 let patched = with_retries(&op, 5, || api.patch(name, &params, &patch))
-                .await
-                .map_err(|f| Failure::uncertain(f.message))?;
+                    .await
+                    .map_err(|f| Failure::uncertain(f.message))?;
                 wanted.generation = patched.metadata.generation.unwrap_or(wanted.generation);
                 cx.say(&format!("restarted {what} ({RESTARTED_AT}={stamp})"));
             }
@@ -424,7 +431,12 @@ async fn instantiate(
     loop {
         tries += 1;
         match api
-            .create_subresource::<_, DynamicObject>("instantiate", name, &PostParams::default(), &request)
+            .create_subresource::<_, DynamicObject>(
+                "instantiate",
+                name,
+                &PostParams::default(),
+                &request,
+            )
             .await
         {
             Ok(object) => {
@@ -433,7 +445,10 @@ async fn instantiate(
                     .max(from + 1));
             }
             Err(e) if is_transient(&e) && tries < 5 => {
-                cx.say(&format!("{}; checking whether it took effect", describe(&e, &op).message));
+                cx.say(&format!(
+                    "{}; checking whether it took effect",
+                    describe(&e, &op).message
+                ));
                 tokio::time::sleep(super::wait::POLL * tries).await;
                 let now = with_retries(&get_op, 5, || api.get(name))
                     .await
@@ -481,7 +496,14 @@ mod tests {
             json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3}),
         );
         assert!(matches!(
-            judge_rollout("Deployment", &done, Wanted { generation: 3, version: 0 }),
+            judge_rollout(
+                "Deployment",
+                &done,
+                Wanted {
+                    generation: 3,
+                    version: 0
+                }
+            ),
             Progress::Waiting(_)
         ));
         assert!(matches!(
@@ -536,10 +558,16 @@ mod tests {
         let sts = json!({"metadata": {"name": "db", "generation": 2}, "spec": {"replicas": 2},
             "status": {"observedGeneration": 2, "readyReplicas": 2, "currentReplicas": 2,
                        "currentRevision": "db-a", "updateRevision": "db-b"}});
-        assert!(matches!(judge_rollout("StatefulSet", &sts, Wanted::default()), Progress::Waiting(_)));
+        assert!(matches!(
+            judge_rollout("StatefulSet", &sts, Wanted::default()),
+            Progress::Waiting(_)
+        ));
         let mut sts_done = sts.clone();
         sts_done["status"]["currentRevision"] = json!("db-b");
-        assert!(matches!(judge_rollout("StatefulSet", &sts_done, Wanted::default()), Progress::Done(_)));
+        assert!(matches!(
+            judge_rollout("StatefulSet", &sts_done, Wanted::default()),
+            Progress::Done(_)
+        ));
         let ds = json!({"metadata": {"name": "agent", "generation": 3},
             "status": {"observedGeneration": 3, "desiredNumberScheduled": 2,
                        "updatedNumberScheduled": 1, "numberAvailable": 2}});
@@ -549,7 +577,10 @@ mod tests {
         );
         let mut ds_done = ds.clone();
         ds_done["status"]["updatedNumberScheduled"] = json!(2);
-        assert!(matches!(judge_rollout("DaemonSet", &ds_done, Wanted::default()), Progress::Done(_)));
+        assert!(matches!(
+            judge_rollout("DaemonSet", &ds_done, Wanted::default()),
+            Progress::Done(_)
+        ));
     }
 
     #[test]
@@ -560,27 +591,50 @@ mod tests {
                   "conditions": [{"type": "Progressing", "status": "True", "reason": reason,
                     "message": format!("replication controller \"{rc}\" successfully rolled out")}]}})
         };
-        let wanted = Wanted { generation: 1, version: 2 };
+        let wanted = Wanted {
+            generation: 1,
+            version: 2,
+        };
         // not instantiated yet
         assert!(matches!(
-            judge_rollout("DeploymentConfig", &dc(1, "NewReplicationControllerAvailable", "legacy-1"), wanted),
+            judge_rollout(
+                "DeploymentConfig",
+                &dc(1, "NewReplicationControllerAvailable", "legacy-1"),
+                wanted
+            ),
             Progress::Waiting(_)
         ));
         // the condition still speaks of the previous controller
         assert!(matches!(
-            judge_rollout("DeploymentConfig", &dc(2, "NewReplicationControllerAvailable", "legacy-1"), wanted),
+            judge_rollout(
+                "DeploymentConfig",
+                &dc(2, "NewReplicationControllerAvailable", "legacy-1"),
+                wanted
+            ),
             Progress::Waiting(_)
         ));
         assert!(matches!(
-            judge_rollout("DeploymentConfig", &dc(2, "ReplicationControllerUpdated", "legacy-2"), wanted),
+            judge_rollout(
+                "DeploymentConfig",
+                &dc(2, "ReplicationControllerUpdated", "legacy-2"),
+                wanted
+            ),
             Progress::Waiting(_)
         ));
         assert!(matches!(
-            judge_rollout("DeploymentConfig", &dc(2, "NewReplicationControllerAvailable", "legacy-2"), wanted),
+            judge_rollout(
+                "DeploymentConfig",
+                &dc(2, "NewReplicationControllerAvailable", "legacy-2"),
+                wanted
+            ),
             Progress::Done(_)
         ));
         assert!(matches!(
-            judge_rollout("DeploymentConfig", &dc(2, "ProgressDeadlineExceeded", "legacy-2"), wanted),
+            judge_rollout(
+                "DeploymentConfig",
+                &dc(2, "ProgressDeadlineExceeded", "legacy-2"),
+                wanted
+            ),
             Progress::Failed(_)
         ));
     }
@@ -591,6 +645,9 @@ mod tests {
             "conditions": [{"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable", "message": "m"}]}}));
         assert!(line.contains("replicas=2"), "{line}");
         assert!(line.contains("readyReplicas=1"), "{line}");
-        assert!(line.contains("Available=False (MinimumReplicasUnavailable: m)"), "{line}");
+        assert!(
+            line.contains("Available=False (MinimumReplicasUnavailable: m)"),
+            "{line}"
+        );
     }
 }

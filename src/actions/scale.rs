@@ -51,7 +51,9 @@ fn wanted(replicas: &IntOrString) -> Result<i64, Failure> {
 pub fn selector_text(selector: &Value) -> Option<String> {
     match selector {
         Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-        Value::Object(map) if map.contains_key("matchLabels") || map.contains_key("matchExpressions") => {
+        Value::Object(map)
+            if map.contains_key("matchLabels") || map.contains_key("matchExpressions") =>
+        {
             let mut parts: Vec<String> = Vec::new();
             if let Some(Value::Object(labels)) = map.get("matchLabels") {
                 for (k, v) in labels {
@@ -285,7 +287,10 @@ fn pods_seen(pods: &[Pod], selector: &str) -> String {
         .filter(|p| p.metadata.deletion_timestamp.is_some())
         .filter_map(|p| p.metadata.name.as_deref())
         .collect();
-    let mut seen = format!("{} pod(s) match `{selector}`, {ready} Running and Ready", pods.len());
+    let mut seen = format!(
+        "{} pod(s) match `{selector}`, {ready} Running and Ready",
+        pods.len()
+    );
     if !terminating.is_empty() {
         seen.push_str(&format!(
             ", {} terminating ({})",
@@ -322,7 +327,9 @@ async fn wait_for_pods(
                     return Ok(());
                 }
                 if seen != last {
-                    cx.say(&format!("{what}: waiting for {target} ready pod(s): {seen}"));
+                    cx.say(&format!(
+                        "{what}: waiting for {target} ready pod(s): {seen}"
+                    ));
                 }
                 last = seen;
             }

@@ -218,10 +218,11 @@ pub fn parse_jsonpath(text: &str) -> Result<Vec<Segment>, String> {
 
 /// The value at `path` in `object`, if present.
 pub fn lookup<'a>(object: &'a Value, path: &[Segment]) -> Option<&'a Value> {
-    path.iter().try_fold(object, |value, segment| match segment {
-        Segment::Field(name) => value.get(name),
-        Segment::Index(i) => value.get(*i),
-    })
+    path.iter()
+        .try_fold(object, |value, segment| match segment {
+            Segment::Field(name) => value.get(name),
+            Segment::Index(i) => value.get(*i),
+        })
 }
 
 /// A JSON value as `kubectl get -o jsonpath` prints it.
@@ -293,7 +294,10 @@ pub fn judge(kind: &str, object: &Value, condition: &Condition) -> (bool, String
             ),
             (Some(found), Some(want)) => {
                 let found = as_text(found);
-                (&found == want, format!("{text} is `{found}` (want `{want}`)"))
+                (
+                    &found == want,
+                    format!("{text} is `{found}` (want `{want}`)"),
+                )
             }
         },
         Condition::Replicas(want) => {
@@ -319,7 +323,10 @@ fn judge_ready(kind: &str, object: &Value) -> (bool, String) {
     let observed = || {
         let generation = int_at(object, "/metadata/generation").unwrap_or(0);
         let observed = int_at(object, "/status/observedGeneration").unwrap_or(0);
-        (observed >= generation, format!("observedGeneration {observed} < generation {generation}"))
+        (
+            observed >= generation,
+            format!("observedGeneration {observed} < generation {generation}"),
+        )
     };
     match kind {
         "Pod" => {
@@ -350,7 +357,13 @@ fn judge_ready(kind: &str, object: &Value) -> (bool, String) {
             )
         }
         _ if object.pointer("/spec/replicas").is_some()
-            || ["Deployment", "StatefulSet", "ReplicaSet", "DeploymentConfig"].contains(&kind) =>
+            || [
+                "Deployment",
+                "StatefulSet",
+                "ReplicaSet",
+                "DeploymentConfig",
+            ]
+            .contains(&kind) =>
         {
             let (seen, why) = observed();
             if !seen {
@@ -537,6 +550,9 @@ pub fn judge_all(
         let value = serde_json::to_value(object).unwrap_or(Value::Null);
         let (met, seen) = judge(kind, &value, condition);
         if !met {
+            if objects.len() == 1 {
+                return (false, seen);
+            }
             unmet.push(format!(
                 "{}: {seen}",
                 object.metadata.name.as_deref().unwrap_or("?")
@@ -554,12 +570,14 @@ pub fn judge_all(
     } else {
         let shown: Vec<String> = unmet.iter().take(5).cloned().collect();
         let more = unmet.len().saturating_sub(5);
-        let mut seen = format!("{} of {} not yet: {}", unmet.len(), objects.len(), shown.join("; "));
+        let mut seen = format!(
+            "{} of {} not yet: {}",
+            unmet.len(),
+            objects.len(),
+            shown.join("; ")
+        );
         if more > 0 {
             seen.push_str(&format!("; and {more} more"));
-        }
-        if objects.len() == 1 {
-            seen = unmet.remove(0);
         }
         (false, seen)
     }
@@ -586,8 +604,12 @@ pub async fn run(cx: &AttemptCx, spec: &Value) -> ActionResult {
     loop {
         match fetch(cluster, &place, name, selector).await {
             Ok(objects) => {
-                let (met, seen) =
-                    judge_all(&resolved.resource.kind, &objects, &condition, name.is_none());
+                let (met, seen) = judge_all(
+                    &resolved.resource.kind,
+                    &objects,
+                    &condition,
+                    name.is_none(),
+                );
                 if met {
                     cx.say(&format!(
                         "{what}: {} holds after {} ({seen})",
@@ -655,7 +677,12 @@ async fn evaluate_once(cluster: &Cluster, spec: &Value) -> Result<(bool, String)
             Err(refused) => return Err(refused.failure),
         }
     };
-    let (met, seen) = judge_all(&resolved.resource.kind, &objects, &condition, name.is_none());
+    let (met, seen) = judge_all(
+        &resolved.resource.kind,
+        &objects,
+        &condition,
+        name.is_none(),
+    );
     Ok((met, format!("{what}: {} {seen}", action.condition)))
 }
 
@@ -688,7 +715,10 @@ mod tests {
             Ok(Condition::JsonPath { path, value, .. }) => {
                 assert_eq!(
                     path,
-                    vec![Segment::Field("status".into()), Segment::Field("phase".into())]
+                    vec![
+                        Segment::Field("status".into()),
+                        Segment::Field("phase".into())
+                    ]
                 );
                 assert_eq!(value.as_deref(), Some("Running"));
             }
@@ -757,7 +787,10 @@ mod tests {
         let available = parse_condition("condition=Available").unwrap();
         let (met, seen) = judge("Deployment", &object, &available);
         assert!(!met);
-        assert_eq!(seen, "condition Available is False (MinimumReplicasUnavailable: no)");
+        assert_eq!(
+            seen,
+            "condition Available is False (MinimumReplicasUnavailable: no)"
+        );
         let unavailable = parse_condition("condition=available=false").unwrap();
         assert!(judge("Deployment", &object, &unavailable).0);
         let progressing = parse_condition("condition=Progressing").unwrap();
