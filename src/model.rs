@@ -248,6 +248,28 @@ mod duration_tests {
     use super::*;
 
     #[test]
+    fn a_shell_done_if_is_digested_as_the_string_it_always_was() {
+        // part of step content digests: runs journaled before conditions
+        // existed must not see their steps as changed
+        let shell = DoneIf::Shell("test -f /tmp/x".into());
+        assert_eq!(
+            serde_json::to_value(&shell).unwrap(),
+            serde_json::json!("test -f /tmp/x")
+        );
+        let condition: crate::spec::raw::RawDoneIf = serde_json::from_value(
+            serde_json::json!({"kind": "Deployment", "name": "api", "for": "replicas=0"}),
+        )
+        .unwrap();
+        assert!(matches!(
+            condition,
+            crate::spec::raw::RawDoneIf::Condition(_)
+        ));
+        let shell: crate::spec::raw::RawDoneIf =
+            serde_json::from_value(serde_json::json!("true")).unwrap();
+        assert!(matches!(shell, crate::spec::raw::RawDoneIf::Shell(_)));
+    }
+
+    #[test]
     fn one_format_for_every_duration() {
         let cases = [
             (0, "0ms"),

@@ -680,3 +680,25 @@ fn validation_catches_targets_and_conditions_before_anything_runs() {
         assert!(said.contains(expected), "missing {expected:?} in:\n{said}");
     }
 }
+
+#[test]
+fn the_plan_shows_selector_scales_and_done_if_conditions_as_kubectl_lines() {
+    let s = Scratch::new();
+    let file = s.runbook(
+        "planned",
+        "  ns: { type: string, default: shop }",
+        "  - id: stop-workers\n    scale: { kind: Deployment, selector: tier=workers, namespace: \"{{ params.ns }}\", replicas: 0 }\n\
+         \x20 - id: quiesce\n    done_if: { kind: Deployment, name: api, namespace: \"{{ params.ns }}\", for: replicas=0 }\n    run: 'true'\n",
+    );
+    let out = s.cmd(&["plan", &file.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("kubectl scale deployment -l tier=workers --replicas=0 -n shop"),
+        "{said}"
+    );
+    assert!(
+        said.contains("done if: kubectl wait deployment/api --for=jsonpath='{.status.readyReplicas}'=0 -n shop  # checked once"),
+        "{said}"
+    );
+}
