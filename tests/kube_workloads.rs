@@ -553,6 +553,16 @@ fn injected_500s_and_429s_on_a_fraction_of_requests_do_not_fail_the_steps() {
     deployment_config(&kube, "default", "legacy", 1);
     settle(&kube, "default", "web", 2);
     settle(&kube, "default", "legacy", 1);
+    for n in 0..3 {
+        kube.cluster
+            .upsert(
+                "",
+                "configmaps",
+                "default",
+                json!({"metadata": {"name": format!("cache-{n}"), "labels": {"gen": "old"}}}),
+            )
+            .unwrap();
+    }
     kube.cluster.seed_faults(8);
     // every request on objects (not discovery, which `cluster` retries as
     // a whole)
@@ -577,11 +587,19 @@ fn injected_500s_and_429s_on_a_fraction_of_requests_do_not_fail_the_steps() {
          \x20 - id: up\n    needs: [gone]\n    timeout: 30s\n    scale: { kind: Deployment, name: web, replicas: \"{{ steps['down'].outputs.previous_replicas }}\" }\n\
          \x20 - id: restart\n    needs: [up]\n    timeout: 30s\n    rollout: { kind: Deployment, name: web }\n\
          \x20 - id: latest\n    timeout: 30s\n    rollout: { kind: DeploymentConfig, name: legacy, mode: latest }\n\
-         \x20 - id: available\n    needs: [restart]\n    timeout: 30s\n    wait: { kind: Deployment, name: web, for: condition=Available }\n",
+         \x20 - id: available\n    needs: [restart]\n    timeout: 30s\n    wait: { kind: Deployment, name: web, for: condition=Available }\n\
+         \x20 - id: drop-caches\n    timeout: 30s\n    delete: { kind: ConfigMap, selector: gen=old }\n",
     );
     let out = run(&s, &file, &kube);
     assert!(out.status.success(), "{}", text(&out));
     assert!(kube.cluster.faults_injected() > 0);
+    assert_eq!(outputs(&s, "drop-caches")["deleted"], "3");
+    assert!(
+        kube.cluster
+            .objects("", "configmaps", Some("default"))
+            .iter()
+            .all(|c| c["metadata"]["labels"]["gen"] != "old")
+    );
     assert_eq!(outputs(&s, "down")["previous_replicas"], "2");
     assert_eq!(live_pod_names(&kube, "default", "web").len(), 2);
     // one instantiate, even when a POST failed: the version moved by one
@@ -665,7 +683,8 @@ fn validation_catches_targets_and_conditions_before_anything_runs() {
          \x20 - id: neither\n    scale: { kind: Deployment, replicas: 1 }\n\
          \x20 - id: grammar\n    wait: { kind: Pod, name: a, for: available }\n\
          \x20 - id: wrong-mode\n    rollout: { kind: Deployment, name: a, mode: latest }\n\
-         \x20 - id: check\n    done_if: { kind: Pod, name: a, for: \"jsonpath={.status\" }\n    run: 'true'\n",
+         \x20 - id: check\n    done_if: { kind: Pod, name: a, for: \"jsonpath={.status\" }\n    run: 'true'\n\
+         \x20 - id: typo\n    done_if: { kind: Pod, name: a, fro: exists }\n    run: 'true'\n",
     );
     let out = s.cmd(&["validate", &file.display().to_string()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -676,6 +695,7 @@ fn validation_catches_targets_and_conditions_before_anything_runs() {
         "step `grammar`: `wait.for` is not a condition",
         "step `wrong-mode`: `mode: latest` triggers a new rollout of a DeploymentConfig only",
         "step `check`: `done_if.for` is not a condition",
+        "unknown field `fro` in step `typo`, in `done_if`",
     ] {
         assert!(said.contains(expected), "missing {expected:?} in:\n{said}");
     }

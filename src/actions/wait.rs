@@ -285,21 +285,31 @@ pub fn judge(kind: &str, object: &Value, condition: &Condition) -> (bool, String
                 )
             }
         },
-        Condition::JsonPath { text, path, value } => match (lookup(object, path), value) {
-            (None | Some(Value::Null), _) => (false, format!("{text} is missing")),
-            (Some(found), None) => (true, format!("{text} is {}", as_text(found))),
-            (Some(found @ (Value::Array(_) | Value::Object(_))), Some(want)) => (
-                false,
-                format!("{text} is a list or map, not a value comparable to `{want}`: {found}"),
-            ),
-            (Some(found), Some(want)) => {
-                let found = as_text(found);
-                (
-                    &found == want,
-                    format!("{text} is `{found}` (want `{want}`)"),
-                )
+        Condition::JsonPath { text, path, value } => {
+            // a Secret's values never reach a log or an error
+            let shown = |v: &Value| {
+                if kind == "Secret" {
+                    "set (a Secret's value: not shown)".to_owned()
+                } else {
+                    format!("`{}`", as_text(v))
+                }
+            };
+            match (lookup(object, path), value) {
+                (None | Some(Value::Null), _) => (false, format!("{text} is missing")),
+                (Some(found), None) => (true, format!("{text} is {}", shown(found))),
+                (Some(found @ (Value::Array(_) | Value::Object(_))), Some(want)) => (
+                    false,
+                    format!(
+                        "{text} is a list or map ({}), not a value comparable to `{want}`",
+                        shown(found)
+                    ),
+                ),
+                (Some(found), Some(want)) => (
+                    &as_text(found) == want,
+                    format!("{text} is {} (want `{want}`)", shown(found)),
+                ),
             }
-        },
+        }
         Condition::Replicas(want) => {
             let ready = ready_replicas(kind, object);
             (
@@ -777,6 +787,14 @@ mod tests {
         assert!(judge("Pod", &object, &c).0);
         let c = parse_condition("jsonpath={.status.items}=x").unwrap();
         assert!(!judge("Pod", &object, &c).0);
+        // a Secret's data is never shown
+        let secret = json!({"data": {"password": "c2VjcmV0"}});
+        let c = parse_condition("jsonpath={.data.password}=eA==").unwrap();
+        let (met, seen) = judge("Secret", &secret, &c);
+        assert!(!met);
+        assert!(!seen.contains("c2VjcmV0"), "{seen}");
+        let c = parse_condition("jsonpath={.data.password}").unwrap();
+        assert!(!judge("Secret", &secret, &c).1.contains("c2VjcmV0"));
     }
 
     #[test]

@@ -315,7 +315,7 @@ pub struct PauseAction {
 
 /// `done_if`: a shell check, or a built-in condition (the fields of
 /// `wait`), checked once without waiting.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawDoneIf {
     /// Shell check: exit 0 means the step already took effect.
@@ -323,6 +323,34 @@ pub enum RawDoneIf {
     /// A condition on a Kubernetes resource, e.g.
     /// `{ kind: Deployment, name: api, for: replicas=0 }`.
     Condition(Box<WaitAction>),
+}
+
+// by hand, not `untagged`: a map with a wrong field should say which field
+// (as `wait` does), not "found a mapping"
+impl<'de> Deserialize<'de> for RawDoneIf {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawDoneIf;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a shell check (a string) or a condition ({kind, name or selector, namespace, for})")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDoneIf, E> {
+                Ok(RawDoneIf::Shell(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<RawDoneIf, E> {
+                Ok(RawDoneIf::Shell(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawDoneIf, A::Error> {
+                WaitAction::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|c| RawDoneIf::Condition(Box::new(c)))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// `scale`: set the replica count of workloads (any kind with a `scale`
