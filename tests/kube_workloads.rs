@@ -181,16 +181,32 @@ fn scale_waits_for_terminating_pods_and_exact_ready_counts() {
 }
 
 #[test]
-fn a_deploymentconfig_scales_through_its_generic_scale_subresource() {
+fn deploymentconfigs_and_statefulsets_scale_through_the_scale_subresource() {
     let kube = Kube::start();
     deployment_config(&kube, "legacy", "billing", 1);
+    kube.cluster
+        .upsert(
+            "apps",
+            "statefulsets",
+            "legacy",
+            json!({
+                "metadata": {"name": "queue"},
+                "spec": {"replicas": 2, "serviceName": "queue",
+                         "selector": {"matchLabels": {"app": "queue"}},
+                         "template": {"metadata": {"labels": {"app": "queue"}},
+                                      "spec": {"containers": [{"name": "q", "image": "x"}]}}}
+            }),
+        )
+        .unwrap();
     settle(&kube, "legacy", "billing", 1);
+    settle(&kube, "legacy", "queue", 2);
     let s = Scratch::new();
     let file = s.runbook(
         "dc",
         "  {}",
         "  - id: up\n    timeout: 20s\n    scale: { kind: DeploymentConfig, name: billing, namespace: legacy, replicas: 3 }\n\
-         \x20 - id: down\n    needs: [up]\n    timeout: 20s\n    scale: { kind: dc, name: billing, namespace: legacy, replicas: 0 }\n",
+         \x20 - id: down\n    needs: [up]\n    timeout: 20s\n    scale: { kind: dc, name: billing, namespace: legacy, replicas: 0 }\n\
+         \x20 - id: queue-up\n    timeout: 20s\n    scale: { kind: sts, name: queue, namespace: legacy, replicas: 3 }\n",
     );
     let out = run(&s, &file, &kube);
     assert!(out.status.success(), "{}", text(&out));
@@ -207,6 +223,11 @@ fn a_deploymentconfig_scales_through_its_generic_scale_subresource() {
         0
     );
     assert!(pods(&kube, "legacy", "billing").is_empty());
+    assert_eq!(outputs(&s, "queue-up")["previous_replicas"], "2");
+    assert_eq!(
+        live_pod_names(&kube, "legacy", "queue"),
+        ["queue-0", "queue-1", "queue-2"]
+    );
 }
 
 #[test]
