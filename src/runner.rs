@@ -1255,12 +1255,12 @@ async fn check_condition(
     };
     let detail = ctx.secrets.mask(&detail);
     let mut log = engine::output::StepLog::new(ctx.run_dir.log(&step.id));
-    let _ = log.note(&format!(
+    let _ = log.note(&ctx.secrets.mask(&format!(
         "--- runbook: done_if {} {} at {}: {detail}",
         crate::plan::operation_line(&wait, &spec),
         if holds { "holds" } else { "does not hold" },
         crate::events::now_rfc3339()
-    ));
+    )));
     (holds, detail)
 }
 

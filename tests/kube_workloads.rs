@@ -668,7 +668,12 @@ fn a_done_if_condition_lets_a_resume_skip_an_interrupted_step() {
     assert!(!out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(said.contains("done_if does not hold"), "{said}");
-    assert!(said.contains("2 ready replica(s), want 0"), "{said}");
+    assert!(
+        said.contains(
+            "deployment/api in namespace `default`: `replicas=0`: 2 ready replica(s), want 0"
+        ),
+        "{said}"
+    );
 
     // the quiesce did take effect after all
     let mut api = kube.get("apps", "deployments", "default", "api").unwrap();

@@ -693,7 +693,7 @@ async fn evaluate_once(cluster: &Cluster, spec: &Value) -> Result<(bool, String)
         &condition,
         name.is_none(),
     );
-    Ok((met, format!("{what}: {} {seen}", action.condition)))
+    Ok((met, format!("{what}: `{}`: {seen}", action.condition)))
 }
 
 #[cfg(test)]
