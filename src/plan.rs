@@ -176,7 +176,15 @@ impl Plan {
                     }
                 };
                 let action = render_action(&step.action, &mut render);
-                let done_if = step.done_if.as_deref().and_then(&mut render);
+                let done_if = match &step.done_if {
+                    Some(crate::model::DoneIf::Shell(check)) => render(check),
+                    Some(crate::model::DoneIf::Condition(condition)) => {
+                        let wait = Action::Wait(condition.clone());
+                        render_fields(&wait, &mut render)
+                            .map(|spec| format!("{}  # checked once", operation_line(&wait, &spec)))
+                    }
+                    None => None,
+                };
                 // a gate starts no process: its shell, env and workdir
                 // (from `defaults`) mean nothing
                 let starts_process = !matches!(step.action, Action::Pause { .. });
@@ -431,10 +439,17 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
         .map(|c| format!(" -c {}", q(c)))
         .unwrap_or_default();
     Some(match key {
-        "scale" => format!(
-            "kubectl scale {target} --replicas={}{ns}",
-            q(&scalar(f, "replicas"))
-        ),
+        "scale" => match field(f, "selector") {
+            Some(selector) => format!(
+                "kubectl scale {kind} -l {} --replicas={}{ns}",
+                q(selector),
+                q(&scalar(f, "replicas"))
+            ),
+            None => format!(
+                "kubectl scale {target} --replicas={}{ns}",
+                q(&scalar(f, "replicas"))
+            ),
+        },
         "exec" => {
             let command: Vec<String> = f
                 .get("command")

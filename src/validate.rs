@@ -11,9 +11,13 @@ use sha2::{Digest, Sha256};
 use crate::diagnostic::{Problem, Report, did_you_mean, suggestion};
 use crate::graph::StepGraph;
 use crate::model::{
-    Action, KNOWN_SHELLS, ParamSpec, ParamValue, RetryPolicy, Runbook, Shell, Step, type_name,
+    Action, DoneIf, KNOWN_SHELLS, ParamSpec, ParamValue, RetryPolicy, Runbook, Shell, Step,
+    type_name,
 };
-use crate::spec::raw::{ACTION_KEYS, ParamType, RawRetry, RawShell, RawStep};
+use crate::spec::raw::{
+    ACTION_KEYS, IntOrString, ParamType, RawDoneIf, RawRetry, RawShell, RawStep, RolloutMode,
+    WaitAction,
+};
 use crate::spec::yaml::{Node, NodeValue, Span};
 use crate::spec::{self, Parsed, SourceFile};
 use crate::template::{self, RUN_FIELDS, Reference, TOP_LEVEL_VARS};
@@ -727,9 +731,19 @@ impl Checker<'_> {
                 }
             }
         }
-        if let Some(text) = &raw.done_if {
-            self.template(text, field("done_if"), &raw.id, &ctx, output_uses);
+        match &raw.done_if {
+            Some(RawDoneIf::Shell(text)) => {
+                self.template(text, field("done_if"), &raw.id, &ctx, output_uses);
+            }
+            Some(RawDoneIf::Condition(condition)) => {
+                if let Some(done_if_node) = field("done_if") {
+                    self.templates_in(done_if_node, &raw.id, &ctx, output_uses);
+                }
+                self.kube_wait_fields(condition, field("done_if"), id_span, &raw.id, "done_if");
+            }
+            None => {}
         }
+        self.kube_action_fields(raw, node, id_span);
         if let Some(text) = &raw.ready {
             self.template(text, field("ready"), &raw.id, &ctx, output_uses);
         }
@@ -817,7 +831,10 @@ impl Checker<'_> {
             retry,
             always: raw.always,
             idempotent: raw.idempotent.unwrap_or(true),
-            done_if: raw.done_if.clone(),
+            done_if: raw.done_if.clone().map(|d| match d {
+                RawDoneIf::Shell(check) => DoneIf::Shell(check),
+                RawDoneIf::Condition(condition) => DoneIf::Condition(condition),
+            }),
             daemon: raw.daemon,
             ready: raw.ready.clone(),
             shell,
@@ -985,6 +1002,149 @@ impl Checker<'_> {
         let none = HashMap::new();
         let ctx = defaults_context(params, &none);
         self.references(&others, text, node, "defaults", &ctx, &mut Vec::new());
+    }
+
+    /// Checks of the `scale`, `wait`, `delete` and `rollout` fields that
+    /// do not need the cluster: exactly one of `name` and `selector`, a
+    /// `for` in the grammar of `wait`, a `mode` that fits the kind.
+    fn kube_action_fields(&mut self, raw: &RawStep, node: &Node, id_span: Span) {
+        if let Some(scale) = &raw.scale {
+            let at = node.get("scale");
+            self.name_or_selector(
+                scale.name.as_deref(),
+                scale.selector.as_deref(),
+                at,
+                id_span,
+                &raw.id,
+                "scale",
+            );
+            if let IntOrString::Int(n) = scale.replicas
+                && n < 0
+            {
+                let span = at
+                    .and_then(|n| n.get("replicas"))
+                    .map_or(id_span, |n| n.span);
+                self.push(
+                    Problem::new(
+                        "scale::negative-replicas",
+                        format!("step `{}`: `replicas: {n}` is negative", raw.id),
+                    )
+                    .at_labeled(span, "not a replica count")
+                    .help("give 0 or more replicas"),
+                );
+            }
+        }
+        if let Some(wait) = &raw.wait {
+            self.kube_wait_fields(wait, node.get("wait"), id_span, &raw.id, "wait");
+        }
+        if let Some(delete) = &raw.delete {
+            self.name_or_selector(
+                delete.name.as_deref(),
+                delete.selector.as_deref(),
+                node.get("delete"),
+                id_span,
+                &raw.id,
+                "delete",
+            );
+        }
+        if let Some(rollout) = &raw.rollout
+            && !template::is_template(&rollout.kind)
+        {
+            let kind = rollout.kind.to_ascii_lowercase();
+            let is_dc = ["deploymentconfig", "deploymentconfigs", "dc"].contains(&kind.as_str())
+                || kind.starts_with("deploymentconfigs.");
+            let wrong = match rollout.mode {
+                RolloutMode::Latest => (!is_dc)
+                    .then_some("`mode: latest` triggers a new rollout of a DeploymentConfig only"),
+                RolloutMode::Restart => is_dc.then_some(
+                    "a DeploymentConfig is rolled out with `mode: latest`, not restarted",
+                ),
+                RolloutMode::Status => None,
+            };
+            if let Some(why) = wrong {
+                let at = node.get("rollout");
+                let span = at
+                    .and_then(|n| n.get("mode").or_else(|| n.get("kind")))
+                    .map_or(id_span, |n| n.span);
+                self.push(
+                    Problem::new(
+                        "rollout::mode",
+                        format!("step `{}`: {why} (kind `{}`)", raw.id, rollout.kind),
+                    )
+                    .at_labeled(span, "does not fit the kind")
+                    .help("`restart` for Deployment, StatefulSet, DaemonSet; `latest` for DeploymentConfig; `status` waits for any of them"),
+                );
+            }
+        }
+    }
+
+    /// The fields of a `wait` (or of a `done_if` condition).
+    fn kube_wait_fields(
+        &mut self,
+        wait: &WaitAction,
+        at: Option<&Node>,
+        id_span: Span,
+        step: &str,
+        key: &str,
+    ) {
+        self.name_or_selector(
+            wait.name.as_deref(),
+            wait.selector.as_deref(),
+            at,
+            id_span,
+            step,
+            key,
+        );
+        if !template::is_template(&wait.condition)
+            && let Err(e) = crate::actions::wait::parse_condition(&wait.condition)
+        {
+            let span = at.and_then(|n| n.get("for")).map_or(id_span, |n| n.span);
+            self.push(
+                Problem::new(
+                    "wait::condition",
+                    format!("step `{step}`: `{key}.for` is not a condition: {e}"),
+                )
+                .at_labeled(span, "not understood")
+                .help("write `condition=Available`, `condition=Ready=False`, `jsonpath={.status.phase}=Running`, `exists`, `delete`, `replicas=0` or `ready`"),
+            );
+        }
+    }
+
+    /// Exactly one of `name` and `selector`.
+    fn name_or_selector(
+        &mut self,
+        name: Option<&str>,
+        selector: Option<&str>,
+        at: Option<&Node>,
+        id_span: Span,
+        step: &str,
+        key: &str,
+    ) {
+        let span = at.map_or(id_span, |n| n.span);
+        match (name, selector) {
+            (Some(_), Some(_)) => self.push(
+                Problem::new(
+                    "kube::name-and-selector",
+                    format!("step `{step}`: `{key}` has both `name` and `selector`"),
+                )
+                .at_labeled(
+                    at.and_then(|n| n.get("selector")).map_or(span, |n| n.span),
+                    "one or the other",
+                )
+                .help("address one object by `name`, or every object a label `selector` matches"),
+            ),
+            (None, None) => self.push(
+                Problem::new(
+                    "kube::no-target",
+                    format!("step `{step}`: `{key}` names no object: give `name` or `selector`"),
+                )
+                .at_labeled(span, "which object?")
+                .help(
+                    "add `name: OBJECT`, or `selector: app=web` for every object with that label",
+                ),
+            ),
+            _ => {}
+        }
     }
 
     fn templates_in(

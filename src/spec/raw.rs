@@ -229,10 +229,12 @@ pub struct RawStep {
     /// step that was interrupted mid-way.
     #[serde(default)]
     pub idempotent: Option<bool>,
-    /// Shell check (exit 0 = the step already took effect); resume runs it
-    /// before re-running an interrupted step.
+    /// Whether the step already took effect; resume checks it before
+    /// re-running an interrupted step. A shell check (exit 0 = done), or a
+    /// built-in condition with the fields of `wait` (`kind`, `name` or
+    /// `selector`, `namespace`, `for`), evaluated once.
     #[serde(default)]
-    pub done_if: Option<String>,
+    pub done_if: Option<RawDoneIf>,
     /// A `run` step whose process keeps running after the step succeeds (a
     /// tunnel, `kubectl port-forward`, an agent): it is terminated once
     /// every step that needs it has finished, and started again by a resume
@@ -311,14 +313,61 @@ pub struct PauseAction {
     pub message: Option<String>,
 }
 
-/// A Kubernetes workload or resource addressed by kind and name.
+/// `done_if`: a shell check, or a built-in condition (the fields of
+/// `wait`), checked once without waiting.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawDoneIf {
+    /// Shell check: exit 0 means the step already took effect.
+    Shell(String),
+    /// A condition on a Kubernetes resource, e.g.
+    /// `{ kind: Deployment, name: api, for: replicas=0 }`.
+    Condition(Box<WaitAction>),
+}
+
+// by hand, not `untagged`: a map with a wrong field should say which field
+// (as `wait` does), not "found a mapping"
+impl<'de> Deserialize<'de> for RawDoneIf {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawDoneIf;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a shell check (a string) or a condition ({kind, name or selector, namespace, for})")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDoneIf, E> {
+                Ok(RawDoneIf::Shell(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<RawDoneIf, E> {
+                Ok(RawDoneIf::Shell(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawDoneIf, A::Error> {
+                WaitAction::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|c| RawDoneIf::Condition(Box::new(c)))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `scale`: set the replica count of workloads (any kind with a `scale`
+/// subresource) and wait until exactly that many pods are ready.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleAction {
-    /// `Deployment`, `StatefulSet`, `DeploymentConfig`, `ReplicaSet`.
+    /// `Deployment`, `StatefulSet`, `DeploymentConfig`, `ReplicaSet`, or any
+    /// kind with a `scale` subresource.
     pub kind: String,
-    /// Workload name.
-    pub name: String,
+    /// Workload name (or use `selector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Label selector of the workloads to scale (or use `name`); they must
+    /// all have the same replica count before the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// Namespace; defaults to the kube context's namespace.
     #[serde(default)]
     pub namespace: Option<String>,
@@ -511,7 +560,9 @@ pub struct WaitAction {
     /// Namespace; defaults to the kube context's namespace.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// `condition=Available`, `replicas=0`, `ready`, or `delete`.
+    /// `condition=Type` (status True), `condition=Type=Value`,
+    /// `jsonpath={.status.phase}=Running`, `exists`, `delete` (absence),
+    /// `replicas=N` (ready replicas) or `ready`.
     #[serde(rename = "for")]
     pub condition: String,
 }
