@@ -10,6 +10,7 @@ pub mod copy;
 pub mod delete;
 pub mod exec;
 pub mod export;
+pub mod manifest;
 pub mod patch;
 pub mod pause;
 pub mod rollout;
