@@ -155,7 +155,7 @@ async fn apply_one(
         params = params.force();
     }
     let op = Op::new(
-        "apply (server-side)",
+        "patch",
         &resolved.resource_name(),
         namespace,
     )

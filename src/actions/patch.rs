@@ -42,6 +42,21 @@ fn changed(value: bool) -> IndexMap<String, String> {
     outputs
 }
 
+/// What a patch can change: the object without its resourceVersion,
+/// managed fields and status (a controller may write those meanwhile).
+fn content(object: &DynamicObject) -> Value {
+    let mut value = serde_json::to_value(object).unwrap_or(Value::Null);
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+    }
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in ["resourceVersion", "managedFields", "generation"] {
+            meta.remove(field);
+        }
+    }
+    value
+}
+
 fn resource_version(object: &DynamicObject) -> String {
     object.metadata.resource_version.clone().unwrap_or_default()
 }
@@ -98,7 +113,7 @@ async fn patch(cx: &AttemptCx, action: &PatchAction) -> ActionResult {
         }
     }
     .map_err(|f| masked(f, &mask))?;
-    let did = resource_version(&before) != resource_version(&after);
+    let did = content(&before) != content(&after);
     cx.say(&format!(
         "{} {}/{}{}",
         if did { "patched" } else { "unchanged (the patch was already in place):" },
