@@ -582,7 +582,9 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
                     .or_else(|| items.iter().find_map(|e| e.get("key")?.as_str()))
                     .unwrap_or("");
                 let text = |e: &serde_json::Value, name: &str| {
-                    e.get(name).and_then(serde_json::Value::as_str).map(str::to_owned)
+                    e.get(name)
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_owned)
                 };
                 let edits: Vec<String> = items
                     .iter()
@@ -602,7 +604,10 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
                         }
                     })
                     .collect();
-                format!("kubectl edit {target}{ns}  # in data.{key}: {}", edits.join("; "))
+                format!(
+                    "kubectl edit {target}{ns}  # in data.{key}: {}",
+                    edits.join("; ")
+                )
             }
             None => format!(
                 "kubectl patch {target}{ns} --type={} -p {}",

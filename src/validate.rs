@@ -893,11 +893,18 @@ impl Checker<'_> {
         }
         let Some(edits) = &patch.edit else { return };
         let kind = patch.kind.to_ascii_lowercase();
-        if !template::is_template(&patch.kind) && kind != "configmap" && kind != "cm" && kind != "configmaps" {
+        if !template::is_template(&patch.kind)
+            && kind != "configmap"
+            && kind != "cm"
+            && kind != "configmaps"
+        {
             self.push(
                 Problem::new(
                     "patch::edit-not-configmap",
-                    format!("step `{id}`: `edit` changes ConfigMap text, but the kind is `{}`", patch.kind),
+                    format!(
+                        "step `{id}`: `edit` changes ConfigMap text, but the kind is `{}`",
+                        patch.kind
+                    ),
                 )
                 .at_labeled(span_of("kind"), "not a ConfigMap")
                 .help("use `kind: ConfigMap`, or a `patch` document for other kinds"),
@@ -982,16 +989,22 @@ impl Checker<'_> {
             }
             if edit.prefix.as_deref() == Some("") {
                 self.push(
-                    Problem::new("patch::edit-prefix", format!("step `{id}`: {which} has an empty `prefix`"))
-                        .at_labeled(span, "comment with what?")
-                        .help("leave `prefix` out for `#`, or give the marker, e.g. `//` or `;`"),
+                    Problem::new(
+                        "patch::edit-prefix",
+                        format!("step `{id}`: {which} has an empty `prefix`"),
+                    )
+                    .at_labeled(span, "comment with what?")
+                    .help("leave `prefix` out for `#`, or give the marker, e.g. `//` or `;`"),
                 );
             }
             if edit.find.as_deref() == Some("") {
                 self.push(
-                    Problem::new("patch::edit-find", format!("step `{id}`: {which} has an empty `find`"))
-                        .at_labeled(span, "find what?")
-                        .help("give the exact text to replace"),
+                    Problem::new(
+                        "patch::edit-find",
+                        format!("step `{id}`: {which} has an empty `find`"),
+                    )
+                    .at_labeled(span, "find what?")
+                    .help("give the exact text to replace"),
                 );
             }
             if let Some(re) = edit.regex.as_deref().filter(|r| !template::is_template(r))

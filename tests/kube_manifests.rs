@@ -40,7 +40,10 @@ fn outputs(s: &Scratch, id: &str) -> Value {
 /// The log of step `id` in the latest run.
 fn step_log(s: &Scratch, id: &str) -> String {
     // the latest run as `status` knows it (run ids of one second sort randomly)
-    let run_dir = s.status()["run_dir"].as_str().unwrap_or_default().to_owned();
+    let run_dir = s.status()["run_dir"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     std::fs::read_to_string(std::path::Path::new(&run_dir).join(format!("logs/{id}.log")))
         .unwrap_or_default()
 }
@@ -109,7 +112,12 @@ fn apply_takes_files_globs_directories_and_inline_documents_custom_resources_inc
     ));
     kube.cluster.require_namespaces(true);
     kube.cluster
-        .upsert("", "namespaces", "", json!({"metadata": {"name": "default"}}))
+        .upsert(
+            "",
+            "namespaces",
+            "",
+            json!({"metadata": {"name": "default"}}),
+        )
         .unwrap();
     let s = Scratch::new();
     std::fs::create_dir_all(s.path("m/more")).unwrap();
@@ -194,7 +202,11 @@ fn apply_takes_files_globs_directories_and_inline_documents_custom_resources_inc
     );
     let out = run(&s, &kube, &file, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("/m/*.xml` matches no file"), "{}", text(&out));
+    assert!(
+        text(&out).contains("/m/*.xml` matches no file"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -242,7 +254,11 @@ fn a_field_owned_by_another_manager_is_a_clear_conflict_unless_forced() {
             "  - id: {id}\n    apply:\n      {extra}\n      inline: |\n        apiVersion: v1\n        kind: ConfigMap\n        metadata: {{ name: operator-owned }}\n        data: {{ mode: {mode} }}\n"
         )
     };
-    let file = s.runbook("operator", "  {}", &step("own", "field_manager: operator", "a"));
+    let file = s.runbook(
+        "operator",
+        "  {}",
+        &step("own", "field_manager: operator", "a"),
+    );
     let out = run(&s, &kube, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
@@ -257,13 +273,17 @@ fn a_field_owned_by_another_manager_is_a_clear_conflict_unless_forced() {
     assert!(said.contains("\"operator\""), "{said}");
     assert!(said.contains("field manager `runbook`"), "{said}");
     assert!(said.contains("`force: true`"), "{said}");
-    let live = kube.get("", "configmaps", "default", "operator-owned").unwrap();
+    let live = kube
+        .get("", "configmaps", "default", "operator-owned")
+        .unwrap();
     assert_eq!(live["data"]["mode"], "a");
 
     let file = s.runbook("force", "  {}", &step("take", "force: true", "b"));
     let out = run(&s, &kube, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let live = kube.get("", "configmaps", "default", "operator-owned").unwrap();
+    let live = kube
+        .get("", "configmaps", "default", "operator-owned")
+        .unwrap();
     assert_eq!(live["data"]["mode"], "b");
     assert!(managers(&live).contains(&"runbook".to_owned()), "{live}");
 }
@@ -363,7 +383,10 @@ fn export_then_apply_restores_13_secrets_and_7_configmaps_and_secret_values_stay
     assert_eq!(files.len(), 13);
     assert_eq!(
         files[1],
-        backup.join("secrets/secret-system-seed.yaml").display().to_string()
+        backup
+            .join("secrets/secret-system-seed.yaml")
+            .display()
+            .to_string()
     );
     assert_eq!(outputs(&s, "export-configmaps")["count"], "7");
     for name in SECRETS {
@@ -371,13 +394,21 @@ fn export_then_apply_restores_13_secrets_and_7_configmaps_and_secret_values_stay
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", path.display());
     }
-    assert!(backup.join("configmaps/configmap-redis-config.yaml").is_file());
-    let seed: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(backup.join("secrets/secret-system-seed.yaml")).unwrap())
-            .unwrap();
+    assert!(
+        backup
+            .join("configmaps/configmap-redis-config.yaml")
+            .is_file()
+    );
+    let seed: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(backup.join("secrets/secret-system-seed.yaml")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(seed["apiVersion"], "v1");
     assert_eq!(seed["kind"], "Secret");
-    assert_eq!(seed["metadata"], json!({"name": "system-seed", "namespace": ns, "annotations": {"keep": "yes"}}));
+    assert_eq!(
+        seed["metadata"],
+        json!({"name": "system-seed", "namespace": ns, "annotations": {"keep": "yes"}})
+    );
     assert_eq!(seed["data"]["password"], b64(&secret_value(1)));
     // no temporary files left behind
     let leftovers: Vec<_> = std::fs::read_dir(backup.join("secrets"))
@@ -431,11 +462,17 @@ fn export_then_apply_restores_13_secrets_and_7_configmaps_and_secret_values_stay
         assert_eq!(a["data"], b["data"], "{name}");
         assert_eq!(a.get("type"), b.get("type"), "{name}");
         assert_eq!(a["metadata"]["labels"], b["metadata"]["labels"], "{name}");
-        assert_ne!(a["metadata"]["uid"], b["metadata"]["uid"], "{name} is a new object");
+        assert_ne!(
+            a["metadata"]["uid"], b["metadata"]["uid"],
+            "{name} is a new object"
+        );
     }
     let said = text(&out);
     let log = step_log(&s, "restore");
-    assert!(log.contains("applied Secret/system-seed in namespace threescale"), "{log}");
+    assert!(
+        log.contains("applied Secret/system-seed in namespace threescale"),
+        "{log}"
+    );
     let mut run_files = Vec::new();
     all_files(&s.path("state"), &mut run_files);
     for i in 0..SECRETS.len() {
@@ -542,13 +579,19 @@ fn merge_json_and_strategic_patches_and_their_changed_output() {
     );
 }
 
-const REDIS_CONF: &str = "bind 0.0.0.0\nsave 900 1\nsave 300 10\nsave 60 10000\nappendonly yes\n# maxmemory 1gb\n";
+const REDIS_CONF: &str =
+    "bind 0.0.0.0\nsave 900 1\nsave 300 10\nsave 60 10000\nappendonly yes\n# maxmemory 1gb\n";
 
 fn redis_conf(kube: &Kube) -> (String, String) {
-    let cm = kube.get("", "configmaps", "default", "redis-config").unwrap();
+    let cm = kube
+        .get("", "configmaps", "default", "redis-config")
+        .unwrap();
     (
         cm["data"]["redis.conf"].as_str().unwrap().to_owned(),
-        cm["metadata"]["resourceVersion"].as_str().unwrap().to_owned(),
+        cm["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
     )
 }
 
@@ -573,7 +616,12 @@ const EDIT_STEPS: &str = r##"  - id: persistence-off
 #[test]
 fn edits_change_the_text_once_and_a_second_run_writes_nothing() {
     let kube = Kube::start();
-    configmap(&kube, "default", "redis-config", json!({"redis.conf": REDIS_CONF, "other": "x"}));
+    configmap(
+        &kube,
+        "default",
+        "redis-config",
+        json!({"redis.conf": REDIS_CONF, "other": "x"}),
+    );
     let s = Scratch::new();
     let file = s.runbook("edit", "  {}", EDIT_STEPS);
     let out = run(&s, &kube, &file, &[]);
@@ -616,7 +664,12 @@ fn edits_change_the_text_once_and_a_second_run_writes_nothing() {
 #[test]
 fn an_edit_retries_after_a_concurrent_write_and_keeps_it() {
     let kube = Kube::start();
-    configmap(&kube, "default", "redis-config", json!({"redis.conf": REDIS_CONF}));
+    configmap(
+        &kube,
+        "default",
+        "redis-config",
+        json!({"redis.conf": REDIS_CONF}),
+    );
     // the edit's write is held back while another writer changes the key
     kube.cluster.add_fault(
         FaultRule::new(FaultAction::Delay(Duration::from_millis(1500)))
@@ -663,7 +716,10 @@ fn an_edit_retries_after_a_concurrent_write_and_keeps_it() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let (conf, _) = redis_conf(&kube);
     assert!(conf.contains("appendonly no\n"), "{conf}");
-    assert!(conf.contains("maxclients 100\n"), "the other write was kept: {conf}");
+    assert!(
+        conf.contains("maxclients 100\n"),
+        "the other write was kept: {conf}"
+    );
     let log = step_log(&s, "edit");
     assert!(log.contains("changed since it was read (round 1)"), "{log}");
 }
@@ -698,7 +754,12 @@ fn refusals_name_the_verb_the_resource_and_the_namespace() {
 #[test]
 fn injected_server_errors_on_a_fraction_of_requests_do_not_fail_the_steps() {
     let kube = Kube::start();
-    configmap(&kube, "default", "redis-config", json!({"redis.conf": REDIS_CONF}));
+    configmap(
+        &kube,
+        "default",
+        "redis-config",
+        json!({"redis.conf": REDIS_CONF}),
+    );
     kube.deployment("default", "web", 1);
     for i in 0..5 {
         secret(&kube, "default", &format!("s{i}"), &secret_value(i));
@@ -728,7 +789,11 @@ fn injected_server_errors_on_a_fraction_of_requests_do_not_fail_the_steps() {
     );
     let out = run(&s, &kube, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(kube.cluster.faults_injected() > 3, "{}", kube.cluster.faults_injected());
+    assert!(
+        kube.cluster.faults_injected() > 3,
+        "{}",
+        kube.cluster.faults_injected()
+    );
     assert_eq!(outputs(&s, "export")["count"], "5");
     assert_eq!(outputs(&s, "restore")["applied"], "5");
     let (conf, _) = redis_conf(&kube);
@@ -758,10 +823,48 @@ fn mistakes_in_the_manifest_fields_are_located_before_anything_runs() {
     ] {
         assert!(said.contains(code), "{code}: {said}");
     }
-    assert!(said.contains("edit 3 has several operations (comment_out, uncomment)"), "{said}");
+    assert!(
+        said.contains("edit 3 has several operations (comment_out, uncomment)"),
+        "{said}"
+    );
     // the shipped runbooks stay valid with the list form of `edit`
-    for runbook in ["runbooks/3scale-restore.yaml", "runbooks/3scale-backup.yaml"] {
+    for runbook in [
+        "runbooks/3scale-restore.yaml",
+        "runbooks/3scale-backup.yaml",
+    ] {
         let out = s.cmd(&["validate", runbook]);
         assert_eq!(out.status.code(), Some(0), "{runbook}: {}", text(&out));
+    }
+}
+
+#[test]
+fn an_inline_secret_from_a_secret_param_is_applied_and_its_value_stays_out_of_the_run() {
+    let kube = Kube::start();
+    let token = "tok-Zq81-never-shown";
+    let s = Scratch::new();
+    let file = s.runbook(
+        "inline-secret",
+        "  token: { secret: true }",
+        "  - id: apply\n    apply:\n      inline: |\n        apiVersion: v1\n        kind: Secret\n        metadata: { name: api-token }\n        stringData: { token: \"{{ params.token }}\" }\n        ---\n        apiVersion: v1\n        kind: Secret\n        metadata: { name: api-token-copy }\n        stringData: { token: \"{{ params.token }}\" }\n",
+    );
+    let out = run(&s, &kube, &file, &["-p", &format!("token={token}")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stored = kube.get("", "secrets", "default", "api-token").unwrap();
+    assert_eq!(stored["stringData"]["token"], token, "{stored}");
+    let log = step_log(&s, "apply");
+    assert!(
+        log.contains("applied Secret/api-token in namespace default"),
+        "{log}"
+    );
+    assert_eq!(
+        outputs(&s, "apply")["objects"],
+        "Secret/api-token\nSecret/api-token-copy"
+    );
+    let mut run_files = Vec::new();
+    all_files(&s.path("state"), &mut run_files);
+    assert!(!text(&out).contains(token), "{}", text(&out));
+    for (path, content) in &run_files {
+        assert!(!content.contains(token), "the token is in {path}");
+        assert!(!content.contains(&b64(token)), "the token is in {path}");
     }
 }

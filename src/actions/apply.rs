@@ -53,13 +53,20 @@ pub async fn run(cx: &AttemptCx, spec: &serde_json::Value) -> ActionResult {
             }
             None
         };
-        apply_one(cluster, m, &resolved, namespace.as_deref(), manager, action.force)
-            .await
-            .map_err(|mut failure| {
-                // the objects before this one are applied: a partial change
-                failure.uncertain |= !applied.is_empty();
-                failure
-            })?;
+        apply_one(
+            cluster,
+            m,
+            &resolved,
+            namespace.as_deref(),
+            manager,
+            action.force,
+        )
+        .await
+        .map_err(|mut failure| {
+            // the objects before this one are applied: a partial change
+            failure.uncertain |= !applied.is_empty();
+            failure
+        })?;
         let what = format!("{}/{}", m.kind(), m.name());
         cx.say(&match &namespace {
             Some(ns) => format!("applied {what} in namespace {ns}"),
@@ -154,12 +161,7 @@ async fn apply_one(
     if force {
         params = params.force();
     }
-    let op = Op::new(
-        "patch",
-        &resolved.resource_name(),
-        namespace,
-    )
-    .named(m.name());
+    let op = Op::new("patch", &resolved.resource_name(), namespace).named(m.name());
     let body = Patch::Apply(&m.object);
     let result = with_retries(&op, TRIES, || api.patch(m.name(), &params, &body)).await;
     result.map(drop).map_err(|mut failure| {

@@ -31,7 +31,10 @@ impl Manifest {
 
     /// `kind`.
     pub fn kind(&self) -> &str {
-        self.object.get("kind").and_then(Value::as_str).unwrap_or("")
+        self.object
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     }
 
     /// `metadata.name`.
@@ -457,7 +460,10 @@ mod tests {
         let err = parse("apiVersion: v1\nkind: ConfigMap\n", "x.yaml").unwrap_err();
         assert!(err.contains("x.yaml#1 has no `metadata.name`"), "{err}");
         let err = parse("- a\n- b\n", "x.yaml").unwrap_err();
-        assert!(err.contains("not a Kubernetes object (found a list)"), "{err}");
+        assert!(
+            err.contains("not a Kubernetes object (found a list)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -527,7 +533,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path();
         std::fs::create_dir_all(base.join("s/sub")).unwrap();
-        for f in ["s/b.yaml", "s/a.json", "s/.hidden.yaml", "s/notes.txt", "s/sub/c.yml"] {
+        for f in [
+            "s/b.yaml",
+            "s/a.json",
+            "s/.hidden.yaml",
+            "s/notes.txt",
+            "s/sub/c.yml",
+        ] {
             std::fs::write(base.join(f), "x").unwrap();
         }
         let rel = |v: Vec<PathBuf>| -> Vec<String> {
@@ -539,12 +551,18 @@ mod tests {
             rel(expand(base, &["s/*.yaml".into(), "s/*.json".into()]).unwrap()),
             ["s/b.yaml", "s/a.json"]
         );
-        assert_eq!(rel(expand(base, &["s".into()]).unwrap()), ["s/a.json", "s/b.yaml"]);
+        assert_eq!(
+            rel(expand(base, &["s".into()]).unwrap()),
+            ["s/a.json", "s/b.yaml"]
+        );
         assert_eq!(
             rel(expand(base, &["s/**/*.y*ml".into()]).unwrap()),
             ["s/b.yaml", "s/sub/c.yml"]
         );
-        assert_eq!(rel(expand(base, &["s/[ab].*".into()]).unwrap()), ["s/a.json", "s/b.yaml"]);
+        assert_eq!(
+            rel(expand(base, &["s/[ab].*".into()]).unwrap()),
+            ["s/a.json", "s/b.yaml"]
+        );
         let err = expand(base, &["s/*.xml".into()]).unwrap_err();
         assert!(err.contains("`s/*.xml` matches no file"), "{err}");
         let err = expand(base, &["nope.yaml".into()]).unwrap_err();

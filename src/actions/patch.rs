@@ -95,8 +95,8 @@ async fn patch(cx: &AttemptCx, action: &PatchAction) -> ActionResult {
             with_retries(&op, TRIES, || api.patch(&action.name, &params, &body)).await
         }
         PatchType::Json => {
-            let operations: json_patch::Patch = serde_json::from_value(document.clone())
-                .map_err(|e| {
+            let operations: json_patch::Patch =
+                serde_json::from_value(document.clone()).map_err(|e| {
                     Failure::permanent(format!(
                         "the `patch` of `type: json` is not a list of JSON patch operations: {e}"
                     ))
@@ -116,7 +116,11 @@ async fn patch(cx: &AttemptCx, action: &PatchAction) -> ActionResult {
     let did = content(&before) != content(&after);
     cx.say(&format!(
         "{} {}/{}{}",
-        if did { "patched" } else { "unchanged (the patch was already in place):" },
+        if did {
+            "patched"
+        } else {
+            "unchanged (the patch was already in place):"
+        },
         resolved.resource.kind,
         action.name,
         namespace
@@ -232,7 +236,11 @@ async fn edit(cx: &AttemptCx, action: &PatchAction) -> ActionResult {
         ]))
         .map_err(|e| Failure::permanent(format!("internal: the edit patch: {e}")))?;
         match api
-            .patch(&action.name, &PatchParams::default(), &Patch::Json::<()>(operations))
+            .patch(
+                &action.name,
+                &PatchParams::default(),
+                &Patch::Json::<()>(operations),
+            )
             .await
         {
             Ok(_) => {
@@ -310,8 +318,11 @@ fn replace_literal(text: &str, find: &str, replace: &str) -> Result<String, Stri
         return Err("`find` is empty".into());
     }
     let inner: Vec<usize> = replace.match_indices(find).map(|(k, _)| k).collect();
-    let covered =
-        |m: usize| inner.iter().any(|&k| m >= k && text[m - k..].starts_with(replace));
+    let covered = |m: usize| {
+        inner
+            .iter()
+            .any(|&k| m >= k && text[m - k..].starts_with(replace))
+    };
     let todo: Vec<usize> = text
         .match_indices(find)
         .map(|(m, _)| m)
@@ -509,14 +520,18 @@ mod tests {
             err,
             "the text \"appendfsync always\" was not found, nor its replacement \"appendfsync no\""
         );
-        let err = apply_edits(REDIS, &[find("appendonly yes", "x"), find("nope", "y")]).unwrap_err();
+        let err =
+            apply_edits(REDIS, &[find("appendonly yes", "x"), find("nope", "y")]).unwrap_err();
         assert!(err.starts_with("edit 2 of 2: the text \"nope\""), "{err}");
     }
 
     #[test]
     fn regex_edits_use_groups_and_recognise_their_own_result() {
         let out = twice(REDIS, &[regex(r"^save (\d+) (\d+)$", "#save $1 $2")]);
-        assert_eq!(out, "#save 900 1\n#save 300 10\n#save 60 10000\nappendonly yes\n");
+        assert_eq!(
+            out,
+            "#save 900 1\n#save 300 10\n#save 60 10000\nappendonly yes\n"
+        );
         assert_eq!(
             twice(REDIS, &[regex("^appendonly .*$", "appendonly no")]),
             "save 900 1\nsave 300 10\nsave 60 10000\nappendonly no\n"

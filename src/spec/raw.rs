@@ -600,11 +600,17 @@ impl<'de> Deserialize<'de> for TextEdits {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a list of text edits, or one edit as a map")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<TextEdits, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<TextEdits, A::Error> {
                 Vec::<TextEdit>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
                     .map(TextEdits::List)
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<TextEdits, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<TextEdits, A::Error> {
                 TextEdit::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(TextEdits::One)
             }
