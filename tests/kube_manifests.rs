@@ -868,3 +868,39 @@ fn an_inline_secret_from_a_secret_param_is_applied_and_its_value_stays_out_of_th
         assert!(!content.contains(&b64(token)), "the token is in {path}");
     }
 }
+
+#[test]
+fn a_crd_and_its_custom_resource_apply_in_one_step_whatever_their_order() {
+    let kube = Kube::start();
+    let s = Scratch::new();
+    let file = s.runbook(
+        "crd",
+        "  {}",
+        "  - id: apply\n    apply:\n      inline: |\n        apiVersion: apps.3scale.net/v1alpha1\n        kind: APIManager\n        metadata: { name: apimanager, namespace: threescale }\n        spec: { wildcardDomain: example.com }\n        ---\n        apiVersion: apiextensions.k8s.io/v1\n        kind: CustomResourceDefinition\n        metadata: { name: apimanagers.apps.3scale.net }\n        spec:\n          group: apps.3scale.net\n          scope: Namespaced\n          names: { plural: apimanagers, singular: apimanager, kind: APIManager }\n          versions: [ { name: v1alpha1, served: true, storage: true } ]\n",
+    );
+    let out = run(&s, &kube, &file, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        outputs(&s, "apply")["objects"],
+        "CustomResourceDefinition/apimanagers.apps.3scale.net\nAPIManager/apimanager"
+    );
+    let cr = kube
+        .get("apps.3scale.net", "apimanagers", "threescale", "apimanager")
+        .unwrap();
+    assert_eq!(cr["spec"]["wildcardDomain"], "example.com");
+
+    // a kind nobody serves: named, with its file and document
+    let file = s.runbook(
+        "unknown",
+        "  {}",
+        "  - id: apply\n    apply:\n      inline: |\n        apiVersion: example.com/v1\n        kind: Widget\n        metadata: { name: w }\n",
+    );
+    let out = run(&s, &kube, &file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("inline#1: the cluster at")
+            && text(&out).contains("serves no kind `Widget` in `example.com/v1`"),
+        "{}",
+        text(&out)
+    );
+}

@@ -140,7 +140,8 @@ fn type_name(value: &Value) -> &'static str {
 pub fn expand(base: &Path, patterns: &[String]) -> Result<Vec<PathBuf>, String> {
     let mut out: Vec<PathBuf> = Vec::new();
     for pattern in patterns {
-        let full = base.join(pattern);
+        // without `.` components: messages show the path as one would type it
+        let full: PathBuf = base.join(pattern).components().collect();
         let found = if is_glob(pattern) {
             let mut found = glob(&full)?;
             found.sort();
