@@ -519,7 +519,30 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
                         .collect()
                 })
                 .unwrap_or_default();
-            format!("kubectl apply --server-side{ns}{}", files.concat())
+            // inline manifests are summarised, never shown: they may hold
+            // a Secret's data
+            let inline = field(f, "inline")
+                .map(|text| {
+                    let documents = text
+                        .split("\n---")
+                        .filter(|d| d.lines().any(|l| l.trim_start().starts_with("kind:")))
+                        .count();
+                    format!(" -f -  # {documents} inline document(s)")
+                })
+                .unwrap_or_default();
+            let manager = field(f, "field_manager")
+                .filter(|m| !m.is_empty() && *m != "runbook")
+                .map(|m| format!(" --field-manager={m}"))
+                .unwrap_or_default();
+            let force = if f.get("force").and_then(serde_json::Value::as_bool) == Some(true) {
+                " --force-conflicts"
+            } else {
+                ""
+            };
+            format!(
+                "kubectl apply --server-side{manager}{force}{ns}{}{inline}",
+                files.concat()
+            )
         }
         "export" => {
             let names: Vec<String> = f
@@ -531,7 +554,7 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
                 .map(|s| format!(" -l {}", q(s)))
                 .unwrap_or_default();
             format!(
-                "kubectl get {kind}{}{selector}{ns} -o json  # cleaned, saved to {}",
+                "kubectl get {kind}{}{selector}{ns} -o yaml  # cleaned, one file per object in {}",
                 if names.is_empty() {
                     String::new()
                 } else {
@@ -565,18 +588,42 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
             format!("kubectl wait {what} --for={condition}{ns}")
         }
         "patch" => match f.get("edit") {
-            Some(edit) => format!(
-                "kubectl edit {target}{ns}  # in data.{}: replace {:?} with {:?}",
-                edit.get("key")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or(""),
-                edit.get("find")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or(""),
-                edit.get("replace")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("")
-            ),
+            Some(edit) => {
+                let items: Vec<&serde_json::Value> = match edit {
+                    serde_json::Value::Array(items) => items.iter().collect(),
+                    one => vec![one],
+                };
+                let key = field(f, "key")
+                    .or_else(|| items.iter().find_map(|e| e.get("key")?.as_str()))
+                    .unwrap_or("");
+                let text = |e: &serde_json::Value, name: &str| {
+                    e.get(name)
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_owned)
+                };
+                let edits: Vec<String> = items
+                    .iter()
+                    .map(|e| {
+                        let replace = text(e, "replace").unwrap_or_default();
+                        let prefix = text(e, "prefix").unwrap_or_else(|| "#".into());
+                        if let Some(find) = text(e, "find") {
+                            format!("replace {find:?} with {replace:?}")
+                        } else if let Some(re) = text(e, "regex") {
+                            format!("replace /{re}/ with {replace:?}")
+                        } else if let Some(line) = text(e, "comment_out") {
+                            format!("comment out {line:?} with {prefix:?}")
+                        } else if let Some(line) = text(e, "uncomment") {
+                            format!("uncomment {line:?} ({prefix:?})")
+                        } else {
+                            "?".into()
+                        }
+                    })
+                    .collect();
+                format!(
+                    "kubectl edit {target}{ns}  # in data.{key}: {}",
+                    edits.join("; ")
+                )
+            }
             None => format!(
                 "kubectl patch {target}{ns} --type={} -p {}",
                 field(f, "type").unwrap_or("merge"),

@@ -789,6 +789,9 @@ impl Checker<'_> {
                 self.templates_in(action_node, &raw.id, &ctx, output_uses);
             }
         }
+        if present.len() == 1 {
+            self.manifest_fields(raw, node, id_span);
+        }
         let shell = match &raw.shell {
             Some(sh) => self.shell(sh, field("shell"), &format!("step `{}`", raw.id)),
             None => ctx.default_shell.cloned(),
@@ -842,6 +845,198 @@ impl Checker<'_> {
             workdir,
             action: action?,
         })
+    }
+
+    /// Checks the fields of `apply`, `export` and `patch` that the types
+    /// cannot: which fields go together, the edits of `edit`.
+    fn manifest_fields(&mut self, raw: &RawStep, node: &Node, id_span: Span) {
+        let id = &raw.id;
+        if let Some(apply) = &raw.apply {
+            let at = node.get("apply");
+            let span = at.map_or(id_span, |n| n.span);
+            if apply.files.is_empty() == apply.inline.is_none() {
+                let (message, label) = if apply.files.is_empty() {
+                    ("has neither `files` nor `inline`", "nothing to apply")
+                } else {
+                    ("has both `files` and `inline`", "one source of manifests")
+                };
+                self.push(
+                    Problem::new("apply::source", format!("step `{id}`: `apply` {message}"))
+                        .at_labeled(span, label)
+                        .help("give `files` (paths, directories or globs) or `inline` (YAML documents), not both"),
+                );
+            }
+        }
+        if let Some(export) = &raw.export {
+            let at = node.get("export");
+            if !export.names.is_empty() && export.selector.is_some() {
+                let span = at
+                    .and_then(|n| n.entry("selector"))
+                    .map_or(id_span, |(k, _)| k.span);
+                self.push(
+                    Problem::new(
+                        "export::names-and-selector",
+                        format!("step `{id}`: `export` has both `names` and `selector`"),
+                    )
+                    .at_labeled(span, "also `names`")
+                    .help("export by `names`, or by `selector`, or neither (every object of the kind in the namespace)"),
+                );
+            }
+        }
+        let Some(patch) = &raw.patch else { return };
+        let at = node.get("patch");
+        let span_of = |field: &str| {
+            at.and_then(|n| n.entry(field))
+                .map_or_else(|| at.map_or(id_span, |n| n.span), |(k, _)| k.span)
+        };
+        match (&patch.edit, &patch.patch) {
+            (Some(_), Some(_)) => self.push(
+                Problem::new(
+                    "patch::patch-and-edit",
+                    format!("step `{id}`: `patch` has both a `patch` document and `edit`"),
+                )
+                .at_labeled(span_of("edit"), "also a `patch` document")
+                .help("split it into two steps: one patches the object, one edits the ConfigMap's text"),
+            ),
+            (None, None) => self.push(
+                Problem::new(
+                    "patch::nothing",
+                    format!("step `{id}`: `patch` has neither a `patch` document nor `edit`"),
+                )
+                .at_labeled(at.map_or(id_span, |n| n.span), "changes nothing")
+                .help("add `patch:` (a merge, JSON or strategic patch) or `edit:` (text edits of a ConfigMap key)"),
+            ),
+            _ => {}
+        }
+        let Some(edits) = &patch.edit else { return };
+        let kind = patch.kind.to_ascii_lowercase();
+        if !template::is_template(&patch.kind)
+            && kind != "configmap"
+            && kind != "cm"
+            && kind != "configmaps"
+        {
+            self.push(
+                Problem::new(
+                    "patch::edit-not-configmap",
+                    format!(
+                        "step `{id}`: `edit` changes ConfigMap text, but the kind is `{}`",
+                        patch.kind
+                    ),
+                )
+                .at_labeled(span_of("kind"), "not a ConfigMap")
+                .help("use `kind: ConfigMap`, or a `patch` document for other kinds"),
+            );
+        }
+        if let Err(message) = crate::actions::patch::edit_key(patch) {
+            self.push(
+                Problem::new("patch::edit-key", format!("step `{id}`: {message}"))
+                    .at_labeled(span_of("edit"), "which data key?")
+                    .help("e.g. `key: redis.conf` next to `edit:`"),
+            );
+        }
+        let edit_node = at.and_then(|n| n.get("edit"));
+        for (i, edit) in edits.items().iter().enumerate() {
+            let item = edit_node
+                .and_then(|n| n.as_seq().and_then(|items| items.get(i)).or(Some(n)))
+                .filter(|n| n.as_map().is_some());
+            let span = item.map_or_else(|| span_of("edit"), |n| n.span);
+            let which = if matches!(edits, crate::spec::raw::TextEdits::List(_)) {
+                format!("edit {}", i + 1)
+            } else {
+                "the edit".to_owned()
+            };
+            let ops: Vec<&str> = [
+                ("find", edit.find.is_some()),
+                ("regex", edit.regex.is_some()),
+                ("comment_out", edit.comment_out.is_some()),
+                ("uncomment", edit.uncomment.is_some()),
+            ]
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect();
+            if ops.len() != 1 {
+                self.push(
+                    Problem::new(
+                        "patch::edit-op",
+                        format!(
+                            "step `{id}`: {which} has {}",
+                            if ops.is_empty() {
+                                "no operation".to_owned()
+                            } else {
+                                format!("several operations ({})", ops.join(", "))
+                            }
+                        ),
+                    )
+                    .at_labeled(span, "one of find, regex, comment_out, uncomment")
+                    .help("each edit does one thing: `{find, replace}`, `{regex, replace}`, `{comment_out}` or `{uncomment}`; write several edits as a list"),
+                );
+                continue;
+            }
+            let replaces = matches!(ops[0], "find" | "regex");
+            if replaces && edit.replace.is_none() {
+                self.push(
+                    Problem::new(
+                        "patch::edit-replace",
+                        format!("step `{id}`: {which} (`{}`) has no `replace`", ops[0]),
+                    )
+                    .at_labeled(span, "replace with what?")
+                    .help("add `replace:` (an empty string deletes the text)"),
+                );
+            }
+            if !replaces && edit.replace.is_some() {
+                self.push(
+                    Problem::new(
+                        "patch::edit-replace",
+                        format!("step `{id}`: {which} (`{}`) does not take `replace`", ops[0]),
+                    )
+                    .at_labeled(span, "ignored")
+                    .help("`comment_out` and `uncomment` change whole lines; remove `replace`, or use `find`/`regex`"),
+                );
+            }
+            if replaces && edit.prefix.is_some() {
+                self.push(
+                    Problem::new(
+                        "patch::edit-prefix",
+                        format!("step `{id}`: {which} (`{}`) does not take `prefix`", ops[0]),
+                    )
+                    .at_labeled(span, "ignored")
+                    .help("`prefix` is the comment marker of `comment_out` and `uncomment`"),
+                );
+            }
+            if edit.prefix.as_deref() == Some("") {
+                self.push(
+                    Problem::new(
+                        "patch::edit-prefix",
+                        format!("step `{id}`: {which} has an empty `prefix`"),
+                    )
+                    .at_labeled(span, "comment with what?")
+                    .help("leave `prefix` out for `#`, or give the marker, e.g. `//` or `;`"),
+                );
+            }
+            if edit.find.as_deref() == Some("") {
+                self.push(
+                    Problem::new(
+                        "patch::edit-find",
+                        format!("step `{id}`: {which} has an empty `find`"),
+                    )
+                    .at_labeled(span, "find what?")
+                    .help("give the exact text to replace"),
+                );
+            }
+            if let Some(re) = edit.regex.as_deref().filter(|r| !template::is_template(r))
+                && let Err(e) = regex::Regex::new(re)
+            {
+                self.push(
+                    Problem::new(
+                        "patch::edit-regex",
+                        format!("step `{id}`: {which} has an invalid regex: {}", e.to_string().lines().last().unwrap_or("")),
+                    )
+                    .at_labeled(span, "not a regex")
+                    .help("the syntax is Rust's `regex` crate (no look-around or back-references); escape literal `(`, `[`, `.` with `\\`"),
+                );
+            }
+        }
     }
 
     /// Checks a `shell:` value; the shell, when it is usable.

@@ -10,6 +10,7 @@ pub mod copy;
 pub mod delete;
 pub mod exec;
 pub mod export;
+pub mod manifest;
 pub mod memo;
 pub mod patch;
 pub mod pause;

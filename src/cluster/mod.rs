@@ -223,6 +223,13 @@ impl Cluster {
             })
     }
 
+    /// Forgets what discovery learned, so that the next [`Cluster::resolve`]
+    /// asks the server again (after applying a CustomResourceDefinition,
+    /// its kind is served).
+    pub async fn forget_discovery(&self) {
+        *self.catalog.lock().await = None;
+    }
+
     /// A dynamic API for a resolved kind in `namespace` (ignored for
     /// cluster-scoped kinds).
     pub fn api(&self, resolved: &Resolved, namespace: &str) -> kube::Api<kube::api::DynamicObject> {

@@ -487,14 +487,25 @@ pub struct CopyAction {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyAction {
-    /// Manifest files or glob patterns (JSON or YAML).
+    /// Manifest files or glob patterns (JSON or YAML, several documents
+    /// per file allowed), relative to the step's directory. Give `files`
+    /// or `inline`, not both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<String>,
+    /// Manifests written in the runbook (YAML, several documents separated
+    /// by `---`); templates in it are rendered like every other field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
     /// Namespace for namespaced objects that do not set one.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// Field manager name for server-side apply.
+    /// Field manager name for server-side apply (default `runbook`).
     #[serde(default)]
     pub field_manager: Option<String>,
+    /// Take over fields another field manager owns instead of failing with
+    /// a conflict (an operator that owns them may change them back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// `export`: save resources as clean manifests.
@@ -512,8 +523,12 @@ pub struct ExportAction {
     /// Namespace; defaults to the kube context's namespace.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// Local directory: one `<kind>-<name>.json` file per resource.
+    /// Local directory: one `<kind>-<name>.yaml` file per resource (kind
+    /// in lowercase).
     pub to: String,
+    /// Skip names that do not exist instead of failing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_missing: bool,
 }
 
 /// What `rollout` does.
@@ -597,21 +612,94 @@ pub struct PatchAction {
     /// The patch document (for `type: json`, a list of operations).
     #[serde(default)]
     pub patch: Option<serde_json::Value>,
-    /// Text edit of one ConfigMap data key, shown as a diff in the plan.
+    /// Text edits of one ConfigMap data key, applied in order (a single
+    /// edit may be written as a map instead of a one-item list).
     #[serde(default)]
-    pub edit: Option<TextEdit>,
+    pub edit: Option<TextEdits>,
+    /// The ConfigMap data key `edit` changes (or `key` in the edits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
-/// A find-and-replace inside a ConfigMap's data key.
+/// The text edits of a `patch` step: a list, or one edit as a map.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TextEdits {
+    /// Edits applied in order.
+    List(Vec<TextEdit>),
+    /// One edit.
+    One(TextEdit),
+}
+
+impl TextEdits {
+    /// The edits, in order.
+    pub fn items(&self) -> &[TextEdit] {
+        match self {
+            TextEdits::List(items) => items,
+            TextEdits::One(one) => std::slice::from_ref(one),
+        }
+    }
+}
+
+// By hand rather than `untagged`: a mistake inside an edit is reported at
+// its own field (unknown key, wrong type) instead of "matches no variant".
+impl<'de> Deserialize<'de> for TextEdits {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Edits;
+        impl<'de> serde::de::Visitor<'de> for Edits {
+            type Value = TextEdits;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of text edits, or one edit as a map")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<TextEdits, A::Error> {
+                Vec::<TextEdit>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(TextEdits::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<TextEdits, A::Error> {
+                TextEdit::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(TextEdits::One)
+            }
+        }
+        deserializer.deserialize_any(Edits)
+    }
+}
+
+/// One text edit of a ConfigMap data key: exactly one of `find`, `regex`,
+/// `comment_out`, `uncomment`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextEdit {
-    /// Key under `data`.
-    pub key: String,
-    /// Exact text to find (must occur).
-    pub find: String,
-    /// Replacement text.
-    pub replace: String,
+    /// Key under `data` (when the step sets no `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Exact text to replace (every occurrence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub find: Option<String>,
+    /// Regular expression (Rust `regex` syntax, `^`/`$` match at line
+    /// ends) to replace (every match); `$1`, `${name}` in `replace` are its
+    /// groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// Replacement text of `find` or `regex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<String>,
+    /// Comment out the lines equal to this text (surrounding blanks
+    /// ignored) or matching it as a whole-line regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment_out: Option<String>,
+    /// Uncomment the commented lines whose text after the prefix is equal
+    /// to this or matches it as a whole-line regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncomment: Option<String>,
+    /// Comment prefix of `comment_out` and `uncomment` (default `#`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// `delete`: remove resources and wait until they are gone.
