@@ -75,11 +75,14 @@ Exit 0 when all files are valid, 2 otherwise.",
         long_about = "Render the dry-run plan of a runbook: each step's exact command with the real \
 params, grouped in waves of steps that can run together, with dependencies, conditions, timeouts \
 and retry policy. Secret params show as ***; outputs of earlier steps show as \
-<step.outputs.key> placeholders. Nothing is executed and no cluster is contacted.",
+<step.outputs.key> placeholders. Nothing is executed and no cluster is contacted, unless \
+--live: then the cluster is read (pods, live objects, permissions) and every apply and patch \
+is dry-run on the server (dryRun=All), never applied.",
         after_help = "Examples:\n  runbook plan runbooks/local-backup.yaml -p backup_dir=/tmp/bk\n  \
 runbook plan runbooks/3scale-backup.yaml --params-file prod.yaml -o markdown > CHG-1234.md\n  \
 runbook plan FILE -o mermaid            # paste into a wiki to draw the graph\n  \
-runbook plan FILE --save plan.json      # pin what was reviewed"
+runbook plan FILE --save plan.json      # pin what was reviewed\n  \
+runbook plan FILE --live --context prod # dry-run and permission check against the cluster"
     )]
     Plan {
         /// The runbook file.
@@ -94,6 +97,12 @@ runbook plan FILE --save plan.json      # pin what was reviewed"
         /// rendered steps) to this file.
         #[arg(long, value_name = "PLAN.json")]
         save: Option<PathBuf>,
+        /// Check the plan against the cluster, read-only: the pods
+        /// selectors pick, a server-side dry-run of every apply and patch
+        /// with its diff, and every permission the run needs
+        /// (SelfSubjectAccessReview). Exit 5 when a permission is missing.
+        #[arg(long)]
+        live: bool,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
