@@ -18,8 +18,8 @@ runbook validate runbooks/*.yaml          # every mistake, located, at once\n  \
 runbook plan runbooks/local-backup.yaml   # the exact commands, in order\n  \
 runbook plan FILE -o markdown > ticket.md # paste into the change ticket",
     after_help = "Exit codes: 0 success, 1 a step failed, 2 invalid input (runbook, params, flags, \
-unknown run id), 3 paused at a gate, 4 runtime or environment error (lock held, I/O), 130 interrupted, \
-143 terminated.\n\
+unknown run id), 3 paused at a gate, 4 runtime or environment error (lock held, I/O), 5 plan --live: \
+a permission the run needs is missing, 130 interrupted, 143 terminated.\n\
 Logs: set RUST_LOG=debug for diagnostics on stderr. Docs: docs/format.md"
 )]
 pub struct Cli {

@@ -345,7 +345,13 @@ fn every_missing_permission_is_listed_with_a_non_zero_exit_and_nothing_runs() {
             "  - id: dump\n    exec: {{ pod: {{ selector: app=api }}, namespace: shop, command: [touch, {marker}] }}\n  - id: restart\n    needs: [dump]\n    rollout: {{ kind: Deployment, name: api, namespace: shop }}\n  - id: read\n    needs: [restart]\n    wait: {{ kind: Deployment, name: api, namespace: shop, for: condition=Available }}\n"
         ),
     );
-    let plan = live_json(&kube, &file, &[], 5);
+    let out = live(&kube, &file, &["-o", "json"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // scripts get the error as JSON on stderr too
+    let error: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(error["error"]["code"], "plan::permission-missing");
+    assert_eq!(error["error"]["exit_code"], 5);
     assert_eq!(
         plan["live"]["missing_permissions"],
         json!([

@@ -490,12 +490,13 @@ fn plan(
         }
     };
     if let Some(report) = &plan.live {
+        let json = JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
         for line in &report.unchecked {
             say_err!("warning: {line}");
         }
         if !report.missing_permissions.is_empty() {
-            say_err!(
-                "error: the run would be refused: {} missing on {}:",
+            let mut message = format!(
+                "the run would be refused: {} missing on {}:",
                 crate::model::count(
                     report.missing_permissions.len(),
                     "permission is",
@@ -507,11 +508,11 @@ fn plan(
                 )
             );
             for missing in &report.missing_permissions {
-                say_err!("  step {}: {missing}", missing.step);
+                message.push_str(&format!("\n  step {}: {missing}", missing.step));
             }
-            say_err!(
-                "  help: ask for these verbs in a Role (or ClusterRole) bound to you, or run with an account that has them; `kubectl auth can-i VERB RESOURCE -n NAMESPACE` checks one"
-            );
+            failure::Failure::new("plan::permission-missing", code, message)
+                .help("ask for these verbs in a Role (or ClusterRole) bound to you, or run with an account that has them; `kubectl auth can-i VERB RESOURCE -n NAMESPACE` checks one")
+                .emit(json);
         }
     }
     if code == exit::SUCCESS
@@ -551,12 +552,13 @@ fn check_live(
         let cluster = crate::cluster::Cluster::connect(target).await?;
         crate::live::check(plan, runbook, values, &cluster).await
     });
-    match checked {
-        Ok(()) => {}
-        Err(e) => {
-            say_err!("error: --live: {e}\n  help: {}", e.help());
-            return Err(exit::RUNTIME);
-        }
+    if let Err(e) = checked {
+        let json = JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
+        return Err(
+            failure::Failure::new("plan::live", exit::RUNTIME, format!("--live: {e}"))
+                .help(e.help())
+                .emit(json),
+        );
     }
     let report = plan.live.as_ref();
     Ok(
