@@ -450,11 +450,16 @@ impl Checker<'_> {
                 let Some(res) = self.resource(kind, live).await else {
                     return Vec::new();
                 };
-                vec![
+                let mut needs = vec![
                     need("get", &res, Some("scale")),
                     need("patch", &res, Some("scale")),
                     need("list", &Res::pods(), None),
-                ]
+                ];
+                if str_field(f, "name").is_none() {
+                    // by selector: the workloads are listed first
+                    needs.push(need("list", &res, None));
+                }
+                needs
             }
             Action::Export(_) => {
                 let Some(res) = self.resource(kind, live).await else {
@@ -617,7 +622,7 @@ impl Checker<'_> {
             }
         };
         if let Some(edit) = f.get("edit").filter(|e| !e.is_null()) {
-            self.preview_edit(edit, &current, &mut object);
+            self.preview_edit(edit, str_field(f, "key"), &current, &mut object);
             return Some(object);
         }
         let document = f.get("patch").cloned().unwrap_or(Value::Null);
@@ -651,7 +656,13 @@ impl Checker<'_> {
 
     /// A text edit applied to the live value, as a diff (literal
     /// find/replace edits; others are previewed when the step runs).
-    fn preview_edit(&self, edit: &Value, current: &DynamicObject, object: &mut LiveObject) {
+    fn preview_edit(
+        &self,
+        edit: &Value,
+        step_key: Option<&str>,
+        current: &DynamicObject,
+        object: &mut LiveObject,
+    ) {
         let edits: Vec<&Value> = match edit {
             Value::Array(items) => items.iter().collect(),
             other => vec![other],
@@ -659,15 +670,22 @@ impl Checker<'_> {
         let data = current.data.get("data").cloned().unwrap_or(Value::Null);
         let mut after = data.clone();
         for edit in edits {
-            let key = edit.get("key").and_then(Value::as_str).unwrap_or("");
+            let key = edit
+                .get("key")
+                .and_then(Value::as_str)
+                .or(step_key)
+                .unwrap_or("");
             let (Some(find), Some(replace)) = (
                 edit.get("find").and_then(Value::as_str),
                 edit.get("replace").and_then(Value::as_str),
             ) else {
-                object.message = Some("this kind of edit is previewed when the step runs".into());
+                object.message = Some(
+                    "only find/replace edits are previewed now; this one is previewed when the step runs"
+                        .into(),
+                );
                 return;
             };
-            if edit.get("regex").and_then(Value::as_bool) == Some(true) {
+            if edit.get("regex").is_some() {
                 object.message = Some("regex edits are previewed when the step runs".into());
                 return;
             }
@@ -677,7 +695,7 @@ impl Checker<'_> {
                 return;
             };
             if text.contains(find) {
-                after[key] = Value::from(text.replacen(find, replace, 1));
+                after[key] = Value::from(text.replace(find, replace));
             } else if !text.contains(replace) {
                 object.result = DryRun::Refused;
                 object.message = Some(format!(

@@ -198,7 +198,7 @@ fn apply_and_patch_are_dry_run_and_diffed_without_changing_anything() {
         "dry",
         "  {}",
         &format!(
-            "  - id: restore-config\n    apply: {{ files: [{}], namespace: shop }}\n  - id: label-api\n    needs: [restore-config]\n    patch: {{ kind: Deployment, name: api, namespace: shop, patch: {{ metadata: {{ labels: {{ tier: gold }} }} }} }}\n  - id: json-patch\n    needs: [restore-config]\n    patch: {{ kind: cm, name: settings, namespace: shop, type: json, patch: [{{ op: replace, path: /data/size, value: '20' }}] }}\n",
+            "  - id: restore-config\n    apply: {{ files: [{}], namespace: shop }}\n  - id: label-api\n    needs: [restore-config]\n    patch: {{ kind: Deployment, name: api, namespace: shop, patch: {{ metadata: {{ labels: {{ tier: gold }} }} }} }}\n  - id: json-patch\n    needs: [restore-config]\n    patch: {{ kind: cm, name: settings, namespace: shop, type: json, patch: [{{ op: replace, path: /data/size, value: '20' }}] }}\n  - id: tune\n    needs: [restore-config]\n    patch: {{ kind: ConfigMap, name: settings, namespace: shop, edit: {{ key: mode, find: slow, replace: fast }} }}\n  - id: tune-again\n    needs: [restore-config]\n    patch: {{ kind: ConfigMap, name: settings, namespace: shop, edit: {{ key: size, find: '5', replace: '10' }} }}\n",
             s.p("manifests.yaml")
         ),
     );
@@ -236,6 +236,19 @@ fn apply_and_patch_are_dry_run_and_diffed_without_changing_anything() {
             .contains("-  size: '10'\n+  size: '20'"),
         "{json_patch:#}"
     );
+
+    // a text edit: previewed on the live value; already in place is a no-op
+    let tune = &step(&plan, "tune")["live"]["objects"][0];
+    assert_eq!(tune["result"], "would-change", "{tune:#}");
+    assert!(
+        tune["diff"]
+            .as_str()
+            .unwrap()
+            .contains("-mode: slow\n+mode: fast"),
+        "{tune:#}"
+    );
+    let again = &step(&plan, "tune-again")["live"]["objects"][0];
+    assert_eq!(again["result"], "no-change", "{again:#}");
 
     // a dry-run is not a write
     let after_settings = kube.get("", "configmaps", "shop", "settings").unwrap();
