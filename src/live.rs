@@ -270,11 +270,30 @@ pub async fn check(
             .workdir
             .as_deref()
             .map_or_else(|| cwd.clone(), |w| cwd.join(w));
-        let needs = checker.step(&step.action, &spec, &base, &mut live).await;
+        let needs = match tokio::time::timeout(
+            STEP_BOUND,
+            checker.step(&step.action, &spec, &base, &mut live),
+        )
+        .await
+        {
+            Ok(needs) => needs,
+            Err(_) => {
+                let line = format!(
+                    "{}: the cluster did not answer within {}s; the step was not checked",
+                    planned.id,
+                    STEP_BOUND.as_secs()
+                );
+                live.notes.push(line.clone());
+                report.unchecked.push(line);
+                Vec::new()
+            }
+        };
         for need in needs {
             let shown = need.res.shown(need.sub);
             let namespace = need.res.namespaced.then(|| need.namespace.clone());
-            let allowed = checker.review(&need).await;
+            let allowed = tokio::time::timeout(STEP_BOUND, checker.review(&need))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {}s", STEP_BOUND.as_secs())));
             let allowed = match allowed {
                 Ok(a) => Some(a),
                 Err(e) => {
@@ -323,6 +342,11 @@ pub async fn check(
     plan.live = Some(report);
     Ok(())
 }
+
+/// The longest the checks of one step (or one access review, retries
+/// included) may take: a cluster that stalls leaves the step unchecked
+/// (exit 4) instead of hanging the plan.
+const STEP_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `steps['x'].outputs.y` and `run.x` references in an action's fields.
 fn unresolved_references(action: &Action) -> Vec<String> {
@@ -840,6 +864,11 @@ impl Checker<'_> {
                 diff: None,
                 message: None,
             };
+            if name.is_empty() {
+                object.message = Some("not dry-run: the manifest has no metadata.name".into());
+                live.objects.push(object);
+                continue;
+            }
             if unresolved {
                 object.message = Some("not dry-run: the step uses outputs of earlier steps".into());
                 live.objects.push(object);
@@ -1022,14 +1051,16 @@ mod tests {
 
     #[test]
     fn output_references_are_listed_once() {
-        let action = Action::Scale(Box::new(crate::spec::raw::ScaleAction {
-            kind: "Deployment".into(),
-            name: "api".into(),
-            namespace: Some("{{ run.id }}".into()),
-            replicas: crate::spec::raw::IntOrString::String(
-                "{{ steps['down'].outputs.previous_replicas }}".into(),
-            ),
-        }));
+        // built from JSON, as the loader does: tolerant of new fields
+        let action = Action::Scale(Box::new(
+            serde_json::from_value(json!({
+                "kind": "Deployment",
+                "name": "api",
+                "namespace": "{{ run.id }}",
+                "replicas": "{{ steps['down'].outputs.previous_replicas }}"
+            }))
+            .unwrap(),
+        ));
         assert_eq!(
             unresolved_references(&action),
             vec![

@@ -202,7 +202,15 @@ fn apply_and_patch_are_dry_run_and_diffed_without_changing_anything() {
             s.p("manifests.yaml")
         ),
     );
+    // a dry-run answered 500 once is tried again
+    kube.cluster.add_fault(
+        FaultRule::new(FaultAction::Error(500))
+            .method("PATCH")
+            .path_contains("dryRun=All")
+            .times(1),
+    );
     let plan = live_json(&kube, &file, &[], 0);
+    assert_eq!(kube.cluster.faults_injected(), 1);
     let objects = &step(&plan, "restore-config")["live"]["objects"];
     let by_name = |name: &str| {
         objects
