@@ -288,7 +288,7 @@ pub fn text_colored(plan: &Plan, out: &mut impl Write, color: bool) -> io::Resul
             writeln!(out, "      {}", body(&line))?;
         }
         for line in live_lines(step) {
-            let text = if line.contains("MISSING") || line.contains("REFUSED") {
+            let text = if line.contains("MISSING") || line.contains("WOULD FAIL") {
                 paint.danger(&line)
             } else {
                 body(&line)
@@ -417,7 +417,7 @@ fn object_line(object: &crate::live::LiveObject) -> String {
         DryRun::WouldChange => "would change (dry-run diff below)".to_owned(),
         DryRun::WouldCreate => "would create".to_owned(),
         DryRun::CannotDryRun => "not previewed".to_owned(),
-        DryRun::Refused => "REFUSED by the dry-run".to_owned(),
+        DryRun::Refused => "WOULD FAIL".to_owned(),
         DryRun::NotChecked => "not dry-run".to_owned(),
     };
     match &object.message {
