@@ -400,6 +400,19 @@ fn every_missing_permission_is_listed_with_a_non_zero_exit_and_nothing_runs() {
         stdout.contains("live: MISSING permission: create pods/exec in namespace shop"),
         "{stdout}"
     );
+    // the change ticket gets the table
+    let out = live(&kube, &file, &["-o", "markdown"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.contains("> **2 permissions missing**"), "{md}");
+    assert!(
+        md.contains("| `dump` | `create` | `pods/exec` | `shop` |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| `restart` | `patch` | `deployments.apps` | `shop` |"),
+        "{md}"
+    );
     // nothing ran: no exec, no restart
     assert!(!std::path::Path::new(&marker).exists());
     let after = kube.get("apps", "deployments", "shop", "api").unwrap();
@@ -527,6 +540,24 @@ fn an_unreachable_cluster_is_one_clear_error() {
     assert!(
         out.stdout.is_empty(),
         "no plan without the check it was asked for"
+    );
+
+    // a runbook without Kubernetes steps has nothing to check: no connection
+    let local = s.runbook("local", "  {}", "  - id: hello\n    run: echo hi\n");
+    let out = common::runbook()
+        .arg("plan")
+        .arg(&local)
+        .args(["--live", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .timeout(BOUND)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no Kubernetes steps; no cluster was contacted"),
+        "{}",
+        text(&out)
     );
 }
 
