@@ -187,6 +187,15 @@ impl Res {
     }
 }
 
+/// What a step expects of its named object.
+#[derive(Debug, Clone, Copy)]
+enum Presence {
+    /// It must exist (scale, rollout).
+    Needed,
+    /// It is deleted (missing is fine with `ignore_missing`).
+    Deleted,
+}
+
 /// A permission a step needs.
 struct Need {
     verb: &'static str,
@@ -483,6 +492,8 @@ impl Checker<'_> {
                     // by selector: the workloads are listed first
                     needs.push(need("list", &res, None));
                 }
+                self.look_up(kind, f, &namespace, Presence::Needed, live)
+                    .await;
                 needs
             }
             Action::Export(_) => {
@@ -499,6 +510,8 @@ impl Checker<'_> {
                 let Some(res) = self.resource(kind, live).await else {
                     return Vec::new();
                 };
+                self.look_up(kind, f, &namespace, Presence::Needed, live)
+                    .await;
                 match str_field(f, "mode").unwrap_or("restart") {
                     "latest" => vec![
                         need("get", &res, None),
@@ -522,6 +535,8 @@ impl Checker<'_> {
                 let Some(res) = self.resource(kind, live).await else {
                     return Vec::new();
                 };
+                self.look_up(kind, f, &namespace, Presence::Deleted, live)
+                    .await;
                 let mut needs = vec![need("delete", &res, None), need("get", &res, None)];
                 if str_field(f, "name").is_none() {
                     needs.push(need("list", &res, None));
@@ -542,6 +557,49 @@ impl Checker<'_> {
             }
             Action::Apply(_) => self.apply(f, &namespace, base, unresolved, live).await,
             Action::Run { .. } | Action::Pause { .. } => Vec::new(),
+        }
+    }
+
+    /// Reads the step's named object now and notes what a reviewer wants
+    /// to know: the replicas a workload has (what `scale` will record as
+    /// `previous_replicas`), or that it does not exist (the step would fail
+    /// unless an earlier step creates it; for `delete`, unless
+    /// `ignore_missing`).
+    async fn look_up(
+        &self,
+        kind: &str,
+        f: &Map<String, Value>,
+        namespace: &str,
+        presence: Presence,
+        live: &mut LiveStep,
+    ) {
+        let Some(name) = str_field(f, "name").filter(|n| !has_placeholder(n)) else {
+            return;
+        };
+        let Ok(resolved) = self.cluster.resolve(kind).await else {
+            return;
+        };
+        let api = self.cluster.api(&resolved, namespace);
+        let op = Op::new("get", &resolved.resource_name(), Some(namespace)).named(name);
+        let kind = &resolved.resource.kind;
+        match with_retries(&op, 4, || api.get_opt(name)).await {
+            Ok(Some(object)) => {
+                if let Some(replicas) = object.data.pointer("/spec/replicas") {
+                    live.notes.push(format!("{kind} `{name}` has {replicas} replicas now"));
+                }
+            }
+            Ok(None) => live.notes.push(match presence {
+                Presence::Deleted if f.get("ignore_missing").and_then(Value::as_bool) == Some(true) => {
+                    format!("{kind} `{name}` does not exist now: nothing to delete (ignore_missing)")
+                }
+                Presence::Deleted => format!(
+                    "{kind} `{name}` does not exist in namespace `{namespace}` now: the step would fail unless an earlier step creates it (or set ignore_missing)"
+                ),
+                Presence::Needed => format!(
+                    "{kind} `{name}` does not exist in namespace `{namespace}` now: the step would fail unless an earlier step creates it"
+                ),
+            }),
+            Err(failure) => live.notes.push(failure.message),
         }
     }
 

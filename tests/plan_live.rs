@@ -477,7 +477,7 @@ fn steps_using_outputs_of_earlier_steps_say_what_is_left_for_the_run() {
     let file = s.runbook(
         "outputs",
         "  {}",
-        "  - id: down\n    scale: { kind: Deployment, name: api, namespace: shop, replicas: 0 }\n  - id: up\n    needs: [down]\n    scale: { kind: Deployment, name: api, namespace: shop, replicas: \"{{ steps['down'].outputs.previous_replicas }}\" }\n",
+        "  - id: down\n    scale: { kind: Deployment, name: api, namespace: shop, replicas: 0 }\n  - id: up\n    needs: [down]\n    scale: { kind: Deployment, name: api, namespace: shop, replicas: \"{{ steps['down'].outputs.previous_replicas }}\" }\n  - id: cleanup\n    needs: [up]\n    delete: { kind: ConfigMap, name: gone-already, namespace: shop }\n",
     );
     let plan = live_json(&kube, &file, &[], 0);
     let up = &step(&plan, "up")["live"];
@@ -499,6 +499,19 @@ fn steps_using_outputs_of_earlier_steps_say_what_is_left_for_the_run() {
         "{up:#}"
     );
     assert!(step(&plan, "down")["live"]["unresolved"].is_null());
+    // what previous_replicas will be, as the cluster says now
+    assert!(
+        step(&plan, "down")["live"]["notes"]
+            .to_string()
+            .contains("Deployment `api` has 2 replicas now"),
+        "{plan:#}"
+    );
+    assert!(
+        step(&plan, "cleanup")["live"]["notes"]
+            .to_string()
+            .contains("ConfigMap `gone-already` does not exist in namespace `shop` now: the step would fail"),
+        "{plan:#}"
+    );
 }
 
 #[test]
