@@ -1030,7 +1030,7 @@ mod tests {
         let o = describe(
             "apply",
             &json!({"files": ["*.y*ml", "missing.yaml"], "namespace": "shop",
-                    "manifest": "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"}),
+                    "inline": "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"}),
             &ns(),
             &dir,
         )
