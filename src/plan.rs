@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diagnostic::{Problem, Report};
 use crate::model::{Action, Runbook, fmt_duration};
+use crate::operation::DefaultNamespace;
 use crate::params::{ParamSource, ParamValues};
 use crate::spec::raw::ParamType;
 use crate::template::{self, Context, Outputs, Reference, RunFacts};
@@ -32,6 +33,9 @@ pub struct Plan {
     pub waves: usize,
     /// Steps in wave order, file order within a wave.
     pub steps: Vec<PlannedStep>,
+    /// `plan --live`: the cluster checked and the permissions missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::live::LiveReport>,
 }
 
 /// Identity of the planned runbook.
@@ -143,13 +147,32 @@ pub struct PlannedStep {
     /// The rendered action: `type` plus the action's fields; `run` has
     /// `command`, Kubernetes actions also carry `equivalent` (a kubectl line).
     pub action: serde_json::Value,
+    /// Kubernetes actions: the API operation the step makes (verb,
+    /// resource, namespace, name or selector, what it sends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Box<crate::operation::Operation>>,
+    /// `plan --live`: what the cluster said about the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<Box<crate::live::LiveStep>>,
 }
 
 impl Plan {
     /// Renders `runbook` with `params`. Fails with every step that cannot be
     /// rendered.
     pub fn build(runbook: &Runbook, file: &str, params: &ParamValues) -> Result<Plan, Report> {
+        Plan::build_for(runbook, file, params, &DefaultNamespace::default())
+    }
+
+    /// [`Plan::build`], with the namespace of Kubernetes steps that name
+    /// none (`-n`, or the kubeconfig context's, read offline).
+    pub fn build_for(
+        runbook: &Runbook,
+        file: &str,
+        params: &ParamValues,
+        namespace: &DefaultNamespace,
+    ) -> Result<Plan, Report> {
         let env = template::environment();
+        let cwd = std::env::current_dir().unwrap_or_default();
         let context = Context::new(
             &params.template_values(true),
             Outputs::Placeholders,
@@ -201,6 +224,12 @@ impl Plan {
                     .as_deref()
                     .filter(|_| starts_process)
                     .and_then(&mut render);
+                let operation = action.as_ref().and_then(|a| {
+                    let base = workdir
+                        .as_deref()
+                        .map_or_else(|| cwd.clone(), |w| cwd.join(w));
+                    crate::operation::describe(step.action.key(), a, namespace, &base).map(Box::new)
+                });
                 let when = step.when.as_ref().map(|expr| {
                     let runtime =
                         template::analyze_expression(env, expr).map_or(true, |(_, _, refs)| {
@@ -265,6 +294,8 @@ impl Plan {
                     env: step_env,
                     workdir,
                     action: action.unwrap_or(serde_json::Value::Null),
+                    operation,
+                    live: None,
                 });
             }
         }
@@ -301,6 +332,7 @@ impl Plan {
             params_digest: params_digest(params),
             waves: runbook.graph.wave_count(),
             steps,
+            live: None,
         })
     }
 
