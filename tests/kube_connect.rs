@@ -135,7 +135,9 @@ fn inside_a_pod_the_service_account_is_used() {
     std::fs::write(sa.join("token"), "not-a-real-token").unwrap();
     std::fs::write(sa.join("namespace"), "team-pod").unwrap();
     let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
         .args(["-subj", "/CN=fake-apiserver", "-keyout"])
         .arg(sa.join("key.pem"))
         .arg("-out")
@@ -172,11 +174,43 @@ fn inside_a_pod_the_service_account_is_used() {
     // the fake speaks plain HTTP: the in-cluster TLS connection fails
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let started = &events(&s.journal(), "run_started")[0];
-    assert_eq!(started["cluster"]["server"], format!("https://127.0.0.1:{port}"));
+    assert_eq!(
+        started["cluster"]["server"],
+        format!("https://127.0.0.1:{port}")
+    );
     assert_eq!(started["cluster"]["namespace"], "team-pod");
     assert!(started["cluster"].get("context").is_none(), "{started}");
     let failed = &events(&s.journal(), "step_failed")[0];
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("cannot reach the cluster"), "{error}");
     assert!(!error.contains('\n'), "{error}");
+}
+
+/// Discovery is many requests: each is retried on its own, so a server that
+/// fails a large share of them still lets the steps resolve their kinds.
+#[test]
+fn discovery_survives_a_server_that_fails_a_third_of_its_answers() {
+    use fake_kube::{FaultAction, FaultRule};
+    let kube = Kube::start();
+    kube.deployment("default", "api", 1);
+    kube.cluster.seed_faults(7);
+    kube.cluster.add_fault(
+        FaultRule::new(FaultAction::Error(503))
+            .path_contains("/api")
+            .fraction(0.35),
+    );
+    let s = Scratch::new();
+    let file = s.runbook(
+        "flaky-discovery",
+        "  {}",
+        "  - id: api-exists\n    timeout: 60s\n    wait: { kind: deploy, name: api, for: exists }\n",
+    );
+    let out = s.run(
+        &file,
+        &["--kubeconfig", &kube.kubeconfig.display().to_string()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(kube.cluster.faults_injected() > 0);
+    // kube's own error lines stay out of the console: our error says it
+    assert!(!text(&out).contains("kube_client"), "{}", text(&out));
 }

@@ -25,7 +25,12 @@ impl Namespace {
         std::fs::write(&file, manifest).unwrap();
         kubectl(&["apply", "-f", &file.display().to_string()]);
         kubectl(&[
-            "rollout", "status", "deployment/db", "-n", &name, "--timeout=180s",
+            "rollout",
+            "status",
+            "deployment/db",
+            "-n",
+            &name,
+            "--timeout=180s",
         ]);
         Namespace(name)
     }
@@ -120,7 +125,12 @@ fn every_action_against_a_real_cluster() {
         "hello\n"
     );
     let conf = kubectl(&[
-        "get", "configmap", "redis-config", "-n", &ns.0, "-o",
+        "get",
+        "configmap",
+        "redis-config",
+        "-n",
+        &ns.0,
+        "-o",
         "jsonpath={.data.redis\\.conf}",
     ]);
     assert!(conf.contains("appendonly yes"), "{conf}");
