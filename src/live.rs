@@ -710,7 +710,7 @@ impl Checker<'_> {
         let document = f.get("patch").cloned().unwrap_or(Value::Null);
         let params = PatchParams::default().dry_run();
         let op = Op::new("patch", &resource, Some(namespace)).named(&name);
-        let result = match str_field(f, "type").unwrap_or("merge") {
+        let result = match str_field(f, "patch_type").unwrap_or("merge") {
             "json" => match serde_json::from_value::<json_patch::Patch>(document) {
                 Ok(p) => {
                     let p = Patch::<Value>::Json(p);

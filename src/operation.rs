@@ -507,7 +507,7 @@ pub fn describe(
                         .into(),
                 );
             } else {
-                op.patch_type = Some(str_field(f, "type").unwrap_or("merge").to_owned());
+                op.patch_type = Some(str_field(f, "patch_type").unwrap_or("merge").to_owned());
                 let mut body = f.get("patch").cloned().unwrap_or(Value::Null);
                 if is_secret(kind_written) {
                     mask_secret_values(&mut body);
@@ -937,7 +937,7 @@ mod tests {
         let o = op(
             "patch",
             json!({"kind": "Deployment", "name": "apicast-production", "namespace": "3scale",
-                   "type": "merge", "patch": {"spec": {"replicas": 1}}}),
+                   "patch_type": "merge", "patch": {"spec": {"replicas": 1}}}),
         );
         assert_eq!(
             o.summary,
@@ -958,7 +958,7 @@ mod tests {
         assert!(o.summary.contains(r#""password":"***""#), "{}", o.summary);
         let o = op(
             "patch",
-            json!({"kind": "secret", "name": "creds", "type": "json",
+            json!({"kind": "secret", "name": "creds", "patch_type": "json",
                    "patch": [{"op": "replace", "path": "/data/password", "value": "aHVudGVyMg=="}]}),
         );
         assert!(!o.summary.contains("aHVudGVyMg"), "{}", o.summary);

@@ -398,6 +398,9 @@ fn annotate(action: &Action, spec: serde_json::Value) -> serde_json::Value {
     if let serde_json::Value::Object(fields) = spec {
         for (k, v) in fields {
             if !v.is_null() {
+                // a patch's own `type` (merge, json, strategic) must not
+                // hide the action's
+                let k = if k == "type" { "patch_type".to_owned() } else { k };
                 out.insert(k, v);
             }
         }
@@ -658,7 +661,7 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
             }
             None => format!(
                 "kubectl patch {target}{ns} --type={} -p {}",
-                field(f, "type").unwrap_or("merge"),
+                field(f, "patch_type").unwrap_or("merge"),
                 q(&f.get("patch").map(ToString::to_string).unwrap_or_default())
             ),
         },
