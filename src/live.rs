@@ -710,7 +710,7 @@ impl Checker<'_> {
         let document = f.get("patch").cloned().unwrap_or(Value::Null);
         let params = PatchParams::default().dry_run();
         let op = Op::new("patch", &resource, Some(namespace)).named(&name);
-        let result = match str_field(f, "patch_type").unwrap_or("merge") {
+        let result = match str_field(f, "type").unwrap_or("merge") {
             "json" => match serde_json::from_value::<json_patch::Patch>(document) {
                 Ok(p) => {
                     let p = Patch::<Value>::Json(p);
@@ -745,44 +745,31 @@ impl Checker<'_> {
         current: &DynamicObject,
         object: &mut LiveObject,
     ) {
-        let edits: Vec<&Value> = match edit {
-            Value::Array(items) => items.iter().collect(),
-            other => vec![other],
-        };
-        let data = current.data.get("data").cloned().unwrap_or(Value::Null);
-        let mut after = data.clone();
-        for edit in edits {
-            let key = edit
-                .get("key")
-                .and_then(Value::as_str)
-                .or(step_key)
-                .unwrap_or("");
-            let (Some(find), Some(replace)) = (
-                edit.get("find").and_then(Value::as_str),
-                edit.get("replace").and_then(Value::as_str),
-            ) else {
-                object.message = Some(
-                    "only find/replace edits are previewed now; this one is previewed when the step runs"
-                        .into(),
-                );
-                return;
-            };
-            if edit.get("regex").is_some() {
-                object.message = Some("regex edits are previewed when the step runs".into());
+        // the same edit function as the step: what is previewed is what runs
+        let edits: crate::spec::raw::TextEdits = match serde_json::from_value(edit.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                object.result = DryRun::Refused;
+                object.message = Some(format!("the edits do not parse: {e}"));
                 return;
             }
-            let Some(text) = after.get(key).and_then(Value::as_str).map(str::to_owned) else {
+        };
+        let key = step_key
+            .or_else(|| edits.items().iter().find_map(|e| e.key.as_deref()))
+            .unwrap_or("")
+            .to_owned();
+        let data = current.data.get("data").cloned().unwrap_or(Value::Null);
+        let mut after = data.clone();
+        let Some(text) = after.get(&key).and_then(Value::as_str).map(str::to_owned) else {
+            object.result = DryRun::Refused;
+            object.message = Some(format!("the ConfigMap has no key `{key}` under data"));
+            return;
+        };
+        match crate::actions::patch::apply_edits(&text, edits.items()) {
+            Ok(edited) => after[key.as_str()] = Value::from(edited),
+            Err(e) => {
                 object.result = DryRun::Refused;
-                object.message = Some(format!("the ConfigMap has no key `{key}` under data"));
-                return;
-            };
-            if text.contains(find) {
-                after[key] = Value::from(text.replace(find, replace));
-            } else if !text.contains(replace) {
-                object.result = DryRun::Refused;
-                object.message = Some(format!(
-                    "data.{key} contains neither the text to find nor its replacement: the edit would fail"
-                ));
+                object.message = Some(format!("data.{key}: {e}: the edit would fail"));
                 return;
             }
         }

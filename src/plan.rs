@@ -400,7 +400,11 @@ fn annotate(action: &Action, spec: serde_json::Value) -> serde_json::Value {
             if !v.is_null() {
                 // a patch's own `type` (merge, json, strategic) must not
                 // hide the action's
-                let k = if k == "type" { "patch_type".to_owned() } else { k };
+                let k = if k == "type" {
+                    "patch_type".to_owned()
+                } else {
+                    k
+                };
                 out.insert(k, v);
             }
         }
