@@ -314,9 +314,9 @@ impl ChannelWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.sink.blocking_send(Ok(chunk)).map_err(|_| {
-            io::Error::new(io::ErrorKind::BrokenPipe, "the exec stream is gone")
-        })
+        self.sink
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the exec stream is gone"))
     }
 }
 
@@ -356,12 +356,16 @@ mod tests {
             exit_status(&status(serde_json::json!({"status": "Success"}))),
             ExitStatus::Exited(0)
         );
-        let code = status(serde_json::json!({"status": "Failure", "reason": "NonZeroExitCode",
+        let code = status(
+            serde_json::json!({"status": "Failure", "reason": "NonZeroExitCode",
             "message": "exit code 3",
-            "details": {"causes": [{"reason": "ExitCode", "message": "3"}]}}));
+            "details": {"causes": [{"reason": "ExitCode", "message": "3"}]}}),
+        );
         assert_eq!(exit_status(&code), ExitStatus::Exited(3));
-        let not_found = status(serde_json::json!({"status": "Failure", "reason": "InternalError",
-            "message": "exec: \"sh\": executable file not found in $PATH"}));
+        let not_found = status(
+            serde_json::json!({"status": "Failure", "reason": "InternalError",
+            "message": "exec: \"sh\": executable file not found in $PATH"}),
+        );
         assert!(matches!(exit_status(&not_found), ExitStatus::NotRun { .. }));
         // a NonZeroExitCode without its cause is not a made-up code
         let odd = status(serde_json::json!({"status": "Failure", "reason": "NonZeroExitCode"}));

@@ -7,6 +7,8 @@
 //! namespace with the pod's own directories bind-mounted over /var, /opt, /tmp and /home
 //! (configurable), so pods do not see each other's files. Faults: cut the stream without a
 //! status, stall output; a 403 comes from the deny list (`create`/`get` on `pods/exec`).
+//! Like kubelet, a command outlives a dropped stream (its stdin closed, its output read and
+//! dropped) until it ends; only the server's shutdown kills it.
 
 use crate::Shared;
 use crate::status::ApiError;
@@ -388,9 +390,9 @@ async fn session(
         let next = tokio::select! {
             n = out_rx.recv() => n,
             _ = &mut gone_rx, if !client_gone => {
+                // The client can read nothing more (closed or broken). Like kubelet, keep
+                // the command running (its stdin is closed); its output is read and dropped.
                 client_gone = true;
-                // The client can read nothing more (closed or broken): end the command.
-                let _ = child.start_kill();
                 continue;
             }
         };
@@ -410,15 +412,15 @@ async fn session(
             let n = after_bytes.saturating_sub(sent);
             let _ = tx.send(frame(ch, &data[..n])).await;
             let _ = tx.flush().await;
-            // Break the connection: no status, no close handshake.
-            let _ = child.start_kill();
+            // Break the connection: no status, no close handshake. The command goes on
+            // (as under kubelet), its output read and dropped, until it ends.
             reader.abort();
             drop(tx);
+            while out_rx.recv().await.is_some() {}
             let _ = child.wait().await;
             return;
         }
         if tx.send(frame(ch, &data)).await.is_err() {
-            let _ = child.start_kill();
             client_gone = true;
             continue;
         }

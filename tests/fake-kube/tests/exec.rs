@@ -193,6 +193,45 @@ async fn kube_exec_faults_and_errors() {
         assert!(o.len() <= 4, "{o:?}");
         assert!(st.is_none(), "a cut stream has no status: {st:?}");
 
+        // Like under kubelet, the command outlives the cut stream.
+        let marker = format!("/tmp/outlived-{}", std::process::id());
+        let p = pods
+            .exec(
+                "two",
+                sh(&format!("echo 123456789; sleep 0.5; echo yes > {marker}")),
+                &io().container("a"),
+            )
+            .await
+            .expect("exec");
+        let (_, _, st) = collect(p).await;
+        assert!(st.is_none(), "{st:?}");
+        cluster.exec_fault(None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let p = pods
+                .exec(
+                    "two",
+                    sh(&format!("cat {marker} 2>/dev/null; true")),
+                    &io().container("a"),
+                )
+                .await
+                .expect("exec");
+            if collect(p).await.0 == "yes\n" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the command died with its stream"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let p = pods
+            .exec("two", sh(&format!("rm -f {marker}")), &io().container("a"))
+            .await
+            .expect("exec");
+        collect(p).await;
+        cluster.exec_fault(Some(ExecFault::Cut { after_bytes: 4 }));
+
         // A stall holds output back, then it flows.
         cluster.exec_fault(Some(ExecFault::Stall(Duration::from_millis(800))));
         let t = std::time::Instant::now();
