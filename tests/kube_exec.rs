@@ -484,7 +484,8 @@ fn a_resume_after_sigkill_first_ends_the_attempt_still_running_in_the_pod() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while journal_so_far(&s).is_empty() || !log(&s, "migrate").contains("first-started") {
+    while journal_so_far(&s).is_empty() || !log(&s, "migrate").lines().any(|l| l == "first-started")
+    {
         assert!(Instant::now() < deadline, "the first attempt did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -495,7 +496,13 @@ fn a_resume_after_sigkill_first_ends_the_attempt_still_running_in_the_pod() {
     let kube_args = kube.args();
     args.extend(kube_args.iter().map(String::as_str));
     let out = s.resume(&args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out),
+        log(&s, "migrate")
+    );
     let ended = events(&s.journal(), "remote_leftover_terminated");
     assert_eq!(ended.len(), 1, "{}", s.journal());
     assert_eq!(ended[0]["attempt"], 1);
@@ -581,4 +588,75 @@ fn a_secret_in_the_command_stays_out_of_logs_and_journal() {
     for place in [said, s.journal(), text(&out)] {
         assert!(!place.contains("Tr0ub4dor-hunter2"), "{place}");
     }
+}
+
+#[test]
+fn validate_points_at_an_exec_without_a_pod_or_a_command() {
+    let s = Scratch::new();
+    let file = s.runbook(
+        "bad",
+        "  {}",
+        "  - id: dump\n    exec:\n      pod: {}\n      command: []\n  - id: both\n    exec:\n      pod: { name: db-0, selector: app=db }\n      command: ['true']\n",
+    );
+    let out = s.cmd(&["validate", &file.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    for expected in [
+        "step `dump`: the `exec` command is empty",
+        "step `dump`: `exec` names no pod",
+        "step `both`: `exec` gives both a pod name and a selector",
+        "bad.yaml:9:",
+        "help: give `pod: { name: POD }`",
+    ] {
+        assert!(said.contains(expected), "{expected}: {said}");
+    }
+}
+
+#[test]
+fn a_retry_in_another_pod_first_ends_the_leftover_in_the_pod_of_the_earlier_attempt() {
+    let kube = Kube::start();
+    kube.deployment("default", "web", 2);
+    let names = pods(&kube, "web", 2);
+    let (first, second) = (names[0].clone(), names[1].clone());
+    kube.cluster
+        .exec_fault(Some(ExecFault::Cut { after_bytes: 2000 }));
+    let s = Scratch::new();
+    // /dev/shm is shared by the pods of the fake (only /var, /opt, /tmp
+    // and /home are their own)
+    let token = token("moved");
+    let script = overlap_script(&token, 5000).replace("/tmp/", "/dev/shm/");
+    let file = s.runbook(
+        "moved",
+        "  {}",
+        &format!(
+            "  - id: migrate\n    retry: {{ attempts: 2, delay: 2s }}\n    exec:\n      pod: {{ selector: app=web }}\n      command: [sh, -c, \"{script}\"]\n"
+        ),
+    );
+    let mut child = common::runbook_process()
+        .arg("run")
+        .arg(&file)
+        .args(["--state-dir", &s.state()])
+        .args(kube.args())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while events(&journal_so_far(&s), "attempt_failed").is_empty() {
+        assert!(Instant::now() < deadline, "attempt 1 did not fail");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut pod = kube.get("", "pods", "default", &first).unwrap();
+    pod["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    kube.cluster.upsert("", "pods", "default", pod).unwrap();
+    let code = wait_child(&mut child, Duration::from_secs(60));
+    let _ = std::fs::remove_dir(format!("/dev/shm/{token}.first"));
+    assert_eq!(code, Some(0), "{}", log(&s, "migrate"));
+    let ended = events(&s.journal(), "remote_leftover_terminated");
+    assert_eq!(ended.len(), 1, "{}", s.journal());
+    assert_eq!(ended[0]["pod"], first);
+    let said = log(&s, "migrate");
+    assert!(said.contains(&format!("pod default/{second}")), "{said}");
+    assert!(said.contains("second-ran-alone"), "{said}");
+    assert!(!said.lines().any(|l| l == "OVERLAP"), "{said}");
 }

@@ -63,21 +63,34 @@ pub async fn run(cx: &AttemptCx, spec: &serde_json::Value) -> ActionResult {
     }
     let record = exec_guard::record_path(&cx.ctx.run_dir.id, step);
     let mut guarded = true;
+    // an earlier attempt in another pod (this one re-selected): end its
+    // leftover there first; a pod that is gone took its processes along
+    let last_pod = last_pod_file(cx);
+    if cx.attempt > 1
+        && let Some(earlier) = read_last_pod(&last_pod).filter(|p| p.pod != target.pod)
+    {
+        match exec_guard::terminate_leftover(cluster.client(), &earlier, &record, cx.grace).await {
+            Ok(Some(left)) => leftover_ended(cx, &earlier, &left),
+            Ok(None) | Err(GuardError::NoShell(_)) => {}
+            Err(GuardError::Other(message)) if message.contains("not found (404)") => {}
+            Err(GuardError::Other(message)) => {
+                return Err(Failure::permanent(format!(
+                    "cannot check pod {} (where attempt {} ran) for a leftover: {message}",
+                    earlier.pod,
+                    cx.attempt - 1
+                )));
+            }
+        }
+    }
+    if let Err(e) = write_last_pod(&last_pod, &target) {
+        return Err(Failure::permanent(format!(
+            "cannot record the pod of this attempt in {}: {e}",
+            last_pod.display()
+        )));
+    }
     if cx.attempt > 1 {
         match exec_guard::terminate_leftover(cluster.client(), &target, &record, cx.grace).await {
-            Ok(Some(left)) => {
-                cx.say(&format!(
-                    "runbook: attempt {} was still running in pod {} (pid {}); terminated it",
-                    left.attempt, target.pod, left.pid
-                ));
-                cx.emit(RunEvent::RemoteLeftoverTerminated {
-                    step: step.clone(),
-                    namespace: target.namespace.clone(),
-                    pod: target.pod.clone(),
-                    pid: left.pid,
-                    attempt: left.attempt,
-                });
-            }
+            Ok(Some(left)) => leftover_ended(cx, &target, &left),
             Ok(None) => {}
             Err(GuardError::NoShell(_)) => {
                 no_shell_warning(cx, &target);
@@ -147,6 +160,52 @@ pub async fn run(cx: &AttemptCx, spec: &serde_json::Value) -> ActionResult {
         let _ = std::fs::remove_file(&unguarded);
     }
     result
+}
+
+fn leftover_ended(cx: &AttemptCx, target: &ExecTarget, left: &exec_guard::Leftover) {
+    cx.say(&format!(
+        "runbook: attempt {} was still running in pod {} (pid {}); terminated it",
+        left.attempt, target.pod, left.pid
+    ));
+    cx.emit(RunEvent::RemoteLeftoverTerminated {
+        step: cx.step().id.clone(),
+        namespace: target.namespace.clone(),
+        pod: target.pod.clone(),
+        pid: left.pid,
+        attempt: left.attempt,
+    });
+}
+
+/// Where a step notes the pod its latest attempt ran in.
+fn last_pod_file(cx: &AttemptCx) -> PathBuf {
+    cx.ctx
+        .run_dir
+        .path
+        .join("exec")
+        .join(format!("{}.pod", cx.step().id))
+}
+
+fn read_last_pod(path: &Path) -> Option<ExecTarget> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut parts = text.trim().splitn(3, '/');
+    Some(ExecTarget {
+        namespace: parts.next()?.to_owned(),
+        pod: parts.next()?.to_owned(),
+        container: parts.next()?.to_owned(),
+    })
+}
+
+fn write_last_pod(path: &Path, target: &ExecTarget) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::File::create(path)?;
+    writeln!(
+        file,
+        "{}/{}/{}",
+        target.namespace, target.pod, target.container
+    )?;
+    file.sync_all()
 }
 
 fn no_shell_warning(cx: &AttemptCx, target: &ExecTarget) {
