@@ -34,7 +34,7 @@ kc="$work/kubeconfig"
 "$fake" --kubeconfig "$kc" >"$work/fake.log" 2>&1 &
 fake_pid=$!
 # shellcheck disable=SC2064 # expand $fake_pid and $work now
-trap "rc=\$?; kill $fake_pid 2>/dev/null; wait $fake_pid 2>/dev/null; rm -rf '$work'; exit \$rc" EXIT
+trap "rc=\$?; kill $fake_pid 2>/dev/null; wait $fake_pid 2>/dev/null || true; rm -rf '$work'; exit \$rc" EXIT
 for _ in $(seq 100); do [ -s "$kc" ] && break; sleep 0.1; done
 k() { kubectl --kubeconfig "$kc" "$@"; }
 
