@@ -660,3 +660,34 @@ fn a_retry_in_another_pod_first_ends_the_leftover_in_the_pod_of_the_earlier_atte
     assert!(said.contains("second-ran-alone"), "{said}");
     assert!(!said.lines().any(|l| l == "OVERLAP"), "{said}");
 }
+
+#[test]
+fn on_a_v4_only_server_stdin_cannot_end_with_a_status_and_fails_rather_than_passes() {
+    let kube = Kube::start();
+    kube.deployment("default", "db", 1);
+    pods(&kube, "db", 1);
+    kube.cluster.exec_v4_only(true);
+    let s = Scratch::new();
+    std::fs::write(s.path("in.txt"), "select 1;\n").unwrap();
+    let file = s.runbook(
+        "v4",
+        "  {}",
+        &format!(
+            "  - id: plain\n    exec: {{ pod: {{ selector: app=db }}, command: [echo, fine] }}\n  - id: fed\n    needs: [plain]\n    exec:\n      pod: {{ selector: app=db }}\n      command: [cat]\n      stdin: {{ file: {} }}\n",
+            s.p("in.txt")
+        ),
+    );
+    let out = run(&s, &kube, &file, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let journal = s.journal();
+    assert_eq!(events(&journal, "step_succeeded")[0]["step"], "plain");
+    let failed = &events(&journal, "step_failed")[0];
+    assert_eq!(failed["step"], "fed");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("without an exit status"),
+        "{failed}"
+    );
+}
