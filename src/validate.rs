@@ -768,6 +768,35 @@ impl Checker<'_> {
                 .help("a daemon is started again whenever a step that needs it still has to run; make starting it safe to repeat, or make it a plain step"),
             );
         }
+        if let Some(exec) = &raw.exec {
+            let exec_node = field("exec");
+            let exec_span = exec_node.map_or(id_span, |n| n.span);
+            let at = |name: &str| {
+                exec_node
+                    .and_then(|n| n.get(name))
+                    .map_or(exec_span, |n| n.span)
+            };
+            if exec.command.is_empty() {
+                self.push(
+                    Problem::new("exec::empty-command", format!("step `{}`: the `exec` command is empty", raw.id))
+                        .at_labeled(at("command"), "no program to run")
+                        .help("give the program and its arguments, e.g. `command: [sh, -c, 'mysqldump --all-databases']`"),
+                );
+            }
+            match (&exec.pod.name, &exec.pod.selector) {
+                (None, None) => self.push(
+                    Problem::new("exec::no-pod", format!("step `{}`: `exec` names no pod", raw.id))
+                        .at_labeled(at("pod"), "neither `name` nor `selector`")
+                        .help("give `pod: { name: POD }` or `pod: { selector: app=db }` (the first Running and Ready pod)"),
+                ),
+                (Some(_), Some(_)) => self.push(
+                    Problem::new("exec::pod-name-and-selector", format!("step `{}`: `exec` gives both a pod name and a selector", raw.id))
+                        .at_labeled(at("pod"), "`name` and `selector`")
+                        .help("keep one: `name` for one pod, `selector` for the first Running and Ready pod it matches"),
+                ),
+                _ => {}
+            }
+        }
         if raw.ready.is_some() && !raw.daemon {
             self.push(
                 Problem::new(

@@ -7,6 +7,8 @@
 //! mean to an operator (`errors`). Pods are chosen in `pods`.
 
 pub mod errors;
+pub mod exec_guard;
+pub mod exec_stream;
 pub mod pods;
 
 use std::collections::HashMap;
