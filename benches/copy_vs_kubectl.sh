@@ -30,7 +30,8 @@ fake=${FAKE_APISERVER_BIN:-$target/release/examples/fake-apiserver}
 work=$(mktemp -d)
 server=""
 cleanup() {
-    if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+    # SIGINT: the server removes its pods' directories as it stops
+    if [ -n "$server" ]; then kill -INT "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT

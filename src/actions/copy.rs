@@ -130,7 +130,7 @@ fn command_failure(target: &Target, program: &str, what: &str, finished: &Finish
             target.describe()
         ),
         Ended::Broken => format!(
-            "the exec stream of {what} in {} broke before the command's exit status (after {} bytes of output); nothing was swapped in, a retry copies again",
+            "the exec stream of {what} in {} broke before the command's exit status (after {} bytes of output); a retry copies again",
             target.describe(),
             finished.stdout_bytes
         ),

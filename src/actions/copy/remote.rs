@@ -28,6 +28,10 @@ pub const PIECE: usize = 64 * 1024;
 /// once the status came.
 const SETTLE: Duration = Duration::from_secs(30);
 
+/// How long stdin stays open after the last byte, for a command that ends
+/// by itself (see `run`).
+const EOF_GRACE: Duration = Duration::from_millis(500);
+
 /// Bytes of stderr kept for error messages.
 const STDERR_TAIL: usize = 2048;
 
@@ -142,6 +146,12 @@ impl Target {
                         return;
                     }
                 }
+                let _ = writer.flush().await;
+                // A padded archive ends GNU tar by itself, and its status
+                // comes at once: wait a moment for it before ending stdin,
+                // which on a v4 server closes the whole socket and loses
+                // the status (v5 half-closes; other tars need the EOF).
+                tokio::time::sleep(EOF_GRACE).await;
                 let _ = writer.shutdown().await;
             }
         };
