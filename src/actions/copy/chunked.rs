@@ -247,6 +247,12 @@ pub async fn copy(
         // the chunk is in the partial file and fsynced: record it
         state.digests.push(digest.clone().unwrap_or_default());
         save(state_path, &state).map_err(|e| io_failure("write", state_path, e))?;
+        cx.say(&format!(
+            "chunk {} of {total} verified ({} of {} bytes)",
+            index + 1,
+            offset + length,
+            file.size
+        ));
         cx.emit(RunEvent::CopyChunkVerified {
             step: cx.step().id.clone(),
             attempt: cx.attempt,
