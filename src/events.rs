@@ -505,6 +505,25 @@ pub enum RunEvent {
         /// The limit (`--log-limit`, `RUNBOOK_LOG_LIMIT`).
         limit_bytes: u64,
     },
+    /// A chunk of a large file copied from a pod (`copy`) was received,
+    /// checked against the pod's own sha256 of that range (or its size
+    /// when the pod has no `sha256sum`) and made durable in the local
+    /// `.partial` file; a retry or a resume continues after the last one.
+    CopyChunkVerified {
+        /// Step id.
+        step: String,
+        /// Attempt number.
+        attempt: u32,
+        /// The local destination file.
+        file: String,
+        /// Offset of the chunk in the file.
+        offset: u64,
+        /// Its length.
+        length: u64,
+        /// Its sha256 (hex), absent when only the size was checked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+    },
     /// A line a running step printed (reporters only): every line with
     /// `--log-format json` or `--stream`, else the latest one, at most every
     /// 250 ms.
@@ -582,6 +601,7 @@ impl RunEvent {
             | RunEvent::DaemonStopped { step, .. }
             | RunEvent::LogWriteFailed { step, .. }
             | RunEvent::LogTruncated { step, .. }
+            | RunEvent::CopyChunkVerified { step, .. }
             | RunEvent::StepOutput { step, .. } => Some(step),
             RunEvent::LeftoverTerminated { step, .. } => step.as_deref(),
             _ => None,

@@ -465,6 +465,7 @@ impl EventSink for Human {
             RunEvent::StepMarkedDone { step, reason, .. } => format!("Marked {step} done: {reason}"),
             RunEvent::RerunRequested { step } => format!("{step} will run again"),
             RunEvent::AttemptSpawned { .. }
+            | RunEvent::CopyChunkVerified { .. }
             | RunEvent::RunFinished { .. }
             | RunEvent::RunnerContained { .. } => return,
         };

@@ -53,6 +53,15 @@ pub struct ExecConfig {
     pub root: PathBuf,
     /// Whether to isolate at all (needs root); off falls back to the host's filesystem.
     pub isolate: bool,
+    /// `PATH` of exec'd commands (and where the program is looked up): an image with
+    /// fewer programs, e.g. one without `tar`. `None`: the server's own `PATH`.
+    pub path: Option<String>,
+    /// Sessions that run clean before [`Self::fault`] applies (counted down per session).
+    pub fault_skip: usize,
+    /// Sessions the fault applies to once it does (`None`: every later one).
+    pub fault_times: Option<usize>,
+    /// Exec sessions accepted so far.
+    pub sessions: u64,
 }
 
 impl Default for ExecConfig {
@@ -66,7 +75,33 @@ impl Default for ExecConfig {
                 .collect(),
             root: std::env::temp_dir().join(format!("fake-kube-pods-{}", uuid::Uuid::new_v4())),
             isolate: is_root(),
+            path: None,
+            fault_skip: 0,
+            fault_times: None,
+            sessions: 0,
         }
+    }
+}
+
+impl ExecConfig {
+    /// Counts a session and gives its configuration: the fault applies only inside the
+    /// window set by `fault_skip` and `fault_times`.
+    fn next_session(&mut self) -> ExecConfig {
+        self.sessions += 1;
+        let mut session = self.clone();
+        if self.fault.is_some() {
+            if self.fault_skip > 0 {
+                self.fault_skip -= 1;
+                session.fault = None;
+            } else if let Some(times) = self.fault_times.as_mut() {
+                if *times == 0 {
+                    session.fault = None;
+                } else {
+                    *times -= 1;
+                }
+            }
+        }
+        session
     }
 }
 
@@ -195,7 +230,11 @@ pub async fn serve(
         stderr: flag(&q, "stderr"),
         missing: missing.contains(&argv[0]),
     };
-    let cfg = shared.exec.lock().map(|c| c.clone()).unwrap_or_default();
+    let cfg = shared
+        .exec
+        .lock()
+        .map(|mut c| c.next_session())
+        .unwrap_or_default();
     let ws = match WebSocketUpgrade::from_request_parts(parts, &()).await {
         Ok(w) => w,
         Err(e) => return e.into_response(),
@@ -237,6 +276,9 @@ fn command(
         .env("HOSTNAME", pod)
         .current_dir("/")
         .kill_on_drop(true);
+    if let Some(path) = &cfg.path {
+        cmd.env("PATH", path);
+    }
     if cfg.isolate {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;

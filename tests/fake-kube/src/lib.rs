@@ -244,6 +244,31 @@ impl ClusterHandle {
     pub fn exec_fault(&self, fault: Option<ExecFault>) {
         if let Ok(mut e) = self.shared.exec.lock() {
             e.fault = fault;
+            e.fault_skip = 0;
+            e.fault_times = None;
+        }
+    }
+
+    /// Sets a fault for a window of exec sessions: the next `skip` sessions run clean, the
+    /// `times` after them get `fault`, later ones run clean again.
+    pub fn exec_fault_window(&self, fault: ExecFault, skip: usize, times: usize) {
+        if let Ok(mut e) = self.shared.exec.lock() {
+            e.fault = Some(fault);
+            e.fault_skip = skip;
+            e.fault_times = Some(times);
+        }
+    }
+
+    /// Exec sessions accepted so far (refused ones, 403 or 404, are not counted).
+    pub fn exec_sessions(&self) -> u64 {
+        self.shared.exec.lock().map(|e| e.sessions).unwrap_or(0)
+    }
+
+    /// `PATH` for exec'd commands, also where their program is looked up: a directory
+    /// without `tar` stands for an image without it. `None`: the server's own `PATH`.
+    pub fn exec_path(&self, path: Option<String>) {
+        if let Ok(mut e) = self.shared.exec.lock() {
+            e.path = path;
         }
     }
 

@@ -366,3 +366,57 @@ async fn pods_have_their_own_var() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn exec_fault_windows_session_counts_and_a_narrow_path() {
+    let cluster = FakeCluster::start().await.expect("start");
+    let c = client(&cluster);
+    bounded(async {
+        let pods = pod(&c, "w", &["app"]).await;
+        // The first session runs clean, the second is cut, the third runs clean again.
+        cluster.exec_fault_window(ExecFault::Cut { after_bytes: 2 }, 1, 1);
+        let before = cluster.exec_sessions();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let p = pods
+                .exec("w", sh("echo 123456789"), &io())
+                .await
+                .expect("exec");
+            let (o, _, st) = collect(p).await;
+            seen.push((o, st.as_ref().and_then(exit_code)));
+        }
+        assert_eq!(seen[0], ("123456789\n".to_string(), Some(0)));
+        assert!(seen[1].0.len() <= 2 && seen[1].1.is_none(), "{:?}", seen[1]);
+        assert_eq!(seen[2], ("123456789\n".to_string(), Some(0)));
+        assert_eq!(cluster.exec_sessions() - before, 3);
+
+        // A PATH without tar: the program is not found (a failure, not an exit code), and
+        // a shell in that PATH answers 127. The directory is the pod's own /opt/bin
+        // (without isolation, a host directory).
+        let (dir, path) = if cluster.exec_isolated() {
+            let opt = cluster.pod_dir("default", "w", std::path::Path::new("/opt"));
+            (opt.join("bin"), "/opt/bin".to_string())
+        } else {
+            let dir = std::env::temp_dir().join(format!("fake-kube-path-{}", std::process::id()));
+            (dir.clone(), dir.display().to_string())
+        };
+        std::fs::create_dir_all(&dir).expect("bin dir");
+        let _ = std::fs::remove_file(dir.join("sh"));
+        std::os::unix::fs::symlink("/bin/sh", dir.join("sh")).expect("link");
+        cluster.exec_path(Some(path));
+        let p = pods
+            .exec("w", vec!["tar".to_string(), "--version".into()], &io())
+            .await
+            .expect("exec");
+        let (_, _, st) = collect(p).await;
+        let st = st.expect("a status");
+        assert_eq!(exit_code(&st), None, "{st:?}");
+        let p = pods
+            .exec("w", sh("tar --version"), &io())
+            .await
+            .expect("exec");
+        let (_, _, st) = collect(p).await;
+        assert_eq!(st.as_ref().and_then(exit_code), Some(127));
+    })
+    .await;
+}
