@@ -96,8 +96,13 @@ fn runbook(lab: &Lab) -> String {
   - id: restore-config
     needs: [remove-config]
     apply: {{ files: ["{out}/config"] }}
-  - id: copy-in
+  - id: mount-point
     needs: [db-ready]
+    exec:
+      pod: {{ selector: app=db }}
+      command: [mkdir, -p, /var/lib/data]
+  - id: copy-in
+    needs: [mount-point]
     copy: {{ pod: {{ selector: app=db }}, direction: to-pod, local: {out}/data, remote: /var/lib/data }}
   - id: verify
     needs: [copy-in]
