@@ -244,9 +244,43 @@ pub async fn serve(
     } else {
         vec!["v5.channel.k8s.io", "v4.channel.k8s.io"]
     };
+    let env = container_env(
+        &obj,
+        q.iter()
+            .find(|(k, _)| k == "container")
+            .map(|(_, c)| c.as_str()),
+    );
     let (ns, pod) = (ns.to_string(), pod.to_string());
     ws.protocols(protos)
-        .on_upgrade(move |socket| session(socket, argv, flags, cfg, ns, pod))
+        .on_upgrade(move |socket| session(socket, argv, flags, cfg, ns, pod, env))
+}
+
+/// The literal `env` entries (`name` and `value`) of the exec'd container
+/// (the named one, else the first), which kubelet gives exec'd commands;
+/// `valueFrom` entries are not resolved.
+fn container_env(pod: &Value, container: Option<&str>) -> Vec<(String, String)> {
+    let containers = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let chosen = match container {
+        Some(name) => containers.iter().find(|c| c["name"] == name),
+        None => containers.first(),
+    };
+    chosen
+        .and_then(|c| c["env"].as_array())
+        .map(|env| {
+            env.iter()
+                .filter_map(|e| {
+                    Some((
+                        e["name"].as_str()?.to_owned(),
+                        e["value"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -270,6 +304,7 @@ fn command(
     cfg: &ExecConfig,
     ns: &str,
     pod: &str,
+    env: &[(String, String)],
 ) -> std::io::Result<tokio::process::Command> {
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -279,6 +314,8 @@ fn command(
     if let Some(path) = &cfg.path {
         cmd.env("PATH", path);
     }
+    // the container's own variables win, as over an image's PATH
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     if cfg.isolate {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
@@ -363,6 +400,7 @@ async fn session(
     cfg: ExecConfig,
     ns: String,
     pod: String,
+    env: Vec<(String, String)>,
 ) {
     let (mut tx, mut rx) = socket.split();
     // Kubelet opens with one empty frame per channel in use.
@@ -388,7 +426,7 @@ async fn session(
             "executable file not found in $PATH",
         ))
     } else {
-        command(&argv, &cfg, &ns, &pod)
+        command(&argv, &cfg, &ns, &pod, &env)
     };
     let spawned = spawned.and_then(|mut c| {
         c.stdin(if flags.stdin {

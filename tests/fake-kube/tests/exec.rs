@@ -420,3 +420,42 @@ async fn exec_fault_windows_session_counts_and_a_narrow_path() {
     })
     .await;
 }
+
+/// Exec'd commands get the container's literal `env` (as kubelet gives them), the named
+/// container's when several, and it wins over the server's own variables.
+#[tokio::test]
+async fn exec_sees_the_container_env() {
+    let cluster = FakeCluster::start().await.expect("start");
+    let c = client(&cluster);
+    bounded(async {
+        let pods: Api<Pod> = Api::default_namespaced(c.clone());
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "envy"},
+            "spec": {"containers": [
+                {"name": "a", "image": "x", "env": [
+                    {"name": "GREETING", "value": "hello"},
+                    {"name": "HOME", "value": "/var/lib/a"},
+                    {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+                ]},
+                {"name": "b", "image": "x", "env": [{"name": "GREETING", "value": "from b"}]}
+            ]}
+        }))
+        .expect("pod");
+        pods.create(&PostParams::default(), &p).await.expect("create");
+        let params = |container: &str| io().container(container);
+        let e = pods
+            .exec("envy", sh("echo \"$GREETING|$HOME|${FROM_SECRET:-unset}\""), &params("a"))
+            .await
+            .expect("exec");
+        let (o, _, st) = collect(e).await;
+        assert_eq!(st.as_ref().and_then(exit_code), Some(0));
+        assert_eq!(o, "hello|/var/lib/a|unset\n");
+        let e = pods
+            .exec("envy", sh("echo \"$GREETING\""), &params("b"))
+            .await
+            .expect("exec");
+        let (o, _, _) = collect(e).await;
+        assert_eq!(o, "from b\n");
+    })
+    .await;
+}
