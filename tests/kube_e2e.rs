@@ -164,9 +164,17 @@ fn check_end_state(kube: &Kube, lab: &Lab) {
     // no exec ran beside an earlier attempt of itself, in any db pod
     for pod in kube.cluster.objects("", "pods", Some("shop")) {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-        let overlaps = kube
-            .cluster
-            .pod_dir("shop", name, Path::new("/tmp/overlaps"));
+        // the pod's own /tmp (pod_dir takes the mount point)
+        let tmp = kube.cluster.pod_dir("shop", name, Path::new("/tmp"));
+        if name.starts_with("db-") {
+            // the pod that runs now is the restored one: `verify` ran there
+            assert!(
+                tmp.join("running.verify").exists(),
+                "the exec guard files are not where the test looks: {}",
+                tmp.display()
+            );
+        }
+        let overlaps = tmp.join("overlaps");
         assert!(
             !overlaps.exists(),
             "overlapping attempts in {name}: {}",

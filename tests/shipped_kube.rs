@@ -1,0 +1,292 @@
+//! The shipped runbooks that use Kubernetes actions, run against the fake
+//! cluster. The data steps are thin for now: the pods' database and redis
+//! tools are small stand-in scripts (put first on the containers' `PATH`)
+//! that print a dump or write a `dump.rdb`; the real servers come with the
+//! runbooks proven on real data. What is real: every scale, wait, exec,
+//! copy and export the runbook makes, its order, and the files it leaves.
+
+mod common;
+
+use std::path::Path;
+
+use common::kube::Kube;
+use common::scratch::Scratch;
+use fake_kube::ResourceDef;
+use serde_json::json;
+
+const NS: &str = "threescale";
+
+const SECRETS: [&str; 13] = [
+    "system-smtp",
+    "system-seed",
+    "system-database",
+    "backend-internal-api",
+    "system-events-hook",
+    "system-app",
+    "system-recaptcha",
+    "system-redis",
+    "zync",
+    "system-master-apicast",
+    "backend-listener",
+    "backend-redis",
+    "system-memcache",
+];
+
+const CONFIGMAPS: [&str; 7] = [
+    "system-environment",
+    "apicast-environment",
+    "backend-environment",
+    "mysql-extra-conf",
+    "mysql-main-conf",
+    "redis-config",
+    "system",
+];
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Stand-ins for the tools in the 3scale images.
+fn stand_ins(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let scripts = [
+        (
+            "mysqldump",
+            "#!/bin/sh\necho '-- MySQL dump of system'\nfor i in $(seq 1 500); do echo \"INSERT INTO accounts VALUES ($i,'account $i');\"; done\n",
+        ),
+        (
+            "pg_dumpall",
+            "#!/bin/sh\necho '-- PostgreSQL database cluster dump'\nfor i in $(seq 1 500); do echo \"INSERT INTO domains VALUES ($i);\"; done\n",
+        ),
+        (
+            "redis-cli",
+            "#!/bin/sh\n[ \"$1\" = SAVE ] || exit 2\nmkdir -p /var/lib/redis/data\nprintf 'REDIS0009 %s' \"$HOSTNAME\" > /var/lib/redis/data/dump.rdb\necho OK\n",
+        ),
+    ];
+    for (name, body) in scripts {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// A DeploymentConfig whose pods carry `deploymentConfig=NAME` and run
+/// with the stand-ins first on `PATH`.
+fn deployment_config(kube: &Kube, name: &str, replicas: i64, containers: &[&str], path: &str) {
+    let containers: Vec<_> = containers
+        .iter()
+        .map(|c| {
+            json!({"name": c, "image": "3scale", "env": [
+                {"name": "PATH", "value": path},
+                {"name": "MYSQL_ROOT_PASSWORD", "value": "root-secret"}
+            ]})
+        })
+        .collect();
+    kube.cluster
+        .upsert(
+            "apps.openshift.io",
+            "deploymentconfigs",
+            NS,
+            json!({
+                "apiVersion": "apps.openshift.io/v1",
+                "kind": "DeploymentConfig",
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {"deploymentConfig": name},
+                    "template": {
+                        "metadata": {"labels": {"deploymentConfig": name}},
+                        "spec": {"containers": containers}
+                    }
+                }
+            }),
+        )
+        .unwrap();
+}
+
+/// A 3scale installation as the backup runbook finds it.
+fn three_scale(kube: &Kube, tools: &Path) {
+    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", tools.display());
+    kube.cluster.register(ResourceDef::new(
+        "apps.3scale.net",
+        "v1alpha1",
+        "apimanagers",
+        "APIManager",
+        true,
+    ));
+    for (name, replicas) in [
+        ("system-mysql", 1),
+        ("system-postgresql", 1),
+        ("zync-database", 1),
+        ("backend-redis", 1),
+        ("system-redis", 1),
+        ("system-sidekiq", 2),
+        ("backend-worker", 2),
+        ("zync-que", 1),
+    ] {
+        deployment_config(kube, name, replicas, &["main"], &path);
+    }
+    deployment_config(
+        kube,
+        "system-app",
+        1,
+        &["system-master", "system-provider", "system-developer"],
+        &path,
+    );
+    kube.deployment(NS, "threescale-operator-controller-manager-v2", 1);
+    for name in SECRETS {
+        kube.cluster
+            .upsert(
+                "",
+                "secrets",
+                NS,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": name, "namespace": NS},
+                       "type": "Opaque", "data": {"key": "c2VjcmV0LXZhbHVl"}}),
+            )
+            .unwrap();
+    }
+    for name in CONFIGMAPS {
+        kube.cluster
+            .upsert(
+                "",
+                "configmaps",
+                NS,
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": name, "namespace": NS},
+                       "data": {"conf": format!("{name} settings")}}),
+            )
+            .unwrap();
+    }
+    kube.cluster
+        .upsert(
+            "apps.3scale.net",
+            "apimanagers",
+            NS,
+            json!({"apiVersion": "apps.3scale.net/v1alpha1", "kind": "APIManager",
+                   "metadata": {"name": "apimanager", "namespace": NS},
+                   "spec": {"wildcardDomain": "example.com"}}),
+        )
+        .unwrap();
+}
+
+/// Files in the system-app pod's system-storage.
+fn system_storage(kube: &Kube) {
+    common::lab::wait_until(
+        "the system-app pod",
+        std::time::Duration::from_secs(20),
+        || {
+            kube.cluster
+                .objects("", "pods", Some(NS))
+                .iter()
+                .any(|p| p["metadata"]["labels"]["deploymentConfig"] == "system-app")
+        },
+    );
+    let pod = kube
+        .cluster
+        .objects("", "pods", Some(NS))
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["deploymentConfig"] == "system-app")
+        .unwrap();
+    let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+    // pod_dir takes the mount point: the pod's own /opt
+    let dir = kube
+        .cluster
+        .pod_dir(NS, &name, Path::new("/opt"))
+        .join("system/public/system/provider-name");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("logo.png"), b"\x89PNG not really").unwrap();
+    std::fs::write(dir.join("../config.yml"), "key: value\n").unwrap();
+}
+
+fn backup(database: &str) {
+    let kube = Kube::start();
+    let s = Scratch::new();
+    // outside /tmp, /var, /opt and /home, which each pod has of its own
+    let tools_root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tools = tools_root.path().join("tools");
+    stand_ins(&tools);
+    three_scale(&kube, &tools);
+    system_storage(&kube);
+    let backup_dir = s.p("backup");
+    let out = s.run(
+        Path::new(&common::repo_root().join("runbooks/3scale-backup.yaml")),
+        &[
+            "-p",
+            &format!("backup_dir={backup_dir}"),
+            "-p",
+            &format!("namespace={NS}"),
+            "-p",
+            &format!("database={database}"),
+            "--kubeconfig",
+            &kube.kubeconfig.display().to_string(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let dir = Path::new(&backup_dir);
+    let dump = if database == "mysql" {
+        "system-mysql-backup.gz"
+    } else {
+        "system-postgres-backup.gz"
+    };
+    let mut sql = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(dir.join(dump)).unwrap()),
+        &mut sql,
+    )
+    .unwrap();
+    assert_eq!(sql.lines().filter(|l| l.starts_with("INSERT")).count(), 500);
+    for rdb in ["backend-redis-dump.rdb", "system-redis-dump.rdb"] {
+        let bytes = std::fs::read(dir.join(rdb)).unwrap();
+        assert!(bytes.starts_with(b"REDIS0009"), "{rdb}");
+    }
+    assert_eq!(
+        std::fs::read(dir.join("system-storage/provider-name/logo.png")).unwrap(),
+        b"\x89PNG not really"
+    );
+    assert_eq!(std::fs::read_dir(dir.join("secrets")).unwrap().count(), 13);
+    assert_eq!(
+        std::fs::read_dir(dir.join("configmaps")).unwrap().count(),
+        7
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.join("apimanager")).unwrap().count(),
+        1
+    );
+    assert!(dir.join("SHA256SUMS").is_file());
+    // the workers and the operator are back at their replicas
+    for (dc, replicas) in [
+        ("system-sidekiq", 2),
+        ("backend-worker", 2),
+        ("zync-que", 1),
+    ] {
+        let obj = kube
+            .get("apps.openshift.io", "deploymentconfigs", NS, dc)
+            .unwrap();
+        assert_eq!(obj["spec"]["replicas"], replicas, "{dc}");
+    }
+    let operator = kube
+        .get(
+            "apps",
+            "deployments",
+            NS,
+            "threescale-operator-controller-manager-v2",
+        )
+        .unwrap();
+    assert_eq!(operator["spec"]["replicas"], 1);
+}
+
+#[test]
+fn three_scale_backup_runs_against_the_fake_cluster_with_mysql() {
+    backup("mysql");
+}
+
+#[test]
+fn three_scale_backup_runs_against_the_fake_cluster_with_postgresql() {
+    backup("postgresql");
+}
