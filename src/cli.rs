@@ -18,8 +18,8 @@ runbook validate runbooks/*.yaml          # every mistake, located, at once\n  \
 runbook plan runbooks/local-backup.yaml   # the exact commands, in order\n  \
 runbook plan FILE -o markdown > ticket.md # paste into the change ticket",
     after_help = "Exit codes: 0 success, 1 a step failed, 2 invalid input (runbook, params, flags, \
-unknown run id), 3 paused at a gate, 4 runtime or environment error (lock held, I/O), 130 interrupted, \
-143 terminated.\n\
+unknown run id), 3 paused at a gate, 4 runtime or environment error (lock held, I/O), 5 plan --live: \
+a permission the run needs is missing, 130 interrupted, 143 terminated.\n\
 Logs: set RUST_LOG=debug for diagnostics on stderr. Docs: docs/format.md"
 )]
 pub struct Cli {
@@ -75,11 +75,14 @@ Exit 0 when all files are valid, 2 otherwise.",
         long_about = "Render the dry-run plan of a runbook: each step's exact command with the real \
 params, grouped in waves of steps that can run together, with dependencies, conditions, timeouts \
 and retry policy. Secret params show as ***; outputs of earlier steps show as \
-<step.outputs.key> placeholders. Nothing is executed and no cluster is contacted.",
+<step.outputs.key> placeholders. Nothing is executed and no cluster is contacted, unless \
+--live: then the cluster is read (pods, live objects, permissions) and every apply and patch \
+is dry-run on the server (dryRun=All), never applied.",
         after_help = "Examples:\n  runbook plan runbooks/local-backup.yaml -p backup_dir=/tmp/bk\n  \
 runbook plan runbooks/3scale-backup.yaml --params-file prod.yaml -o markdown > CHG-1234.md\n  \
 runbook plan FILE -o mermaid            # paste into a wiki to draw the graph\n  \
-runbook plan FILE --save plan.json      # pin what was reviewed"
+runbook plan FILE --save plan.json      # pin what was reviewed\n  \
+runbook plan FILE --live --context prod # dry-run and permission check against the cluster"
     )]
     Plan {
         /// The runbook file.
@@ -94,6 +97,12 @@ runbook plan FILE --save plan.json      # pin what was reviewed"
         /// rendered steps) to this file.
         #[arg(long, value_name = "PLAN.json")]
         save: Option<PathBuf>,
+        /// Check the plan against the cluster, read-only: the pods
+        /// selectors pick, a server-side dry-run of every apply and patch
+        /// with its diff, and every permission the run needs
+        /// (SelfSubjectAccessReview). Exit 5 when a permission is missing.
+        #[arg(long)]
+        live: bool,
         #[command(flatten)]
         cluster: ClusterArgs,
     },

@@ -447,6 +447,21 @@ pub enum RunEvent {
         #[serde(default = "resume_cause")]
         cause: String,
     },
+    /// A remote command left running by an earlier attempt of an `exec`
+    /// step (its connection dropped, or the runner was killed) was
+    /// terminated in its pod before the step ran again.
+    RemoteLeftoverTerminated {
+        /// Step id.
+        step: String,
+        /// Namespace of the pod.
+        namespace: String,
+        /// Pod it ran in.
+        pod: String,
+        /// Its pid in the pod.
+        pid: i64,
+        /// The attempt that started it.
+        attempt: u32,
+    },
     /// A `done_if` check ran (on resume, for a step that was in flight).
     DoneIfChecked {
         /// Step id.
@@ -582,6 +597,7 @@ impl RunEvent {
             | RunEvent::StepMarkedDone { step, .. }
             | RunEvent::RerunRequested { step }
             | RunEvent::DoneIfChecked { step, .. }
+            | RunEvent::RemoteLeftoverTerminated { step, .. }
             | RunEvent::DaemonStopped { step, .. }
             | RunEvent::LogWriteFailed { step, .. }
             | RunEvent::LogTruncated { step, .. }

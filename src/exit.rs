@@ -11,6 +11,9 @@ pub const PAUSED: u8 = 3;
 /// A runtime or environment error (I/O, state directory, lock held, a
 /// journal that cannot be written).
 pub const RUNTIME: u8 = 4;
+/// `plan --live`: the cluster denies a permission the run needs (each
+/// one is listed); nothing ran.
+pub const PERMISSION_MISSING: u8 = 5;
 /// Interrupted by Ctrl-C (128 + SIGINT).
 pub const INTERRUPTED: u8 = 130;
 /// Stopped by SIGTERM (128 + SIGTERM): running steps were terminated.

@@ -9,7 +9,7 @@
 //! Python without `-c`.
 
 use crate::diagnostic::Problem;
-use crate::model::{Action, Runbook, Step};
+use crate::model::{Action, DoneIf, Runbook, Step};
 use crate::spec::SourceFile;
 use crate::spec::yaml::{Node, NodeValue, Span};
 use crate::template::{self, Located, Reference};
@@ -135,8 +135,8 @@ impl StepLint<'_> {
         if let Action::Run { command } = &self.step.action {
             out.push(("run", command.as_str()));
         }
-        if let Some(check) = &self.step.done_if {
-            out.push(("done_if", check.as_str()));
+        if let Some(check) = self.step.done_if.as_ref().and_then(DoneIf::shell) {
+            out.push(("done_if", check));
         }
         if let Some(check) = &self.step.ready {
             out.push(("ready", check.as_str()));

@@ -9,7 +9,8 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("warn,kube_client=off")),
         )
         .with_writer(std::io::stderr)
         // colour codes only on a terminal: never in a file or a CI log

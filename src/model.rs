@@ -248,6 +248,28 @@ mod duration_tests {
     use super::*;
 
     #[test]
+    fn a_shell_done_if_is_digested_as_the_string_it_always_was() {
+        // part of step content digests: runs journaled before conditions
+        // existed must not see their steps as changed
+        let shell = DoneIf::Shell("test -f /tmp/x".into());
+        assert_eq!(
+            serde_json::to_value(&shell).unwrap(),
+            serde_json::json!("test -f /tmp/x")
+        );
+        let condition: crate::spec::raw::RawDoneIf = serde_json::from_value(
+            serde_json::json!({"kind": "Deployment", "name": "api", "for": "replicas=0"}),
+        )
+        .unwrap();
+        assert!(matches!(
+            condition,
+            crate::spec::raw::RawDoneIf::Condition(_)
+        ));
+        let shell: crate::spec::raw::RawDoneIf =
+            serde_json::from_value(serde_json::json!("true")).unwrap();
+        assert!(matches!(shell, crate::spec::raw::RawDoneIf::Shell(_)));
+    }
+
+    #[test]
     fn one_format_for_every_duration() {
         let cases = [
             (0, "0ms"),
@@ -299,8 +321,8 @@ pub struct Step {
     pub always: bool,
     /// Safe to run again after an interruption.
     pub idempotent: bool,
-    /// Shell check that the step already took effect.
-    pub done_if: Option<String>,
+    /// Check that the step already took effect (shell or built-in).
+    pub done_if: Option<DoneIf>,
     /// Its process outlives the step, until the steps that need it finish.
     pub daemon: bool,
     /// Readiness check of a daemon step.
@@ -318,6 +340,12 @@ pub struct Step {
 }
 
 impl Step {
+    /// Whether the step talks to a Kubernetes API server: its action, or
+    /// a `done_if` condition.
+    pub fn needs_cluster(&self) -> bool {
+        self.action.needs_cluster() || matches!(self.done_if, Some(DoneIf::Condition(_)))
+    }
+
     /// `sha256:` of the step's content (every field, the ids of its needs,
     /// defaults applied), to tell which steps changed between two versions
     /// of a file. Computed on demand: only runs and changed resumes need it.
@@ -355,6 +383,67 @@ impl Step {
             content["workdir"] = serde_json::json!(workdir);
         }
         crate::validate::digest(&serde_json::to_vec(&content).unwrap_or_default())
+    }
+}
+
+/// How a resume tells that an interrupted step already took effect.
+/// Serialized as written (a shell check is its text), so the content
+/// digest of steps with a shell `done_if` is what it always was.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum DoneIf {
+    /// A shell check: exit 0 means done.
+    Shell(String),
+    /// A condition on a Kubernetes resource (the fields of `wait`),
+    /// evaluated once.
+    Condition(Box<WaitAction>),
+}
+
+impl DoneIf {
+    /// The shell check, if it is one.
+    pub fn shell(&self) -> Option<&str> {
+        match self {
+            DoneIf::Shell(check) => Some(check),
+            DoneIf::Condition(_) => None,
+        }
+    }
+
+    /// Every string of it that may be a template.
+    pub fn texts(&self) -> Vec<String> {
+        match self {
+            DoneIf::Shell(check) => vec![check.clone()],
+            DoneIf::Condition(c) => [
+                Some(&c.kind),
+                c.name.as_ref(),
+                c.selector.as_ref(),
+                c.namespace.as_ref(),
+                Some(&c.condition),
+            ]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
+        }
+    }
+
+    /// One line for listings: the check, or `kind/name for=...`.
+    pub fn summary(&self) -> String {
+        match self {
+            DoneIf::Shell(check) => check.trim().to_owned(),
+            DoneIf::Condition(c) => {
+                let target = match (&c.name, &c.selector) {
+                    (Some(name), _) => format!("{}/{name}", c.kind),
+                    (None, Some(selector)) => format!("{} -l {selector}", c.kind),
+                    (None, None) => c.kind.clone(),
+                };
+                let ns = c
+                    .namespace
+                    .as_ref()
+                    .map(|n| format!(" -n {n}"))
+                    .unwrap_or_default();
+                format!("{target} --for={}{ns}", c.condition)
+            }
+        }
     }
 }
 

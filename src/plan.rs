@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diagnostic::{Problem, Report};
 use crate::model::{Action, Runbook, fmt_duration};
+use crate::operation::DefaultNamespace;
 use crate::params::{ParamSource, ParamValues};
 use crate::spec::raw::ParamType;
 use crate::template::{self, Context, Outputs, Reference, RunFacts};
@@ -32,6 +33,9 @@ pub struct Plan {
     pub waves: usize,
     /// Steps in wave order, file order within a wave.
     pub steps: Vec<PlannedStep>,
+    /// `plan --live`: the cluster checked and the permissions missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::live::LiveReport>,
 }
 
 /// Identity of the planned runbook.
@@ -143,13 +147,32 @@ pub struct PlannedStep {
     /// The rendered action: `type` plus the action's fields; `run` has
     /// `command`, Kubernetes actions also carry `equivalent` (a kubectl line).
     pub action: serde_json::Value,
+    /// Kubernetes actions: the API operation the step makes (verb,
+    /// resource, namespace, name or selector, what it sends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Box<crate::operation::Operation>>,
+    /// `plan --live`: what the cluster said about the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<Box<crate::live::LiveStep>>,
 }
 
 impl Plan {
     /// Renders `runbook` with `params`. Fails with every step that cannot be
     /// rendered.
     pub fn build(runbook: &Runbook, file: &str, params: &ParamValues) -> Result<Plan, Report> {
+        Plan::build_for(runbook, file, params, &DefaultNamespace::default())
+    }
+
+    /// [`Plan::build`], with the namespace of Kubernetes steps that name
+    /// none (`-n`, or the kubeconfig context's, read offline).
+    pub fn build_for(
+        runbook: &Runbook,
+        file: &str,
+        params: &ParamValues,
+        namespace: &DefaultNamespace,
+    ) -> Result<Plan, Report> {
         let env = template::environment();
+        let cwd = std::env::current_dir().unwrap_or_default();
         let context = Context::new(
             &params.template_values(true),
             Outputs::Placeholders,
@@ -176,7 +199,15 @@ impl Plan {
                     }
                 };
                 let action = render_action(&step.action, &mut render);
-                let done_if = step.done_if.as_deref().and_then(&mut render);
+                let done_if = match &step.done_if {
+                    Some(crate::model::DoneIf::Shell(check)) => render(check),
+                    Some(crate::model::DoneIf::Condition(condition)) => {
+                        let wait = Action::Wait(condition.clone());
+                        render_fields(&wait, &mut render)
+                            .map(|spec| format!("{}  # checked once", operation_line(&wait, &spec)))
+                    }
+                    None => None,
+                };
                 // a gate starts no process: its shell, env and workdir
                 // (from `defaults`) mean nothing
                 let starts_process = !matches!(step.action, Action::Pause { .. });
@@ -193,6 +224,12 @@ impl Plan {
                     .as_deref()
                     .filter(|_| starts_process)
                     .and_then(&mut render);
+                let operation = action.as_ref().and_then(|a| {
+                    let base = workdir
+                        .as_deref()
+                        .map_or_else(|| cwd.clone(), |w| cwd.join(w));
+                    crate::operation::describe(step.action.key(), a, namespace, &base).map(Box::new)
+                });
                 let when = step.when.as_ref().map(|expr| {
                     let runtime =
                         template::analyze_expression(env, expr).map_or(true, |(_, _, refs)| {
@@ -257,6 +294,8 @@ impl Plan {
                     env: step_env,
                     workdir,
                     action: action.unwrap_or(serde_json::Value::Null),
+                    operation,
+                    live: None,
                 });
             }
         }
@@ -293,6 +332,7 @@ impl Plan {
             params_digest: params_digest(params),
             waves: runbook.graph.wave_count(),
             steps,
+            live: None,
         })
     }
 
@@ -358,6 +398,13 @@ fn annotate(action: &Action, spec: serde_json::Value) -> serde_json::Value {
     if let serde_json::Value::Object(fields) = spec {
         for (k, v) in fields {
             if !v.is_null() {
+                // a patch's own `type` (merge, json, strategic) must not
+                // hide the action's
+                let k = if k == "type" {
+                    "patch_type".to_owned()
+                } else {
+                    k
+                };
                 out.insert(k, v);
             }
         }
@@ -431,10 +478,17 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
         .map(|c| format!(" -c {}", q(c)))
         .unwrap_or_default();
     Some(match key {
-        "scale" => format!(
-            "kubectl scale {target} --replicas={}{ns}",
-            q(&scalar(f, "replicas"))
-        ),
+        "scale" => match field(f, "selector") {
+            Some(selector) => format!(
+                "kubectl scale {kind} -l {} --replicas={}{ns}",
+                q(selector),
+                q(&scalar(f, "replicas"))
+            ),
+            None => format!(
+                "kubectl scale {target} --replicas={}{ns}",
+                q(&scalar(f, "replicas"))
+            ),
+        },
         "exec" => {
             let command: Vec<String> = f
                 .get("command")
@@ -504,7 +558,30 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
                         .collect()
                 })
                 .unwrap_or_default();
-            format!("kubectl apply --server-side{ns}{}", files.concat())
+            // inline manifests are summarised, never shown: they may hold
+            // a Secret's data
+            let inline = field(f, "inline")
+                .map(|text| {
+                    let documents = text
+                        .split("\n---")
+                        .filter(|d| d.lines().any(|l| l.trim_start().starts_with("kind:")))
+                        .count();
+                    format!(" -f -  # {documents} inline document(s)")
+                })
+                .unwrap_or_default();
+            let manager = field(f, "field_manager")
+                .filter(|m| !m.is_empty() && *m != "runbook")
+                .map(|m| format!(" --field-manager={m}"))
+                .unwrap_or_default();
+            let force = if f.get("force").and_then(serde_json::Value::as_bool) == Some(true) {
+                " --force-conflicts"
+            } else {
+                ""
+            };
+            format!(
+                "kubectl apply --server-side{manager}{force}{ns}{}{inline}",
+                files.concat()
+            )
         }
         "export" => {
             let names: Vec<String> = f
@@ -516,7 +593,7 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
                 .map(|s| format!(" -l {}", q(s)))
                 .unwrap_or_default();
             format!(
-                "kubectl get {kind}{}{selector}{ns} -o json  # cleaned, saved to {}",
+                "kubectl get {kind}{}{selector}{ns} -o yaml  # cleaned, one file per object in {}",
                 if names.is_empty() {
                     String::new()
                 } else {
@@ -550,21 +627,45 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
             format!("kubectl wait {what} --for={condition}{ns}")
         }
         "patch" => match f.get("edit") {
-            Some(edit) => format!(
-                "kubectl edit {target}{ns}  # in data.{}: replace {:?} with {:?}",
-                edit.get("key")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or(""),
-                edit.get("find")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or(""),
-                edit.get("replace")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("")
-            ),
+            Some(edit) => {
+                let items: Vec<&serde_json::Value> = match edit {
+                    serde_json::Value::Array(items) => items.iter().collect(),
+                    one => vec![one],
+                };
+                let key = field(f, "key")
+                    .or_else(|| items.iter().find_map(|e| e.get("key")?.as_str()))
+                    .unwrap_or("");
+                let text = |e: &serde_json::Value, name: &str| {
+                    e.get(name)
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_owned)
+                };
+                let edits: Vec<String> = items
+                    .iter()
+                    .map(|e| {
+                        let replace = text(e, "replace").unwrap_or_default();
+                        let prefix = text(e, "prefix").unwrap_or_else(|| "#".into());
+                        if let Some(find) = text(e, "find") {
+                            format!("replace {find:?} with {replace:?}")
+                        } else if let Some(re) = text(e, "regex") {
+                            format!("replace /{re}/ with {replace:?}")
+                        } else if let Some(line) = text(e, "comment_out") {
+                            format!("comment out {line:?} with {prefix:?}")
+                        } else if let Some(line) = text(e, "uncomment") {
+                            format!("uncomment {line:?} ({prefix:?})")
+                        } else {
+                            "?".into()
+                        }
+                    })
+                    .collect();
+                format!(
+                    "kubectl edit {target}{ns}  # in data.{key}: {}",
+                    edits.join("; ")
+                )
+            }
             None => format!(
                 "kubectl patch {target}{ns} --type={} -p {}",
-                field(f, "type").unwrap_or("merge"),
+                field(f, "patch_type").unwrap_or("merge"),
                 q(&f.get("patch").map(ToString::to_string).unwrap_or_default())
             ),
         },

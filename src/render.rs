@@ -284,6 +284,17 @@ pub fn text_colored(plan: &Plan, out: &mut impl Write, color: bool) -> io::Resul
             };
             writeln!(out, "      {text}")?;
         }
+        for line in operation_lines(step) {
+            writeln!(out, "      {}", body(&line))?;
+        }
+        for line in live_lines(step) {
+            let text = if line.contains("MISSING") || line.contains("WOULD FAIL") {
+                paint.danger(&line)
+            } else {
+                body(&line)
+            };
+            writeln!(out, "      {text}")?;
+        }
         if !is_pause(step) {
             let policy = policy_line(step);
             let policy = if skip {
@@ -299,7 +310,151 @@ pub fn text_colored(plan: &Plan, out: &mut impl Write, color: bool) -> io::Resul
         out,
         "Legend: ● runs  ○ skipped by `when`  ◐ decided at run time. Nothing was executed."
     )?;
+    if let Some(live) = &plan.live {
+        writeln!(out)?;
+        for line in live_summary(live) {
+            let text = if line.contains("MISSING") {
+                paint.danger(&line)
+            } else {
+                line
+            };
+            writeln!(out, "{text}")?;
+        }
+    }
     Ok(())
+}
+
+/// The API operation of a Kubernetes step, as lines under its command:
+/// `→ VERB resource/name -n namespace (patch type) document`, then what
+/// it waits for, its edits as a diff, and what the plan could not read.
+pub fn operation_lines(step: &PlannedStep) -> Vec<String> {
+    let Some(op) = &step.operation else {
+        return Vec::new();
+    };
+    let mut lines = vec![format!("→ {}", op.summary)];
+    let shown_in_summary =
+        op.verb == "CREATE" && op.subresource.as_deref() == Some("exec") || op.verb == "WATCH";
+    if let Some(then) = op.then.as_deref().filter(|_| !shown_in_summary) {
+        lines.push(format!("  then {then}"));
+    }
+    for edit in &op.edits {
+        lines.push(format!("  {edit}"));
+    }
+    if op.namespace_from == crate::operation::NamespaceFrom::Unresolved {
+        lines.push(
+            "  namespace: the kubeconfig context's (no kubeconfig readable now; -n sets one)"
+                .into(),
+        );
+    }
+    for note in &op.notes {
+        lines.push(format!("  note: {note}"));
+    }
+    lines
+}
+
+/// What `plan --live` found for a step, as lines (diffs indented under
+/// their object).
+pub fn live_lines(step: &PlannedStep) -> Vec<String> {
+    let Some(live) = &step.live else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    if let Some(pod) = &live.pod {
+        lines.push(format!(
+            "live: pod {} (container {}) in namespace {}",
+            pod.name, pod.container, pod.namespace
+        ));
+    }
+    for object in &live.objects {
+        lines.push(format!("live: {}", object_line(object)));
+        if let Some(diff) = &object.diff {
+            for line in diff.lines() {
+                lines.push(format!("    {line}"));
+            }
+        }
+    }
+    let missing: Vec<String> = live
+        .permissions
+        .iter()
+        .filter(|p| p.allowed == Some(false))
+        .map(permission_text)
+        .collect();
+    for p in &missing {
+        lines.push(format!("live: MISSING permission: {p}"));
+    }
+    if !live.permissions.is_empty() && missing.is_empty() {
+        let checked: Vec<String> = live
+            .permissions
+            .iter()
+            .filter(|p| p.allowed == Some(true))
+            .map(|p| format!("{} {}", p.verb, p.resource))
+            .collect();
+        if !checked.is_empty() {
+            lines.push(format!("live: allowed: {}", checked.join(", ")));
+        }
+    }
+    for note in &live.notes {
+        lines.push(format!("live: {note}"));
+    }
+    lines
+}
+
+fn permission_text(p: &crate::live::Permission) -> String {
+    match &p.namespace {
+        Some(ns) => format!("{} {} in namespace {ns}", p.verb, p.resource),
+        None => format!("{} {} (cluster-wide)", p.verb, p.resource),
+    }
+}
+
+fn object_line(object: &crate::live::LiveObject) -> String {
+    use crate::live::DryRun;
+    let mut what = format!("{}/{}", object.kind, object.name);
+    if let Some(ns) = &object.namespace {
+        what.push_str(&format!(" -n {ns}"));
+    }
+    let verdict = match object.result {
+        DryRun::NoChange => "no change".to_owned(),
+        DryRun::WouldChange => "would change (dry-run diff below)".to_owned(),
+        DryRun::WouldCreate => "would create".to_owned(),
+        DryRun::CannotDryRun => "not previewed".to_owned(),
+        DryRun::Refused => "WOULD FAIL".to_owned(),
+        DryRun::NotChecked => "not dry-run".to_owned(),
+    };
+    match &object.message {
+        Some(m) => format!("{what}: {verdict}: {m}"),
+        None => format!("{what}: {verdict}"),
+    }
+}
+
+/// The closing lines of a live plan: where it was checked and every
+/// missing permission.
+pub fn live_summary(live: &crate::live::LiveReport) -> Vec<String> {
+    let mut lines = vec![format!(
+        "Live check against {} at {} (namespace {}): read-only, apply and patch dry-run only.",
+        live.context.as_deref().map_or_else(
+            || "the in-cluster config".to_owned(),
+            |c| format!("context `{c}`")
+        ),
+        live.server,
+        live.namespace
+    )];
+    if live.missing_permissions.is_empty() {
+        if live.unchecked.is_empty() {
+            lines.push("Every permission the run needs is granted.".into());
+        }
+    } else {
+        lines.push(format!(
+            "MISSING permissions ({}): the run would be refused:",
+            live.missing_permissions.len()
+        ));
+        for m in &live.missing_permissions {
+            lines.push(format!("  step {}: {m}", m.step));
+        }
+    }
+    for u in &live.unchecked {
+        lines.push(format!("Not checked: {u}"));
+    }
+    lines
 }
 
 /// Text for Markdown prose and table cells: HTML and Markdown punctuation
@@ -641,6 +796,111 @@ pub fn markdown(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         writeln!(out, "  - {}", policy_line(step))?;
         writeln!(out)?;
         md_block(out, "  ", code_language(step), &command_line(step))?;
+        md_operation(out, step)?;
+        md_live(out, step)?;
+    }
+    if let Some(live) = &plan.live {
+        writeln!(out)?;
+        writeln!(out, "## Live check")?;
+        writeln!(out)?;
+        let mut lines = live_summary(live).into_iter();
+        if let Some(first) = lines.next() {
+            writeln!(out, "{}", md_text(&first))?;
+        }
+        if !live.missing_permissions.is_empty() {
+            writeln!(out)?;
+            writeln!(out, "> [!CAUTION]")?;
+            writeln!(
+                out,
+                "> **{} missing**: the run would be refused.",
+                crate::model::count(live.missing_permissions.len(), "permission", "permissions")
+            )?;
+            writeln!(out)?;
+            writeln!(out, "| Step | Verb | Resource | Namespace |")?;
+            writeln!(out, "|---|---|---|---|")?;
+            for m in &live.missing_permissions {
+                writeln!(
+                    out,
+                    "| {} | {} | {} | {} |",
+                    md_code(&m.step),
+                    md_code(&m.verb),
+                    md_code(&m.resource),
+                    m.namespace
+                        .as_deref()
+                        .map_or_else(|| "*(cluster-wide)*".to_owned(), md_code)
+                )?;
+            }
+        } else if live.unchecked.is_empty() {
+            writeln!(out)?;
+            writeln!(out, "Every permission the run needs is granted.")?;
+        }
+        for u in &live.unchecked {
+            writeln!(out)?;
+            writeln!(out, "Not checked: {}", md_text(u))?;
+        }
+    }
+    Ok(())
+}
+
+/// The API operation under a step's command: one line, edits as a diff.
+fn md_operation(out: &mut impl Write, step: &PlannedStep) -> io::Result<()> {
+    let Some(op) = &step.operation else {
+        return Ok(());
+    };
+    writeln!(out)?;
+    writeln!(out, "  - API: {}", md_inline(&op.summary))?;
+    let shown_in_summary =
+        op.verb == "CREATE" && op.subresource.as_deref() == Some("exec") || op.verb == "WATCH";
+    if let Some(then) = op.then.as_deref().filter(|_| !shown_in_summary) {
+        writeln!(out, "  - then {}", md_text(then))?;
+    }
+    if !op.edits.is_empty() {
+        writeln!(out)?;
+        // `-`/`+` in the first column, as diff highlighting wants them
+        let edits: Vec<&str> = op
+            .edits
+            .iter()
+            .map(|l| l.strip_prefix("  ").unwrap_or(l))
+            .collect();
+        md_block(out, "  ", "diff", &edits.join("\n"))?;
+    }
+    for note in &op.notes {
+        writeln!(out, "  - note: {}", md_text(note))?;
+    }
+    Ok(())
+}
+
+/// What `plan --live` found for a step; diffs as `diff` code blocks.
+fn md_live(out: &mut impl Write, step: &PlannedStep) -> io::Result<()> {
+    let Some(live) = &step.live else {
+        return Ok(());
+    };
+    writeln!(out)?;
+    if let Some(pod) = &live.pod {
+        writeln!(
+            out,
+            "  - live: pod {} (container {}) in namespace {}",
+            md_inline(&pod.name),
+            md_inline(&pod.container),
+            md_inline(&pod.namespace)
+        )?;
+    }
+    for object in &live.objects {
+        writeln!(out, "  - live: {}", md_text(&object_line(object)))?;
+        if let Some(diff) = &object.diff {
+            writeln!(out)?;
+            md_block(out, "    ", "diff", diff)?;
+        }
+    }
+    for p in live.permissions.iter().filter(|p| p.allowed == Some(false)) {
+        writeln!(
+            out,
+            "  - live: **missing permission** {}",
+            md_inline(&permission_text(p))
+        )?;
+    }
+    for note in &live.notes {
+        writeln!(out, "  - live: {}", md_text(note))?;
     }
     Ok(())
 }

@@ -149,7 +149,7 @@ pub async fn connect(
     runbook: &Runbook,
     target: &crate::cluster::Target,
 ) -> Result<Connection, RunError> {
-    if !runbook.steps.iter().any(|s| s.action.needs_cluster()) {
+    if !runbook.steps.iter().any(crate::model::Step::needs_cluster) {
         let mut env = Vec::new();
         if let Some(path) = &target.kubeconfig {
             let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
@@ -960,15 +960,33 @@ pub async fn resume(request: &ResumeRequest, options: &ExecOptions) -> Result<Pr
                             Outputs::Known(known.clone()),
                             &ctx.facts,
                         );
-                        let (holds, detail) = match context.render(env, check) {
-                            Ok(script) => {
-                                run_check(&ctx, step, attempts, &known, &script, signals.kill())
+                        let (holds, detail) = match check {
+                            crate::model::DoneIf::Shell(check) => {
+                                match context.render(env, check) {
+                                    Ok(script) => {
+                                        run_check(
+                                            &ctx,
+                                            step,
+                                            attempts,
+                                            &known,
+                                            &script,
+                                            signals.kill(),
+                                        )
+                                        .await
+                                    }
+                                    Err(e) => (
+                                        false,
+                                        format!(
+                                            "cannot render done_if: {}",
+                                            engine::render_error(&e)
+                                        ),
+                                    ),
+                                }
+                            }
+                            crate::model::DoneIf::Condition(condition) => {
+                                check_condition(&ctx, step, condition, &context, signals.kill())
                                     .await
                             }
-                            Err(e) => (
-                                false,
-                                format!("cannot render done_if: {}", engine::render_error(&e)),
-                            ),
                         };
                         if let Some(signal) = signals.received() {
                             let _ = journal.flush().await;
@@ -1196,6 +1214,54 @@ fn previous_runners(run_state: &RunState, marker: &str) -> engine::containment::
                 .unwrap_or(started),
         ),
     }
+}
+
+/// Evaluates a `done_if` condition once (no waiting) against the run's
+/// cluster, under the step's timeout (else `DONE_IF_TIMEOUT`); the verdict
+/// is noted in the step's log. Returns whether it held, and what was seen.
+async fn check_condition(
+    ctx: &RunContext,
+    step: &crate::model::Step,
+    condition: &crate::spec::raw::WaitAction,
+    context: &Context,
+    mut kill: tokio::sync::watch::Receiver<bool>,
+) -> (bool, String) {
+    let wait = crate::model::Action::Wait(Box::new(condition.clone()));
+    let mut error = None;
+    let spec = crate::plan::render_fields(&wait, &mut |text: &str| match context
+        .render(template::environment(), text)
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            error.get_or_insert_with(|| engine::render_error(&e));
+            None
+        }
+    });
+    let Some(spec) = spec else {
+        return (
+            false,
+            format!("cannot render done_if: {}", error.unwrap_or_default()),
+        );
+    };
+    let timeout = step.timeout.unwrap_or(DONE_IF_TIMEOUT);
+    let (holds, detail) = match ctx.services.cluster() {
+        Err(e) => (false, e.message),
+        Ok(cluster) => tokio::select! {
+            verdict = tokio::time::timeout(timeout, crate::actions::wait::check_once(cluster, &spec)) => {
+                verdict.unwrap_or_else(|_| (false, format!("timed out after {}", crate::model::fmt_duration(timeout))))
+            }
+            _ = kill.wait_for(|k| *k) => (false, "interrupted".into()),
+        },
+    };
+    let detail = ctx.secrets.mask(&detail);
+    let mut log = engine::output::StepLog::new(ctx.run_dir.log(&step.id));
+    let _ = log.note(&ctx.secrets.mask(&format!(
+        "--- runbook: done_if {} {} at {}: {detail}",
+        crate::plan::operation_line(&wait, &spec),
+        if holds { "holds" } else { "does not hold" },
+        crate::events::now_rfc3339()
+    )));
+    (holds, detail)
 }
 
 /// Runs a `done_if` check with the step's environment, in the run's

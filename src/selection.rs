@@ -218,7 +218,7 @@ pub fn reapply(runbook: &Runbook, selection: &Selection) -> Vec<bool> {
 fn output_sources(step: &Step) -> Vec<String> {
     let mut texts = Vec::new();
     collect_strings(&step.action.spec(), &mut texts);
-    texts.extend(step.done_if.clone());
+    texts.extend(step.done_if.iter().flat_map(crate::model::DoneIf::texts));
     texts.extend(step.ready.clone());
     let env = template::environment();
     let mut out: Vec<String> = Vec::new();

@@ -11,9 +11,13 @@ use sha2::{Digest, Sha256};
 use crate::diagnostic::{Problem, Report, did_you_mean, suggestion};
 use crate::graph::StepGraph;
 use crate::model::{
-    Action, KNOWN_SHELLS, ParamSpec, ParamValue, RetryPolicy, Runbook, Shell, Step, type_name,
+    Action, DoneIf, KNOWN_SHELLS, ParamSpec, ParamValue, RetryPolicy, Runbook, Shell, Step,
+    type_name,
 };
-use crate::spec::raw::{ACTION_KEYS, ParamType, RawRetry, RawShell, RawStep};
+use crate::spec::raw::{
+    ACTION_KEYS, IntOrString, ParamType, RawDoneIf, RawRetry, RawShell, RawStep, RolloutMode,
+    WaitAction,
+};
 use crate::spec::yaml::{Node, NodeValue, Span};
 use crate::spec::{self, Parsed, SourceFile};
 use crate::template::{self, RUN_FIELDS, Reference, TOP_LEVEL_VARS};
@@ -727,9 +731,19 @@ impl Checker<'_> {
                 }
             }
         }
-        if let Some(text) = &raw.done_if {
-            self.template(text, field("done_if"), &raw.id, &ctx, output_uses);
+        match &raw.done_if {
+            Some(RawDoneIf::Shell(text)) => {
+                self.template(text, field("done_if"), &raw.id, &ctx, output_uses);
+            }
+            Some(RawDoneIf::Condition(condition)) => {
+                if let Some(done_if_node) = field("done_if") {
+                    self.templates_in(done_if_node, &raw.id, &ctx, output_uses);
+                }
+                self.kube_wait_fields(condition, field("done_if"), id_span, &raw.id, "done_if");
+            }
+            None => {}
         }
+        self.kube_action_fields(raw, node, id_span);
         if let Some(text) = &raw.ready {
             self.template(text, field("ready"), &raw.id, &ctx, output_uses);
         }
@@ -754,6 +768,35 @@ impl Checker<'_> {
                 .help("a daemon is started again whenever a step that needs it still has to run; make starting it safe to repeat, or make it a plain step"),
             );
         }
+        if let Some(exec) = &raw.exec {
+            let exec_node = field("exec");
+            let exec_span = exec_node.map_or(id_span, |n| n.span);
+            let at = |name: &str| {
+                exec_node
+                    .and_then(|n| n.get(name))
+                    .map_or(exec_span, |n| n.span)
+            };
+            if exec.command.is_empty() {
+                self.push(
+                    Problem::new("exec::empty-command", format!("step `{}`: the `exec` command is empty", raw.id))
+                        .at_labeled(at("command"), "no program to run")
+                        .help("give the program and its arguments, e.g. `command: [sh, -c, 'mysqldump --all-databases']`"),
+                );
+            }
+            match (&exec.pod.name, &exec.pod.selector) {
+                (None, None) => self.push(
+                    Problem::new("exec::no-pod", format!("step `{}`: `exec` names no pod", raw.id))
+                        .at_labeled(at("pod"), "neither `name` nor `selector`")
+                        .help("give `pod: { name: POD }` or `pod: { selector: app=db }` (the first Running and Ready pod)"),
+                ),
+                (Some(_), Some(_)) => self.push(
+                    Problem::new("exec::pod-name-and-selector", format!("step `{}`: `exec` gives both a pod name and a selector", raw.id))
+                        .at_labeled(at("pod"), "`name` and `selector`")
+                        .help("keep one: `name` for one pod, `selector` for the first Running and Ready pod it matches"),
+                ),
+                _ => {}
+            }
+        }
         if raw.ready.is_some() && !raw.daemon {
             self.push(
                 Problem::new(
@@ -774,6 +817,9 @@ impl Checker<'_> {
             if let Some(action_node) = node.get(key) {
                 self.templates_in(action_node, &raw.id, &ctx, output_uses);
             }
+        }
+        if present.len() == 1 {
+            self.manifest_fields(raw, node, id_span);
         }
         let shell = match &raw.shell {
             Some(sh) => self.shell(sh, field("shell"), &format!("step `{}`", raw.id)),
@@ -817,7 +863,10 @@ impl Checker<'_> {
             retry,
             always: raw.always,
             idempotent: raw.idempotent.unwrap_or(true),
-            done_if: raw.done_if.clone(),
+            done_if: raw.done_if.clone().map(|d| match d {
+                RawDoneIf::Shell(check) => DoneIf::Shell(check),
+                RawDoneIf::Condition(condition) => DoneIf::Condition(condition),
+            }),
             daemon: raw.daemon,
             ready: raw.ready.clone(),
             shell,
@@ -825,6 +874,198 @@ impl Checker<'_> {
             workdir,
             action: action?,
         })
+    }
+
+    /// Checks the fields of `apply`, `export` and `patch` that the types
+    /// cannot: which fields go together, the edits of `edit`.
+    fn manifest_fields(&mut self, raw: &RawStep, node: &Node, id_span: Span) {
+        let id = &raw.id;
+        if let Some(apply) = &raw.apply {
+            let at = node.get("apply");
+            let span = at.map_or(id_span, |n| n.span);
+            if apply.files.is_empty() == apply.inline.is_none() {
+                let (message, label) = if apply.files.is_empty() {
+                    ("has neither `files` nor `inline`", "nothing to apply")
+                } else {
+                    ("has both `files` and `inline`", "one source of manifests")
+                };
+                self.push(
+                    Problem::new("apply::source", format!("step `{id}`: `apply` {message}"))
+                        .at_labeled(span, label)
+                        .help("give `files` (paths, directories or globs) or `inline` (YAML documents), not both"),
+                );
+            }
+        }
+        if let Some(export) = &raw.export {
+            let at = node.get("export");
+            if !export.names.is_empty() && export.selector.is_some() {
+                let span = at
+                    .and_then(|n| n.entry("selector"))
+                    .map_or(id_span, |(k, _)| k.span);
+                self.push(
+                    Problem::new(
+                        "export::names-and-selector",
+                        format!("step `{id}`: `export` has both `names` and `selector`"),
+                    )
+                    .at_labeled(span, "also `names`")
+                    .help("export by `names`, or by `selector`, or neither (every object of the kind in the namespace)"),
+                );
+            }
+        }
+        let Some(patch) = &raw.patch else { return };
+        let at = node.get("patch");
+        let span_of = |field: &str| {
+            at.and_then(|n| n.entry(field))
+                .map_or_else(|| at.map_or(id_span, |n| n.span), |(k, _)| k.span)
+        };
+        match (&patch.edit, &patch.patch) {
+            (Some(_), Some(_)) => self.push(
+                Problem::new(
+                    "patch::patch-and-edit",
+                    format!("step `{id}`: `patch` has both a `patch` document and `edit`"),
+                )
+                .at_labeled(span_of("edit"), "also a `patch` document")
+                .help("split it into two steps: one patches the object, one edits the ConfigMap's text"),
+            ),
+            (None, None) => self.push(
+                Problem::new(
+                    "patch::nothing",
+                    format!("step `{id}`: `patch` has neither a `patch` document nor `edit`"),
+                )
+                .at_labeled(at.map_or(id_span, |n| n.span), "changes nothing")
+                .help("add `patch:` (a merge, JSON or strategic patch) or `edit:` (text edits of a ConfigMap key)"),
+            ),
+            _ => {}
+        }
+        let Some(edits) = &patch.edit else { return };
+        let kind = patch.kind.to_ascii_lowercase();
+        if !template::is_template(&patch.kind)
+            && kind != "configmap"
+            && kind != "cm"
+            && kind != "configmaps"
+        {
+            self.push(
+                Problem::new(
+                    "patch::edit-not-configmap",
+                    format!(
+                        "step `{id}`: `edit` changes ConfigMap text, but the kind is `{}`",
+                        patch.kind
+                    ),
+                )
+                .at_labeled(span_of("kind"), "not a ConfigMap")
+                .help("use `kind: ConfigMap`, or a `patch` document for other kinds"),
+            );
+        }
+        if let Err(message) = crate::actions::patch::edit_key(patch) {
+            self.push(
+                Problem::new("patch::edit-key", format!("step `{id}`: {message}"))
+                    .at_labeled(span_of("edit"), "which data key?")
+                    .help("e.g. `key: redis.conf` next to `edit:`"),
+            );
+        }
+        let edit_node = at.and_then(|n| n.get("edit"));
+        for (i, edit) in edits.items().iter().enumerate() {
+            let item = edit_node
+                .and_then(|n| n.as_seq().and_then(|items| items.get(i)).or(Some(n)))
+                .filter(|n| n.as_map().is_some());
+            let span = item.map_or_else(|| span_of("edit"), |n| n.span);
+            let which = if matches!(edits, crate::spec::raw::TextEdits::List(_)) {
+                format!("edit {}", i + 1)
+            } else {
+                "the edit".to_owned()
+            };
+            let ops: Vec<&str> = [
+                ("find", edit.find.is_some()),
+                ("regex", edit.regex.is_some()),
+                ("comment_out", edit.comment_out.is_some()),
+                ("uncomment", edit.uncomment.is_some()),
+            ]
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect();
+            if ops.len() != 1 {
+                self.push(
+                    Problem::new(
+                        "patch::edit-op",
+                        format!(
+                            "step `{id}`: {which} has {}",
+                            if ops.is_empty() {
+                                "no operation".to_owned()
+                            } else {
+                                format!("several operations ({})", ops.join(", "))
+                            }
+                        ),
+                    )
+                    .at_labeled(span, "one of find, regex, comment_out, uncomment")
+                    .help("each edit does one thing: `{find, replace}`, `{regex, replace}`, `{comment_out}` or `{uncomment}`; write several edits as a list"),
+                );
+                continue;
+            }
+            let replaces = matches!(ops[0], "find" | "regex");
+            if replaces && edit.replace.is_none() {
+                self.push(
+                    Problem::new(
+                        "patch::edit-replace",
+                        format!("step `{id}`: {which} (`{}`) has no `replace`", ops[0]),
+                    )
+                    .at_labeled(span, "replace with what?")
+                    .help("add `replace:` (an empty string deletes the text)"),
+                );
+            }
+            if !replaces && edit.replace.is_some() {
+                self.push(
+                    Problem::new(
+                        "patch::edit-replace",
+                        format!("step `{id}`: {which} (`{}`) does not take `replace`", ops[0]),
+                    )
+                    .at_labeled(span, "ignored")
+                    .help("`comment_out` and `uncomment` change whole lines; remove `replace`, or use `find`/`regex`"),
+                );
+            }
+            if replaces && edit.prefix.is_some() {
+                self.push(
+                    Problem::new(
+                        "patch::edit-prefix",
+                        format!("step `{id}`: {which} (`{}`) does not take `prefix`", ops[0]),
+                    )
+                    .at_labeled(span, "ignored")
+                    .help("`prefix` is the comment marker of `comment_out` and `uncomment`"),
+                );
+            }
+            if edit.prefix.as_deref() == Some("") {
+                self.push(
+                    Problem::new(
+                        "patch::edit-prefix",
+                        format!("step `{id}`: {which} has an empty `prefix`"),
+                    )
+                    .at_labeled(span, "comment with what?")
+                    .help("leave `prefix` out for `#`, or give the marker, e.g. `//` or `;`"),
+                );
+            }
+            if edit.find.as_deref() == Some("") {
+                self.push(
+                    Problem::new(
+                        "patch::edit-find",
+                        format!("step `{id}`: {which} has an empty `find`"),
+                    )
+                    .at_labeled(span, "find what?")
+                    .help("give the exact text to replace"),
+                );
+            }
+            if let Some(re) = edit.regex.as_deref().filter(|r| !template::is_template(r))
+                && let Err(e) = regex::Regex::new(re)
+            {
+                self.push(
+                    Problem::new(
+                        "patch::edit-regex",
+                        format!("step `{id}`: {which} has an invalid regex: {}", e.to_string().lines().last().unwrap_or("")),
+                    )
+                    .at_labeled(span, "not a regex")
+                    .help("the syntax is Rust's `regex` crate (no look-around or back-references); escape literal `(`, `[`, `.` with `\\`"),
+                );
+            }
+        }
     }
 
     /// Checks a `shell:` value; the shell, when it is usable.
@@ -985,6 +1226,149 @@ impl Checker<'_> {
         let none = HashMap::new();
         let ctx = defaults_context(params, &none);
         self.references(&others, text, node, "defaults", &ctx, &mut Vec::new());
+    }
+
+    /// Checks of the `scale`, `wait`, `delete` and `rollout` fields that
+    /// do not need the cluster: exactly one of `name` and `selector`, a
+    /// `for` in the grammar of `wait`, a `mode` that fits the kind.
+    fn kube_action_fields(&mut self, raw: &RawStep, node: &Node, id_span: Span) {
+        if let Some(scale) = &raw.scale {
+            let at = node.get("scale");
+            self.name_or_selector(
+                scale.name.as_deref(),
+                scale.selector.as_deref(),
+                at,
+                id_span,
+                &raw.id,
+                "scale",
+            );
+            if let IntOrString::Int(n) = scale.replicas
+                && n < 0
+            {
+                let span = at
+                    .and_then(|n| n.get("replicas"))
+                    .map_or(id_span, |n| n.span);
+                self.push(
+                    Problem::new(
+                        "scale::negative-replicas",
+                        format!("step `{}`: `replicas: {n}` is negative", raw.id),
+                    )
+                    .at_labeled(span, "not a replica count")
+                    .help("give 0 or more replicas"),
+                );
+            }
+        }
+        if let Some(wait) = &raw.wait {
+            self.kube_wait_fields(wait, node.get("wait"), id_span, &raw.id, "wait");
+        }
+        if let Some(delete) = &raw.delete {
+            self.name_or_selector(
+                delete.name.as_deref(),
+                delete.selector.as_deref(),
+                node.get("delete"),
+                id_span,
+                &raw.id,
+                "delete",
+            );
+        }
+        if let Some(rollout) = &raw.rollout
+            && !template::is_template(&rollout.kind)
+        {
+            let kind = rollout.kind.to_ascii_lowercase();
+            let is_dc = ["deploymentconfig", "deploymentconfigs", "dc"].contains(&kind.as_str())
+                || kind.starts_with("deploymentconfigs.");
+            let wrong = match rollout.mode {
+                RolloutMode::Latest => (!is_dc)
+                    .then_some("`mode: latest` triggers a new rollout of a DeploymentConfig only"),
+                RolloutMode::Restart => is_dc.then_some(
+                    "a DeploymentConfig is rolled out with `mode: latest`, not restarted",
+                ),
+                RolloutMode::Status => None,
+            };
+            if let Some(why) = wrong {
+                let at = node.get("rollout");
+                let span = at
+                    .and_then(|n| n.get("mode").or_else(|| n.get("kind")))
+                    .map_or(id_span, |n| n.span);
+                self.push(
+                    Problem::new(
+                        "rollout::mode",
+                        format!("step `{}`: {why} (kind `{}`)", raw.id, rollout.kind),
+                    )
+                    .at_labeled(span, "does not fit the kind")
+                    .help("`restart` for Deployment, StatefulSet, DaemonSet; `latest` for DeploymentConfig; `status` waits for any of them"),
+                );
+            }
+        }
+    }
+
+    /// The fields of a `wait` (or of a `done_if` condition).
+    fn kube_wait_fields(
+        &mut self,
+        wait: &WaitAction,
+        at: Option<&Node>,
+        id_span: Span,
+        step: &str,
+        key: &str,
+    ) {
+        self.name_or_selector(
+            wait.name.as_deref(),
+            wait.selector.as_deref(),
+            at,
+            id_span,
+            step,
+            key,
+        );
+        if !template::is_template(&wait.condition)
+            && let Err(e) = crate::actions::wait::parse_condition(&wait.condition)
+        {
+            let span = at.and_then(|n| n.get("for")).map_or(id_span, |n| n.span);
+            self.push(
+                Problem::new(
+                    "wait::condition",
+                    format!("step `{step}`: `{key}.for` is not a condition: {e}"),
+                )
+                .at_labeled(span, "not understood")
+                .help("write `condition=Available`, `condition=Ready=False`, `jsonpath={.status.phase}=Running`, `exists`, `delete`, `replicas=0` or `ready`"),
+            );
+        }
+    }
+
+    /// Exactly one of `name` and `selector`.
+    fn name_or_selector(
+        &mut self,
+        name: Option<&str>,
+        selector: Option<&str>,
+        at: Option<&Node>,
+        id_span: Span,
+        step: &str,
+        key: &str,
+    ) {
+        let span = at.map_or(id_span, |n| n.span);
+        match (name, selector) {
+            (Some(_), Some(_)) => self.push(
+                Problem::new(
+                    "kube::name-and-selector",
+                    format!("step `{step}`: `{key}` has both `name` and `selector`"),
+                )
+                .at_labeled(
+                    at.and_then(|n| n.get("selector")).map_or(span, |n| n.span),
+                    "one or the other",
+                )
+                .help("address one object by `name`, or every object a label `selector` matches"),
+            ),
+            (None, None) => self.push(
+                Problem::new(
+                    "kube::no-target",
+                    format!("step `{step}`: `{key}` names no object: give `name` or `selector`"),
+                )
+                .at_labeled(span, "which object?")
+                .help(
+                    "add `name: OBJECT`, or `selector: app=web` for every object with that label",
+                ),
+            ),
+            _ => {}
+        }
     }
 
     fn templates_in(

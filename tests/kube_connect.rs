@@ -116,3 +116,101 @@ fn kubeconfig_comes_from_the_environment_as_for_kubectl() {
     assert!(text(&out).contains("`nope`"), "{}", text(&out));
     assert!(!s.path("state2/runs").exists());
 }
+
+/// Inside a pod (no kubeconfig, a service account mounted), runbook uses the
+/// in-cluster config with the service account's namespace, as kubectl does;
+/// a server it cannot talk to is one clear line in the step's failure.
+/// Needs root for a private mount namespace (CI runs as root).
+#[test]
+fn inside_a_pod_the_service_account_is_used() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for a private mount namespace");
+        return;
+    }
+    let kube = Kube::start();
+    let s = Scratch::new();
+    let sa = s.path("sa");
+    std::fs::create_dir_all(&sa).unwrap();
+    std::fs::write(sa.join("token"), "not-a-real-token").unwrap();
+    std::fs::write(sa.join("namespace"), "team-pod").unwrap();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=fake-apiserver", "-keyout"])
+        .arg(sa.join("key.pem"))
+        .arg("-out")
+        .arg(sa.join("ca.crt"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    std::fs::create_dir_all(s.path("home")).unwrap();
+    let file = s.runbook(
+        "incluster",
+        "  {}",
+        "  - id: stop-api\n    retry: { attempts: 1 }\n    timeout: 20s\n    scale: { kind: Deployment, name: api, replicas: 0 }\n",
+    );
+    let port = kube.cluster.addr().port().to_string();
+    let script = format!(
+        "set -e; mount -t tmpfs none /run; mkdir -p /run/secrets/kubernetes.io/serviceaccount; \
+         cp {sa}/token {sa}/namespace {sa}/ca.crt /run/secrets/kubernetes.io/serviceaccount/; \
+         exec \"$RUNBOOK_BIN\" run {file} --state-dir {state}",
+        sa = sa.display(),
+        file = file.display(),
+        state = s.state(),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("RUNBOOK_BIN", assert_cmd::cargo::cargo_bin("runbook"))
+        .env_remove("KUBECONFIG")
+        .env("HOME", s.path("home"))
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", &port)
+        .env("NO_COLOR", "1")
+        .current_dir(common::repo_root())
+        .output()
+        .unwrap();
+    // the fake speaks plain HTTP: the in-cluster TLS connection fails
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let started = &events(&s.journal(), "run_started")[0];
+    assert_eq!(
+        started["cluster"]["server"],
+        format!("https://127.0.0.1:{port}")
+    );
+    assert_eq!(started["cluster"]["namespace"], "team-pod");
+    assert!(started["cluster"].get("context").is_none(), "{started}");
+    let failed = &events(&s.journal(), "step_failed")[0];
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("cannot reach the cluster"), "{error}");
+    assert!(!error.contains('\n'), "{error}");
+}
+
+/// Discovery is many requests: each is retried on its own, so a server that
+/// fails a large share of them still lets the steps resolve their kinds.
+#[test]
+fn discovery_survives_a_server_that_fails_a_third_of_its_answers() {
+    use fake_kube::{FaultAction, FaultRule};
+    let kube = Kube::start();
+    kube.deployment("default", "api", 1);
+    kube.cluster.seed_faults(7);
+    kube.cluster.add_fault(
+        FaultRule::new(FaultAction::Error(503))
+            .path_contains("/api")
+            .fraction(0.35),
+    );
+    let s = Scratch::new();
+    let file = s.runbook(
+        "flaky-discovery",
+        "  {}",
+        "  - id: api-exists\n    timeout: 60s\n    wait: { kind: deploy, name: api, for: exists }\n",
+    );
+    let out = s.run(
+        &file,
+        &["--kubeconfig", &kube.kubeconfig.display().to_string()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(kube.cluster.faults_injected() > 0);
+    // kube's own error lines stay out of the console: our error says it
+    assert!(!text(&out).contains("kube_client"), "{}", text(&out));
+}

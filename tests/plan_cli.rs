@@ -3,7 +3,15 @@
 
 mod common;
 
-use common::{repo_root, runbook};
+use common::repo_root;
+
+/// `runbook` for plans: no kubeconfig of the developer's (KUBECONFIG,
+/// ~/.kube/config) decides the namespace shown for steps that name none.
+fn runbook() -> assert_cmd::Command {
+    let mut cmd = common::runbook();
+    cmd.env_remove("KUBECONFIG").env("HOME", "/nonexistent");
+    cmd
+}
 
 const FIXTURE: &str = "tests/fixtures/plan/restore.yaml";
 const SECRET: &str = "S3cr3t-T0ken-4242";
@@ -471,4 +479,73 @@ steps:
     );
     assert!(md.contains(r"  - env `MULTI` = `$'one\ntwo'`"), "{md}");
     assert!(md.contains("  - env `PLAIN` = `a b`"), "{md}");
+}
+
+const KUBE: &str = "tests/fixtures/plan/kube.yaml";
+
+fn kube_plan(format: &str) -> String {
+    let out = runbook()
+        .args(["plan", KUBE, "-o", format])
+        .arg(format!("-p=token={SECRET}"))
+        .output()
+        .unwrap();
+    let text = stdout_of(&out);
+    for leaked in [SECRET, "fixture-password-not-to-show"] {
+        assert!(
+            !text.contains(leaked),
+            "{leaked} in the {format} plan:\n{text}"
+        );
+    }
+    text
+}
+
+/// Every Kubernetes step as the API operation it makes: verb, resource,
+/// namespace, name or selector, and what it sends.
+#[test]
+fn kube_operations_text_snapshot() {
+    let text = kube_plan("text");
+    assert!(
+        text.contains(
+            "→ PATCH deploymentconfigs.apps.openshift.io/apicast-production/scale -n 3scale (merge) {\"spec\":{\"replicas\":0}}"
+        ),
+        "{text}"
+    );
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn kube_operations_json_snapshot() {
+    let text = kube_plan("json");
+    let plan: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let op = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "rotate-token")
+        .map(|s| s["operation"].clone())
+        .unwrap();
+    assert_eq!(op["verb"], "PATCH");
+    assert_eq!(op["resource"], "secrets");
+    assert_eq!(op["namespace"], "3scale");
+    assert_eq!(op["namespace_from"], "step");
+    assert_eq!(op["patch_type"], "merge");
+    assert_eq!(
+        op["body"],
+        serde_json::json!({"stringData": {"token": "***"}})
+    );
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn kube_operations_markdown_snapshot() {
+    let md = kube_plan("markdown");
+    assert!(
+        md.contains("  - API: `PATCH secrets/system-master-token -n 3scale (merge)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("```diff\n  edit data.redis.conf:\n  - maxmemory 1gb\n  + maxmemory 2gb\n"),
+        "{md}"
+    );
+    insta::assert_snapshot!(md);
 }

@@ -1,8 +1,188 @@
-//! The `delete` action (being built: see issue 8).
+//! The `delete` action: deletes objects of a kind by name or label
+//! selector (background propagation, as `kubectl delete`), then waits
+//! until each is gone. Gone is uid-aware: an object re-created under the
+//! same name (a controller's new pod) has a new uid and counts as gone.
+//! The uids deleted are kept in the step's memo, so that a retry or a
+//! resume after the deletion went through finds nothing left and
+//! succeeds instead of calling the object missing. A missing object (or a
+//! selector that matches nothing) is an error naming it unless
+//! `ignore_missing: true`.
 
-use super::{ActionResult, AttemptCx, Failure};
+use std::collections::BTreeMap;
+
+use indexmap::IndexMap;
+use kube::api::{DeleteParams, Preconditions};
+use serde_json::{Value, json};
+
+use super::wait::{Deadline, Place, fetch};
+use super::{ActionResult, AttemptCx, Failure, memo};
+use crate::cluster::{Cluster, describe, is_transient};
+use crate::spec::raw::DeleteAction;
 
 /// One attempt of a `delete` step.
-pub async fn run(_cx: &AttemptCx, _spec: &serde_json::Value) -> ActionResult {
-    Err(Failure::permanent("the `delete` action is not built yet"))
+pub async fn run(cx: &AttemptCx, spec: &Value) -> ActionResult {
+    let action: DeleteAction = super::fields(spec)?;
+    let cluster = cx.ctx.services.cluster()?;
+    let namespace = cx.namespace(action.namespace.as_deref())?;
+    let resolved = cluster.resolve(&action.kind).await?;
+    let place = Place {
+        resolved: &resolved,
+        namespace: &namespace,
+    };
+    let (name, selector) = match (action.name.as_deref(), action.selector.as_deref()) {
+        (Some(name), None) => (Some(name), None),
+        (None, Some(selector)) => (None, Some(selector)),
+        _ => {
+            return Err(Failure::permanent(
+                "`delete` needs exactly one of `name` and `selector`",
+            ));
+        }
+    };
+    let what = place.describe(name, selector);
+    // uids an earlier attempt of this step deleted, by name
+    let mut deleted: BTreeMap<String, String> = memo::load(cx, "delete")
+        .and_then(|m| serde_json::from_value(m).ok())
+        .unwrap_or_default();
+
+    let found = fetch_retrying(cluster, &place, name, selector).await?;
+    if found.is_empty() {
+        let earlier = match name {
+            Some(name) => deleted.contains_key(name),
+            None => !deleted.is_empty(),
+        };
+        if earlier {
+            cx.say(&format!("{what}: gone (deleted by an earlier attempt)"));
+            memo::clear(cx, "delete");
+            return Ok(outputs(deleted.len()));
+        }
+        if action.ignore_missing {
+            cx.say(&format!("{what}: nothing to delete"));
+            return Ok(outputs(0));
+        }
+        return Err(Failure::permanent(match name {
+            Some(_) => format!("{what} does not exist; set `ignore_missing: true` if that is fine"),
+            None => format!(
+                "nothing to delete: no object matches; set `ignore_missing: true` if that is fine ({what})"
+            ),
+        }));
+    }
+
+    let api = cluster.api(&resolved, &namespace);
+    let mut pending: Vec<(String, String)> = Vec::new();
+    for object in &found {
+        let Some(object_name) = object.metadata.name.clone() else {
+            continue;
+        };
+        let uid = object.metadata.uid.clone().unwrap_or_default();
+        // remembered before the request: the response may be lost
+        deleted.insert(object_name.clone(), uid.clone());
+        memo::store(cx, "delete", &json!(deleted))?;
+        if object.metadata.deletion_timestamp.is_none() {
+            let params = DeleteParams {
+                preconditions: (!uid.is_empty()).then(|| Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            let op = place.op("delete").named(&object_name);
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match api.delete(&object_name, &params).await {
+                    Ok(_) => break,
+                    // gone already, or replaced by a new object (the
+                    // precondition failed): either way this one is gone
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => break,
+                    Err(e) if is_transient(&e) && tries < 5 => {
+                        tokio::time::sleep(super::wait::POLL * tries).await;
+                    }
+                    Err(e) => return Err(uncertain_if(pending.is_empty(), describe(&e, &op))),
+                }
+            }
+            cx.say(&format!(
+                "deleted {}",
+                place.describe(Some(&object_name), None)
+            ));
+        }
+        pending.push((object_name, uid));
+    }
+
+    let deadline = Deadline::of_step(cx);
+    loop {
+        let mut left = Vec::new();
+        let mut trouble = None;
+        for (object_name, uid) in &pending {
+            match fetch(cluster, &place, Some(object_name), None).await {
+                Ok(now) => {
+                    if let Some(object) = now.first()
+                        && object.metadata.uid.as_deref().unwrap_or_default() == uid
+                    {
+                        left.push(format!(
+                            "{object_name}{}",
+                            if object.metadata.deletion_timestamp.is_some() {
+                                " (terminating)"
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
+                }
+                Err(refused) if refused.transient => {
+                    left.push(object_name.clone());
+                    trouble = Some(refused.failure.message);
+                }
+                Err(refused) => return Err(Failure::uncertain(refused.failure.message)),
+            }
+        }
+        if left.is_empty() {
+            cx.say(&format!("{what}: gone"));
+            memo::clear(cx, "delete");
+            return Ok(outputs(pending.len()));
+        }
+        let mut last = format!("still there: {}", left.join(", "));
+        if let Some(trouble) = trouble {
+            last.push_str(&format!(" ({trouble}; will try again)"));
+        }
+        if deadline.passed() {
+            return Err(Failure::uncertain(format!(
+                "{what} was deleted but is not gone {}: {last}",
+                deadline.describe()
+            )));
+        }
+        deadline.pause().await;
+    }
+}
+
+fn uncertain_if(nothing_yet: bool, failure: Failure) -> Failure {
+    if nothing_yet {
+        failure
+    } else {
+        Failure::uncertain(failure.message)
+    }
+}
+
+fn outputs(count: usize) -> IndexMap<String, String> {
+    let mut out = IndexMap::new();
+    out.insert("deleted".into(), count.to_string());
+    out
+}
+
+async fn fetch_retrying(
+    cluster: &Cluster,
+    place: &Place<'_>,
+    name: Option<&str>,
+    selector: Option<&str>,
+) -> Result<Vec<kube::api::DynamicObject>, Failure> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match fetch(cluster, place, name, selector).await {
+            Ok(objects) => return Ok(objects),
+            Err(refused) if refused.transient && tries < 5 => {
+                tokio::time::sleep(super::wait::POLL * tries).await;
+            }
+            Err(refused) => return Err(refused.failure),
+        }
+    }
 }

@@ -10,6 +10,8 @@ pub mod copy;
 pub mod delete;
 pub mod exec;
 pub mod export;
+pub mod manifest;
+pub mod memo;
 pub mod patch;
 pub mod pause;
 pub mod rollout;
@@ -225,6 +227,10 @@ pub enum Outcome {
         /// Whether it may have taken effect (timeout, signal, a stream
         /// that ended without a status).
         uncertain: bool,
+        /// Whether another attempt must not follow blindly (an earlier
+        /// attempt may still run and nothing can stop it): treated like
+        /// `uncertain` on a step with `idempotent: false`.
+        not_repeatable: bool,
     },
     /// Stopped by the run stopping.
     Interrupted,
@@ -248,6 +254,10 @@ pub struct Failure {
     pub message: String,
     /// Whether the action may have changed something before it failed.
     pub uncertain: bool,
+    /// Whether the step must not be retried blindly, whatever its
+    /// `idempotent` says: an earlier attempt may still be running and
+    /// nothing can stop it (an `exec` in a container without a shell).
+    pub not_repeatable: bool,
 }
 
 impl Failure {
@@ -256,6 +266,7 @@ impl Failure {
         Failure {
             message: message.into(),
             uncertain: false,
+            not_repeatable: false,
         }
     }
 
@@ -264,7 +275,14 @@ impl Failure {
         Failure {
             message: message.into(),
             uncertain: true,
+            not_repeatable: false,
         }
+    }
+
+    /// The same failure, marked not safe to repeat.
+    pub fn not_repeatable(mut self) -> Failure {
+        self.not_repeatable = true;
+        self
     }
 }
 
@@ -290,6 +308,7 @@ pub async fn attempt(cx: &AttemptCx, rendered: &Rendered) -> Outcome {
                 error: "internal: the step was rendered for another action".into(),
                 exit_code: None,
                 uncertain: false,
+                not_repeatable: false,
             };
         }
     };
@@ -330,6 +349,7 @@ async fn bounded(cx: &AttemptCx, work: impl std::future::Future<Output = ActionR
                 error: cx.ctx.secrets.mask(&failure.message),
                 exit_code: None,
                 uncertain: failure.uncertain,
+                not_repeatable: failure.not_repeatable,
             },
         },
         () = timeout => Outcome::Failed {
@@ -339,6 +359,7 @@ async fn bounded(cx: &AttemptCx, work: impl std::future::Future<Output = ActionR
             ),
             exit_code: None,
             uncertain: true,
+            not_repeatable: false,
         },
         _ = kill.wait_for(|k| *k) => Outcome::Interrupted,
     }

@@ -40,6 +40,7 @@ pub async fn attempt(cx: &AttemptCx, script: &str, shown: &str) -> Outcome {
                 error,
                 exit_code: Some(0),
                 uncertain: !step.idempotent,
+                not_repeatable: false,
             }
         }
     }
@@ -97,6 +98,7 @@ async fn process(cx: &AttemptCx, script: &str, shown: &str) -> Outcome {
                 error,
                 exit_code: None,
                 uncertain: false,
+                not_repeatable: false,
             };
         }
     };
@@ -148,6 +150,7 @@ async fn process(cx: &AttemptCx, script: &str, shown: &str) -> Outcome {
                 ),
                 exit_code: None,
                 uncertain: true,
+                not_repeatable: false,
             };
         }
         Ended::Exited(Ok(status)) => status,
@@ -157,6 +160,7 @@ async fn process(cx: &AttemptCx, script: &str, shown: &str) -> Outcome {
                 error: format!("cannot wait for the step's process: {e}"),
                 exit_code: None,
                 uncertain: true,
+                not_repeatable: false,
             };
         }
     };
@@ -170,16 +174,19 @@ async fn process(cx: &AttemptCx, script: &str, shown: &str) -> Outcome {
             error: format!("exited with code {code}"),
             exit_code: Some(code),
             uncertain: false,
+            not_repeatable: false,
         },
         (None, Some(sig)) => Outcome::Failed {
             error: format!("killed by signal {sig}"),
             exit_code: None,
             uncertain: true,
+            not_repeatable: false,
         },
         (None, None) => Outcome::Failed {
             error: "ended without an exit status".into(),
             exit_code: None,
             uncertain: true,
+            not_repeatable: false,
         },
     }
 }
@@ -248,6 +255,7 @@ async fn start_daemon(
                 ),
                 exit_code: None,
                 uncertain: false,
+                not_repeatable: false,
             };
         }
     };
@@ -260,6 +268,7 @@ async fn start_daemon(
                 error,
                 exit_code: None,
                 uncertain: false,
+                not_repeatable: false,
             };
         }
     };
@@ -329,6 +338,7 @@ async fn start_daemon(
             error,
             exit_code: None,
             uncertain: false,
+            not_repeatable: false,
         },
     }
 }

@@ -7,6 +7,8 @@
 //! mean to an operator (`errors`). Pods are chosen in `pods`.
 
 pub mod errors;
+pub mod exec_guard;
+pub mod exec_stream;
 pub mod pods;
 
 use std::collections::HashMap;
@@ -223,6 +225,13 @@ impl Cluster {
             })
     }
 
+    /// Forgets what discovery learned, so that the next [`Cluster::resolve`]
+    /// asks the server again (after applying a CustomResourceDefinition,
+    /// its kind is served).
+    pub async fn forget_discovery(&self) {
+        *self.catalog.lock().await = None;
+    }
+
     /// A dynamic API for a resolved kind in `namespace` (ignored for
     /// cluster-scoped kinds).
     pub fn api(&self, resolved: &Resolved, namespace: &str) -> kube::Api<kube::api::DynamicObject> {
@@ -238,25 +247,53 @@ impl Cluster {
         if let Some(c) = cached.as_ref() {
             return Ok(c.clone());
         }
-        let op = Op::new("list", "API resources (discovery)", None);
-        let discovery = with_retries(&op, 6, || async {
-            kube::Discovery::new(self.client()).run().await
-        })
-        .await
-        .map_err(|f| ClusterError::Discovery { message: f.message })?;
+        // one request per group version, each retried on its own: a flaky
+        // server must not fail the whole discovery for one dropped answer
+        let client = self.client();
+        let failed = |f: crate::actions::Failure| ClusterError::Discovery { message: f.message };
+        let op = Op::new("get", "the API's versions and groups (discovery)", None);
+        let core = with_retries(&op, DISCOVERY_TRIES, || client.list_core_api_versions())
+            .await
+            .map_err(failed)?;
+        let groups = with_retries(&op, DISCOVERY_TRIES, || client.list_api_groups())
+            .await
+            .map_err(failed)?;
+        // the server's priority order: the core group first, then groups
+        // as listed, each at its preferred version
+        let mut versions: Vec<String> = core.versions.iter().take(1).cloned().collect();
+        for group in &groups.groups {
+            let preferred = group
+                .preferred_version
+                .as_ref()
+                .map(|v| v.group_version.clone())
+                .or_else(|| group.versions.first().map(|v| v.group_version.clone()));
+            versions.extend(preferred);
+        }
         let mut map: HashMap<String, Resolved> = HashMap::new();
-        for group in discovery.groups() {
-            for (resource, capabilities) in group.recommended_resources() {
-                let resolved = Resolved {
-                    resource: resource.clone(),
-                    capabilities: capabilities.clone(),
-                };
+        for group_version in versions {
+            let op = Op::new(
+                "get",
+                &format!("the resources of {group_version} (discovery)"),
+                None,
+            );
+            let list = with_retries(&op, DISCOVERY_TRIES, || {
+                if group_version.contains('/') {
+                    futures::future::Either::Left(client.list_api_group_resources(&group_version))
+                } else {
+                    futures::future::Either::Right(client.list_core_api_resources(&group_version))
+                }
+            })
+            .await
+            .map_err(failed)?;
+            for (resolved, short) in resources_of(&group_version, &list) {
+                let resource = &resolved.resource;
                 let mut names = vec![
                     resource.kind.to_ascii_lowercase(),
                     resource.plural.to_ascii_lowercase(),
                     format!("{}.{}", resource.plural, resource.group).to_ascii_lowercase(),
                     format!("{}.{}", resource.kind, resource.group).to_ascii_lowercase(),
                 ];
+                names.extend(short);
                 names.extend(short_names(&resource.kind));
                 // the first group the server lists wins a plain name, as
                 // kubectl's priority order does
@@ -268,6 +305,71 @@ impl Cluster {
         let catalog = Arc::new(map);
         *cached = Some(catalog.clone());
         Ok(catalog)
+    }
+}
+
+/// Tries of each discovery request.
+const DISCOVERY_TRIES: u32 = 8;
+
+/// The resources of one group version with their subresources and the
+/// server's short names.
+fn resources_of(
+    group_version: &str,
+    list: &k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList,
+) -> Vec<(Resolved, Vec<String>)> {
+    let (group, version) = match group_version.split_once('/') {
+        Some((g, v)) => (g.to_owned(), v.to_owned()),
+        None => (String::new(), group_version.to_owned()),
+    };
+    let api_resource = |kind: &str, plural: &str| ApiResource {
+        group: group.clone(),
+        version: version.clone(),
+        api_version: group_version.to_owned(),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    };
+    let mut out = Vec::new();
+    for r in list.resources.iter().filter(|r| !r.name.contains('/')) {
+        let prefix = format!("{}/", r.name);
+        let subresources = list
+            .resources
+            .iter()
+            .filter_map(|sub| {
+                let name = sub.name.strip_prefix(&prefix)?;
+                Some((
+                    api_resource(&sub.kind, name),
+                    ApiCapabilities {
+                        scope: scope(sub.namespaced),
+                        subresources: Vec::new(),
+                        operations: sub.verbs.clone(),
+                    },
+                ))
+            })
+            .collect();
+        let resolved = Resolved {
+            resource: api_resource(&r.kind, &r.name),
+            capabilities: ApiCapabilities {
+                scope: scope(r.namespaced),
+                subresources,
+                operations: r.verbs.clone(),
+            },
+        };
+        let short = r
+            .short_names
+            .iter()
+            .flatten()
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        out.push((resolved, short));
+    }
+    out
+}
+
+fn scope(namespaced: bool) -> Scope {
+    if namespaced {
+        Scope::Namespaced
+    } else {
+        Scope::Cluster
     }
 }
 

@@ -59,8 +59,18 @@ pub fn dispatch(cli: Cli) -> u8 {
             params,
             output,
             save,
-            cluster: _,
-        } => plan(&file, &params, output, save.as_deref(), style, cli.color),
+            live,
+            cluster,
+        } => plan(
+            &file,
+            &params,
+            output,
+            save.as_deref(),
+            style,
+            cli.color,
+            live.then(|| cluster.target()).as_ref(),
+            &cluster.target(),
+        ),
         Command::Schema => write_stdout(crate::schema::runbook_schema_json().as_bytes()),
         Command::Run {
             file,
@@ -417,6 +427,9 @@ fn validate_files(paths: &[std::path::PathBuf], output: ValidateFormat, style: S
     }
 }
 
+/// `plan`; with `live`, the plan is also checked against that cluster
+/// (read-only, dry-runs only).
+#[allow(clippy::too_many_arguments)]
 fn plan(
     file: &Path,
     params: &ParamArgs,
@@ -424,18 +437,32 @@ fn plan(
     save: Option<&Path>,
     style: Style,
     color: ColorChoice,
+    live: Option<&crate::cluster::Target>,
+    target: &crate::cluster::Target,
 ) -> u8 {
     let (runbook, source, values) = match load_with_params(file, params, style) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let plan = match Plan::build(&runbook, &source.name, &values) {
+    let namespace = if runbook.steps.iter().any(|s| s.action.needs_cluster()) {
+        crate::operation::DefaultNamespace::offline(target)
+    } else {
+        crate::operation::DefaultNamespace::default()
+    };
+    let mut plan = match Plan::build_for(&runbook, &source.name, &values, &namespace) {
         Ok(plan) => plan,
         Err(report) => {
             print_reports(&[report], style);
             return exit::INVALID;
         }
     };
+    let mut verdict = exit::SUCCESS;
+    if let Some(target) = live {
+        match check_live(&mut plan, &runbook, &values, target) {
+            Ok(code) => verdict = code,
+            Err(code) => return code,
+        }
+    }
     if let Some(path) = save
         && let Err(e) = save_plan(&plan, path)
     {
@@ -455,13 +482,39 @@ fn plan(
     }
     .and_then(|()| out.flush());
     let code = match written {
-        Ok(()) => exit::SUCCESS,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::SUCCESS,
+        Ok(()) => verdict,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => verdict,
         Err(e) => {
             say_err!("error: cannot write the plan: {e}");
             return exit::RUNTIME;
         }
     };
+    if let Some(report) = &plan.live {
+        let json = JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
+        for line in &report.unchecked {
+            say_err!("warning: {line}");
+        }
+        if !report.missing_permissions.is_empty() {
+            let mut message = format!(
+                "the run would be refused: {} missing on {}:",
+                crate::model::count(
+                    report.missing_permissions.len(),
+                    "permission is",
+                    "permissions are"
+                ),
+                report.context.as_deref().map_or_else(
+                    || report.server.clone(),
+                    |c| format!("context `{c}` ({})", report.server)
+                )
+            );
+            for missing in &report.missing_permissions {
+                message.push_str(&format!("\n  step {}: {missing}", missing.step));
+            }
+            failure::Failure::new("plan::permission-missing", code, message)
+                .help("ask for these verbs in a Role (or ClusterRole) bound to you, or run with an account that has them; `kubectl auth can-i VERB RESOURCE -n NAMESPACE` checks one")
+                .emit(json);
+        }
+    }
     if code == exit::SUCCESS
         && let Some(path) = save
     {
@@ -472,6 +525,51 @@ fn plan(
         );
     }
     code
+}
+
+/// `plan --live`: connects as `run` would and records what the cluster
+/// says in the plan. Exit code: 0, or 5 when a permission is missing, or
+/// 4 when a permission could not be checked; `Err` (4) when the cluster
+/// cannot be reached.
+fn check_live(
+    plan: &mut Plan,
+    runbook: &crate::model::Runbook,
+    values: &ParamValues,
+    target: &crate::cluster::Target,
+) -> Result<u8, u8> {
+    if !runbook.steps.iter().any(|s| s.action.needs_cluster()) {
+        say_err!("note: --live: the runbook has no Kubernetes steps; no cluster was contacted");
+        return Ok(exit::SUCCESS);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            say_err!("error: cannot start the async runtime: {e}");
+            exit::RUNTIME
+        })?;
+    let checked = rt.block_on(async {
+        let cluster = crate::cluster::Cluster::connect(target).await?;
+        crate::live::check(plan, runbook, values, &cluster).await
+    });
+    if let Err(e) = checked {
+        let json = JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
+        return Err(
+            failure::Failure::new("plan::live", exit::RUNTIME, format!("--live: {e}"))
+                .help(e.help())
+                .emit(json),
+        );
+    }
+    let report = plan.live.as_ref();
+    Ok(
+        if report.is_some_and(|r| !r.missing_permissions.is_empty()) {
+            exit::PERMISSION_MISSING
+        } else if report.is_some_and(|r| !r.unchecked.is_empty()) {
+            exit::RUNTIME
+        } else {
+            exit::SUCCESS
+        },
+    )
 }
 
 /// Loads and validates a runbook and resolves its params from the command

@@ -57,7 +57,7 @@ struct StepJson<'a> {
     daemon: bool,
     timeout_ms: Option<u64>,
     retry_attempts: u32,
-    done_if: Option<&'a str>,
+    done_if: Option<String>,
     action: &'static str,
     summary: String,
     spec: serde_json::Value,
@@ -166,7 +166,7 @@ fn to_json<'a>(runbook: &'a Runbook, file: &std::path::Path) -> ShowJson<'a> {
                     .timeout
                     .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
                 retry_attempts: s.retry.attempts,
-                done_if: s.done_if.as_deref(),
+                done_if: s.done_if.as_ref().map(crate::model::DoneIf::summary),
                 action: s.action.key(),
                 summary: action_line(s),
                 spec: s.action.spec(),

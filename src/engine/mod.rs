@@ -1251,7 +1251,7 @@ impl StepTask {
             }
             let outcome = crate::actions::attempt(&cx, &rendered).await;
             let elapsed = began.elapsed();
-            let (error, exit_code, uncertain) = match outcome {
+            let (error, exit_code, uncertain, not_repeatable) = match outcome {
                 Outcome::Succeeded(success) => {
                     let outputs = success.outputs;
                     let daemon = success.daemon;
@@ -1282,14 +1282,20 @@ impl StepTask {
                     error,
                     exit_code,
                     uncertain,
-                } => (error, exit_code, uncertain),
+                    not_repeatable,
+                } => (error, exit_code, uncertain, not_repeatable),
             };
             // a step unsafe to repeat that may have taken effect is never
             // retried: the operator (or its done_if) decides
-            if uncertain && !step.idempotent {
+            if (uncertain && !step.idempotent) || not_repeatable {
+                let why = if not_repeatable {
+                    "nothing can stop an earlier attempt that may still run"
+                } else {
+                    "the step is not safe to repeat (idempotent: false) and may have taken effect"
+                };
                 return self.fail(
                     attempt,
-                    format!("{error}; not retried: the step is not safe to repeat (idempotent: false) and may have taken effect"),
+                    format!("{error}; not retried: {why}"),
                     exit_code,
                     elapsed,
                     true,

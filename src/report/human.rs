@@ -420,6 +420,10 @@ impl EventSink for Human {
                 step.as_deref().map(|s| format!(" (step {s})")).unwrap_or_default(),
                 pid_list(pids)
             ),
+            RunEvent::RemoteLeftoverTerminated { step, namespace, pod, pid, attempt } => format!(
+                "{} {step}: attempt {attempt} was still running in pod {namespace}/{pod} (pid {pid}); terminated it before running again",
+                self.paint("33", "!"),
+            ),
             RunEvent::DoneIfChecked { step, holds: true, detail } => format!(
                 "{} {step}  done_if holds ({detail}): the step already took effect",
                 self.paint("32", "✓")

@@ -229,10 +229,12 @@ pub struct RawStep {
     /// step that was interrupted mid-way.
     #[serde(default)]
     pub idempotent: Option<bool>,
-    /// Shell check (exit 0 = the step already took effect); resume runs it
-    /// before re-running an interrupted step.
+    /// Whether the step already took effect; resume checks it before
+    /// re-running an interrupted step. A shell check (exit 0 = done), or a
+    /// built-in condition with the fields of `wait` (`kind`, `name` or
+    /// `selector`, `namespace`, `for`), evaluated once.
     #[serde(default)]
-    pub done_if: Option<String>,
+    pub done_if: Option<RawDoneIf>,
     /// A `run` step whose process keeps running after the step succeeds (a
     /// tunnel, `kubectl port-forward`, an agent): it is terminated once
     /// every step that needs it has finished, and started again by a resume
@@ -311,14 +313,61 @@ pub struct PauseAction {
     pub message: Option<String>,
 }
 
-/// A Kubernetes workload or resource addressed by kind and name.
+/// `done_if`: a shell check, or a built-in condition (the fields of
+/// `wait`), checked once without waiting.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawDoneIf {
+    /// Shell check: exit 0 means the step already took effect.
+    Shell(String),
+    /// A condition on a Kubernetes resource, e.g.
+    /// `{ kind: Deployment, name: api, for: replicas=0 }`.
+    Condition(Box<WaitAction>),
+}
+
+// by hand, not `untagged`: a map with a wrong field should say which field
+// (as `wait` does), not "found a mapping"
+impl<'de> Deserialize<'de> for RawDoneIf {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawDoneIf;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a shell check (a string) or a condition ({kind, name or selector, namespace, for})")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDoneIf, E> {
+                Ok(RawDoneIf::Shell(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<RawDoneIf, E> {
+                Ok(RawDoneIf::Shell(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawDoneIf, A::Error> {
+                WaitAction::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|c| RawDoneIf::Condition(Box::new(c)))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `scale`: set the replica count of workloads (any kind with a `scale`
+/// subresource) and wait until exactly that many pods are ready.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleAction {
-    /// `Deployment`, `StatefulSet`, `DeploymentConfig`, `ReplicaSet`.
+    /// `Deployment`, `StatefulSet`, `DeploymentConfig`, `ReplicaSet`, or any
+    /// kind with a `scale` subresource.
     pub kind: String,
-    /// Workload name.
-    pub name: String,
+    /// Workload name (or use `selector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Label selector of the workloads to scale (or use `name`); they must
+    /// all have the same replica count before the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// Namespace; defaults to the kube context's namespace.
     #[serde(default)]
     pub namespace: Option<String>,
@@ -438,14 +487,25 @@ pub struct CopyAction {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyAction {
-    /// Manifest files or glob patterns (JSON or YAML).
+    /// Manifest files or glob patterns (JSON or YAML, several documents
+    /// per file allowed), relative to the step's directory. Give `files`
+    /// or `inline`, not both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<String>,
+    /// Manifests written in the runbook (YAML, several documents separated
+    /// by `---`); templates in it are rendered like every other field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
     /// Namespace for namespaced objects that do not set one.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// Field manager name for server-side apply.
+    /// Field manager name for server-side apply (default `runbook`).
     #[serde(default)]
     pub field_manager: Option<String>,
+    /// Take over fields another field manager owns instead of failing with
+    /// a conflict (an operator that owns them may change them back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// `export`: save resources as clean manifests.
@@ -463,8 +523,12 @@ pub struct ExportAction {
     /// Namespace; defaults to the kube context's namespace.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// Local directory: one `<kind>-<name>.json` file per resource.
+    /// Local directory: one `<kind>-<name>.yaml` file per resource (kind
+    /// in lowercase).
     pub to: String,
+    /// Skip names that do not exist instead of failing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_missing: bool,
 }
 
 /// What `rollout` does.
@@ -511,7 +575,9 @@ pub struct WaitAction {
     /// Namespace; defaults to the kube context's namespace.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// `condition=Available`, `replicas=0`, `ready`, or `delete`.
+    /// `condition=Type` (status True), `condition=Type=Value`,
+    /// `jsonpath={.status.phase}=Running`, `exists`, `delete` (absence),
+    /// `replicas=N` (ready replicas) or `ready`.
     #[serde(rename = "for")]
     pub condition: String,
 }
@@ -546,21 +612,94 @@ pub struct PatchAction {
     /// The patch document (for `type: json`, a list of operations).
     #[serde(default)]
     pub patch: Option<serde_json::Value>,
-    /// Text edit of one ConfigMap data key, shown as a diff in the plan.
+    /// Text edits of one ConfigMap data key, applied in order (a single
+    /// edit may be written as a map instead of a one-item list).
     #[serde(default)]
-    pub edit: Option<TextEdit>,
+    pub edit: Option<TextEdits>,
+    /// The ConfigMap data key `edit` changes (or `key` in the edits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
-/// A find-and-replace inside a ConfigMap's data key.
+/// The text edits of a `patch` step: a list, or one edit as a map.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TextEdits {
+    /// Edits applied in order.
+    List(Vec<TextEdit>),
+    /// One edit.
+    One(TextEdit),
+}
+
+impl TextEdits {
+    /// The edits, in order.
+    pub fn items(&self) -> &[TextEdit] {
+        match self {
+            TextEdits::List(items) => items,
+            TextEdits::One(one) => std::slice::from_ref(one),
+        }
+    }
+}
+
+// By hand rather than `untagged`: a mistake inside an edit is reported at
+// its own field (unknown key, wrong type) instead of "matches no variant".
+impl<'de> Deserialize<'de> for TextEdits {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Edits;
+        impl<'de> serde::de::Visitor<'de> for Edits {
+            type Value = TextEdits;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of text edits, or one edit as a map")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<TextEdits, A::Error> {
+                Vec::<TextEdit>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(TextEdits::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<TextEdits, A::Error> {
+                TextEdit::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(TextEdits::One)
+            }
+        }
+        deserializer.deserialize_any(Edits)
+    }
+}
+
+/// One text edit of a ConfigMap data key: exactly one of `find`, `regex`,
+/// `comment_out`, `uncomment`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextEdit {
-    /// Key under `data`.
-    pub key: String,
-    /// Exact text to find (must occur).
-    pub find: String,
-    /// Replacement text.
-    pub replace: String,
+    /// Key under `data` (when the step sets no `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Exact text to replace (every occurrence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub find: Option<String>,
+    /// Regular expression (Rust `regex` syntax, `^`/`$` match at line
+    /// ends) to replace (every match); `$1`, `${name}` in `replace` are its
+    /// groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// Replacement text of `find` or `regex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<String>,
+    /// Comment out the lines equal to this text (surrounding blanks
+    /// ignored) or matching it as a whole-line regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment_out: Option<String>,
+    /// Uncomment the commented lines whose text after the prefix is equal
+    /// to this or matches it as a whole-line regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncomment: Option<String>,
+    /// Comment prefix of `comment_out` and `uncomment` (default `#`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// `delete`: remove resources and wait until they are gone.

@@ -107,6 +107,11 @@ pub async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Respon
             e.retry_after = Some(retry_after_secs);
             return e.into_response();
         }
+        Some(FaultAction::Status {
+            code,
+            reason,
+            message,
+        }) => return ApiError::new(code, reason, message).into_response(),
         Some(FaultAction::Delay(d)) => tokio::time::sleep(d).await,
         Some(FaultAction::DropConnection) => {
             let stream = futures::stream::once(async {

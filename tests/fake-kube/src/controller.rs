@@ -237,7 +237,14 @@ fn workload(shared: &Shared, st: &mut Store, key: &str, kind: &str, w: Value) {
             .as_ref()
             .is_some_and(|p| p["status"] == st && p["reason"] == reason);
         if same {
-            return prev.unwrap_or_default();
+            let mut prev = prev.unwrap_or_default();
+            // as on a cluster: the message follows the current ReplicaSet /
+            // ReplicationController; the transition time stays
+            if prev["message"] != json!(msg) {
+                prev["message"] = json!(msg);
+                prev["lastUpdateTime"] = json!(now_rfc3339());
+            }
+            return prev;
         }
         let now = now_rfc3339();
         json!({"type": t, "status": st, "reason": reason, "message": msg,

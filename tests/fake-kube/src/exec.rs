@@ -7,6 +7,8 @@
 //! namespace with the pod's own directories bind-mounted over /var, /opt, /tmp and /home
 //! (configurable), so pods do not see each other's files. Faults: cut the stream without a
 //! status, stall output; a 403 comes from the deny list (`create`/`get` on `pods/exec`).
+//! Like kubelet, a command outlives a dropped stream (its stdin closed, its output read and
+//! dropped) until it ends; only the server's shutdown kills it.
 
 use crate::Shared;
 use crate::status::ApiError;
@@ -29,7 +31,15 @@ pub enum ExecFault {
     Cut { after_bytes: usize },
     /// Hold all output back for this long (the command keeps running).
     Stall(Duration),
+    /// Break the connection (no status, no close) when no output came for this long, as an
+    /// idle proxy or kubelet's streaming idle timeout does; the command keeps running.
+    IdleTimeout(Duration),
 }
+
+/// Pod annotation listing programs the pod's containers lack (comma-separated, e.g.
+/// `sh,bash`): an exec of one fails as on a real node, with a `Failure` status that is
+/// not an exit code (`executable file not found in $PATH`).
+pub const MISSING_PROGRAMS: &str = "fake-kube/missing-programs";
 
 /// How exec sessions behave.
 #[derive(Debug, Clone)]
@@ -200,6 +210,12 @@ pub async fn serve(
         }
         _ => {}
     }
+    let missing: Vec<String> = obj
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(MISSING_PROGRAMS))
+        .and_then(Value::as_str)
+        .map(|l| l.split(',').map(|p| p.trim().to_string()).collect())
+        .unwrap_or_default();
     let argv: Vec<String> = q
         .iter()
         .filter(|(k, _)| k == "command")
@@ -212,6 +228,7 @@ pub async fn serve(
         stdin: flag(&q, "stdin"),
         stdout: flag(&q, "stdout"),
         stderr: flag(&q, "stderr"),
+        missing: missing.contains(&argv[0]),
     };
     let cfg = shared
         .exec
@@ -237,6 +254,8 @@ struct Flags {
     stdin: bool,
     stdout: bool,
     stderr: bool,
+    /// The program is listed in the pod's `MISSING_PROGRAMS`.
+    missing: bool,
 }
 
 fn frame(ch: u8, data: &[u8]) -> Message {
@@ -363,7 +382,15 @@ async fn session(
             return;
         }
     }
-    let spawned = command(&argv, &cfg, &ns, &pod).and_then(|mut c| {
+    let spawned = if flags.missing {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "executable file not found in $PATH",
+        ))
+    } else {
+        command(&argv, &cfg, &ns, &pod)
+    };
+    let spawned = spawned.and_then(|mut c| {
         c.stdin(if flags.stdin {
             std::process::Stdio::piped()
         } else {
@@ -426,13 +453,25 @@ async fn session(
     let mut sent = 0usize;
     let mut stalled = false;
     let mut client_gone = false;
+    let idle = match &cfg.fault {
+        Some(ExecFault::IdleTimeout(d)) => Some(*d),
+        _ => None,
+    };
     loop {
         let next = tokio::select! {
             n = out_rx.recv() => n,
+            _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() && !client_gone => {
+                // Idle for too long: break the connection; the command goes on.
+                reader.abort();
+                drop(tx);
+                while out_rx.recv().await.is_some() {}
+                let _ = child.wait().await;
+                return;
+            }
             _ = &mut gone_rx, if !client_gone => {
+                // The client can read nothing more (closed or broken). Like kubelet, keep
+                // the command running (its stdin is closed); its output is read and dropped.
                 client_gone = true;
-                // The client can read nothing more (closed or broken): end the command.
-                let _ = child.start_kill();
                 continue;
             }
         };
@@ -452,15 +491,15 @@ async fn session(
             let n = after_bytes.saturating_sub(sent);
             let _ = tx.send(frame(ch, &data[..n])).await;
             let _ = tx.flush().await;
-            // Break the connection: no status, no close handshake.
-            let _ = child.start_kill();
+            // Break the connection: no status, no close handshake. The command goes on
+            // (as under kubelet), its output read and dropped, until it ends.
             reader.abort();
             drop(tx);
+            while out_rx.recv().await.is_some() {}
             let _ = child.wait().await;
             return;
         }
         if tx.send(frame(ch, &data)).await.is_err() {
-            let _ = child.start_kill();
             client_gone = true;
             continue;
         }

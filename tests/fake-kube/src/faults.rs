@@ -16,6 +16,15 @@ pub enum FaultAction {
     Delay(Duration),
     /// Send the response headers, then break the connection before the body.
     DropConnection,
+    /// Answer this HTTP status with a `Status` of this reason and message, e.g. an
+    /// admission webhook without dry-run support: 400 `BadRequest`
+    /// "admission webhook \"x\" does not support dry run" (match `dryRun=All` with
+    /// `path_contains`).
+    Status {
+        code: u16,
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// A fault rule: which requests, how often, what happens.

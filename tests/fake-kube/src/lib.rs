@@ -29,7 +29,7 @@ mod table;
 mod watch;
 
 pub use catalog::ResourceDef;
-pub use exec::{ExecConfig, ExecFault};
+pub use exec::{ExecConfig, ExecFault, MISSING_PROGRAMS};
 pub use faults::{FaultAction, FaultRule};
 
 use faults::{Access, Faults};

@@ -193,6 +193,45 @@ async fn kube_exec_faults_and_errors() {
         assert!(o.len() <= 4, "{o:?}");
         assert!(st.is_none(), "a cut stream has no status: {st:?}");
 
+        // Like under kubelet, the command outlives the cut stream.
+        let marker = format!("/tmp/outlived-{}", std::process::id());
+        let p = pods
+            .exec(
+                "two",
+                sh(&format!("echo 123456789; sleep 0.5; echo yes > {marker}")),
+                &io().container("a"),
+            )
+            .await
+            .expect("exec");
+        let (_, _, st) = collect(p).await;
+        assert!(st.is_none(), "{st:?}");
+        cluster.exec_fault(None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let p = pods
+                .exec(
+                    "two",
+                    sh(&format!("cat {marker} 2>/dev/null; true")),
+                    &io().container("a"),
+                )
+                .await
+                .expect("exec");
+            if collect(p).await.0 == "yes\n" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the command died with its stream"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let p = pods
+            .exec("two", sh(&format!("rm -f {marker}")), &io().container("a"))
+            .await
+            .expect("exec");
+        collect(p).await;
+        cluster.exec_fault(Some(ExecFault::Cut { after_bytes: 4 }));
+
         // A stall holds output back, then it flows.
         cluster.exec_fault(Some(ExecFault::Stall(Duration::from_millis(800))));
         let t = std::time::Instant::now();
@@ -205,6 +244,50 @@ async fn kube_exec_faults_and_errors() {
         assert!(t.elapsed() >= Duration::from_millis(800));
         assert_eq!(st.as_ref().and_then(exit_code), Some(0));
         cluster.exec_fault(None);
+
+        // An idle timeout cuts a silent stream, not a talkative one.
+        cluster.exec_fault(Some(ExecFault::IdleTimeout(Duration::from_millis(400))));
+        let p = pods
+            .exec("two", sh("sleep 1; echo late"), &io().container("a"))
+            .await
+            .expect("exec");
+        assert!(collect(p).await.2.is_none(), "a silent stream is cut");
+        let p = pods
+            .exec(
+                "two",
+                sh("for i in 1 2 3 4 5; do sleep 0.2; echo $i >&2; done"),
+                &io().container("a"),
+            )
+            .await
+            .expect("exec");
+        assert_eq!(collect(p).await.2.as_ref().and_then(exit_code), Some(0));
+        cluster.exec_fault(None);
+
+        // A program the pod lacks: a failure status that is not an exit code.
+        let pods2: Api<Pod> = Api::default_namespaced(c.clone());
+        let p: Pod = serde_json::from_value(json!({"metadata": {"name": "distroless",
+            "annotations": {fake_kube::MISSING_PROGRAMS: "sh,bash"}},
+            "spec": {"containers": [{"name": "app", "image": "distroless"}]}}))
+        .expect("pod");
+        pods2
+            .create(&PostParams::default(), &p)
+            .await
+            .expect("create");
+        let p = pods2
+            .exec("distroless", sh("true"), &io())
+            .await
+            .expect("exec");
+        let st = collect(p).await.2.expect("a status");
+        assert_eq!(exit_code(&st), None, "{st:?}");
+        assert!(
+            st.message.as_deref().unwrap_or("").contains("not found"),
+            "{st:?}"
+        );
+        let p = pods2
+            .exec("distroless", vec!["true"], &io())
+            .await
+            .expect("exec");
+        assert_eq!(collect(p).await.2.as_ref().and_then(exit_code), Some(0));
 
         // 403 on exec.
         cluster.deny("create", "pods/exec", None);

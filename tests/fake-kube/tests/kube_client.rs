@@ -561,6 +561,38 @@ async fn injected_faults_reach_the_client() {
         let _ = cms.get("slow").await;
         assert!(t.elapsed() >= Duration::from_millis(300));
 
+        // an admission webhook without dry-run support, on dry-run requests only
+        cluster.add_fault(
+            FaultRule::new(FaultAction::Status {
+                code: 400,
+                reason: "BadRequest",
+                message: "admission webhook \"guard\" does not support dry run".into(),
+            })
+            .path_contains("dryRun=All"),
+        );
+        let dry = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let e = cms
+            .create(&dry, &cm("webhooked", json!({}), json!({})))
+            .await
+            .unwrap_err();
+        match &e {
+            kube::Error::Api(s) => {
+                assert_eq!(s.code, 400);
+                assert_eq!(s.reason, "BadRequest");
+                assert!(s.message.contains("does not support dry run"), "{s:?}");
+            }
+            other => panic!("expected a Status, got {other:?}"),
+        }
+        cms.create(
+            &PostParams::default(),
+            &cm("webhooked", json!({}), json!({})),
+        )
+        .await
+        .expect("requests without dryRun are served");
+
         cluster.clear_faults();
         cluster.seed_faults(42);
         cluster.add_fault(FaultRule::new(FaultAction::Error(503)).fraction(0.5));

@@ -213,7 +213,9 @@ async fn statefulset_and_deploymentconfig_pods() {
                 && all_pods(&pods, "legacy").await == 1
                 && dc["status"]["conditions"]
                     .as_array()
-                    .is_some_and(|a| a.iter().any(|c| c["reason"] == "NewReplicationControllerAvailable"))
+                    .is_some_and(|a| a.iter().any(|c| c["reason"] == "NewReplicationControllerAvailable"
+                        // names this version's controller, as `oc rollout status` reads it
+                        && c["message"].as_str().is_some_and(|m| m.contains("\"legacy-2\""))))
         })
         .await;
     })
