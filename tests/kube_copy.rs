@@ -163,7 +163,14 @@ fn trees_cross_both_ways_with_modes_times_empty_dirs_and_inner_links() {
             &s.p("out/files"),
             "",
         ),
-        copy_step("up", "to-pod", "/opt/restored", &s.p("local/upload"), ""),
+        // parents missing in the pod are created, as in a new pod
+        copy_step(
+            "up",
+            "to-pod",
+            "/opt/new/deeper/restored",
+            &s.p("local/upload"),
+            "",
+        ),
         copy_step(
             "one-file",
             "from-pod",
@@ -177,7 +184,7 @@ fn trees_cross_both_ways_with_modes_times_empty_dirs_and_inner_links() {
     let out = run(&s, &file, &kube);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_tree(&s.path("out/files"));
-    assert_tree(&in_pod(&kube, &pod, "/opt").join("restored"));
+    assert_tree(&in_pod(&kube, &pod, "/opt").join("new/deeper/restored"));
     assert_eq!(s.read("out/app.yaml"), "port: 8080\n");
     // regular files and links: app.yaml, tool, config, big.bin
     assert_eq!(outputs(&s, "down")["files"], "4");

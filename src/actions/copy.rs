@@ -79,6 +79,26 @@ struct RemotePath {
 }
 
 impl RemotePath {
+    /// Where tar extracts into the pod (`-C`) and the archive name for an
+    /// entry called `name` beside the remote path: the parent path below
+    /// `/` (or below the working directory for a relative path) plus
+    /// `name`, so that missing parents are created. A parent with `..`
+    /// keeps `-C PARENT` (tar strips `..` from names).
+    fn extraction(&self, name: &str) -> (String, String) {
+        let absolute = self.parent.starts_with('/');
+        let below = self.parent.trim_start_matches('/');
+        if below.split('/').any(|c| c == "..") {
+            return (self.parent.clone(), name.to_owned());
+        }
+        let base = if absolute { "/" } else { "." };
+        let parts: Vec<&str> = below
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .chain([name])
+            .collect();
+        (base.to_owned(), parts.join("/"))
+    }
+
     fn parse(text: &str) -> Result<RemotePath, Failure> {
         let trimmed = text.trim_end_matches('/');
         let (parent, name) = match trimmed.rfind('/') {
@@ -343,18 +363,12 @@ async fn to_pod(
     } else {
         remote.name.clone()
     };
-    let argv = strings(&[
-        "tar",
-        "-x",
-        "-p",
-        "--no-same-owner",
-        "-f",
-        "-",
-        "-C",
-        &remote.parent,
-    ]);
+    // the archive names the whole path below `/` (or the working
+    // directory), so tar creates missing parent directories (a new pod)
+    let (base, archive_name) = remote.extraction(&name);
+    let argv = strings(&["tar", "-x", "-p", "--no-same-owner", "-f", "-", "-C", &base]);
     let (tx, rx) = mpsc::channel::<Vec<u8>>(DEPTH);
-    let (src, archive_name) = (local.to_owned(), name.clone());
+    let src = local.to_owned();
     let packing = tokio::task::spawn_blocking(move || {
         let mut writer = ChannelWriter::new(tx);
         pack::pack(&src, &archive_name, &mut writer)
@@ -448,6 +462,21 @@ mod tests {
         let p = RemotePath::parse("data").unwrap();
         assert_eq!((p.parent.as_str(), p.name.as_str()), (".", "data"));
         assert!(RemotePath::parse("/").is_err());
+        let p = RemotePath::parse("/var/lib/data").unwrap();
+        assert_eq!(
+            p.extraction("data.runbook-staging-2"),
+            ("/".to_owned(), "var/lib/data.runbook-staging-2".to_owned())
+        );
+        let p = RemotePath::parse("./out/data").unwrap();
+        assert_eq!(
+            p.extraction("data"),
+            (".".to_owned(), "out/data".to_owned())
+        );
+        let p = RemotePath::parse("../up/data").unwrap();
+        assert_eq!(
+            p.extraction("data"),
+            ("../up".to_owned(), "data".to_owned())
+        );
         assert!(RemotePath::parse("/var/..").is_err());
     }
 
