@@ -64,8 +64,12 @@ fn stand_ins(dir: &Path) {
         ),
         (
             "redis-cli",
-            "#!/bin/sh\n[ \"$1\" = SAVE ] || exit 2\nmkdir -p /var/lib/redis/data\nprintf 'REDIS0009 %s' \"$HOSTNAME\" > /var/lib/redis/data/dump.rdb\necho OK\n",
+            "#!/bin/sh\ncase \"$1\" in\nSAVE) mkdir -p /var/lib/redis/data; printf 'REDIS0009 %s' \"$HOSTNAME\" > /var/lib/redis/data/dump.rdb; echo OK;;\nDBSIZE) echo 42;;\nCONFIG) echo OK;;\nINFO) printf 'aof_rewrite_in_progress:0\\naof_rewrite_scheduled:0\\naof_last_bgrewrite_status:ok\\n';;\n*) exit 2;;\nesac\n",
         ),
+        // the restore's clients read the whole dump from stdin
+        ("mysql", "#!/bin/sh\nwc -l > /tmp/mysql-restored\n"),
+        ("psql", "#!/bin/sh\nwc -l > /tmp/psql-restored\n"),
+        ("bundle", "#!/bin/sh\necho \"resynced: $*\"\n"),
     ];
     for (name, body) in scripts {
         let path = dir.join(name);
@@ -128,6 +132,7 @@ fn three_scale(kube: &Kube, tools: &Path) {
         ("system-sidekiq", 2),
         ("backend-worker", 2),
         ("zync-que", 1),
+        ("zync", 1),
     ] {
         deployment_config(kube, name, replicas, &["main"], &path);
     }
@@ -207,12 +212,16 @@ fn system_storage(kube: &Kube) {
 fn backup(database: &str) {
     let kube = Kube::start();
     let s = Scratch::new();
+    backup_into(&kube, &s, database);
+}
+
+fn backup_into(kube: &Kube, s: &Scratch, database: &str) -> tempfile::TempDir {
     // outside /tmp, /var, /opt and /home, which each pod has of its own
     let tools_root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let tools = tools_root.path().join("tools");
     stand_ins(&tools);
-    three_scale(&kube, &tools);
-    system_storage(&kube);
+    three_scale(kube, &tools);
+    system_storage(kube);
     let backup_dir = s.p("backup");
     let out = s.run(
         Path::new(&common::repo_root().join("runbooks/3scale-backup.yaml")),
@@ -264,6 +273,7 @@ fn backup(database: &str) {
         ("system-sidekiq", 2),
         ("backend-worker", 2),
         ("zync-que", 1),
+        ("zync", 1),
     ] {
         let obj = kube
             .get("apps.openshift.io", "deploymentconfigs", NS, dc)
@@ -279,6 +289,7 @@ fn backup(database: &str) {
         )
         .unwrap();
     assert_eq!(operator["spec"]["replicas"], 1);
+    tools_root
 }
 
 #[test]
@@ -289,4 +300,76 @@ fn three_scale_backup_runs_against_the_fake_cluster_with_mysql() {
 #[test]
 fn three_scale_backup_runs_against_the_fake_cluster_with_postgresql() {
     backup("postgresql");
+}
+
+#[test]
+fn three_scale_restore_runs_against_the_fake_cluster_from_a_backup() {
+    let kube = Kube::start();
+    let s = Scratch::new();
+    let _tools = backup_into(&kube, &s, "mysql");
+    // as after a disaster: the operator recreates the workloads from the
+    // APIManager the restore applies; the Secrets and ConfigMaps are gone
+    kube.cluster
+        .remove("apps.3scale.net", "apimanagers", NS, "apimanager");
+    for name in SECRETS {
+        kube.cluster.remove("", "secrets", NS, name);
+    }
+    for name in CONFIGMAPS {
+        kube.cluster.remove("", "configmaps", NS, name);
+    }
+    kube.cluster
+        .upsert(
+            "",
+            "configmaps",
+            NS,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "redis-config", "namespace": NS},
+                   "data": {"redis.conf": "save 900 1\nsave 300 10\nsave 60 10000\nappendonly yes\n"}}),
+        )
+        .unwrap();
+    let out = s.run(
+        Path::new(&common::repo_root().join("runbooks/3scale-restore.yaml")),
+        &[
+            "-p",
+            &format!("backup_dir={}", s.p("backup")),
+            "-p",
+            &format!("namespace={NS}"),
+            "--approve",
+            "confirm-restore",
+            "--kubeconfig",
+            &kube.kubeconfig.display().to_string(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for name in SECRETS {
+        assert!(kube.get("", "secrets", NS, name).is_some(), "{name}");
+    }
+    assert!(
+        kube.get("apps.3scale.net", "apimanagers", NS, "apimanager")
+            .is_some()
+    );
+    // the system database got the whole dump on its client's stdin
+    let mysql_pod = kube
+        .cluster
+        .objects("", "pods", Some(NS))
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["deploymentConfig"] == "system-mysql")
+        .unwrap();
+    let restored = kube
+        .cluster
+        .pod_dir(
+            NS,
+            mysql_pod["metadata"]["name"].as_str().unwrap(),
+            Path::new("/tmp"),
+        )
+        .join("mysql-restored");
+    assert_eq!(std::fs::read_to_string(restored).unwrap().trim(), "501");
+    let redis = kube.get("", "configmaps", NS, "redis-config").unwrap();
+    assert!(
+        redis["data"]["redis.conf"]
+            .as_str()
+            .unwrap()
+            .contains("appendonly yes"),
+        "{redis}"
+    );
 }
