@@ -178,6 +178,31 @@ fn scale_waits_for_terminating_pods_and_exact_ready_counts() {
         said.contains("1 pod(s) match `app=api`, 1 Running and Ready"),
         "{said}"
     );
+
+    // a pod nobody owns matches the selector too: 0 is never reached, and
+    // the timeout says what is in the way
+    kube.cluster
+        .upsert(
+            "",
+            "pods",
+            "default",
+            json!({"metadata": {"name": "debug-shell", "labels": {"app": "api"}},
+                   "spec": {"containers": [{"name": "sh", "image": "busybox"}]},
+                   "status": {"phase": "Pending"}}),
+        )
+        .unwrap();
+    let file = s.runbook(
+        "stray",
+        "  {}",
+        "  - id: stop\n    timeout: 1s\n    retry: { attempts: 1 }\n    scale: { kind: Deployment, name: api, replicas: 0 }\n",
+    );
+    let out = run(&s, &file, &kube);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("deployment/api in namespace `default` was scaled to 0 but its pods did not settle within 900ms (the step's timeout): 1 pod(s) match `app=api`, 0 Running and Ready"),
+        "{said}"
+    );
 }
 
 #[test]
