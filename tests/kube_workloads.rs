@@ -200,7 +200,7 @@ fn scale_waits_for_terminating_pods_and_exact_ready_counts() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);
     assert!(
-        said.contains("deployment/api in namespace `default` was scaled to 0 but its pods did not settle within 900ms (the step's timeout): 1 pod(s) match `app=api`, 0 Running and Ready"),
+        said.contains("deployment/api in namespace `default` was scaled to 0 but its pods did not settle within the step's timeout (1s): 1 pod(s) match `app=api`, 0 Running and Ready"),
         "{said}"
     );
 }
@@ -413,7 +413,7 @@ fn rollout_restart_replaces_the_pods_and_a_stuck_rollout_times_out_naming_its_st
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(15));
     let said = text(&out);
-    assert!(said.contains("the rollout of daemonset/agent in namespace `default` did not complete within 1.8s (the step's timeout)"), "{said}");
+    assert!(said.contains("the rollout of daemonset/agent in namespace `default` did not complete within the step's timeout (2s)"), "{said}");
     assert!(
         said.contains("observedGeneration 1 < generation 2"),
         "{said}"
@@ -540,7 +540,7 @@ fn wait_variants_and_what_a_timeout_says() {
     assert!(started.elapsed() < Duration::from_secs(10));
     let said = text(&out);
     assert!(
-        said.contains("deployment/web in namespace `default`: `condition=Frobnicated` did not hold within 900ms (the step's timeout); last seen: condition Frobnicated is missing"),
+        said.contains("deployment/web in namespace `default`: `condition=Frobnicated` did not hold within the step's timeout (1s); last seen: condition Frobnicated is missing"),
         "{said}"
     );
     assert!(said.contains("nothing matches the selector"), "{said}");
