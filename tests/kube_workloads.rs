@@ -178,6 +178,31 @@ fn scale_waits_for_terminating_pods_and_exact_ready_counts() {
         said.contains("1 pod(s) match `app=api`, 1 Running and Ready"),
         "{said}"
     );
+
+    // a pod nobody owns matches the selector too: 0 is never reached, and
+    // the timeout says what is in the way
+    kube.cluster
+        .upsert(
+            "",
+            "pods",
+            "default",
+            json!({"metadata": {"name": "debug-shell", "labels": {"app": "api"}},
+                   "spec": {"containers": [{"name": "sh", "image": "busybox"}]},
+                   "status": {"phase": "Pending"}}),
+        )
+        .unwrap();
+    let file = s.runbook(
+        "stray",
+        "  {}",
+        "  - id: stop\n    timeout: 1s\n    retry: { attempts: 1 }\n    scale: { kind: Deployment, name: api, replicas: 0 }\n",
+    );
+    let out = run(&s, &file, &kube);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("deployment/api in namespace `default` was scaled to 0 but its pods did not settle within the step's timeout (1s): 1 pod(s) match `app=api`, 0 Running and Ready"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -388,19 +413,43 @@ fn rollout_restart_replaces_the_pods_and_a_stuck_rollout_times_out_naming_its_st
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(15));
     let said = text(&out);
-    assert!(said.contains("the rollout of daemonset/agent in namespace `default` did not complete within 1.8s (the step's timeout)"), "{said}");
+    assert!(said.contains("the rollout of daemonset/agent in namespace `default` did not complete within the step's timeout (2s)"), "{said}");
     assert!(
         said.contains("observedGeneration 1 < generation 2"),
         "{said}"
     );
     assert!(said.contains("desiredNumberScheduled=2"), "{said}");
 
-    // once the controller catches up, `status` sees it done
+    // once the controller catches up, a resume of the failed step finds
+    // its own restart in place: it waits, it does not restart again
+    let restarted = |kube: &Kube| {
+        let agent = kube.get("apps", "daemonsets", "default", "agent").unwrap();
+        (
+            agent["metadata"]["generation"].clone(),
+            agent["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].clone(),
+        )
+    };
+    let first = restarted(&kube);
+    assert_eq!(first.0, 2);
     let mut agent = kube.get("apps", "daemonsets", "default", "agent").unwrap();
     agent["status"]["observedGeneration"] = json!(2);
     kube.cluster
         .upsert("apps", "daemonsets", "default", agent)
         .unwrap();
+    let out = s.resume(&[
+        &s.run_id(),
+        "--kubeconfig",
+        &kube.kubeconfig.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(restarted(&kube), first, "restarted twice");
+    let said = log(&s, "restart-agent");
+    assert!(
+        said.contains("was restarted by an earlier attempt"),
+        "{said}"
+    );
+
+    // and `status` only waits
     let file = s.runbook(
         "caught-up",
         "  {}",
@@ -491,7 +540,7 @@ fn wait_variants_and_what_a_timeout_says() {
     assert!(started.elapsed() < Duration::from_secs(10));
     let said = text(&out);
     assert!(
-        said.contains("deployment/web in namespace `default`: `condition=Frobnicated` did not hold within 900ms (the step's timeout); last seen: condition Frobnicated is missing"),
+        said.contains("deployment/web in namespace `default`: `condition=Frobnicated` did not hold within the step's timeout (1s); last seen: condition Frobnicated is missing"),
         "{said}"
     );
     assert!(said.contains("nothing matches the selector"), "{said}");
@@ -550,6 +599,47 @@ fn delete_waits_until_gone_counts_a_recreated_pod_as_gone_and_ignores_missing_on
     });
     let second_uid = kube.get("", "pods", "default", "db-0").unwrap()["metadata"]["uid"].clone();
     assert_ne!(first_uid, second_uid);
+
+    // the deletion goes through but the wait is refused: a resume finds
+    // nothing left, and knows it deleted it
+    kube.cluster
+        .upsert(
+            "",
+            "configmaps",
+            "default",
+            json!({"metadata": {"name": "feature-flags"}, "data": {"a": "b"}}),
+        )
+        .unwrap();
+    kube.cluster.deny("list", "configmaps", Some("default"));
+    let file = s.runbook(
+        "refused-wait",
+        "  {}",
+        "  - id: drop-flags\n    retry: { attempts: 1 }\n    delete: { kind: ConfigMap, name: feature-flags }\n",
+    );
+    let out = run(&s, &file, &kube);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("forbidden (403): not allowed to list configmaps in namespace `default`"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        kube.get("", "configmaps", "default", "feature-flags")
+            .is_none()
+    );
+    kube.cluster.allow_all();
+    let out = s.resume(&[
+        &s.run_id(),
+        "--kubeconfig",
+        &kube.kubeconfig.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        log(&s, "drop-flags").contains("gone (deleted by an earlier attempt)"),
+        "{}",
+        log(&s, "drop-flags")
+    );
 
     let file = s.runbook(
         "missing",

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
-use kube::api::{DeleteParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, Preconditions};
 use serde_json::{Value, json};
 
 use super::wait::{Deadline, Place, fetch};
@@ -108,16 +108,26 @@ pub async fn run(cx: &AttemptCx, spec: &Value) -> ActionResult {
         pending.push((object_name, uid));
     }
 
+    // watched as `kubectl delete --wait` does: a list of what is left (by
+    // name through a field selector, or by the label selector), so it
+    // needs `list`, as kubectl's wait does
+    let params = match name {
+        Some(name) => ListParams::default().fields(&format!("metadata.name={name}")),
+        None => ListParams::default().labels(selector.unwrap_or_default()),
+    };
+    let list_op = place.op("list");
     let deadline = Deadline::of_step(cx);
     loop {
         let mut left = Vec::new();
         let mut trouble = None;
-        for (object_name, uid) in &pending {
-            match fetch(cluster, &place, Some(object_name), None).await {
-                Ok(now) => {
-                    if let Some(object) = now.first()
-                        && object.metadata.uid.as_deref().unwrap_or_default() == uid
-                    {
+        match api.list(&params).await {
+            Ok(now) => {
+                for (object_name, uid) in &pending {
+                    // the same uid: a re-created object is another one
+                    if let Some(object) = now.items.iter().find(|o| {
+                        o.metadata.name.as_deref() == Some(object_name)
+                            && o.metadata.uid.as_deref().unwrap_or_default() == uid
+                    }) {
                         left.push(format!(
                             "{object_name}{}",
                             if object.metadata.deletion_timestamp.is_some() {
@@ -128,12 +138,12 @@ pub async fn run(cx: &AttemptCx, spec: &Value) -> ActionResult {
                         ));
                     }
                 }
-                Err(refused) if refused.transient => {
-                    left.push(object_name.clone());
-                    trouble = Some(refused.failure.message);
-                }
-                Err(refused) => return Err(Failure::uncertain(refused.failure.message)),
             }
+            Err(e) if is_transient(&e) => {
+                left.extend(pending.iter().map(|(n, _)| n.clone()));
+                trouble = Some(describe(&e, &list_op).message);
+            }
+            Err(e) => return Err(Failure::uncertain(describe(&e, &list_op).message)),
         }
         if left.is_empty() {
             cx.say(&format!("{what}: gone"));

@@ -404,7 +404,8 @@ fn judge_ready(kind: &str, object: &Value) -> (bool, String) {
 pub struct Deadline {
     at: Instant,
     limit: Duration,
-    from_step: bool,
+    /// The step's timeout, if it has one.
+    step_timeout: Option<Duration>,
 }
 
 impl Deadline {
@@ -415,15 +416,15 @@ impl Deadline {
 
     /// A deadline for a step timeout (or none).
     pub fn new(timeout: Option<Duration>) -> Deadline {
-        let (limit, from_step) = match timeout {
+        let limit = match timeout {
             // leave a little of the step's time to report what was seen
-            Some(t) => (t.saturating_sub((t / 10).min(Duration::from_secs(2))), true),
-            None => (DEFAULT_WAIT, false),
+            Some(t) => t.saturating_sub((t / 10).min(Duration::from_secs(2))),
+            None => DEFAULT_WAIT,
         };
         Deadline {
             at: Instant::now() + limit,
             limit,
-            from_step,
+            step_timeout: timeout,
         }
     }
 
@@ -438,12 +439,12 @@ impl Deadline {
         tokio::time::sleep(POLL.min(left)).await;
     }
 
-    /// "within 2s (the step's timeout)" / "within 10m (the default ...)".
+    /// "within the step's timeout (2s)" / "within 10m (the default ...)".
     pub fn describe(&self) -> String {
-        if self.from_step {
+        if let Some(timeout) = self.step_timeout {
             format!(
-                "within {} (the step's timeout)",
-                crate::model::fmt_duration(self.limit)
+                "within the step's timeout ({})",
+                crate::model::fmt_duration(timeout)
             )
         } else {
             format!(
