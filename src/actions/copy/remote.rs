@@ -254,26 +254,14 @@ impl Target {
 }
 
 /// What a status frame says: success, an exit code, or a command that did
-/// not run.
+/// not run (read as `exec` reads it).
 pub fn judge(status: &Status) -> Ended {
-    if status.status.as_deref() == Some("Success") {
-        return Ended::Success;
-    }
-    let code = status
-        .details
-        .as_ref()
-        .and_then(|d| d.causes.as_ref())
-        .and_then(|c| {
-            c.iter()
-                .find(|c| c.reason.as_deref() == Some("ExitCode"))
-                .and_then(|c| c.message.as_deref()?.trim().parse().ok())
-        });
-    match code {
-        Some(code) if status.reason.as_deref() == Some("NonZeroExitCode") => Ended::Exit(code),
-        _ => Ended::NotRun {
-            reason: status.reason.clone().unwrap_or_default(),
-            message: status.message.clone().unwrap_or_default(),
-        },
+    match crate::cluster::exec_stream::exit_status(status) {
+        crate::cluster::exec_stream::ExitStatus::Exited(0) => Ended::Success,
+        crate::cluster::exec_stream::ExitStatus::Exited(code) => Ended::Exit(code),
+        crate::cluster::exec_stream::ExitStatus::NotRun { reason, message } => {
+            Ended::NotRun { reason, message }
+        }
     }
 }
 
