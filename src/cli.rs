@@ -120,7 +120,8 @@ Ctrl-C twice: also terminate running steps (SIGTERM, then SIGKILL).",
 runbook plan FILE --save plan.json && runbook run --plan plan.json\n  \
 runbook run FILE -j 8 --fail-fast --log-format json\n  \
 runbook run FILE --approve confirm-restore   # unattended: the gate is approved in advance\n  \
-runbook run FILE --from restore-db           # restore-db and everything after it\n\n\
+runbook run FILE --from restore-db           # restore-db and everything after it\n  \
+runbook run runbooks/3scale-backup.yaml -p backup_dir=/backups/x --context staging -n 3scale\n\n\
 On a terminal a `pause` gate asks `Approve STEP? [y/N]` and the run goes on after `y`; \
 without one (or with --no-input) the run stops there (exit 3).\n\n\
 Exit codes: 0 all steps succeeded or were skipped, 1 a step failed, 2 invalid input or a \
