@@ -152,3 +152,56 @@ fn a_resume_against_another_context_is_refused_on_a_real_cluster() {
     let out = s.resume(&[&s.run_id(), "--context", "runbook-no-such-context"]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+#[test]
+#[ignore = "needs a cluster"]
+fn a_run_killed_mid_exec_resumes_on_a_real_cluster_without_overlapping_attempts() {
+    let ns = Namespace::create();
+    let lab = common::lab::Lab::new();
+    let out = lab.path("out").display().to_string();
+    // the exec notes when an earlier attempt of itself is still running
+    let file = lab.runbook(
+        "real-kill",
+        &format!(
+            r#"  - id: slow-dump
+    exec:
+      pod: {{ selector: app=db }}
+      command: [sh, -c, 'if [ -e /tmp/running ] && kill -0 "$(cat /tmp/running)" 2>/dev/null; then echo overlap >> /tmp/overlaps; fi; echo $$ > /tmp/running; sleep 5; seq 1 1000']
+      stdout: {{ file: {out}/dump.gz, gzip: true }}
+  - id: no-overlap
+    needs: [slow-dump]
+    exec:
+      pod: {{ selector: app=db }}
+      command: [sh, -c, '! test -e /tmp/overlaps']
+  - id: stop
+    needs: [no-overlap]
+    scale: {{ kind: Deployment, name: db, replicas: 0 }}
+  - id: start
+    needs: [stop]
+    scale: {{ kind: Deployment, name: db, replicas: "{{{{ steps['stop'].outputs.previous_replicas }}}}" }}
+"#
+        ),
+    );
+    let mut proc = lab.spawn(&["run", &file, "-n", &ns.0]);
+    common::lab::wait_until(
+        "slow-dump to start",
+        std::time::Duration::from_secs(120),
+        || {
+            lab.run_started()
+                && std::fs::read_to_string(lab.journal(&lab.run_id()))
+                    .unwrap_or_default()
+                    .contains("\"step\":\"slow-dump\"")
+        },
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    proc.kill9();
+    let id = lab.run_id();
+    let resumed = lab.cmd(&["resume", &id, "-n", &ns.0]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    // `no-overlap` succeeded: no attempt found an earlier one still running
+    let journal = std::fs::read_to_string(lab.journal(&id)).unwrap();
+    assert!(
+        journal.contains("remote_leftover_terminated") || journal.contains("\"attempt\":2"),
+        "{journal}"
+    );
+}
