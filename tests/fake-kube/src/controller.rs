@@ -94,6 +94,22 @@ fn reconcile(shared: &Shared, terminating: &mut std::collections::HashMap<String
             workload(shared, &mut st, key, kind, w);
         }
     }
+    // A pod created directly (no owner) with no status yet starts, as a
+    // kubelet would start it; one given a status (say Pending) keeps it.
+    let pods: Vec<Value> = st.list(PODS, None).cloned().collect();
+    for mut p in pods {
+        let bare = p.pointer("/metadata/ownerReferences").is_none()
+            && p.pointer("/metadata/deletionTimestamp").is_none()
+            && p.get("status")
+                .is_none_or(|st| st.as_object().is_none_or(|o| o.is_empty()));
+        if bare {
+            if p["spec"].get("nodeName").is_none() {
+                p["spec"]["nodeName"] = json!("fake-node");
+            }
+            p["status"] = running_status(&p["spec"]);
+            put(shared, &mut st, PODS, p, "MODIFIED");
+        }
+    }
     // Garbage collection: pods whose owner is gone start terminating.
     let pods: Vec<Value> = st.list(PODS, None).cloned().collect();
     for p in pods {
@@ -351,19 +367,7 @@ fn new_pod(w: &Value, kind: &str, template: &Value, revision: &str, name: &str) 
     annotations["fake-kube/revision"] = json!(revision);
     let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
     spec["nodeName"] = json!("fake-node");
-    let now = now_rfc3339();
-    let statuses: Vec<Value> = spec["containers"]
-        .as_array()
-        .map(|cs| {
-            cs.iter()
-                .map(|c| {
-                    json!({"name": c["name"], "image": c["image"], "imageID": "",
-                           "ready": true, "started": true, "restartCount": 0,
-                           "state": {"running": {"startedAt": now}}})
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let status = running_status(&spec);
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -382,7 +386,26 @@ fn new_pod(w: &Value, kind: &str, template: &Value, revision: &str, name: &str) 
             }],
         },
         "spec": spec,
-        "status": {
+        "status": status,
+    })
+}
+
+/// The status of a pod whose containers all started and are ready.
+fn running_status(spec: &Value) -> Value {
+    let now = now_rfc3339();
+    let statuses: Vec<Value> = spec["containers"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    json!({"name": c["name"], "image": c["image"], "imageID": "",
+                           "ready": true, "started": true, "restartCount": 0,
+                           "state": {"running": {"startedAt": now}}})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
             "phase": "Running",
             "hostIP": "10.0.0.1",
             "podIP": format!("10.244.0.{}", rand::random_range(2..250)),
@@ -395,5 +418,5 @@ fn new_pod(w: &Value, kind: &str, template: &Value, revision: &str, name: &str) 
             ],
             "containerStatuses": statuses,
         }
-    })
+    )
 }

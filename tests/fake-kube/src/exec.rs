@@ -69,7 +69,7 @@ impl Default for ExecConfig {
         ExecConfig {
             v4_only: false,
             fault: None,
-            mounts: ["/var", "/opt", "/tmp", "/home"]
+            mounts: ["/var", "/opt", "/tmp", "/home", "/root"]
                 .iter()
                 .map(PathBuf::from)
                 .collect(),

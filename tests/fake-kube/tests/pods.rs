@@ -221,3 +221,56 @@ async fn statefulset_and_deploymentconfig_pods() {
     })
     .await;
 }
+
+/// A pod created directly starts (Running, Ready) as a kubelet would start it, unless it
+/// was created with a status of its own.
+#[tokio::test]
+async fn a_bare_pod_starts_unless_it_has_a_status() {
+    let cluster = FakeCluster::start().await.expect("start");
+    let c = client(&cluster);
+    bounded(async {
+        let pods: Api<Pod> = Api::default_namespaced(c.clone());
+        let bare: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "helper"},
+            "spec": {"containers": [{"name": "main", "image": "x"}]}
+        }))
+        .expect("pod");
+        pods.create(&PostParams::default(), &bare)
+            .await
+            .expect("create");
+        cluster
+            .upsert(
+                "",
+                "pods",
+                "default",
+                json!({"metadata": {"name": "stuck", "namespace": "default"},
+                       "spec": {"containers": [{"name": "main", "image": "x"}]},
+                       "status": {"phase": "Pending"}}),
+            )
+            .expect("upsert");
+        let ready = |p: &Pod| {
+            p.status.as_ref().is_some_and(|s| {
+                s.phase.as_deref() == Some("Running")
+                    && s.conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        };
+        let mut started = false;
+        for _ in 0..100 {
+            if ready(&pods.get("helper").await.expect("get")) {
+                started = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(started, "the bare pod never became Running and Ready");
+        let stuck = pods.get("stuck").await.expect("get");
+        assert_eq!(
+            stuck.status.and_then(|s| s.phase).as_deref(),
+            Some("Pending")
+        );
+    })
+    .await;
+}
