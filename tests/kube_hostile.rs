@@ -1,0 +1,95 @@
+//! Kubernetes steps fed what a careless or hostile runbook gives them,
+//! with the real binary against the fake cluster: templated targets that
+//! render to nothing (an empty label selector would match every object).
+
+mod common;
+
+use common::kube::Kube;
+use common::scratch::Scratch;
+use serde_json::json;
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn config_map(kube: &Kube, name: &str) {
+    kube.cluster
+        .upsert(
+            "",
+            "configmaps",
+            "default",
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": name, "namespace": "default"}, "data": {"a": "b"}}),
+        )
+        .unwrap();
+}
+
+#[test]
+fn a_selector_or_name_that_renders_empty_is_refused_before_anything_changes() {
+    let kube = Kube::start();
+    config_map(&kube, "keep-1");
+    config_map(&kube, "keep-2");
+    kube.deployment("default", "web", 2);
+    let s = Scratch::new();
+    let cases = [
+        (
+            "delete",
+            "delete: { kind: ConfigMap, selector: \"{{ params.sel }}\" }",
+            "`selector` is empty",
+        ),
+        (
+            "scale",
+            "scale: { kind: Deployment, selector: \"{{ params.sel }}\", replicas: 0 }",
+            "`selector` is empty",
+        ),
+        (
+            "export",
+            "export: { kind: ConfigMap, selector: \"{{ params.sel }}\", to: out }",
+            "`selector` is empty",
+        ),
+        (
+            "wait",
+            "wait: { kind: ConfigMap, selector: \"{{ params.sel }}\", for: exists }",
+            "`selector` is empty",
+        ),
+        (
+            "byname",
+            "delete: { kind: ConfigMap, name: \"{{ params.sel }}\" }",
+            "`name` is empty",
+        ),
+        (
+            "exec",
+            "exec: { pod: { selector: \"{{ params.sel }}\" }, command: [\"true\"] }",
+            "`pod.selector` is empty",
+        ),
+        (
+            "copy",
+            "copy: { pod: { selector: app=web }, remote: /tmp, local: \"{{ params.sel }}\" }",
+            "`local` is empty",
+        ),
+    ];
+    for (name, action, expected) in cases {
+        let file = s.runbook(
+            name,
+            "  sel: { type: string, default: \"\" }",
+            &format!("  - id: s\n    timeout: 10s\n    {action}\n"),
+        );
+        let mut args = vec![];
+        let kube_args = kube.args();
+        args.extend(kube_args.iter().map(String::as_str));
+        let out = s.run(&file, &args);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{name}: {all}");
+        assert!(all.contains(expected), "{name}: {all}");
+        assert!(!all.contains("panicked"), "{name}: {all}");
+    }
+    assert!(kube.get("", "configmaps", "default", "keep-1").is_some());
+    assert!(kube.get("", "configmaps", "default", "keep-2").is_some());
+    let web = kube.get("apps", "deployments", "default", "web").unwrap();
+    assert_eq!(web["spec"]["replicas"], 2);
+    assert!(!s.path("out").exists());
+}
