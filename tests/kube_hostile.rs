@@ -93,3 +93,46 @@ fn a_selector_or_name_that_renders_empty_is_refused_before_anything_changes() {
     assert_eq!(web["spec"]["replicas"], 2);
     assert!(!s.path("out").exists());
 }
+
+/// Running pods with label `app=NAME`, once there are `count`.
+fn wait_pods(kube: &Kube, app: &str, count: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while kube
+        .cluster
+        .objects("", "pods", Some("default"))
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app"] == app && p["status"]["phase"] == "Running")
+        .count()
+        < count
+    {
+        assert!(std::time::Instant::now() < deadline, "no pods for {app}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_exec_whose_stdout_file_is_a_directory_fails_before_the_command_runs() {
+    let kube = Kube::start();
+    kube.deployment("default", "db", 1);
+    wait_pods(&kube, "db", 1);
+    let s = Scratch::new();
+    std::fs::create_dir(s.path("backups")).unwrap();
+    let file = s.runbook(
+        "dump",
+        "  {}",
+        &format!(
+            "  - id: dump\n    timeout: 20s\n    exec:\n      pod: {{ selector: app=db }}\n      command: [sh, -c, 'echo ran-$((40+2)) >&2; echo data']\n      stdout: {{ file: {} }}\n",
+            s.p("backups")
+        ),
+    );
+    let args = kube.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.run(&file, &args);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("is a directory: name a file in it"), "{all}");
+    let log = std::fs::read_to_string(s.run_dir().join("logs/dump.log")).unwrap_or_default();
+    assert!(!log.contains("ran-42"), "the command ran: {log}");
+    assert!(!s.path("backups.partial").exists());
+    assert!(s.path("backups").is_dir());
+}

@@ -430,6 +430,15 @@ impl OutputFile {
         let mut name = path.as_os_str().to_owned();
         name.push(".partial");
         let partial = PathBuf::from(name);
+        // known before the command runs: a dump that ends in a failed
+        // rename onto a directory ran for nothing
+        if path.is_dir() {
+            return Err(Failure::permanent(format!(
+                "the `stdout` file {} is a directory: name a file in it, e.g. {}",
+                path.display(),
+                path.join("out").display()
+            )));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 Failure::permanent(format!(
