@@ -136,3 +136,55 @@ fn an_exec_whose_stdout_file_is_a_directory_fails_before_the_command_runs() {
     assert!(!s.path("backups.partial").exists());
     assert!(s.path("backups").is_dir());
 }
+
+#[test]
+fn a_resume_in_another_namespace_is_refused_like_another_context() {
+    let kube = Kube::start();
+    let s = Scratch::new();
+    let file = s.runbook(
+        "ns",
+        "  {}",
+        "  - id: gone\n    delete: { kind: ConfigMap, name: absent }\n",
+    );
+    let kubeconfig = kube.kubeconfig.display().to_string();
+    let out = s.run(&file, &["--kubeconfig", &kubeconfig, "-n", "staging"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let run_id = s.run_id();
+    let resumed = |journal: &str| journal.matches("\"event\":\"run_resumed\"").count();
+
+    // the operator forgot `-n staging`: the steps would go to `default`
+    let out = s.resume(&[&run_id, "--kubeconfig", &kubeconfig]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("(namespace staging)"), "{said}");
+    assert!(said.contains("(namespace default)"), "{said}");
+    assert!(said.contains("-n staging"), "{said}");
+    // or named another one
+    let out = s.resume(&[&run_id, "--kubeconfig", &kubeconfig, "-n", "production"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(resumed(&s.journal()), 0);
+
+    // the same namespace goes on; another one only when asked for
+    let out = s.resume(&[&run_id, "--kubeconfig", &kubeconfig, "-n", "staging"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("in namespace `staging`"),
+        "{}",
+        text(&out)
+    );
+    let out = s.resume(&[
+        &run_id,
+        "--kubeconfig",
+        &kubeconfig,
+        "-n",
+        "production",
+        "--allow-context-change",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("in namespace `production`"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(resumed(&s.journal()), 2);
+}
