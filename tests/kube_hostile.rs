@@ -188,3 +188,68 @@ fn a_resume_in_another_namespace_is_refused_like_another_context() {
     );
     assert_eq!(resumed(&s.journal()), 2);
 }
+
+#[test]
+fn a_copy_cut_mid_file_leaves_no_truncated_file_under_its_name() {
+    let kube = Kube::start();
+    if !kube.cluster.exec_isolated() {
+        eprintln!("SKIPPED: not root, so pods have no filesystems of their own");
+        return;
+    }
+    kube.deployment("default", "app", 1);
+    wait_pods(&kube, "app", 1);
+    let pod = kube
+        .cluster
+        .objects("", "pods", Some("default"))
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["app"] == "app")
+        .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        .unwrap();
+    let src = kube
+        .cluster
+        .pod_dir("default", &pod, std::path::Path::new("/var"))
+        .join("data");
+    std::fs::create_dir_all(&src).unwrap();
+    let content = |i: u8| vec![b'a' + i; 200_000];
+    for i in 0..2 {
+        std::fs::write(src.join(format!("f{i}")), content(i)).unwrap();
+    }
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("out/data")).unwrap();
+    for i in 0..2 {
+        std::fs::write(s.path(&format!("out/data/f{i}")), "old").unwrap();
+    }
+    let file = s.runbook(
+        "cut",
+        "  {}",
+        &format!(
+            "  - id: c\n    copy: {{ pod: {{ selector: app=app }}, remote: /var/data, local: '{}' }}\n",
+            s.p("out/data")
+        ),
+    );
+    // the archive breaks in the middle of its second file
+    kube.cluster.exec_fault(Some(fake_kube::ExecFault::Cut {
+        after_bytes: 300_000,
+    }));
+    let args = kube.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.run(&file, &args);
+    kube.cluster.exec_fault(None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let mut names: Vec<String> = std::fs::read_dir(s.path("out/data"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["f0", "f1"], "leftovers");
+    for i in 0..2 {
+        let now = std::fs::read(s.path(&format!("out/data/f{i}"))).unwrap();
+        // a file is either the pod's whole file or the one it replaces
+        assert!(
+            now == content(i) || now == b"old",
+            "f{i} is neither old nor whole: {} bytes",
+            now.len()
+        );
+    }
+}
