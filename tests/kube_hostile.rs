@@ -253,3 +253,48 @@ fn a_copy_cut_mid_file_leaves_no_truncated_file_under_its_name() {
         );
     }
 }
+
+#[test]
+fn an_exec_that_runs_into_the_step_timeout_is_ended_in_the_pod() {
+    let kube = Kube::start();
+    kube.deployment("default", "db", 1);
+    wait_pods(&kube, "db", 1);
+    let s = Scratch::new();
+    let file = s.runbook(
+        "slow",
+        "  {}",
+        "  - id: import\n    timeout: 3s\n    exec:\n      pod: { selector: app=db }\n      command: [sh, -c, 'sleep 40; echo late']\n",
+    );
+    let args = kube.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let out = s.run(&file, &args);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{all}"
+    );
+    assert!(
+        all.contains("timed out after 3s; ended the command in pod default/db-"),
+        "{all}"
+    );
+    // the fake's pods are processes of this machine: the command is gone
+    let pid: String = all
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!pid.is_empty(), "{all}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(std::time::Instant::now() < deadline, "pid {pid} still runs");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let journal = s.journal();
+    assert!(
+        journal.contains("\"event\":\"remote_leftover_terminated\""),
+        "{journal}"
+    );
+}
