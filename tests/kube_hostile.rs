@@ -298,3 +298,30 @@ fn an_exec_that_runs_into_the_step_timeout_is_ended_in_the_pod() {
         "{journal}"
     );
 }
+
+#[test]
+fn plan_live_says_a_step_with_an_empty_selector_will_fail() {
+    let kube = Kube::start();
+    config_map(&kube, "keep-1");
+    let s = Scratch::new();
+    let file = s.runbook(
+        "plan",
+        "  sel: { type: string, default: \"\" }",
+        "  - id: drop\n    delete: { kind: ConfigMap, selector: \"{{ params.sel }}\" }\n",
+    );
+    let kubeconfig = kube.kubeconfig.display().to_string();
+    let out = s.cmd(&[
+        "plan",
+        &file.display().to_string(),
+        "--live",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    let all = text(&out);
+    assert!(
+        all.contains("live: the step will fail: `selector` is empty after rendering"),
+        "{all}"
+    );
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(kube.get("", "configmaps", "default", "keep-1").is_some());
+}
