@@ -325,3 +325,35 @@ fn plan_live_says_a_step_with_an_empty_selector_will_fail() {
     assert_ne!(out.status.code(), Some(0), "{all}");
     assert!(kube.get("", "configmaps", "default", "keep-1").is_some());
 }
+
+#[test]
+fn a_stdin_file_that_is_not_gzip_fails_before_the_command_starts() {
+    let kube = Kube::start();
+    kube.deployment("default", "db", 1);
+    wait_pods(&kube, "db", 1);
+    let s = Scratch::new();
+    std::fs::write(s.path("dump.sql.gz"), "CREATE TABLE t (id int);\n").unwrap();
+    let file = s.runbook(
+        "restore",
+        "  {}",
+        &format!(
+            "  - id: restore\n    idempotent: false\n    timeout: 20s\n    exec:\n      pod: {{ selector: app=db }}\n      command: [sh, -c, 'echo started-$((40+2)) >&2; cat >/dev/null']\n      stdin: {{ file: {}, gunzip: true }}\n",
+            s.p("dump.sql.gz")
+        ),
+    );
+    let args = kube.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.run(&file, &args);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("is not gzip data"), "{all}");
+    assert!(!all.contains("started-42"), "the command started: {all}");
+    let log = std::fs::read_to_string(s.run_dir().join("logs/restore.log")).unwrap_or_default();
+    assert!(!log.contains("started-42"), "the command started: {log}");
+    // a clean failure: nothing ran, so it is not marked as maybe done
+    assert!(
+        !s.journal().contains("\"uncertain\":true"),
+        "{}",
+        s.journal()
+    );
+}

@@ -176,6 +176,14 @@ pub async fn run(cx: &AttemptCx, spec: &serde_json::Value) -> ActionResult {
     result
 }
 
+/// Whether a file begins with the gzip magic bytes (read, then rewound).
+fn starts_as_gzip(mut file: &std::fs::File) -> bool {
+    use std::io::Seek;
+    let mut magic = [0u8; 2];
+    let ok = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    file.rewind().is_ok() && ok
+}
+
 /// The attempt ran into the step's timeout: ends the command in the pod
 /// (TERM, then KILL after a second) and says whether it could.
 async fn timed_out(
@@ -305,6 +313,13 @@ async fn attempt_once(
         Some(source) => {
             let path = cx.local_path(&source.file);
             match std::fs::File::open(&path) {
+                Ok(file) if source.gunzip && !starts_as_gzip(&file) => {
+                    // known before the command starts: nothing reaches it
+                    return Attempted::Done(Err(Failure::permanent(format!(
+                        "the stdin file {} is not gzip data (no gzip header); drop `gunzip: true` for a plain file",
+                        path.display()
+                    ))));
+                }
                 Ok(file) => Some(read_input(file, path, source.gunzip)),
                 Err(e) => {
                     return Attempted::Done(Err(Failure::permanent(format!(
