@@ -357,3 +357,27 @@ fn a_stdin_file_that_is_not_gzip_fails_before_the_command_starts() {
         s.journal()
     );
 }
+
+#[test]
+fn an_apply_with_an_unknown_kind_applies_nothing() {
+    let kube = Kube::start();
+    let s = Scratch::new();
+    let file = s.runbook(
+        "apply",
+        "  {}",
+        "  - id: restore\n    apply:\n      inline: |\n        apiVersion: v1\n        kind: ConfigMap\n        metadata: { name: first }\n        data: { a: b }\n        ---\n        apiVersion: nope.example.com/v1\n        kind: Widgit\n        metadata: { name: w }\n",
+    );
+    let args = kube.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.run(&file, &args);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("inline#2") && all.contains("serves no kind `Widgit`"),
+        "{all}"
+    );
+    assert!(
+        kube.get("", "configmaps", "default", "first").is_none(),
+        "{all}"
+    );
+}
