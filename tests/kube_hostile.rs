@@ -381,3 +381,47 @@ fn an_apply_with_an_unknown_kind_applies_nothing() {
         "{all}"
     );
 }
+
+#[test]
+fn a_local_link_leaving_the_tree_stops_a_copy_to_a_pod_before_anything_is_sent() {
+    let kube = Kube::start();
+    if !kube.cluster.exec_isolated() {
+        eprintln!("SKIPPED: not root, so pods have no filesystems of their own");
+        return;
+    }
+    kube.deployment("default", "app", 1);
+    wait_pods(&kube, "app", 1);
+    let pod = kube
+        .cluster
+        .objects("", "pods", Some("default"))
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["app"] == "app")
+        .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        .unwrap();
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("up/sub")).unwrap();
+    std::fs::write(s.path("up/a.txt"), "a").unwrap();
+    std::os::unix::fs::symlink("../../../etc/passwd", s.path("up/sub/z-link")).unwrap();
+    let file = s.runbook(
+        "up",
+        "  {}",
+        &format!(
+            "  - id: up\n    copy: {{ pod: {{ selector: app=app }}, direction: to-pod, remote: /opt/up, local: '{}' }}\n",
+            s.p("up")
+        ),
+    );
+    let args = kube.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.run(&file, &args);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("sub/z-link") && all.contains("outside the copied tree"),
+        "{all}"
+    );
+    assert!(all.contains("nothing was copied"), "{all}");
+    let in_pod = kube
+        .cluster
+        .pod_dir("default", &pod, std::path::Path::new("/opt"));
+    assert!(!in_pod.join("up").exists(), "a partial copy is in the pod");
+}
