@@ -275,6 +275,16 @@ pub async fn check(
             planned.live = Some(Box::new(live));
             continue;
         };
+        // what the run refuses before any request (an empty selector
+        // would match every object): said here, not checked further
+        if let Err(refused) = crate::actions::fields::<serde_json::Value>(&spec) {
+            let line = format!("{}: {}", planned.id, refused.message);
+            live.notes
+                .push(format!("the step will fail: {}", refused.message));
+            report.unchecked.push(line);
+            planned.live = Some(Box::new(live));
+            continue;
+        }
         let base = planned
             .workdir
             .as_deref()

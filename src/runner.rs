@@ -322,8 +322,11 @@ fn step_digests(runbook: &Runbook) -> IndexMap<String, String> {
         .collect()
 }
 
-/// Refuses a resume pointed at another cluster or context than the run
-/// last used, naming both, unless `--allow-context-change`.
+/// Refuses a resume pointed at another cluster, context or namespace than
+/// the run last used, naming both, unless `--allow-context-change`. The
+/// namespace counts: staging and production are often two namespaces of
+/// one cluster, and a resume without the run's `-n` would otherwise send
+/// the remaining steps to the context's namespace.
 fn check_cluster(
     run_id: &str,
     run_state: &crate::journal::RunState,
@@ -333,7 +336,11 @@ fn check_cluster(
     let (Some(before), Some(now)) = (&run_state.cluster, connection.identity()) else {
         return Ok(());
     };
-    if allow || (before.server == now.server && before.context == now.context) {
+    if allow
+        || (before.server == now.server
+            && before.context == now.context
+            && before.namespace == now.namespace)
+    {
         return Ok(());
     }
     Err(RunError::Refused {

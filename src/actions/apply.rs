@@ -36,6 +36,17 @@ pub async fn run(cx: &AttemptCx, spec: &serde_json::Value) -> ActionResult {
         .filter(|m| !m.is_empty())
         .unwrap_or(FIELD_MANAGER);
     let default_namespace = cx.namespace(action.namespace.as_deref())?;
+    // every kind known before anything is applied (a typo in the last
+    // document must not leave the first ones applied); with CRDs in the
+    // step, their kinds only exist once they are applied
+    if !manifests
+        .iter()
+        .any(|m| m.kind() == "CustomResourceDefinition")
+    {
+        for m in &manifests {
+            resolve(cluster, m, false).await?;
+        }
+    }
     let mut applied = Vec::new();
     let mut crds_applied = false;
     for m in &mut manifests {

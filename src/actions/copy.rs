@@ -358,6 +358,21 @@ async fn to_pod(
             local.display()
         )));
     }
+    let checked = local.to_owned();
+    match tokio::task::spawn_blocking(move || pack::refuse_escaping_links(&checked)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(Failure::permanent(format!(
+                "{e}; nothing was copied into container `{}` of pod `{}` in namespace `{}`",
+                target.container, target.pod, target.namespace
+            )));
+        }
+        Err(e) => {
+            return Err(Failure::permanent(format!(
+                "internal: the link check failed: {e}"
+            )));
+        }
+    }
     let name = if delete {
         format!("{}.runbook-staging-{}", remote.name, cx.attempt)
     } else {

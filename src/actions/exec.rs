@@ -12,6 +12,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use indexmap::IndexMap;
 use sha2::{Digest, Sha256};
@@ -111,7 +112,20 @@ pub async fn run(cx: &AttemptCx, spec: &serde_json::Value) -> ActionResult {
             cx.attempt,
             exec_guard::keepalive_interval(),
         );
-        match attempt_once(cx, &action, &target, &argv).await {
+        // a dropped stream does not stop the command in the pod: at the
+        // step's timeout the attempt ends it itself, a little before the
+        // engine drops the attempt, instead of leaving it running there
+        let attempted = match cx.step().timeout {
+            None => attempt_once(cx, &action, &target, &argv).await,
+            Some(timeout) => {
+                let own = timeout.saturating_sub((timeout / 10).min(Duration::from_secs(2)));
+                match tokio::time::timeout(own, attempt_once(cx, &action, &target, &argv)).await {
+                    Ok(attempted) => attempted,
+                    Err(_) => return Err(timed_out(cx, cluster, &target, &record, timeout).await),
+                }
+            }
+        };
+        match attempted {
             Attempted::NotRun { .. } => {
                 // the server could not start `sh`: no shell in there
                 no_shell_warning(cx, &target);
@@ -160,6 +174,47 @@ pub async fn run(cx: &AttemptCx, spec: &serde_json::Value) -> ActionResult {
         let _ = std::fs::remove_file(&unguarded);
     }
     result
+}
+
+/// Whether a file begins with the gzip magic bytes (read, then rewound).
+fn starts_as_gzip(mut file: &std::fs::File) -> bool {
+    use std::io::Seek;
+    let mut magic = [0u8; 2];
+    let ok = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    file.rewind().is_ok() && ok
+}
+
+/// The attempt ran into the step's timeout: ends the command in the pod
+/// (TERM, then KILL after a second) and says whether it could.
+async fn timed_out(
+    cx: &AttemptCx,
+    cluster: &crate::cluster::Cluster,
+    target: &ExecTarget,
+    record: &str,
+    timeout: Duration,
+) -> Failure {
+    let after = format!("timed out after {}", crate::model::fmt_duration(timeout));
+    let place = format!("pod {}/{}", target.namespace, target.pod);
+    let ended =
+        exec_guard::terminate_leftover(cluster.client(), target, record, Duration::from_secs(1))
+            .await;
+    let message = match ended {
+        Ok(Some(left)) => {
+            cx.emit(RunEvent::RemoteLeftoverTerminated {
+                step: cx.step().id.clone(),
+                namespace: target.namespace.clone(),
+                pod: target.pod.clone(),
+                pid: left.pid,
+                attempt: left.attempt,
+            });
+            format!("{after}; ended the command in {place} (pid {})", left.pid)
+        }
+        Ok(None) => format!("{after}; the command in {place} had already ended"),
+        Err(GuardError::NoShell(e) | GuardError::Other(e)) => format!(
+            "{after}; the command may still run in {place} (could not end it: {e}); a retry or resume ends it first"
+        ),
+    };
+    Failure::uncertain(message)
 }
 
 fn leftover_ended(cx: &AttemptCx, target: &ExecTarget, left: &exec_guard::Leftover) {
@@ -258,6 +313,13 @@ async fn attempt_once(
         Some(source) => {
             let path = cx.local_path(&source.file);
             match std::fs::File::open(&path) {
+                Ok(file) if source.gunzip && !starts_as_gzip(&file) => {
+                    // known before the command starts: nothing reaches it
+                    return Attempted::Done(Err(Failure::permanent(format!(
+                        "the stdin file {} is not gzip data (no gzip header); drop `gunzip: true` for a plain file",
+                        path.display()
+                    ))));
+                }
                 Ok(file) => Some(read_input(file, path, source.gunzip)),
                 Err(e) => {
                     return Attempted::Done(Err(Failure::permanent(format!(
@@ -430,6 +492,15 @@ impl OutputFile {
         let mut name = path.as_os_str().to_owned();
         name.push(".partial");
         let partial = PathBuf::from(name);
+        // known before the command runs: a dump that ends in a failed
+        // rename onto a directory ran for nothing
+        if path.is_dir() {
+            return Err(Failure::permanent(format!(
+                "the `stdout` file {} is a directory: name a file in it, e.g. {}",
+                path.display(),
+                path.join("out").display()
+            )));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 Failure::permanent(format!(

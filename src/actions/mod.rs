@@ -368,6 +368,7 @@ async fn bounded(cx: &AttemptCx, work: impl std::future::Future<Output = ActionR
 /// Deserializes an action's rendered fields into its typed form; the error
 /// names the field that does not fit.
 pub fn fields<T: serde::de::DeserializeOwned>(spec: &serde_json::Value) -> Result<T, Failure> {
+    refuse_blank_targets(spec)?;
     serde_path_to_error::deserialize(spec.clone()).map_err(|e| {
         Failure::permanent(format!(
             "the rendered field `{}` does not fit: {}",
@@ -375,6 +376,46 @@ pub fn fields<T: serde::de::DeserializeOwned>(spec: &serde_json::Value) -> Resul
             e.inner()
         ))
     })
+}
+
+/// Fields that say what an action touches, which a template may render to
+/// nothing (an unset param, a missing output): an empty `selector` is a
+/// label selector that matches EVERY object (a `delete` would delete them
+/// all, a `scale` scale them all), an empty `local` is the working
+/// directory itself. Such a value is refused before any request.
+const TARGET_FIELDS: [&str; 5] = ["kind", "name", "selector", "remote", "local"];
+
+/// Refuses rendered fields that name their target with an empty or blank
+/// string (at the top level, in `pod`, or among `names`).
+fn refuse_blank_targets(spec: &serde_json::Value) -> Result<(), Failure> {
+    let blank = |v: &serde_json::Value| v.as_str().is_some_and(|s| s.trim().is_empty());
+    let mut found = None;
+    for field in TARGET_FIELDS {
+        if spec.get(field).is_some_and(blank) {
+            found = Some(field.to_owned());
+        }
+    }
+    for field in ["name", "selector"] {
+        if spec.pointer(&format!("/pod/{field}")).is_some_and(blank) {
+            found = Some(format!("pod.{field}"));
+        }
+    }
+    if let Some(names) = spec.get("names").and_then(|n| n.as_array())
+        && names.iter().any(blank)
+    {
+        found = Some("names".to_owned());
+    }
+    let Some(field) = found else {
+        return Ok(());
+    };
+    let why = if field.ends_with("selector") {
+        " (an empty label selector matches every object)"
+    } else {
+        ""
+    };
+    Err(Failure::permanent(format!(
+        "`{field}` is empty after rendering{why}; nothing was done: check the param or output its template uses"
+    )))
 }
 
 /// The line shown for a starting step: the first line of its command that

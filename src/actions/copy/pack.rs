@@ -101,6 +101,44 @@ fn header(kind: tar::EntryType, meta: &fs::Metadata, size: u64) -> tar::Header {
 
 /// Writes the archive of `src` (a file or a directory, followed if it is a
 /// link) under the name `name` to `out`.
+/// Refuses, before anything is sent, a tree with a symbolic link that
+/// leaves it (found while packing, it would stop a copy already half
+/// written in the pod). Reads metadata and links only, not file data.
+pub fn refuse_escaping_links(src: &Path) -> Result<(), PackError> {
+    let read_err = |path: &Path, error: io::Error| PackError::Read {
+        path: path.to_owned(),
+        error,
+    };
+    let root = fs::metadata(src).map_err(|e| read_err(src, e))?;
+    if !root.is_dir() {
+        return Ok(());
+    }
+    let mut stack: Vec<(PathBuf, PathBuf)> = vec![(src.to_owned(), PathBuf::new())];
+    while let Some((dir, rel_dir)) = stack.pop() {
+        for entry in fs::read_dir(&dir).map_err(|e| read_err(&dir, e))? {
+            let entry = entry.map_err(|e| read_err(&dir, e))?;
+            let path = entry.path();
+            let rel = rel_dir.join(entry.file_name());
+            let kind = entry.file_type().map_err(|e| read_err(&path, e))?;
+            if kind.is_dir() {
+                stack.push((path, rel));
+            } else if kind.is_symlink() {
+                let target = fs::read_link(&path).map_err(|e| read_err(&path, e))?;
+                if target.is_absolute() || !stays_inside(&rel_dir, &target) {
+                    return Err(PackError::Refused {
+                        path,
+                        why: format!(
+                            "it is a symbolic link to `{}`, outside the copied tree",
+                            target.display()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn pack(src: &Path, name: &str, out: impl Write) -> Result<Packed, PackError> {
     let mut builder = tar::Builder::new(Counting {
         inner: out,

@@ -58,6 +58,15 @@ fn refused(entry: &str, why: impl Into<String>) -> ExtractError {
     }
 }
 
+/// The hidden name a regular file is written under before it is complete:
+/// `DIR/.NAME.runbook-partial`.
+fn partial_name(path: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".runbook-partial");
+    path.with_file_name(name)
+}
+
 fn write_err(path: &Path, error: io::Error) -> ExtractError {
     ExtractError::Write {
         path: path.to_owned(),
@@ -214,17 +223,50 @@ impl Extractor<'_> {
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 self.parents(&shown, &rel)?;
-                Self::clear(&path)?;
+                // written under a hidden name next to it and renamed into
+                // place once complete: a stream cut (or a run interrupted)
+                // in the middle of a file leaves no truncated file under
+                // its real name, and the file it replaces stays until then
+                let partial = partial_name(&path);
+                let _ = fs::remove_file(&partial);
                 let mut file = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| write_err(&path, e))?;
-                let n = io::copy(&mut entry, &mut file).map_err(ExtractError::Archive)?;
-                file.set_permissions(fs::Permissions::from_mode(mode))
-                    .and_then(|()| file.set_modified(mtime))
-                    .map_err(|e| write_err(&path, e))?;
+                    .open(&partial)
+                    .map_err(|e| write_err(&partial, e))?;
+                let expected = entry.size();
+                let written = io::copy(&mut entry, &mut file)
+                    .and_then(|n| {
+                        // a stream that ends inside the entry reads as an
+                        // early end, not an error
+                        if n < expected {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                format!("`{shown}` ends after {n} of its {expected} bytes"),
+                            ));
+                        }
+                        Ok(n)
+                    })
+                    .map_err(ExtractError::Archive)
+                    .and_then(|n| {
+                        file.set_permissions(fs::Permissions::from_mode(mode))
+                            .and_then(|()| file.set_modified(mtime))
+                            .map_err(|e| write_err(&path, e))?;
+                        Ok(n)
+                    })
+                    .and_then(|n| {
+                        Self::clear(&path)?;
+                        fs::rename(&partial, &path).map_err(|e| write_err(&path, e))?;
+                        Ok(n)
+                    });
+                let n = match written {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = fs::remove_file(&partial);
+                        return Err(e);
+                    }
+                };
                 self.done.files += 1;
                 self.done.bytes += n;
             }
@@ -559,6 +601,25 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn a_file_cut_short_keeps_the_one_it_replaces_and_leaves_no_partial() {
+        let archive = Crafted::new()
+            .dir("data/", 0o755)
+            .file("data/a", 0o644, &[1u8; 3000])
+            .file("data/b", 0o644, &[2u8; 3000])
+            .bytes();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("d");
+        fs::create_dir(&dest).unwrap();
+        fs::write(dest.join("b"), "old").unwrap();
+        // the stream ends inside `b`'s data
+        let err = extract(&archive[..archive.len() / 2 + 2000], "data", &dest).unwrap_err();
+        assert!(matches!(err, ExtractError::Archive(_)), "{err}");
+        assert_eq!(fs::read(dest.join("a")).unwrap(), vec![1u8; 3000]);
+        assert_eq!(fs::read(dest.join("b")).unwrap(), b"old");
+        assert_eq!(tree(&dest), ["a", "b"]);
     }
 
     #[test]
