@@ -217,7 +217,7 @@ fn backup(database: &str) {
 
 fn backup_into(kube: &Kube, s: &Scratch, database: &str) -> tempfile::TempDir {
     // outside /tmp, /var, /opt and /home, which each pod has of its own
-    let tools_root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tools_root = common::kube::host_dir_visible_in_pods();
     let tools = tools_root.path().join("tools");
     stand_ins(&tools);
     three_scale(kube, &tools);
@@ -390,7 +390,7 @@ fn opschain_backup_runs_against_the_fake_cluster() {
     const OPS: &str = "opschain";
     let kube = Kube::start();
     let s = Scratch::new();
-    let tools_root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tools_root = common::kube::host_dir_visible_in_pods();
     let tools = tools_root.path().join("tools");
     std::fs::create_dir_all(&tools).unwrap();
     let basebackup = tools.join("pg_basebackup");

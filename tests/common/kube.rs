@@ -72,3 +72,22 @@ impl Kube {
         self.cluster.object(group, plural, namespace, name)
     }
 }
+
+/// A temporary directory that exec'd commands in the fake's pods can see:
+/// each pod has its own /tmp, /var, /opt, /home and /root (as root), so a
+/// directory under one of them (a clone under /tmp or /home) is invisible
+/// there. Under the build's temp dir when that is elsewhere, else under
+/// /run (the private mounts only exist as root, who can write /run).
+pub fn host_dir_visible_in_pods() -> tempfile::TempDir {
+    let hidden = ["/tmp", "/var", "/opt", "/home", "/root"];
+    let build_tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let base = if hidden.iter().any(|h| build_tmp.starts_with(h)) {
+        std::path::Path::new("/run")
+    } else {
+        build_tmp
+    };
+    tempfile::Builder::new()
+        .prefix("runbook-test-tools-")
+        .tempdir_in(base)
+        .unwrap()
+}
