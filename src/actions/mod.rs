@@ -331,13 +331,20 @@ pub async fn attempt(cx: &AttemptCx, rendered: &Rendered) -> Outcome {
     bounded(cx, work).await
 }
 
+/// How long past the step's timeout a Kubernetes action may take to end
+/// what it started (a command in a pod) before it is dropped.
+pub const CLEANUP_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs a Kubernetes action within the step's timeout, stopping it (its
 /// requests and streams dropped) when the run must stop at once.
 async fn bounded(cx: &AttemptCx, work: impl std::future::Future<Output = ActionResult>) -> Outcome {
     let step = cx.step();
+    // the actions stop themselves at the step's timeout (a waiting action
+    // to say what it saw last, `exec` to end its command in the pod): the
+    // hard stop leaves them time for that clean-up
     let timeout = async {
         match step.timeout {
-            Some(t) => tokio::time::sleep(t).await,
+            Some(t) => tokio::time::sleep(t + CLEANUP_GRACE).await,
             None => std::future::pending::<()>().await,
         }
     };
