@@ -5,16 +5,10 @@
 
 mod common;
 
+use common::output_text as text;
+
 use common::kube::Kube;
 use common::scratch::Scratch;
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn events(journal: &str, kind: &str) -> Vec<serde_json::Value> {
     journal

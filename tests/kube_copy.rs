@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::output_text as text;
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -18,14 +20,6 @@ use common::scratch::{BOUND, Scratch};
 use fake_kube::{ExecFault, FaultAction, FaultRule};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn events(journal: &str, kind: &str) -> Vec<Value> {
     journal

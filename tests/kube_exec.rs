@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::output_text as text;
+
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,14 +20,6 @@ use common::kube::Kube;
 use common::scratch::{BOUND, Scratch};
 use fake_kube::{ExecFault, FaultAction, FaultRule};
 use serde_json::{Value, json};
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn events(journal: &str, kind: &str) -> Vec<Value> {
     journal

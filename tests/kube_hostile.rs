@@ -4,17 +4,11 @@
 
 mod common;
 
+use common::output_text as text;
+
 use common::kube::Kube;
 use common::scratch::Scratch;
 use serde_json::json;
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn config_map(kube: &Kube, name: &str) {
     kube.cluster

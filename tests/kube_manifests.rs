@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::output_text as text;
+
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
@@ -15,14 +17,6 @@ use common::kube::Kube;
 use common::scratch::Scratch;
 use fake_kube::{FaultAction, FaultRule, ResourceDef};
 use serde_json::{Value, json};
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `runbook run FILE --kubeconfig K ARGS`.
 fn run(s: &Scratch, kube: &Kube, file: &std::path::Path, args: &[&str]) -> std::process::Output {

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::output_text as text;
+
 use std::time::{Duration, Instant};
 
 use common::kube::Kube;
@@ -15,14 +17,6 @@ use common::lab::{Lab, status_of, wait_until};
 use common::scratch::Scratch;
 use fake_kube::{FaultAction, FaultRule};
 use serde_json::{Value, json};
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Pods of `app` in `ns`: (name, terminating).
 fn pods(kube: &Kube, ns: &str, app: &str) -> Vec<(String, bool)> {

@@ -7,20 +7,14 @@
 
 mod common;
 
+use common::output_text as text;
+
 use std::time::{Duration, Instant};
 
 use common::kube::Kube;
 use common::scratch::{BOUND, Scratch};
 use fake_kube::{FaultAction, FaultRule};
 use serde_json::{Value, json};
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `runbook plan FILE --live --kubeconfig K ARGS`.
 fn live(kube: &Kube, file: &std::path::Path, args: &[&str]) -> std::process::Output {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::output_text as text;
+
 use std::process::Command;
 
 use common::scratch::Scratch;
@@ -59,14 +61,6 @@ fn kubectl(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::output_text as text;
+
 use std::path::Path;
 
 use common::kube::Kube;
@@ -41,14 +43,6 @@ const CONFIGMAPS: [&str; 7] = [
     "redis-config",
     "system",
 ];
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Stand-ins for the tools in the 3scale images.
 fn stand_ins(dir: &Path) {

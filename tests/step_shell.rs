@@ -5,16 +5,10 @@
 
 mod common;
 
+use common::output_text as text;
+
 use common::runbook;
 use common::scratch::{BOUND, Scratch as Lab};
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `runbook run FILE` started from the scratch dir itself (so relative
 /// paths resolve there).

@@ -53,6 +53,16 @@ fn clean_env() -> Vec<(String, Option<String>)> {
     }
     vars
 }
+/// A finished command's stdout and then its stderr, as one text for
+/// assertions and failure messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub mod kube;
 pub mod lab;
 pub mod pty;
