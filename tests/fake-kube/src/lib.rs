@@ -19,9 +19,11 @@ mod controller;
 mod crd;
 pub mod exec;
 pub mod faults;
+pub mod kubelet;
 mod managed;
 pub mod patch;
 mod protobuf;
+pub mod sandbox;
 pub mod selector;
 pub mod status;
 pub mod store;
@@ -48,6 +50,7 @@ pub struct Shared {
     pub(crate) faults: Mutex<Faults>,
     pub(crate) access: Mutex<Access>,
     pub(crate) exec: Mutex<ExecConfig>,
+    pub(crate) kubelet: Mutex<kubelet::KubeletState>,
 }
 
 /// A cheap, cloneable handle on a running fake server's state: inspect objects, register
@@ -310,6 +313,46 @@ impl ClusterHandle {
         exec::pod_dir(&root, namespace, name, path)
     }
 
+    /// The host directory behind PersistentVolumeClaim `namespace/claim` (what every pod
+    /// mounting the claim sees; it outlives pods, until the server is dropped), to load or
+    /// compare data from a test. It exists once a pod using the claim started.
+    pub fn pvc_dir(&self, namespace: &str, claim: &str) -> std::path::PathBuf {
+        sandbox::pvc_dir(&self.root(), namespace, claim)
+    }
+
+    /// Everything container `container` of pod `namespace/name` wrote to stdout and stderr
+    /// so far, all its runs (restarts) appended; kept after the pod is gone.
+    pub fn container_logs(&self, namespace: &str, pod: &str, container: &str) -> String {
+        std::fs::read_to_string(kubelet::log_path(&self.root(), namespace, pod, container))
+            .unwrap_or_default()
+    }
+
+    /// The pid of the running process of a container (also its process group), if any.
+    pub fn container_pid(&self, namespace: &str, pod: &str, container: &str) -> Option<u32> {
+        self.shared
+            .kubelet
+            .lock()
+            .ok()
+            .and_then(|k| k.pid(namespace, pod, container))
+    }
+
+    /// The pids of every running container process of this server.
+    pub fn container_pids(&self) -> Vec<u32> {
+        self.shared
+            .kubelet
+            .lock()
+            .map(|k| k.pids())
+            .unwrap_or_default()
+    }
+
+    fn root(&self) -> std::path::PathBuf {
+        self.shared
+            .exec
+            .lock()
+            .map(|e| e.root.clone())
+            .unwrap_or_default()
+    }
+
     /// Clears the deny list.
     pub fn allow_all(&self) {
         if let Ok(mut a) = self.shared.access.lock() {
@@ -341,6 +384,7 @@ fn new_shared() -> Arc<Shared> {
         faults: Mutex::new(Faults::default()),
         access: Mutex::new(Access::default()),
         exec: Mutex::new(ExecConfig::default()),
+        kubelet: Mutex::new(kubelet::KubeletState::default()),
     })
 }
 
@@ -359,6 +403,7 @@ impl FakeCluster {
         let (tx, rx) = oneshot::channel::<()>();
         let app = router(shared.clone());
         tokio::spawn(controller::run(shared.clone()));
+        tokio::spawn(kubelet::run(Arc::downgrade(&shared)));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -389,6 +434,7 @@ impl FakeCluster {
             .build()?;
         let thread = std::thread::spawn(move || {
             rt.block_on(async move {
+                tokio::spawn(kubelet::run(Arc::downgrade(&shared_c)));
                 tokio::spawn(controller::run(shared_c));
                 let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
                     return;
@@ -418,6 +464,10 @@ impl Drop for FakeCluster {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        // No container process outlives the cluster.
+        if let Ok(mut k) = self.handle.shared.kubelet.lock() {
+            k.kill_all();
         }
         if let Ok(e) = self.handle.shared.exec.lock()
             && e.root.exists()
