@@ -200,7 +200,9 @@ impl Sandbox {
         for v in &volumes {
             let at = self.host_path(&v.target);
             let is_dir = v.source.is_dir();
-            if at != v.target || at.exists() {
+            if at != v.target || at.exists() || is_dir {
+                // A directory mountPath the host lacks (say /etc/redis.d) is made, empty,
+                // on the host and left there: its content exists only inside pods.
                 if is_dir {
                     std::fs::create_dir_all(&at)?;
                 } else if !at.exists() {
@@ -213,7 +215,7 @@ impl Sandbox {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     format!(
-                        "mountPath {} is outside the pod's own directories ({}) and does not exist on the host",
+                        "file mountPath {} is outside the pod's own directories ({}) and does not exist on the host",
                         v.target.display(),
                         self.pod_paths
                             .iter()

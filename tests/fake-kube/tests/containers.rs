@@ -142,16 +142,16 @@ async fn a_container_runs_with_its_env_volumes_and_user_and_exec_sees_the_same()
                 "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1},
                 "volumeMounts": [
                     {"name": "data", "mountPath": "/var/lib/app/data"},
-                    {"name": "conf", "mountPath": "/etc/app-conf-not-on-host", "subPath": "app.conf"},
+                    {"name": "conf", "mountPath": "/etc/app-conf-not-on-host.conf", "subPath": "app.conf"},
                     {"name": "conf", "mountPath": "/opt/conf"},
                     {"name": "scratch", "mountPath": "/var/cache/scratch"}]}]}})).await;
-        // a mountPath outside the pod's own directories that the host lacks cannot be made
+        // a file mountPath outside the pod's own directories that the host lacks cannot be made
         let p = wait_pod(&cluster, "app", "a start error", |p| {
             p.pointer("/status/containerStatuses/0/lastState/terminated/reason") == Some(&json!("StartError"))
         }).await;
         assert_eq!(p["status"]["phase"], "Pending", "{:#}", p["status"]);
         let logs = cluster.container_logs("default", "app", "main");
-        assert!(logs.contains("/etc/app-conf-not-on-host"), "{logs}");
+        assert!(logs.contains("/etc/app-conf-not-on-host.conf"), "{logs}");
         // fix the pod the way a user would: delete it, mount under /etc/app (made in /opt)
         let pods: Api<Pod> = Api::default_namespaced(c.clone());
         pods.delete("app", &DeleteParams::default()).await.expect("delete");
