@@ -56,6 +56,12 @@ fn redis_keeps_its_keys_across_a_rollout_restart_by_runbook() {
     kube_apps::redis_batch(&redis, &batch);
     let before = kube_apps::redis_dataset(&redis);
     assert_eq!(before.len(), 503);
+    // a bare `redis-cli` exec'd in the pod (as the 3scale runbooks do) reaches its server
+    let size = kubectl(
+        &kube,
+        &["exec", "-n", NS, &first_pod, "--", "redis-cli", "DBSIZE"],
+    );
+    assert_eq!(size.trim(), "503");
     // nothing saved yet: the keys only survive through the dump at shutdown
     let dump = kube.cluster.pvc_dir(NS, &redis.claim).join("dump.rdb");
     assert!(!dump.exists(), "redis saved before the rollout");
@@ -118,10 +124,12 @@ fn postgresql_stops_on_scale_to_zero_and_comes_back_with_its_data() {
             "--",
             "sh",
             "-c",
-            "id -un; psql -tAc 'select count(*) from notes' system",
+            "id -un; psql -tAc 'select count(*) from notes' system; \
+             pg_dumpall -c --if-exists > /var/lib/pgsql/dump.sql && grep -c 'CREATE TABLE' /var/lib/pgsql/dump.sql",
         ],
     );
-    assert_eq!(whoami, "postgres\n2\n");
+    // the last line: a dump written next to the data dir, where the 3scale restore copies it
+    assert_eq!(whoami, "postgres\n2\n2\n");
 
     kubectl(
         &kube,
@@ -199,10 +207,12 @@ fn mariadb_takes_its_root_password_from_a_secret_and_keeps_data_across_a_rollout
             "--",
             "bash",
             "-c",
-            "export MYSQL_PWD=${MYSQL_ROOT_PASSWORD}; mysql -uroot -N -e 'select count(*) from system.accounts'",
+            "export MYSQL_PWD=${MYSQL_ROOT_PASSWORD}; mysql -uroot -N -e 'select count(*) from system.accounts'; \
+             mysqldump --single-transaction -hsystem-mysql -uroot system | grep -c 'INSERT INTO .accounts.'",
         ],
     );
-    assert_eq!(seen, "20000\n");
+    // the second line: the dump by the workload's name (hostAliases) has the table's rows
+    assert_eq!(seen, "20000\n1\n");
     // a wrong password is refused: the Secret's one is in force
     let wrong = Command::new("mariadb")
         .args([

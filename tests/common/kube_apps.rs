@@ -276,10 +276,11 @@ fn workload(kind: Workload, name: &str, pod_spec: Value) -> Manifest {
 }
 
 /// A `redis.conf` like 3scale's `redis-config`: RDB save points (so a SIGTERM shutdown
-/// writes dump.rdb), `appendonly` as asked, data in /var/lib/redis/data.
-pub fn redis_conf(port: u16, appendonly: bool) -> String {
+/// writes dump.rdb), `appendonly` as asked, data in /var/lib/redis/data. No `port`: each
+/// pod gets its own on the command line, so two Redis can share the ConfigMap.
+pub fn redis_conf(appendonly: bool) -> String {
     format!(
-        "bind 127.0.0.1\nport {port}\nprotected-mode yes\ndaemonize no\nlogfile \"\"\n\
+        "bind 127.0.0.1\nprotected-mode yes\ndaemonize no\nlogfile \"\"\n\
          dir /var/lib/redis/data\ndbfilename dump.rdb\n\
          save 900 1\nsave 300 10\nsave 60 10000\n\
          appendonly {}\nappendfilename \"appendonly.aof\"\n",
@@ -287,9 +288,15 @@ pub fn redis_conf(port: u16, appendonly: bool) -> String {
     )
 }
 
-/// Redis: ConfigMap `config_map` (key `redis.conf`, mounted at /etc/redis), claim
-/// `NAME-storage` at /var/lib/redis/data, `redis-server /etc/redis/redis.conf`, ready
-/// once its port accepts connections. Inside the pod, `redis-cli` needs `-p PORT`.
+/// The ConfigMap with a `redis-cli` that talks to the pod's own port (`REDIS_PORT`), first
+/// in the Redis pods' `PATH`: it stands in for the image's default port, so a runbook's
+/// bare `redis-cli SAVE` exec'd in the pod reaches its server.
+pub const REDIS_CLI_CONFIG_MAP: &str = "fake-kube-redis-cli";
+
+/// Redis: ConfigMap `config_map` (key `redis.conf`, mounted at /etc/redis; created with
+/// [`redis_conf`]`(false)`), claim `NAME-storage` at /var/lib/redis/data,
+/// `redis-server /etc/redis/redis.conf --port $(REDIS_PORT)`, ready once its port accepts
+/// connections; `redis-cli` exec'd in the pod uses that port (see [`REDIS_CLI_CONFIG_MAP`]).
 pub fn redis(namespace: &str, name: &str, kind: Workload, config_map: &str) -> App {
     require("redis-server", "redis-server");
     let port = free_port();
@@ -299,15 +306,20 @@ pub fn redis(namespace: &str, name: &str, kind: Workload, config_map: &str) -> A
         "volumes": [
             {"name": "redis-storage", "persistentVolumeClaim": {"claimName": claim_name}},
             {"name": "redis-config", "configMap": {"name": config_map,
-                "items": [{"key": "redis.conf", "path": "redis.conf"}]}}],
+                "items": [{"key": "redis.conf", "path": "redis.conf"}]}},
+            {"name": "redis-cli", "configMap": {"name": REDIS_CLI_CONFIG_MAP, "defaultMode": 0o755}}],
         "containers": [{
             "name": "redis", "image": "registry.redhat.io/rhel8/redis-6",
-            "command": ["redis-server"], "args": ["/etc/redis/redis.conf"],
+            "command": ["redis-server"], "args": ["/etc/redis/redis.conf", "--port", "$(REDIS_PORT)"],
+            "env": [
+                {"name": "REDIS_PORT", "value": port.to_string()},
+                {"name": "PATH", "value": "/opt/fake-kube/bin:/usr/local/bin:/usr/bin:/bin"}],
             "ports": [{"name": "redis", "containerPort": port}],
             "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 1},
             "volumeMounts": [
                 {"name": "redis-storage", "mountPath": "/var/lib/redis/data"},
-                {"name": "redis-config", "mountPath": "/etc/redis"}]}]});
+                {"name": "redis-config", "mountPath": "/etc/redis"},
+                {"name": "redis-cli", "mountPath": "/opt/fake-kube/bin"}]}]});
     App {
         namespace: namespace.into(),
         name: name.into(),
@@ -322,7 +334,14 @@ pub fn redis(namespace: &str, name: &str, kind: Workload, config_map: &str) -> A
                 plural: "configmaps",
                 object: json!({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": config_map},
-                    "data": {"redis.conf": redis_conf(port, false)}}),
+                    "data": {"redis.conf": redis_conf(false)}}),
+            },
+            Manifest {
+                group: "",
+                plural: "configmaps",
+                object: json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": REDIS_CLI_CONFIG_MAP},
+                    "data": {"redis-cli": "#!/bin/sh\nexec /usr/bin/redis-cli -p \"${REDIS_PORT:-6379}\" \"$@\"\n"}}),
             },
             claim(&claim_name),
             workload(kind, name, pod_spec),
@@ -396,7 +415,8 @@ pub fn postgresql(namespace: &str, name: &str, kind: Workload, database: &str) -
 /// (installed by the container on first start), database `database`; `root` with the
 /// password over TCP on 127.0.0.1 and over the socket /tmp/mysql.sock. ConfigMap
 /// `mysql-main-conf` (`my.cnf`, mounted over /etc/mysql in the pod) points clients at
-/// that socket and port, so `mysql`/`mysqldump` exec'd in the pod find the server.
+/// that socket and port, and `hostAliases` maps NAME to 127.0.0.1, so `mysql` or
+/// `mysqldump -hNAME` exec'd in the pod find the server.
 pub fn mariadb(namespace: &str, name: &str, kind: Workload, database: &str) -> App {
     require("mariadbd", "mariadb-server");
     let port = free_port();
@@ -422,6 +442,8 @@ pub fn mariadb(namespace: &str, name: &str, kind: Workload, database: &str) -> A
     let pod_spec = json!({
         "terminationGracePeriodSeconds": 15,
         "securityContext": {"runAsUser": uid, "runAsGroup": gid, "fsGroup": gid},
+        // `mysqldump -hsystem-mysql` in the pod reaches its own server, as via its Service
+        "hostAliases": [{"ip": "127.0.0.1", "hostnames": [name]}],
         "volumes": [
             {"name": "mysql-storage", "persistentVolumeClaim": {"claimName": claim_name}},
             {"name": "mysql-main-conf", "configMap": {"name": "mysql-main-conf"}}],

@@ -203,11 +203,16 @@ impl Sandbox {
             if at != v.target || at.exists() || is_dir {
                 // A directory mountPath the host lacks (say /etc/redis.d) is made, empty,
                 // on the host and left there: its content exists only inside pods.
+                let owner = if at != v.target {
+                    self.user.as_ref()
+                } else {
+                    None
+                };
                 if is_dir {
-                    std::fs::create_dir_all(&at)?;
+                    create_dirs_owned(&at, owner)?;
                 } else if !at.exists() {
                     if let Some(parent) = at.parent() {
-                        std::fs::create_dir_all(parent)?;
+                        create_dirs_owned(parent, owner)?;
                     }
                     std::fs::write(&at, b"")?;
                 }
@@ -305,6 +310,28 @@ impl Sandbox {
         }
         Ok(cmd)
     }
+}
+
+/// `create_dir_all`, the directories it makes owned by `owner`: the mount points a pod's
+/// image would have, owned by its user (say /var/lib/pgsql for `postgres`), so the
+/// container and its execs can write next to their volumes as in the image.
+fn create_dirs_owned(dir: &Path, owner: Option<&User>) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(p) => at = p,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    if let Some(u) = owner {
+        for d in missing {
+            std::os::unix::fs::chown(&d, Some(u.uid), Some(u.gid))?;
+        }
+    }
+    Ok(())
 }
 
 fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -515,6 +542,40 @@ pub struct PodVolumes {
     pub dirs: BTreeMap<String, PathBuf>,
     /// Claims used (to mark them Bound).
     pub claims: Vec<String>,
+    /// The pod's own /etc/hosts (kubelet writes one per pod): localhost, the pod's name
+    /// and `spec.hostAliases`, all on 127.0.0.1 or the alias's IP.
+    pub hosts: Option<PathBuf>,
+}
+
+/// The /etc/hosts kubelet writes for a pod: localhost, the pod's name on its IP (here
+/// 127.0.0.1, the host's network) and every `spec.hostAliases` entry.
+pub fn etc_hosts(pod: &Value) -> String {
+    let mut text = String::from(
+        "# Kubernetes-managed hosts file (fake-kube).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    );
+    text.push_str(&format!("127.0.0.1\t{}\n", str_at(pod, "/metadata/name")));
+    for alias in pod
+        .pointer("/spec/hostAliases")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let names: Vec<&str> = alias["hostnames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if let Some(ip) = alias["ip"].as_str()
+            && !names.is_empty()
+        {
+            text.push_str(&format!(
+                "\n# Entries added by HostAliases.\n{ip}\t{}\n",
+                names.join("\t")
+            ));
+        }
+    }
+    text
 }
 
 fn file_mode(v: &Value, default: u32) -> u32 {
@@ -651,6 +712,12 @@ pub fn prepare_volumes(store: &Store, pod: &Value, root: &Path) -> Result<PodVol
         }
         out.dirs.insert(vname.to_string(), dir);
     }
+    let hosts = root.join(ns).join(name).join(".etc-hosts");
+    if let Some(parent) = hosts.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    std::fs::write(&hosts, etc_hosts(pod)).map_err(io)?;
+    out.hosts = Some(hosts);
     Ok(out)
 }
 
@@ -710,6 +777,16 @@ pub fn container_mounts(
             source,
             target: PathBuf::from(target),
             read_only: m["readOnly"] == true || projected,
+        });
+    }
+    if let Some(hosts) = &volumes.hosts
+        && Path::new("/etc/hosts").is_file()
+        && !out.iter().any(|m| m.target == Path::new("/etc/hosts"))
+    {
+        out.push(Mount {
+            source: hosts.clone(),
+            target: PathBuf::from("/etc/hosts"),
+            read_only: false,
         });
     }
     Ok(out)

@@ -397,3 +397,69 @@ fn no_container_process_outlives_the_cluster() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_files_empty_dirs_and_hosts_are_the_pods_own() {
+    require_root();
+    let cluster = FakeCluster::start().await.expect("start");
+    let c = client(&cluster);
+    bounded(async {
+        create(&cluster, "secrets", json!({"metadata": {"name": "tls"},
+            "data": {"tls.key": "a2V5", "tls.crt": "Y3J0"}})).await;
+        let spec = |name: &str| json!({"metadata": {"name": name}, "spec": {
+            "terminationGracePeriodSeconds": 1,
+            // fsGroup: Secret files belong to the group, so mode 0440 is readable, 0400 is not
+            "securityContext": {"runAsUser": 65534, "fsGroup": 65534},
+            "hostAliases": [{"ip": "127.0.0.1", "hostnames": ["system-mysql", "db"]}],
+            "volumes": [
+                {"name": "tls", "secret": {"secretName": "tls", "defaultMode": 0o440,
+                    "items": [{"key": "tls.key", "path": "private/key.pem", "mode": 0o400}, {"key": "tls.crt", "path": "cert.pem"}]}},
+                {"name": "shared", "emptyDir": {}}],
+            "containers": [
+                {"name": "writer", "image": "x", "command": ["sh", "-c", "echo $HOSTNAME > /var/shared/from-writer; exec sleep infinity"],
+                 "volumeMounts": [{"name": "shared", "mountPath": "/var/shared"}, {"name": "tls", "mountPath": "/var/lib/app/tls"}]},
+                {"name": "reader", "image": "x", "command": ["sleep", "infinity"],
+                 "volumeMounts": [{"name": "shared", "mountPath": "/var/shared"}]}]}});
+        create(&cluster, "pods", spec("one")).await;
+        create(&cluster, "pods", spec("two")).await;
+        wait_pod(&cluster, "one", "Ready", ready).await;
+        wait_pod(&cluster, "two", "Ready", ready).await;
+        let pods: Api<Pod> = Api::default_namespaced(c.clone());
+        let exec = |pod: &'static str, container: &'static str, script: &'static str| {
+            let pods = pods.clone();
+            async move {
+                let mut p = pods
+                    .exec(pod, vec!["sh", "-c", script],
+                        &AttachParams::default().container(container).stdout(true).stderr(false))
+                    .await
+                    .expect("exec");
+                let mut out = String::new();
+                p.stdout().expect("stdout").read_to_string(&mut out).await.expect("read");
+                let _ = p.take_status().expect("status").await;
+                out
+            }
+        };
+        // the emptyDir is shared by the pod's containers and by no other pod
+        let start = Instant::now();
+        loop {
+            let seen = exec("one", "reader", "cat /var/shared/from-writer 2>/dev/null").await;
+            if seen == "one\n" {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "reader saw {seen:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(exec("two", "reader", "cat /var/shared/from-writer").await, "two\n");
+        // Secret files with their modes; the mount point made for them belongs to the
+        // container's user, as in an image
+        let files = exec("one", "writer",
+            "stat -c '%a %n' /var/lib/app/tls/private/key.pem /var/lib/app/tls/cert.pem; cat /var/lib/app/tls/cert.pem; echo; cat /var/lib/app/tls/private/key.pem 2>/dev/null || echo no-key; stat -c %u /var/lib/app").await;
+        assert_eq!(files, "400 /var/lib/app/tls/private/key.pem\n440 /var/lib/app/tls/cert.pem\ncrt\nno-key\n65534\n");
+        // the pod's own /etc/hosts with its hostAliases; the host's is untouched
+        let hosts = exec("one", "writer", "for h in system-mysql db one; do echo $(getent hosts $h | cut -d' ' -f1) $h; done").await;
+        assert_eq!(hosts, "127.0.0.1 system-mysql\n127.0.0.1 db\n127.0.0.1 one\n");
+        let host_file = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        assert!(!host_file.contains("system-mysql"), "the host's /etc/hosts changed");
+    })
+    .await;
+}
