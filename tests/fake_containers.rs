@@ -299,11 +299,6 @@ fn kubectl_sees_crash_loops_config_errors_and_waits_out_the_grace_period() {
         p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
         2
     );
-    let table = kubectl(&kube, &["get", "pods", "-n", NS]);
-    assert!(
-        table.contains("CrashLoopBackOff") || table.contains("Running"),
-        "{table}"
-    );
     wait_for(
         "needs-key in CreateContainerConfigError",
         Duration::from_secs(10),
@@ -313,6 +308,23 @@ fn kubectl_sees_crash_loops_config_errors_and_waits_out_the_grace_period() {
         },
     );
     assert_eq!(pod_json(&kube, "needs-key")["status"]["phase"], "Pending");
+    // kubectl get pods prints the waiting reasons, as against a cluster
+    let table = kubectl(&kube, &["get", "pods", "-n", NS]);
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        row("needs-key").contains("CreateContainerConfigError"),
+        "{table}"
+    );
+    assert!(
+        row("crasher").contains("CrashLoopBackOff") || row("crasher").contains("Running"),
+        "{table}"
+    );
     let logs = kubectl(&kube, &["logs", "-n", NS, "crasher"]);
     assert!(logs.contains("failing"), "{logs}");
 
