@@ -254,14 +254,19 @@ pub async fn serve(
         .pointer("/metadata/uid")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let sandbox = shared
+    let running = shared
         .kubelet
         .lock()
         .ok()
-        .and_then(|k| k.sandbox(uid, container))
-        .unwrap_or_else(|| plain_sandbox(&cfg, ns, pod, container_env(&obj, container)));
+        .and_then(|k| k.sandbox(uid, container));
+    // Commands exec'd into running containers end with them, as in the container's cgroup.
+    let track = running
+        .as_ref()
+        .map(|_| (Arc::downgrade(&shared), uid.to_string()));
+    let sandbox =
+        running.unwrap_or_else(|| plain_sandbox(&cfg, ns, pod, container_env(&obj, container)));
     ws.protocols(protos)
-        .on_upgrade(move |socket| session(socket, argv, flags, cfg, sandbox))
+        .on_upgrade(move |socket| session(socket, argv, flags, cfg, sandbox, track))
 }
 
 /// The literal `env` entries (`name` and `value`) of the exec'd container
@@ -359,6 +364,7 @@ async fn session(
     flags: Flags,
     cfg: ExecConfig,
     sandbox: Sandbox,
+    track: Option<(std::sync::Weak<Shared>, String)>,
 ) {
     let (mut tx, mut rx) = socket.split();
     // Kubelet opens with one empty frame per channel in use.
@@ -384,7 +390,13 @@ async fn session(
             "executable file not found in $PATH",
         ))
     } else {
-        command(&argv, &cfg, &sandbox)
+        command(&argv, &cfg, &sandbox).map(|mut c| {
+            if track.is_some() {
+                // a group of its own, so that ending it with its pod takes its children
+                c.process_group(0);
+            }
+            c
+        })
     };
     let spawned = spawned.and_then(|mut c| {
         c.stdin(if flags.stdin {
@@ -406,7 +418,15 @@ async fn session(
     });
     let (out_tx, mut out_rx) = mpsc::channel::<(u8, Bytes)>(16);
     let mut child = match spawned {
-        Ok(c) => c,
+        Ok(c) => {
+            if let (Some((shared, uid)), Some(pid)) = (&track, c.id())
+                && let Some(shared) = shared.upgrade()
+                && let Ok(mut k) = shared.kubelet.lock()
+            {
+                k.track_exec(uid, pid);
+            }
+            c
+        }
         Err(e) => {
             let status = json!({"metadata": {}, "status": "Failure",
                 "message": format!("failed to exec in container: {:?}: {e}", argv[0]),

@@ -67,6 +67,8 @@ pub struct KubeletState {
     /// Set when the server is dropped: nothing starts any more.
     pub stopped: bool,
     pods: HashMap<String, PodRun>,
+    /// Commands exec'd into running containers, by pod uid: (pid, pidfd).
+    execs: HashMap<String, Vec<(u32, std::os::fd::OwnedFd)>>,
 }
 
 #[derive(Debug)]
@@ -152,10 +154,41 @@ impl KubeletState {
             .collect()
     }
 
+    /// Remembers a command exec'd into pod `uid` (its own process group): it is killed
+    /// when the pod's containers have stopped, as kubelet's container cgroup would.
+    pub fn track_exec(&mut self, uid: &str, pid: u32) {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: the fd was just returned by pidfd_open and is owned by nobody else.
+        let fd =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        let list = self.execs.entry(uid.to_string()).or_default();
+        list.retain(|(_, fd)| pidfd_alive(fd));
+        list.push((pid, fd));
+    }
+
+    /// SIGKILL to the process groups of the commands still running that were exec'd into
+    /// pod `uid`.
+    fn kill_execs(&mut self, uid: &str) {
+        for (pid, fd) in self.execs.remove(uid).unwrap_or_default() {
+            // the pidfd pins the process: while it lives, its pid (and group) are its own
+            if pidfd_alive(&fd) {
+                signal_group(pid, libc::SIGKILL);
+            }
+        }
+    }
+
     /// Stops everything now: SIGKILL to every container's process group, reaped before
     /// this returns; nothing starts afterwards.
     pub fn kill_all(&mut self) {
         self.stopped = true;
+        let uids: Vec<String> = self.execs.keys().cloned().collect();
+        for uid in uids {
+            self.kill_execs(&uid);
+        }
         for run in self.pods.values_mut() {
             for c in &mut run.containers {
                 if let Some(mut child) = c.child.take() {
@@ -166,6 +199,22 @@ impl KubeletState {
             }
         }
     }
+}
+
+/// Whether the process behind `fd` (a pidfd) has not exited yet.
+fn pidfd_alive(fd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: signal 0 through a pidfd only checks; no memory is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0
 }
 
 fn signal_group(pid: u32, sig: libc::c_int) {
@@ -451,6 +500,7 @@ fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
         }
     }
     for uid in finished {
+        kl.kill_execs(&uid);
         let Some(run) = kl.pods.remove(&uid) else {
             continue;
         };

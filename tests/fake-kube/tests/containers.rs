@@ -260,6 +260,24 @@ async fn deleting_a_pod_sends_sigterm_then_sigkill_after_the_grace_period() {
         let stubborn = cluster.container_pid("default", "stubborn", "main").expect("pid");
         let polite = cluster.container_pid("default", "polite", "main").expect("pid");
         let pods: Api<Pod> = Api::default_namespaced(c.clone());
+        // a command exec'd into the pod, still running, ends with the pod's containers
+        let mut attached = pods
+            .exec(
+                "polite",
+                vec!["sh", "-c", "echo $$; exec sleep 1000"],
+                &AttachParams::default().stdout(true).stderr(false),
+            )
+            .await
+            .expect("exec");
+        let mut first = [0u8; 16];
+        let n = attached
+            .stdout()
+            .expect("stdout")
+            .read(&mut first)
+            .await
+            .expect("read");
+        let exec_pid: u32 = String::from_utf8_lossy(&first[..n]).trim().parse().expect("a pid");
+        assert!(alive(exec_pid));
         let start = Instant::now();
         pods.delete("stubborn", &DeleteParams::default()).await.expect("delete");
         pods.delete("polite", &DeleteParams::default()).await.expect("delete");
@@ -273,6 +291,12 @@ async fn deleting_a_pod_sends_sigterm_then_sigkill_after_the_grace_period() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(!alive(polite));
+        let exec_gone = Instant::now();
+        while alive(exec_pid) {
+            assert!(exec_gone.elapsed() < Duration::from_secs(2), "the exec'd command outlived its pod");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(attached);
         while cluster.object("", "pods", "default", "stubborn").is_some() {
             assert!(start.elapsed() < Duration::from_secs(6), "stubborn pod never went");
             tokio::time::sleep(Duration::from_millis(20)).await;
