@@ -44,7 +44,13 @@ fn kubectl(kube: &Kube, args: &[&str]) -> String {
 fn redis_keeps_its_keys_across_a_rollout_restart_by_runbook() {
     require_root();
     let kube = Kube::start();
-    let redis = kube_apps::redis(NS, "backend-redis", Workload::Deployment, "redis-config");
+    let redis = kube_apps::redis(
+        NS,
+        "backend-redis",
+        Workload::Deployment,
+        "redis-config",
+        false,
+    );
     redis.apply(&kube.cluster);
     let first_pod = redis.wait_ready(&kube.cluster);
     let first_pid = redis.pid(&kube.cluster).expect("redis pid");
@@ -347,4 +353,128 @@ fn kubectl_sees_crash_loops_config_errors_and_waits_out_the_grace_period() {
         !alive(pid),
         "the process ignoring SIGTERM survived its grace period"
     );
+}
+
+/// The seed's Redis restore (3scale "Restore > backend-redis") on a real redis-server:
+/// comment the save lines and turn AOF off, roll out, move dump.rdb and the AOF aside,
+/// copy the backup in, roll out, restore the config, roll out. Done literally, the
+/// shutdown of the second rollout (no `save` line means redis's default save points)
+/// writes the emptied dataset over the copied backup; with `save ""` added (the shipped
+/// runbook's fix) the backup's keys come back. What the rollouts do to the data is real.
+#[test]
+fn the_seeds_redis_restore_sequence_needs_save_off_to_keep_the_backup() {
+    require_root();
+    let kube = Kube::start();
+    let redis = kube_apps::redis(
+        NS,
+        "system-redis",
+        Workload::Deployment,
+        "redis-config",
+        true,
+    );
+    redis.apply(&kube.cluster);
+    let pod = redis.wait_ready(&kube.cluster);
+    let mut batch = String::new();
+    for i in 0..300 {
+        batch.push_str(&format!("SET backed-up:{i} v{i}\n"));
+    }
+    kube_apps::redis_batch(&redis, &batch);
+    let backed_up = kube_apps::redis_dataset(&redis);
+    // backup: SAVE in the pod, then copy dump.rdb out (oc cp)
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("system-redis-dump.rdb");
+    assert_eq!(
+        kubectl(&kube, &["exec", "-n", NS, &pod, "--", "redis-cli", "SAVE"]).trim(),
+        "OK"
+    );
+    kubectl(
+        &kube,
+        &[
+            "cp",
+            "-n",
+            NS,
+            &format!("{pod}:/var/lib/redis/data/dump.rdb"),
+            &backup.display().to_string(),
+        ],
+    );
+    // later the data is lost
+    kube_apps::redis_batch(&redis, "FLUSHALL\nSET after-backup 1\n");
+
+    let config = |saves: &str, appendonly: &str| {
+        let conf = kube_apps::redis_conf(true)
+            .replace("save 900 1\nsave 300 10\nsave 60 10000\n", saves)
+            .replace("appendonly yes", appendonly);
+        let path = dir.path().join("redis-config.yaml");
+        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "redis-config", "namespace": NS}, "data": {"redis.conf": conf}});
+        std::fs::write(&path, serde_json::to_string(&cm).unwrap()).unwrap();
+        kubectl(
+            &kube,
+            &[
+                "apply",
+                "--validate=false",
+                "-f",
+                &path.display().to_string(),
+            ],
+        );
+    };
+    let rollout = || {
+        kubectl(
+            &kube,
+            &["rollout", "restart", "-n", NS, "deployment/system-redis"],
+        );
+        kubectl(
+            &kube,
+            &[
+                "rollout",
+                "status",
+                "-n",
+                NS,
+                "deployment/system-redis",
+                "--timeout=60s",
+            ],
+        );
+        redis.wait_ready(&kube.cluster)
+    };
+    let restore = |saves_off: &str| {
+        config(saves_off, "appendonly no");
+        let pod = rollout();
+        kubectl(
+            &kube,
+            &[
+                "exec",
+                "-n",
+                NS,
+                &pod,
+                "--",
+                "bash",
+                "-c",
+                "cd ${HOME}/data && for f in dump.rdb appendonly.aof appendonlydir; do if [ -e $f ]; then rm -rf $f-old; mv $f $f-old; fi; done",
+            ],
+        );
+        kubectl(
+            &kube,
+            &[
+                "cp",
+                "-n",
+                NS,
+                &backup.display().to_string(),
+                &format!("{pod}:/var/lib/redis/data/dump.rdb"),
+            ],
+        );
+        rollout();
+        let restored = kube_apps::redis_dataset(&redis);
+        config("save 900 1\nsave 300 10\nsave 60 10000\n", "appendonly yes");
+        restored
+    };
+    // the seed, literally: the shutdown writes the flushed dataset over the backup
+    let literal = restore("#save 900 1\n#save 300 10\n#save 60 10000\n");
+    assert_eq!(
+        literal.keys().collect::<Vec<_>>(),
+        ["after-backup"],
+        "the seed's sequence kept the backup?"
+    );
+    // with save "" the copied dump survives the shutdown and is loaded
+    let fixed = restore("#save 900 1\n#save 300 10\n#save 60 10000\nsave \"\"\n");
+    assert_eq!(fixed, backed_up);
 }

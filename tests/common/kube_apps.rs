@@ -294,10 +294,16 @@ pub fn redis_conf(appendonly: bool) -> String {
 pub const REDIS_CLI_CONFIG_MAP: &str = "fake-kube-redis-cli";
 
 /// Redis: ConfigMap `config_map` (key `redis.conf`, mounted at /etc/redis; created with
-/// [`redis_conf`]`(false)`), claim `NAME-storage` at /var/lib/redis/data,
+/// [`redis_conf`]`(appendonly)`: 3scale's `redis-config` has `appendonly yes`), claim `NAME-storage` at /var/lib/redis/data,
 /// `redis-server /etc/redis/redis.conf --port $(REDIS_PORT)`, ready once its port accepts
 /// connections; `redis-cli` exec'd in the pod uses that port (see [`REDIS_CLI_CONFIG_MAP`]).
-pub fn redis(namespace: &str, name: &str, kind: Workload, config_map: &str) -> App {
+pub fn redis(
+    namespace: &str,
+    name: &str,
+    kind: Workload,
+    config_map: &str,
+    appendonly: bool,
+) -> App {
     require("redis-server", "redis-server");
     let port = free_port();
     let claim_name = format!("{name}-storage");
@@ -313,6 +319,7 @@ pub fn redis(namespace: &str, name: &str, kind: Workload, config_map: &str) -> A
             "command": ["redis-server"], "args": ["/etc/redis/redis.conf", "--port", "$(REDIS_PORT)"],
             "env": [
                 {"name": "REDIS_PORT", "value": port.to_string()},
+                {"name": "HOME", "value": "/var/lib/redis"},
                 {"name": "PATH", "value": "/opt/fake-kube/bin:/usr/local/bin:/usr/bin:/bin"}],
             "ports": [{"name": "redis", "containerPort": port}],
             "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 1},
@@ -334,7 +341,7 @@ pub fn redis(namespace: &str, name: &str, kind: Workload, config_map: &str) -> A
                 plural: "configmaps",
                 object: json!({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": config_map},
-                    "data": {"redis.conf": redis_conf(false)}}),
+                    "data": {"redis.conf": redis_conf(appendonly)}}),
             },
             Manifest {
                 group: "",
@@ -380,6 +387,7 @@ pub fn postgresql(namespace: &str, name: &str, kind: Workload, database: &str) -
             "env": [
                 {"name": "PATH", "value": format!("{PG_BIN}:/usr/local/bin:/usr/bin:/bin")},
                 {"name": "PGDATA", "value": "/var/lib/pgsql/data/userdata"},
+                {"name": "HOME", "value": "/var/lib/pgsql"},
                 {"name": "PGPORT", "value": port.to_string()},
                 {"name": "PGHOST", "value": "/tmp"},
                 {"name": "PGUSER", "value": "postgres"},
@@ -452,6 +460,7 @@ pub fn mariadb(namespace: &str, name: &str, kind: Workload, database: &str) -> A
             "command": ["sh", "-c", script],
             "env": [
                 {"name": "MYSQL_TCP_PORT", "value": port.to_string()},
+                {"name": "HOME", "value": "/var/lib/mysql"},
                 {"name": "MYSQL_UNIX_PORT", "value": "/tmp/mysql.sock"},
                 {"name": "MYSQL_DATABASE", "value": database},
                 {"name": "MYSQL_ROOT_PASSWORD",
