@@ -48,12 +48,21 @@ pub fn require(program: &str, package: &str) {
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; pods share the host's network, so every
-/// server needs one of its own).
+/// server needs one of its own). Taken below Linux's ephemeral range (32768 and up), where
+/// the test's own client connections get their local ports, so none of them takes it
+/// before the server binds it; each call of a test process gets another one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..2000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + (start.wrapping_add(n.wrapping_mul(13)) % 12000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000")
 }
 
 /// The uid and gid of a system user (`postgres`, `mysql`).
