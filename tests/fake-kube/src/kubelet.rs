@@ -432,7 +432,9 @@ fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
             let pod = stored.cloned().unwrap_or_else(|| run.pod.clone());
             for i in 0..run.containers.len() {
                 let c = &mut run.containers[i];
-                if c.sandbox.is_none() || (!c.idle && c.next_start.is_some_and(|t| now >= t)) {
+                let due = !c.idle && c.next_start.is_some_and(|t| now >= t);
+                // an idle container (no command) is set up once, whatever the outcome
+                if (c.sandbox.is_none() && !(c.idle && c.ever_started)) || due {
                     let built =
                         build_sandbox(&st, &pod, &c.spec, &vols, (&root, &pod_paths, isolate));
                     match built {

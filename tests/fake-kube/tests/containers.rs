@@ -443,11 +443,22 @@ async fn secret_files_empty_dirs_and_hosts_are_the_pods_own() {
                 {"name": "writer", "image": "x", "command": ["sh", "-c", "echo $HOSTNAME > /var/shared/from-writer; exec sleep infinity"],
                  "volumeMounts": [{"name": "shared", "mountPath": "/var/shared"}, {"name": "tls", "mountPath": "/var/lib/app/tls"}]},
                 {"name": "reader", "image": "x", "command": ["sleep", "infinity"],
-                 "volumeMounts": [{"name": "shared", "mountPath": "/var/shared"}]}]}});
+                 "volumeMounts": [{"name": "shared", "mountPath": "/var/shared"}]},
+                // no command: nothing runs, ready as before, whatever its env refers to
+                {"name": "idle", "image": "x",
+                 "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "missing", "key": "k"}}}]}]}});
         create(&cluster, "pods", spec("one")).await;
         create(&cluster, "pods", spec("two")).await;
         wait_pod(&cluster, "one", "Ready", ready).await;
-        wait_pod(&cluster, "two", "Ready", ready).await;
+        let settled = wait_pod(&cluster, "two", "Ready", ready).await;
+        // a running pod's status settles: no write (and no watch event) per tick
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let later = cluster.object("", "pods", "default", "two").expect("pod");
+        assert_eq!(
+            later["metadata"]["resourceVersion"], settled["metadata"]["resourceVersion"],
+            "{:#}",
+            later["status"]
+        );
         let pods: Api<Pod> = Api::default_namespaced(c.clone());
         let exec = |pod: &'static str, container: &'static str, script: &'static str| {
             let pods = pods.clone();
