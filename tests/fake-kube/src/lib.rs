@@ -315,9 +315,12 @@ impl ClusterHandle {
 
     /// The host directory behind PersistentVolumeClaim `namespace/claim` (what every pod
     /// mounting the claim sees; it outlives pods, until the server is dropped), to load or
-    /// compare data from a test. It exists once a pod using the claim started.
+    /// compare data from a test. Made when missing, so data can be put there before a pod
+    /// using the claim starts.
     pub fn pvc_dir(&self, namespace: &str, claim: &str) -> std::path::PathBuf {
-        sandbox::pvc_dir(&self.root(), namespace, claim)
+        let dir = sandbox::pvc_dir(&self.root(), namespace, claim);
+        let _ = std::fs::create_dir_all(&dir);
+        dir
     }
 
     /// Everything container `container` of pod `namespace/name` wrote to stdout and stderr
