@@ -254,11 +254,32 @@ pub async fn serve(
         .pointer("/metadata/uid")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let running = shared
-        .kubelet
-        .lock()
-        .ok()
-        .and_then(|k| k.sandbox(uid, container));
+    let running = if crate::kubelet::runs_processes(&obj) {
+        // as on a node: no exec into a container that is not running (starting,
+        // crashed and waiting out its back-off, stopped)
+        match shared
+            .kubelet
+            .lock()
+            .ok()
+            .and_then(|k| k.exec_sandbox(uid, container))
+        {
+            Some(sandbox) => sandbox,
+            None => {
+                let name = container
+                    .map(String::from)
+                    .or_else(|| names.first().cloned())
+                    .unwrap_or_default();
+                return ApiError::new(
+                    500,
+                    "InternalError",
+                    format!("unable to upgrade connection: container not found (\"{name}\")"),
+                )
+                .into_response();
+            }
+        }
+    } else {
+        None
+    };
     // Commands exec'd into running containers end with them, as in the container's cgroup.
     let track = running
         .as_ref()

@@ -124,14 +124,23 @@ impl KubeletState {
         self.pods.contains_key(uid)
     }
 
-    /// The sandbox of container `container` (or the first) of pod `uid`, for exec.
-    pub fn sandbox(&self, uid: &str, container: Option<&str>) -> Option<Sandbox> {
+    /// What a command exec'd into container `container` (or the first) of pod `uid` runs
+    /// in: `None` when the container is not running (no exec then, as on a node);
+    /// `Some(None)` for a container without a command whose environment could not be
+    /// resolved (exec gets the literal one, as before).
+    pub fn exec_sandbox(&self, uid: &str, container: Option<&str>) -> Option<Option<Sandbox>> {
         let run = self.pods.get(uid)?;
         let c = match container {
             Some(n) => run.containers.iter().find(|c| c.name == n)?,
             None => run.containers.first()?,
         };
-        c.sandbox.clone()
+        if run.termination.is_some() && c.child.is_none() {
+            return None;
+        }
+        if c.idle {
+            return c.ever_started.then(|| c.sandbox.clone());
+        }
+        c.child.as_ref().map(|_| c.sandbox.clone())
     }
 
     /// The pid (and process group) of the live process of a container.

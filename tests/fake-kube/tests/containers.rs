@@ -234,10 +234,18 @@ async fn a_failing_container_restarts_with_back_off_and_a_missing_key_keeps_the_
         let msg = p["status"]["containerStatuses"][0]["state"]["waiting"]["message"].as_str().unwrap_or("");
         assert_eq!(msg, "couldn't find key password in Secret default/creds");
         assert_eq!(cluster.container_pid("default", "nokey", "main"), None);
+        // no exec into a container that is not running, as on a node
+        let pods: Api<Pod> = Api::default_namespaced(client(&cluster));
+        let refused = pods
+            .exec("nokey", vec!["true"], &AttachParams::default().stdout(true))
+            .await;
+        let err = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("500") || err.contains("container not found"), "exec was not refused: {err}");
         // once the key exists, the container starts
         cluster.upsert("", "secrets", "default", json!({"metadata": {"name": "creds"},
             "stringData": {"user": "u", "password": "p"}}));
         wait_pod(&cluster, "nokey", "Ready", ready).await;
+        assert_eq!(exec_out(&pods, "nokey", "echo $P").await, "p\n");
     })
     .await;
 }
