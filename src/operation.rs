@@ -492,9 +492,19 @@ pub fn describe(
         }
         "wait" => {
             op.verb = "WATCH".into();
+            let fail_if: Vec<String> = f
+                .get("fail_if")
+                .and_then(Value::as_array)
+                .map(|list| list.iter().map(scalar).collect())
+                .unwrap_or_default();
             op.then = Some(format!(
-                "until {}",
-                scalar(f.get("for").unwrap_or(&Value::Null))
+                "until {}{}",
+                scalar(f.get("for").unwrap_or(&Value::Null)),
+                if fail_if.is_empty() {
+                    String::new()
+                } else {
+                    format!("; fails at once if {}", fail_if.join(" or "))
+                }
             ));
         }
         "patch" => {

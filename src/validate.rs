@@ -1332,6 +1332,37 @@ impl Checker<'_> {
                 .help("write `condition=Available`, `condition=Ready=False`, `jsonpath={.status.phase}=Running`, `exists`, `delete`, `replicas=0` or `ready`"),
             );
         }
+        let fail_if_node = at.and_then(|n| n.get("fail_if"));
+        if key == "done_if" && !wait.fail_if.is_empty() {
+            let span = fail_if_node.map_or(id_span, |n| n.span);
+            self.push(
+                Problem::new(
+                    "done_if::fail_if",
+                    format!("step `{step}`: `done_if` takes no `fail_if`: it is checked once and either holds or not"),
+                )
+                .at_labeled(span, "only for `wait`")
+                .help("remove `fail_if` here; put it on a `wait` step that waits for the same object"),
+            );
+            return;
+        }
+        for (index, text) in wait.fail_if.iter().enumerate() {
+            if template::is_template(text) {
+                continue;
+            }
+            if let Err(e) = crate::actions::wait::parse_condition(text) {
+                let span = fail_if_node
+                    .and_then(|n| n.as_seq()?.get(index))
+                    .map_or(id_span, |n| n.span);
+                self.push(
+                    Problem::new(
+                        "wait::fail_if",
+                        format!("step `{step}`: `{key}.fail_if[{index}]` is not a condition: {e}"),
+                    )
+                    .at_labeled(span, "not understood")
+                    .help("same grammar as `for`, e.g. `jsonpath={.status.phase}=Failed` or `condition=Failed`"),
+                );
+            }
+        }
     }
 
     /// Exactly one of `name` and `selector`.

@@ -794,7 +794,9 @@ fn validation_catches_targets_and_conditions_before_anything_runs() {
          \x20 - id: grammar\n    wait: { kind: Pod, name: a, for: available }\n\
          \x20 - id: wrong-mode\n    rollout: { kind: Deployment, name: a, mode: latest }\n\
          \x20 - id: check\n    done_if: { kind: Pod, name: a, for: \"jsonpath={.status\" }\n    run: 'true'\n\
-         \x20 - id: typo\n    done_if: { kind: Pod, name: a, fro: exists }\n    run: 'true'\n",
+         \x20 - id: typo\n    done_if: { kind: Pod, name: a, fro: exists }\n    run: 'true'\n\
+         \x20 - id: bad-fail-if\n    wait: { kind: Pod, name: a, for: exists, fail_if: [\"jsonpath={.status.phase}=Failed\", failed] }\n\
+         \x20 - id: once\n    done_if: { kind: Pod, name: a, for: exists, fail_if: [delete] }\n    run: 'true'\n",
     );
     let out = s.cmd(&["validate", &file.display().to_string()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -806,6 +808,8 @@ fn validation_catches_targets_and_conditions_before_anything_runs() {
         "step `wrong-mode`: `mode: latest` triggers a new rollout of a DeploymentConfig only",
         "step `check`: `done_if.for` is not a condition",
         "unknown field `fro` in step `typo`, in `done_if`",
+        "step `bad-fail-if`: `wait.fail_if[1]` is not a condition",
+        "step `once`: `done_if` takes no `fail_if`",
     ] {
         assert!(said.contains(expected), "missing {expected:?} in:\n{said}");
     }

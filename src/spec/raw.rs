@@ -529,6 +529,10 @@ pub struct ExportAction {
     /// Skip names that do not exist instead of failing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignore_missing: bool,
+    /// Keep each object's `status` (for reports: what a Backup or a
+    /// rollout ended as); `apply` drops it again when restoring.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_status: bool,
 }
 
 /// What `rollout` does.
@@ -580,6 +584,11 @@ pub struct WaitAction {
     /// `replicas=N` (ready replicas) or `ready`.
     #[serde(rename = "for")]
     pub condition: String,
+    /// Conditions (same grammar as `for`) that end the wait at once with a
+    /// failure, e.g. `jsonpath={.status.phase}=Failed`. Only for `wait`,
+    /// not for a `done_if` condition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fail_if: Vec<String>,
 }
 
 /// Kind of patch.
