@@ -415,3 +415,144 @@ fn a_deployments_pods_are_annotated_through_the_template_and_rolled_out_before_t
     let journal = lab.s.journal();
     assert!(journal.contains("wait-deployment-rollout"), "{journal}");
 }
+
+/// The journal's events of one kind for one step.
+fn events(journal: &Path, event: &str, step: &str) -> usize {
+    std::fs::read_to_string(journal)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == event && v["step"] == step)
+        .count()
+}
+
+/// Runs `runbook ARGS` in `lab`, kills it with SIGKILL once `step` has
+/// started (plus `delay`), resumes it, and returns the run id.
+fn killed_and_resumed(
+    lab: &common::lab::Lab,
+    args: &[String],
+    step: &str,
+    delay: std::time::Duration,
+    kube_args: &[String],
+) -> String {
+    let before: std::collections::BTreeSet<String> = std::fs::read_dir(lab.state().join("runs"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut proc = lab.spawn(&args);
+    let new_run = || -> Option<String> {
+        std::fs::read_dir(lab.state().join("runs"))
+            .ok()?
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .find(|id| !before.contains(id))
+    };
+    common::lab::wait_until(
+        &format!("the run to start {step}"),
+        std::time::Duration::from_secs(60),
+        || new_run().is_some_and(|id| events(&lab.journal(&id), "step_started", step) > 0),
+    );
+    std::thread::sleep(delay);
+    proc.kill9();
+    let id = new_run().unwrap();
+    let mut resume: Vec<&str> = vec!["resume", &id];
+    resume.extend(kube_args.iter().map(String::as_str));
+    let out = lab.cmd(&resume);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "resume after a kill in {step}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    id
+}
+
+#[test]
+fn backup_and_restore_killed_at_several_points_and_resumed_end_the_same() {
+    if !can_run() {
+        return;
+    }
+    use std::time::Duration;
+    for (backup_kill, restore_kill, delay) in [
+        (
+            "wait-backup-complete",
+            "wait-restore-complete",
+            Duration::from_millis(300),
+        ),
+        ("create-backup", "create-restore", Duration::ZERO),
+        ("annotate-pod", "wait-podvolumerestores", Duration::ZERO),
+    ] {
+        let lab = lab();
+        let crash = common::lab::Lab::new();
+        let dirs = volume_dirs(&lab.kube, POD);
+        load_data(&dirs);
+        let before = [tree(&dirs[0]), tree(&dirs[1])];
+        let kube_args = lab.kube.args();
+        let mut args: Vec<String> = vec!["run".into(), backup_runbook().display().to_string()];
+        for p in [
+            format!("namespace={NS}"),
+            format!("pod={POD}"),
+            "volumes=data,uploads".into(),
+            "backup_name=nightly".into(),
+        ] {
+            args.extend(["-p".into(), p]);
+        }
+        args.extend(kube_args.iter().cloned());
+        let id = killed_and_resumed(&crash, &args, backup_kill, delay, &kube_args);
+        let journal = crash.journal(&id);
+        assert_eq!(events(&journal, "step_succeeded", "create-backup"), 1);
+        let backups = lab.kube.cluster.objects("velero.io", "backups", None);
+        assert_eq!(backups.len(), 1, "{backups:#?}");
+        assert_eq!(backups[0]["status"]["phase"], "Completed");
+        assert_eq!(backups[0]["metadata"]["labels"]["runbook-run-id"], id);
+        // restic ran once per volume: one PodVolumeBackup each
+        assert_eq!(
+            lab.kube
+                .cluster
+                .objects("velero.io", "podvolumebackups", None)
+                .len(),
+            2
+        );
+
+        assert!(lab.kube.cluster.remove("", "pods", NS, POD));
+        for dir in &dirs {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+        let mut args: Vec<String> = vec!["run".into(), restore_runbook().display().to_string()];
+        for p in [
+            format!("namespace={NS}"),
+            "backup_name=nightly".into(),
+            "restore_name=nightly-1".into(),
+            "volumes=data,uploads".into(),
+            "confirm_cleared=false".into(),
+        ] {
+            args.extend(["-p".into(), p]);
+        }
+        args.extend(kube_args.iter().cloned());
+        let id = killed_and_resumed(&crash, &args, restore_kill, delay, &kube_args);
+        let restores = lab.kube.cluster.objects("velero.io", "restores", None);
+        assert_eq!(restores.len(), 1, "{restores:#?}");
+        assert_eq!(restores[0]["status"]["phase"], "Completed");
+        assert_eq!(restores[0]["metadata"]["labels"]["runbook-run-id"], id);
+        assert_eq!(
+            lab.kube
+                .cluster
+                .objects("velero.io", "podvolumerestores", None)
+                .len(),
+            2
+        );
+        assert_eq!(
+            tree(&dirs[0]),
+            before[0],
+            "kill in {restore_kill}: data differs"
+        );
+        assert_eq!(
+            tree(&dirs[1]),
+            before[1],
+            "kill in {restore_kill}: uploads differs"
+        );
+    }
+}
