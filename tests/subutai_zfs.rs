@@ -325,14 +325,22 @@ impl Subutai {
         text
     }
 
+    /// The run started last: by the time (ms) of its journal's first record,
+    /// since run ids of one second sort by their random suffix.
     fn latest_run_dir(&self) -> Option<PathBuf> {
-        let mut dirs: Vec<PathBuf> = fs::read_dir(Path::new(&self.state_dir()).join("runs"))
+        fs::read_dir(Path::new(&self.state_dir()).join("runs"))
             .ok()?
             .filter_map(|e| e.ok())
             .map(|e| e.path())
-            .collect();
-        dirs.sort();
-        dirs.pop()
+            .max_by_key(|dir| {
+                let journal = fs::read_to_string(dir.join("journal.jsonl")).unwrap_or_default();
+                let first: Value = journal
+                    .lines()
+                    .next()
+                    .and_then(|l| serde_json::from_str(l).ok())
+                    .unwrap_or(Value::Null);
+                first["at"].as_str().unwrap_or_default().to_owned()
+            })
     }
 
     fn state_dir(&self) -> String {
@@ -836,9 +844,27 @@ fn backup_then_received_and_rollback_restores_bring_back_every_file() {
     restored_datasets_are_clean(&s, &run_id_of(&s.journal()));
 
     damage(&s, false);
+    // a snapshot newer than bk1 stops a rollback unless destroy_newer says
+    // it may go (zfs rollback -r)
+    let later = format!("{ROOT}/{CONTAINER}/var@later");
+    s.zfs.zfs(&["snapshot", &later]);
+    let mut refused = s.start_runbook(&refs(&s.restore_args("rollback")));
+    assert!(!refused.wait(BOUND).success(), "{}", refused.describe());
+    assert!(
+        s.step_logs().contains("newer than @bk1"),
+        "{}",
+        s.step_logs()
+    );
+    assert!(s.zfs.exists(&later));
+    let mut args = s.restore_args("rollback");
+    args.extend(["-p".to_owned(), "destroy_newer=true".to_owned()]);
     let start = Instant::now();
-    s.runbook_ok(&refs(&s.restore_args("rollback")));
+    s.runbook_ok(&refs(&args));
     let rollback_time = start.elapsed();
+    assert!(
+        !s.zfs.exists(&later),
+        "destroy_newer=true destroyed {later}"
+    );
     assert_restored(&s, &expected, b"lxc.uts.name = broken\n");
     let journal = s.journal();
     assert_eq!(
@@ -991,5 +1017,176 @@ fn sigkill_at_points_of_a_received_restore_then_resume_ends_the_same() {
             );
         }
         eprintln!("killed {what}: restored, run {run_id}");
+    }
+}
+
+// ------------------------------------------------------------ plans
+
+const BACKUP_RUNBOOK: &str = "runbooks/subutai-snapshot-backup.yaml";
+const RESTORE_RUNBOOK: &str = "runbooks/subutai-snapshot-restore.yaml";
+
+/// `runbook plan FILE -o FORMAT -p ...` as a reviewer would run it.
+fn plan(file: &str, format: &str, params: &[&str]) -> String {
+    let mut cmd = common::runbook();
+    cmd.env_remove("KUBECONFIG").env("HOME", "/nonexistent");
+    cmd.args(["plan", file, "-o", format]);
+    for p in params {
+        cmd.args(["-p", p]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const BACKUP_PARAMS: [&str; 3] = [
+    "container=web1",
+    "snapshot=backup-2026-11-22",
+    "backup_dir=/srv/backups/web1",
+];
+const RECEIVED_PARAMS: [&str; 2] = ["container=web1", "backup_dir=/srv/backups/web1"];
+const ROLLBACK_PARAMS: [&str; 3] = [
+    "container=web1",
+    "mode=rollback",
+    "snapshot=backup-2026-11-22",
+];
+
+#[test]
+fn backup_plan_text_snapshot() {
+    insta::assert_snapshot!(plan(BACKUP_RUNBOOK, "text", &BACKUP_PARAMS));
+}
+
+#[test]
+fn backup_plan_markdown_snapshot() {
+    insta::assert_snapshot!(plan(BACKUP_RUNBOOK, "markdown", &BACKUP_PARAMS));
+}
+
+#[test]
+fn received_restore_plan_text_snapshot() {
+    insta::assert_snapshot!(plan(RESTORE_RUNBOOK, "text", &RECEIVED_PARAMS));
+}
+
+#[test]
+fn received_restore_plan_markdown_snapshot() {
+    insta::assert_snapshot!(plan(RESTORE_RUNBOOK, "markdown", &RECEIVED_PARAMS));
+}
+
+#[test]
+fn rollback_restore_plan_text_snapshot() {
+    insta::assert_snapshot!(plan(RESTORE_RUNBOOK, "text", &ROLLBACK_PARAMS));
+}
+
+/// The plan's graph: step -> (needs, skipped by `when`).
+fn graph(file: &str, params: &[&str]) -> BTreeMap<String, (Vec<String>, bool)> {
+    let plan: Value = serde_json::from_str(&self::plan(file, "json", params)).unwrap();
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| {
+            let needs = step["needs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_owned())
+                .collect();
+            let skipped = step["disposition"] == "skip";
+            (step["id"].as_str().unwrap().to_owned(), (needs, skipped))
+        })
+        .collect()
+}
+
+/// Whether `before` is upstream of `after` (reachable through `needs`).
+fn precedes(graph: &BTreeMap<String, (Vec<String>, bool)>, before: &str, after: &str) -> bool {
+    assert!(
+        graph.contains_key(before) && graph.contains_key(after),
+        "{before}, {after}"
+    );
+    let mut todo = graph[after].0.clone();
+    let mut seen = BTreeSet::new();
+    while let Some(step) = todo.pop() {
+        if step == before {
+            return true;
+        }
+        if seen.insert(step.clone()) {
+            todo.extend(graph[&step].0.iter().cloned());
+        }
+    }
+    false
+}
+
+/// The order the seed demands, on the plan's graph: backup: stopped before
+/// the snapshots, deltas from the snapshots, the container started after
+/// the snapshots and the config copy. Restore: received before the
+/// container is stopped, stopped before the swap (and the config, and the
+/// rollback), the old datasets destroyed only after the container started
+/// and was verified on the restored datasets.
+#[test]
+fn plans_order_the_steps_as_the_procedure_demands() {
+    let backup = graph(BACKUP_RUNBOOK, &BACKUP_PARAMS);
+    for (before, after) in [
+        ("stop-container", "snapshot-datasets"),
+        ("stop-container", "copy-config"),
+        ("snapshot-datasets", "send-deltas"),
+        ("snapshot-datasets", "start-container"),
+        ("copy-config", "start-container"),
+        ("send-deltas", "write-manifest"),
+        ("copy-config", "write-manifest"),
+        ("write-manifest", "verify-backup"),
+    ] {
+        assert!(
+            precedes(&backup, before, after),
+            "backup: {before} before {after}"
+        );
+    }
+    assert!(
+        !precedes(&backup, "send-deltas", "start-container"),
+        "the container is back before the deltas are sent"
+    );
+
+    let received = graph(RESTORE_RUNBOOK, &RECEIVED_PARAMS);
+    for (before, after) in [
+        ("preflight", "receive-temp"),
+        ("receive-temp", "stop-container"),
+        ("stop-container", "swap-datasets"),
+        ("stop-container", "restore-config"),
+        ("stop-container", "rollback-datasets"),
+        ("swap-datasets", "mount-datasets"),
+        ("mount-datasets", "start-container"),
+        ("restore-config", "start-container"),
+        ("rollback-datasets", "start-container"),
+        ("start-container", "verify-container"),
+        ("start-container", "destroy-old"),
+        ("verify-container", "destroy-old"),
+        ("swap-datasets", "destroy-old"),
+    ] {
+        assert!(
+            precedes(&received, before, after),
+            "restore: {before} before {after}"
+        );
+    }
+    assert!(
+        received["rollback-datasets"].1,
+        "received mode skips the rollback"
+    );
+    assert!(!received["swap-datasets"].1);
+
+    let rollback = graph(RESTORE_RUNBOOK, &ROLLBACK_PARAMS);
+    for step in [
+        "receive-temp",
+        "swap-datasets",
+        "mount-datasets",
+        "restore-config",
+        "destroy-old",
+    ] {
+        assert!(rollback[step].1, "rollback mode skips {step}");
+    }
+    for step in [
+        "preflight",
+        "stop-container",
+        "rollback-datasets",
+        "start-container",
+        "verify-container",
+    ] {
+        assert!(!rollback[step].1, "rollback mode runs {step}");
     }
 }
