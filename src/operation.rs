@@ -449,8 +449,10 @@ pub fn describe(
                 op.verb = "GET".into();
                 op.name = Some(names.join(", "));
             }
+            let keep_status = f.get("keep_status").and_then(Value::as_bool) == Some(true);
             op.then = Some(format!(
-                "write one clean manifest per object to {}{}",
+                "write one clean manifest per object{} to {}{}",
+                if keep_status { " (status kept)" } else { "" },
                 str_field(f, "to").unwrap_or(""),
                 if is_secret(kind_written) {
                     " (mode 0600; values never shown)"

@@ -28,6 +28,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use common::lab::{self, Proc};
+use common::plans::{graph, plan, precedes};
 use common::zfs::ZfsLab;
 
 const POOL: &str = "rbtest";
@@ -1025,19 +1026,6 @@ fn sigkill_at_points_of_a_received_restore_then_resume_ends_the_same() {
 const BACKUP_RUNBOOK: &str = "runbooks/subutai-snapshot-backup.yaml";
 const RESTORE_RUNBOOK: &str = "runbooks/subutai-snapshot-restore.yaml";
 
-/// `runbook plan FILE -o FORMAT -p ...` as a reviewer would run it.
-fn plan(file: &str, format: &str, params: &[&str]) -> String {
-    let mut cmd = common::runbook();
-    cmd.env_remove("KUBECONFIG").env("HOME", "/nonexistent");
-    cmd.args(["plan", file, "-o", format]);
-    for p in params {
-        cmd.args(["-p", p]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", common::output_text(&out));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 const BACKUP_PARAMS: [&str; 3] = [
     "container=web1",
     "snapshot=backup-2026-11-22",
@@ -1073,45 +1061,6 @@ fn received_restore_plan_markdown_snapshot() {
 #[test]
 fn rollback_restore_plan_text_snapshot() {
     insta::assert_snapshot!(plan(RESTORE_RUNBOOK, "text", &ROLLBACK_PARAMS));
-}
-
-/// The plan's graph: step -> (needs, skipped by `when`).
-fn graph(file: &str, params: &[&str]) -> BTreeMap<String, (Vec<String>, bool)> {
-    let plan: Value = serde_json::from_str(&self::plan(file, "json", params)).unwrap();
-    plan["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|step| {
-            let needs = step["needs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| n.as_str().unwrap().to_owned())
-                .collect();
-            let skipped = step["disposition"] == "skip";
-            (step["id"].as_str().unwrap().to_owned(), (needs, skipped))
-        })
-        .collect()
-}
-
-/// Whether `before` is upstream of `after` (reachable through `needs`).
-fn precedes(graph: &BTreeMap<String, (Vec<String>, bool)>, before: &str, after: &str) -> bool {
-    assert!(
-        graph.contains_key(before) && graph.contains_key(after),
-        "{before}, {after}"
-    );
-    let mut todo = graph[after].0.clone();
-    let mut seen = BTreeSet::new();
-    while let Some(step) = todo.pop() {
-        if step == before {
-            return true;
-        }
-        if seen.insert(step.clone()) {
-            todo.extend(graph[&step].0.iter().cloned());
-        }
-    }
-    false
 }
 
 /// The order the seed demands, on the plan's graph: backup: stopped before
