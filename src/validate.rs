@@ -113,6 +113,8 @@ struct OutputUse {
     step: String,
     /// `outputs` or `the status`.
     what: &'static str,
+    /// The output key, when one is written out.
+    key: Option<String>,
     span: Span,
 }
 
@@ -377,6 +379,42 @@ impl Checker<'_> {
             }
         };
 
+        for used in &output_uses {
+            let (Some(&target), Some(key)) = (index.get(used.step.as_str()), &used.key) else {
+                continue;
+            };
+            let Some(keys) =
+                action_of(&raw.steps[target]).and_then(|a| a.output_keys().map(|k| (a.key(), k)))
+            else {
+                continue;
+            };
+            let (action, keys) = keys;
+            if !keys.contains(&key.as_str()) {
+                let user = &raw.steps[used.user].id;
+                let gives = if keys.is_empty() {
+                    format!("`{action}` sets no outputs")
+                } else {
+                    format!(
+                        "`{action}` sets only {}",
+                        keys.iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                self.push(
+                    Problem::new(
+                        "template::unknown-output",
+                        format!(
+                            "step `{user}` uses output `{key}` of `{}`, which it never sets",
+                            used.step
+                        ),
+                    )
+                    .at_labeled(used.span, "no such output")
+                    .help(gives),
+                );
+            }
+        }
         if let Some(graph) = &graph {
             for used in output_uses {
                 let Some(&target) = index.get(used.step.as_str()) else {
@@ -1493,6 +1531,7 @@ impl Checker<'_> {
                 Reference::StepOutput {
                     step: target,
                     field,
+                    key,
                     ..
                 } => {
                     if !matches!(field.as_deref(), Some("outputs" | "status")) {
@@ -1531,6 +1570,7 @@ impl Checker<'_> {
                             user: ctx.index,
                             step: target.clone(),
                             what,
+                            key: key.clone().filter(|_| what == "outputs"),
                             span,
                         }),
                     }

@@ -796,7 +796,8 @@ fn validation_catches_targets_and_conditions_before_anything_runs() {
          \x20 - id: check\n    done_if: { kind: Pod, name: a, for: \"jsonpath={.status\" }\n    run: 'true'\n\
          \x20 - id: typo\n    done_if: { kind: Pod, name: a, fro: exists }\n    run: 'true'\n\
          \x20 - id: bad-fail-if\n    wait: { kind: Pod, name: a, for: exists, fail_if: [\"jsonpath={.status.phase}=Failed\", failed] }\n\
-         \x20 - id: once\n    done_if: { kind: Pod, name: a, for: exists, fail_if: [delete] }\n    run: 'true'\n",
+         \x20 - id: once\n    done_if: { kind: Pod, name: a, for: exists, fail_if: [delete] }\n    run: 'true'\n\
+         \x20 - id: uses\n    needs: [grammar]\n    run: echo {{ steps['grammar'].outputs.matched }} {{ steps['grammar'].outputs.phase }}\n",
     );
     let out = s.cmd(&["validate", &file.display().to_string()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -810,6 +811,8 @@ fn validation_catches_targets_and_conditions_before_anything_runs() {
         "unknown field `fro` in step `typo`, in `done_if`",
         "step `bad-fail-if`: `wait.fail_if[1]` is not a condition",
         "step `once`: `done_if` takes no `fail_if`",
+        "step `uses` uses output `phase` of `grammar`, which it never sets",
+        "`wait` sets only `matched`",
     ] {
         assert!(said.contains(expected), "missing {expected:?} in:\n{said}");
     }
