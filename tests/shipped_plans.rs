@@ -10,6 +10,7 @@ use common::plans::{assert_order, graph, plan, precedes};
 const THREESCALE_BACKUP: &str = "runbooks/3scale-backup.yaml";
 const THREESCALE_RESTORE: &str = "runbooks/3scale-restore.yaml";
 const OPSCHAIN_BACKUP: &str = "runbooks/opschain-backup.yaml";
+const OPSCHAIN_RESTORE: &str = "runbooks/opschain-restore.yaml";
 const VELERO_BACKUP: &str = "runbooks/velero-restic-backup.yaml";
 const VELERO_RESTORE: &str = "runbooks/velero-restic-restore.yaml";
 
@@ -18,6 +19,10 @@ const OPSCHAIN_PARAMS: [&str; 3] = [
     "image_tag=2024-06-01",
     "values_file=/srv/opschain/values.yaml",
     "backup_root=/srv/backups/opschain",
+];
+const OPSCHAIN_RESTORE_PARAMS: [&str; 2] = [
+    "backup_dir=/srv/backups/opschain/20260101_120000",
+    "image_tag=2024-06-01",
 ];
 const VELERO_BACKUP_PARAMS: [&str; 4] = [
     "namespace=shop",
@@ -62,6 +67,16 @@ fn opschain_backup_plan_text_snapshot() {
 #[test]
 fn opschain_backup_plan_markdown_snapshot() {
     insta::assert_snapshot!(plan(OPSCHAIN_BACKUP, "markdown", &OPSCHAIN_PARAMS));
+}
+
+#[test]
+fn opschain_restore_plan_text_snapshot() {
+    insta::assert_snapshot!(plan(OPSCHAIN_RESTORE, "text", &OPSCHAIN_RESTORE_PARAMS));
+}
+
+#[test]
+fn opschain_restore_plan_markdown_snapshot() {
+    insta::assert_snapshot!(plan(OPSCHAIN_RESTORE, "markdown", &OPSCHAIN_RESTORE_PARAMS));
 }
 
 #[test]
@@ -223,6 +238,69 @@ fn opschain_backup_orders_the_steps_as_the_document_demands() {
             ("verify-local-copy", "delete-backup-helper"),
         ],
     );
+}
+
+/// OpsChain restore (opschain-backup-restore.txt, "Restore"): the backup
+/// checked before anything is deployed; the database hibernated and the API
+/// stopped before the files are replaced; pg_controldata checked (and shown
+/// at a gate) before the database is turned back on; OpsChain started only
+/// once the database answers; the API back before the vault and the clean-up.
+#[test]
+fn opschain_restore_orders_the_steps_as_the_document_demands() {
+    let g = graph(OPSCHAIN_RESTORE, &OPSCHAIN_RESTORE_PARAMS);
+    assert_order(
+        "OpsChain restore",
+        &g,
+        &[
+            ("check-backup", "confirm-deployed-stopped"),
+            ("confirm-deployed-stopped", "wait-database-hibernated"),
+            ("wait-database-hibernated", "recover-files"),
+            ("wait-api-stopped", "recover-files"),
+            ("copy-backup-in", "recover-files"),
+            ("recover-files", "check-controldata"),
+            ("check-controldata", "confirm-controldata"),
+            ("confirm-controldata", "confirm-database-resumed"),
+            ("confirm-database-resumed", "wait-database-ready"),
+            ("check-database", "confirm-started"),
+            ("confirm-started", "wait-api-ready"),
+            ("wait-api-ready", "start-secret-vault"),
+            ("stop-secret-vault", "start-secret-vault"),
+            ("wait-api-ready", "remove-backup-files"),
+            ("wait-worker-ready", "remove-backup-files"),
+            ("remove-backup-files", "delete-recovery-pod"),
+        ],
+    );
+    // with the redeploy commands given, the gates give way to the commands,
+    // in the same places
+    let g = graph(
+        OPSCHAIN_RESTORE,
+        &[
+            OPSCHAIN_RESTORE_PARAMS[0],
+            OPSCHAIN_RESTORE_PARAMS[1],
+            "deploy_stopped_command=helm upgrade --install opschain x",
+            "resume_database_command=helm upgrade opschain y",
+            "start_command=helm upgrade opschain z",
+        ],
+    );
+    for gate in [
+        "confirm-deployed-stopped",
+        "confirm-database-resumed",
+        "confirm-started",
+    ] {
+        assert!(g[gate].1, "{gate} is skipped when its command is given");
+    }
+    assert_order(
+        "OpsChain restore with commands",
+        &g,
+        &[
+            ("deploy-stopped", "recover-files"),
+            ("check-controldata", "resume-database"),
+            ("resume-database", "wait-database-ready"),
+            ("check-database", "start-opschain"),
+            ("start-opschain", "wait-api-ready"),
+        ],
+    );
+    assert!(!precedes(&g, "start-opschain", "recover-files"));
 }
 
 /// Velero (velero-restic.txt): the volumes annotated before the Backup is
