@@ -463,7 +463,7 @@ pub fn describe(
         }
         "rollout" => {
             let name = op.name.clone().unwrap_or_default();
-            match str_field(f, "mode").unwrap_or("restart") {
+            match redeploy_as(str_field(f, "mode").unwrap_or("restart"), kind_written) {
                 "latest" => {
                     op.verb = "CREATE".into();
                     op.subresource = Some("instantiate".into());
@@ -1057,5 +1057,17 @@ mod tests {
             o.notes,
             vec!["missing.yaml: no such file at plan time".to_owned()]
         );
+    }
+}
+
+/// A rollout's mode as the plan shows it: `redeploy` is `latest` for a
+/// DeploymentConfig and `restart` for the others.
+pub fn redeploy_as<'m>(mode: &'m str, kind: &str) -> &'m str {
+    if mode != "redeploy" {
+        return mode;
+    }
+    match crate::spec::raw::RolloutMode::Redeploy.for_kind(kind) {
+        crate::spec::raw::RolloutMode::Latest => "latest",
+        _ => "restart",
     }
 }

@@ -608,13 +608,17 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
                 scalar(f, "to")
             )
         }
-        "rollout" => match field(f, "mode").unwrap_or("restart") {
-            "latest" => format!("oc rollout latest {target}{ns} && oc rollout status {target}{ns}"),
-            "status" => format!("kubectl rollout status {target}{ns}"),
-            _ => format!(
-                "kubectl rollout restart {target}{ns} && kubectl rollout status {target}{ns}"
-            ),
-        },
+        "rollout" => {
+            match crate::operation::redeploy_as(field(f, "mode").unwrap_or("restart"), &kind) {
+                "latest" => {
+                    format!("oc rollout latest {target}{ns} && oc rollout status {target}{ns}")
+                }
+                "status" => format!("kubectl rollout status {target}{ns}"),
+                _ => format!(
+                    "kubectl rollout restart {target}{ns} && kubectl rollout status {target}{ns}"
+                ),
+            }
+        }
         "wait" => {
             let what = match (field(f, "name"), field(f, "selector")) {
                 (Some(name), _) => format!("{kind}/{name}"),

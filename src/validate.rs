@@ -1321,7 +1321,7 @@ impl Checker<'_> {
                 RolloutMode::Restart => is_dc.then_some(
                     "a DeploymentConfig is rolled out with `mode: latest`, not restarted",
                 ),
-                RolloutMode::Status => None,
+                RolloutMode::Status | RolloutMode::Redeploy => None,
             };
             if let Some(why) = wrong {
                 let at = node.get("rollout");
@@ -1334,7 +1334,7 @@ impl Checker<'_> {
                         format!("step `{}`: {why} (kind `{}`)", raw.id, rollout.kind),
                     )
                     .at_labeled(span, "does not fit the kind")
-                    .help("`restart` for Deployment, StatefulSet, DaemonSet; `latest` for DeploymentConfig; `status` waits for any of them"),
+                    .help("`restart` for Deployment, StatefulSet, DaemonSet; `latest` for DeploymentConfig; `redeploy` picks by kind; `status` waits for any of them"),
                 );
             }
         }

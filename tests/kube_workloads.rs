@@ -489,6 +489,43 @@ fn rollout_latest_instantiates_a_deploymentconfig_and_waits_for_its_new_pods() {
     assert_eq!(dc["status"]["latestVersion"], 2);
 }
 
+/// `mode: redeploy` with the kind as a param: a DeploymentConfig gets a new
+/// rollout (latest), a Deployment a restart; the plan says which.
+#[test]
+fn redeploy_picks_latest_for_a_deploymentconfig_and_restart_for_a_deployment() {
+    let kube = Kube::start();
+    deployment_config(&kube, "default", "legacy", 1);
+    settle(&kube, "default", "legacy", 1);
+    kube.deployment("default", "web", 1);
+    settle(&kube, "default", "web", 1);
+    let s = Scratch::new();
+    let file = s.runbook(
+        "redeploy",
+        "  legacy_kind: { type: string, default: DeploymentConfig }\n  web_kind: { type: string, default: Deployment }",
+        "  - id: roll-legacy\n    timeout: 20s\n    rollout: { kind: \"{{ params.legacy_kind }}\", name: legacy, mode: redeploy }\n\
+         \x20 - id: roll-web\n    timeout: 20s\n    rollout: { kind: \"{{ params.web_kind }}\", name: web, mode: redeploy }\n",
+    );
+    let plan = s.cmd(&["plan", &file.display().to_string()]);
+    let planned = text(&plan);
+    assert!(
+        planned.contains("oc rollout latest deploymentconfig/legacy"),
+        "{planned}"
+    );
+    assert!(
+        planned.contains("kubectl rollout restart deployment/web"),
+        "{planned}"
+    );
+    let out = run(&s, &file, &kube);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(outputs(&s, "roll-legacy")["revision"], "2");
+    let web = kube.get("apps", "deployments", "default", "web").unwrap();
+    assert!(
+        web["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string(),
+        "{web:#}"
+    );
+}
+
 #[test]
 fn wait_variants_and_what_a_timeout_says() {
     let kube = Kube::start();

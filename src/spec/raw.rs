@@ -546,6 +546,26 @@ pub enum RolloutMode {
     Latest,
     /// Only wait for the current rollout to finish.
     Status,
+    /// New pods whatever the kind: `latest` for a DeploymentConfig,
+    /// `restart` for the others (for runbooks whose kind is a param).
+    Redeploy,
+}
+
+impl RolloutMode {
+    /// What `redeploy` does for `kind` (as written or as discovery names
+    /// it): `Latest` for a DeploymentConfig, else `Restart`; other modes
+    /// stay as they are.
+    pub fn for_kind(self, kind: &str) -> RolloutMode {
+        let kind = kind.trim().to_ascii_lowercase();
+        let is_dc = kind == "dc"
+            || kind.starts_with("deploymentconfig")
+            || kind.starts_with("deploymentconfigs.");
+        match self {
+            RolloutMode::Redeploy if is_dc => RolloutMode::Latest,
+            RolloutMode::Redeploy => RolloutMode::Restart,
+            other => other,
+        }
+    }
 }
 
 /// `rollout`: restart or roll out a workload, and wait until it is done.
@@ -559,7 +579,8 @@ pub struct RolloutAction {
     /// Namespace; defaults to the kube context's namespace.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// `restart` (default), `latest` or `status`.
+    /// `restart` (default), `latest`, `status` or `redeploy` (`latest` for
+    /// a DeploymentConfig, `restart` for the others).
     #[serde(default)]
     pub mode: RolloutMode,
 }
