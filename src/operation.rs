@@ -921,6 +921,18 @@ fn scalar(value: &Value) -> String {
     }
 }
 
+/// A rollout's mode as the plan shows it: `redeploy` is `latest` for a
+/// DeploymentConfig and `restart` for the others.
+pub fn redeploy_as<'m>(mode: &'m str, kind: &str) -> &'m str {
+    if mode != "redeploy" {
+        return mode;
+    }
+    match crate::spec::raw::RolloutMode::Redeploy.for_kind(kind) {
+        crate::spec::raw::RolloutMode::Latest => "latest",
+        _ => "restart",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1057,17 +1069,5 @@ mod tests {
             o.notes,
             vec!["missing.yaml: no such file at plan time".to_owned()]
         );
-    }
-}
-
-/// A rollout's mode as the plan shows it: `redeploy` is `latest` for a
-/// DeploymentConfig and `restart` for the others.
-pub fn redeploy_as<'m>(mode: &'m str, kind: &str) -> &'m str {
-    if mode != "redeploy" {
-        return mode;
-    }
-    match crate::spec::raw::RolloutMode::Redeploy.for_kind(kind) {
-        crate::spec::raw::RolloutMode::Latest => "latest",
-        _ => "restart",
     }
 }
