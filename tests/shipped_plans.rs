@@ -50,6 +50,17 @@ fn threescale_backup_postgresql_plan_text_snapshot() {
 }
 
 #[test]
+fn threescale_restore_with_deployments_and_oracle_plan_text_snapshot() {
+    let mut params = THREESCALE_PARAMS.to_vec();
+    params.extend([
+        "workload_kind=Deployment",
+        "pod_label=deployment",
+        "database=oracle",
+    ]);
+    insta::assert_snapshot!(plan(THREESCALE_RESTORE, "text", &params));
+}
+
+#[test]
 fn threescale_restore_plan_text_snapshot() {
     insta::assert_snapshot!(plan(THREESCALE_RESTORE, "text", &THREESCALE_PARAMS));
 }
@@ -146,6 +157,7 @@ fn threescale_backup_orders_the_steps_as_the_document_demands() {
                 ("scale-up-zync-que", "resume-operator"),
             ],
         );
+        assert!(g["backup-system-oracle"].1, "{database}: no Oracle gate");
         let other = if database == "mysql" {
             "postgresql"
         } else {
@@ -215,6 +227,24 @@ fn threescale_restore_orders_the_steps_as_the_document_demands() {
         "load-backend-redis-dump"
     ));
     assert!(g["restore-system-postgresql"].1, "mysql by default");
+    assert!(g["restore-system-oracle"].1, "mysql by default");
+
+    // an external Oracle database: a gate in the database's place, with the
+    // clients stopped, before they start again
+    let mut params = THREESCALE_PARAMS.to_vec();
+    params.push("database=oracle");
+    let g = graph(THREESCALE_RESTORE, &params);
+    assert!(!g["restore-system-oracle"].1);
+    assert!(g["restore-system-mysql"].1 && g["restore-system-postgresql"].1);
+    assert_order(
+        "3scale restore (oracle)",
+        &g,
+        &[
+            ("wait-db-clients-stopped", "restore-system-oracle"),
+            ("restore-system-oracle", "scale-up-system-app"),
+            ("restore-system-oracle", "scale-up-system-sidekiq"),
+        ],
+    );
 }
 
 /// OpsChain backup (opschain-backup-restore.txt, "Backup"): the API and the
