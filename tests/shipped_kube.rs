@@ -296,13 +296,10 @@ fn three_scale_backup_runs_against_the_fake_cluster_with_postgresql() {
     backup("postgresql");
 }
 
-#[test]
-fn three_scale_restore_runs_against_the_fake_cluster_from_a_backup() {
-    let kube = Kube::start();
-    let s = Scratch::new();
-    let _tools = backup_into(&kube, &s, "mysql");
-    // as after a disaster: the operator recreates the workloads from the
-    // APIManager the restore applies; the Secrets and ConfigMaps are gone
+/// As after a disaster: the APIManager, the Secrets and the ConfigMaps are
+/// gone (the workloads stay: the fake's operator does not recreate them);
+/// redis-config is back as the operator writes it, with redis' save lines.
+fn disaster(kube: &Kube) {
     kube.cluster
         .remove("apps.3scale.net", "apimanagers", NS, "apimanager");
     for name in SECRETS {
@@ -321,6 +318,14 @@ fn three_scale_restore_runs_against_the_fake_cluster_from_a_backup() {
                    "data": {"redis.conf": "save 900 1\nsave 300 10\nsave 60 10000\nappendonly yes\n"}}),
         )
         .unwrap();
+}
+
+#[test]
+fn three_scale_restore_runs_against_the_fake_cluster_from_a_backup() {
+    let kube = Kube::start();
+    let s = Scratch::new();
+    let _tools = backup_into(&kube, &s, "mysql");
+    disaster(&kube);
     let out = s.run(
         Path::new(&common::repo_root().join("runbooks/3scale-restore.yaml")),
         &[
@@ -377,21 +382,7 @@ fn three_scale_template_based_restore_reads_the_parameters_from_the_restored_sec
     let kube = Kube::start();
     let s = Scratch::new();
     let _tools = backup_into(&kube, &s, "mysql");
-    kube.cluster
-        .remove("apps.3scale.net", "apimanagers", NS, "apimanager");
-    for name in SECRETS {
-        kube.cluster.remove("", "secrets", NS, name);
-    }
-    kube.cluster
-        .upsert(
-            "",
-            "configmaps",
-            NS,
-            json!({"apiVersion": "v1", "kind": "ConfigMap",
-                   "metadata": {"name": "redis-config", "namespace": NS},
-                   "data": {"redis.conf": "save 900 1\nsave 300 10\nsave 60 10000\nappendonly yes\n"}}),
-        )
-        .unwrap();
+    disaster(&kube);
     // the backed-up system-seed holds the admin password (base64 of
     // "s3cr3t-admin"); the backup's checksums follow the change
     let seed = s.path("backup/secrets/secret-system-seed.yaml");
