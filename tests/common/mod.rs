@@ -67,3 +67,4 @@ pub mod kube;
 pub mod lab;
 pub mod pty;
 pub mod scratch;
+pub mod services;
