@@ -787,6 +787,12 @@ fn sigkill_during_restore_then_resume_ends_in_the_backed_up_state() {
             .count(),
         3
     );
+    let private_redis_dir = std::env::temp_dir().join(format!("lab-restore-redis-{id}"));
+    assert!(
+        !private_redis_dir.exists(),
+        "{} is left",
+        private_redis_dir.display()
+    );
     world.assert_no_secret_written();
 }
 
