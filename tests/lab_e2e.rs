@@ -81,6 +81,13 @@ impl World {
                 "RUNBOOK_PARAM_REDIS_PASSWORD".to_owned(),
                 REDIS_PASSWORD.to_owned(),
             ),
+            // an operator's shell may have its own (here: wrong) redis-cli
+            // password: the param wins, and the restore's private server
+            // (no password) must not get it
+            (
+                "REDISCLI_AUTH".to_owned(),
+                "from-the-operators-shell".to_owned(),
+            ),
         ]);
         let world = World { pg, redis, lab };
         let start = Instant::now();

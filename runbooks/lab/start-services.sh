@@ -7,6 +7,8 @@
 #   runbooks/lab/start-services.sh [DIR]        start (DIR defaults to /tmp/runbook-lab)
 #   runbooks/lab/start-services.sh stop [DIR]   stop both and remove DIR
 #
+# LAB_ROWS=N sets the number of orders in the demo database (20000; a few
+# million make a restore long enough to interrupt by hand).
 # Needs PostgreSQL server binaries (Debian: postgresql) and redis-server
 # (Debian: redis-server). As root, PostgreSQL runs as the `postgres` user
 # (it refuses root). Prints the commands to back up and restore. The
@@ -25,6 +27,9 @@ if [ "${1:-}" = stop ]; then
 fi
 
 dir=${1:-/tmp/runbook-lab}
+case ${LAB_ROWS:-20000} in
+    ''|*[!0-9]*) echo "LAB_ROWS must be a number of rows, not '$LAB_ROWS'" >&2; exit 2 ;;
+esac
 if [ -e "$dir/env" ]; then
     echo "$dir already holds a lab (stop it first: $0 stop $dir)" >&2
     exit 1
@@ -76,7 +81,7 @@ psql_lab -d shop -c "
   create table customers (id serial primary key, name text not null, email text);
   insert into customers (name, email) select 'customer ' || i, 'c' || i || '@example.com' from generate_series(1, 1000) i;
   create table orders (id bigserial primary key, customer_id int references customers, total numeric(10,2), at timestamptz default now());
-  insert into orders (customer_id, total) select 1 + i % 1000, (i % 997) / 10.0 from generate_series(1, 20000) i;"
+  insert into orders (customer_id, total) select 1 + i % 1000, (i % 997) / 10.0 from generate_series(1, ${LAB_ROWS:-20000}) i;"
 i=0
 while [ $i -lt 200 ]; do
     printf 'SET session:%s "user %s"\nHSET cart:%s item%s %s\nRPUSH queue job-%s\n' $i $i $i $i $i $i
