@@ -986,6 +986,53 @@ fn lab_backup_plan_order() {
     }
 }
 
+/// `include_redis=false`: the plan skips the Redis branch of both
+/// runbooks and still runs the rest.
+#[test]
+fn a_data_set_left_out_is_skipped_in_both_plans() {
+    for (file, redis_steps, kept) in [
+        (
+            "runbooks/lab-backup.yaml",
+            &["check-redis", "dump-redis", "verify-redis-dump"][..],
+            "dump-postgres",
+        ),
+        (
+            "runbooks/lab-restore.yaml",
+            &["check-redis", "restore-redis", "verify-redis"][..],
+            "restore-postgres",
+        ),
+    ] {
+        let out = common::runbook()
+            .env("HOME", "/nonexistent")
+            .args(["plan", file, "-o", "json", "-p", "include_redis=false"])
+            .args([
+                "-p",
+                "files_dir=/srv/uploads",
+                "-p",
+                "backup_dir=/backups/1",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let disposition = |id: &str| {
+            plan["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["id"] == id)
+                .unwrap()["disposition"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        for step in redis_steps {
+            assert_eq!(disposition(step), "skip", "{file}: {step}");
+        }
+        assert_eq!(disposition(kept), "run", "{file}: {kept}");
+    }
+}
+
 /// Both lab runbooks validate without warnings.
 #[test]
 fn lab_runbooks_validate_cleanly() {
