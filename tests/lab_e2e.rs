@@ -1076,3 +1076,68 @@ fn throw_away_servers_start_answer_and_leave_nothing_behind() {
         assert!(!dir.exists(), "{} is left", dir.display());
     }
 }
+
+/// A backup killed with SIGKILL during pg_dump has published nothing: the
+/// restore refuses it (no manifest) without touching the data. `resume`
+/// finishes the same backup, which then restores to the data as it was.
+#[test]
+fn backup_killed_mid_dump_is_refused_then_resumed_and_restorable() {
+    let _guard = heavy();
+    let world = World::new(100_000, 100, 200);
+    let before = world.snapshot();
+    let lab = &world.lab;
+    let mut args: Vec<String> = vec!["run".into(), runbook_file("lab-backup.yaml")];
+    args.extend(world.params());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut proc = lab.spawn(&refs);
+    wait_until("the backup's first journal record", PATIENCE, || {
+        lab.run_started() || proc.exited()
+    });
+    let id = lab.run_id();
+    wait_until("pg_dump to run", BOUND, || {
+        proc.exited()
+            || run_processes(&id).iter().any(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("pg_dump"))
+            })
+    });
+    assert!(proc.kill9().is_none(), "the backup ended before the kill");
+    assert!(
+        !world.backup_dir().join("manifest.json").exists(),
+        "an interrupted backup published a manifest"
+    );
+
+    // the restore refuses it, changing nothing
+    let (code, out) = world.runbook(&[
+        "run",
+        &runbook_file("lab-restore.yaml"),
+        "--approve",
+        "confirm-restore",
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("an incomplete backup"), "{out}");
+    assert_eq!(world.snapshot(), before);
+
+    // resume finishes the backup; it restores what was there
+    let mut proc = lab.spawn(&["resume", &id, "--no-input"]);
+    let status = proc.wait(BOUND);
+    assert!(status.success(), "{}", proc.describe());
+    assert!(!world.backup_dir().join(".staging").exists());
+    world.wipe();
+    let (code, out) = world.runbook(&[
+        "run",
+        &runbook_file("lab-restore.yaml"),
+        "--approve",
+        "confirm-restore",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let after = world.snapshot();
+    for (what, want, got) in [
+        ("postgres", &before.postgres, &after.postgres),
+        ("redis", &before.redis, &after.redis),
+        ("files", &before.files, &after.files),
+    ] {
+        let diff = differences(want, got, 10);
+        assert!(diff.is_empty(), "{what} differs:\n{}", diff.join("\n"));
+    }
+}
