@@ -518,6 +518,8 @@ enum Damage {
     Remove,
     /// The last 100 bytes cut off.
     Truncate,
+    /// (manifest.json) A database name that is shell code.
+    HostileDatabaseName,
 }
 
 impl Damage {
@@ -533,6 +535,19 @@ impl Damage {
             Damage::Truncate => {
                 let bytes = fs::read(path).unwrap();
                 fs::write(path, &bytes[..bytes.len() - 100]).unwrap();
+            }
+            Damage::HostileDatabaseName => {
+                let text = fs::read_to_string(path).unwrap();
+                let marker = path.with_file_name("injected");
+                let hostile = text.replace(
+                    "\"postgres_databases\": \"analytics shop\"",
+                    &format!(
+                        "\"postgres_databases\": \"shop $(touch {})\"",
+                        marker.display()
+                    ),
+                );
+                assert_ne!(hostile, text, "no postgres_databases line in {text}");
+                fs::write(path, hostile).unwrap();
             }
         }
     }
@@ -567,6 +582,11 @@ fn corrupted_or_incomplete_backup_is_refused_before_anything_is_touched() {
             "wrong size: files/files.tar.gz",
         ),
         ("manifest.json", Damage::Remove, "an incomplete backup"),
+        (
+            "manifest.json",
+            Damage::HostileDatabaseName,
+            "unexpected database name in the manifest",
+        ),
     ];
     let destructive = [
         "restore-postgres-globals",
@@ -614,6 +634,10 @@ fn corrupted_or_incomplete_backup_is_refused_before_anything_is_touched() {
             );
         }
         assert_eq!(world.snapshot(), before, "{what}: the live data changed");
+        assert!(
+            !backup.join("injected").exists(),
+            "{what}: shell code from the manifest ran"
+        );
         fs::copy(&saved, &path).unwrap();
     }
     // repaired, the same backup restores
