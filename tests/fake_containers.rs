@@ -418,11 +418,18 @@ fn the_seeds_redis_restore_sequence_needs_save_off_to_keep_the_backup() {
             ],
         );
     };
+    // kubectl's restartedAt has whole seconds: it refuses a second restart within the
+    // same second ("please wait before attempting to trigger another")
+    let last_restart = std::cell::Cell::new(None::<Instant>);
     let rollout = || {
+        if let Some(at) = last_restart.get() {
+            std::thread::sleep(Duration::from_millis(1100).saturating_sub(at.elapsed()));
+        }
         kubectl(
             &kube,
             &["rollout", "restart", "-n", NS, "deployment/system-redis"],
         );
+        last_restart.set(Some(Instant::now()));
         kubectl(
             &kube,
             &[

@@ -506,3 +506,54 @@ async fn secret_files_empty_dirs_and_hosts_are_the_pods_own() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_once_the_readiness_probe_passes() {
+    require_root();
+    let redis = ["/usr/bin/redis-server", "/usr/sbin/redis-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect(
+            "redis-server is not installed: install the Debian package `redis-server` (CI does)",
+        );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let cluster = FakeCluster::start().await.expect("start");
+    let c = client(&cluster);
+    bounded(async {
+        create(&cluster, "pods", json!({"metadata": {"name": "gated"}, "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "x", "command": ["sleep", "infinity"],
+                "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/go"]},
+                    "periodSeconds": 1, "failureThreshold": 1}}]}})).await;
+        create(&cluster, "pods", json!({"metadata": {"name": "listener"}, "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "x",
+                "command": ["sh", "-c", format!("sleep 2; exec {redis} --port {port} --save '' --bind 127.0.0.1")],
+                "ports": [{"name": "db", "containerPort": port}],
+                "readinessProbe": {"tcpSocket": {"port": "db"}, "periodSeconds": 1}}]}})).await;
+        let started = |p: &Value| {
+            p.pointer("/status/containerStatuses/0/started") == Some(&json!(true))
+        };
+        wait_pod(&cluster, "gated", "started", started).await;
+        wait_pod(&cluster, "listener", "started", started).await;
+        // running, but not Ready while the probe fails
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        for name in ["gated", "listener"] {
+            let p = cluster.object("", "pods", "default", name).expect("pod");
+            assert_eq!(p["status"]["phase"], "Running", "{name}");
+            assert!(!ready(&p), "{name} is Ready before its probe passed: {:#}", p["status"]);
+            assert_eq!(p["status"]["containerStatuses"][0]["ready"], false);
+        }
+        let pods: Api<Pod> = Api::default_namespaced(c.clone());
+        exec_out(&pods, "gated", "touch /tmp/go").await;
+        wait_pod(&cluster, "gated", "Ready", ready).await;
+        wait_pod(&cluster, "listener", "Ready once redis listens", ready).await;
+        // a failing probe makes it unready again (failureThreshold 1)
+        exec_out(&pods, "gated", "rm /tmp/go").await;
+        wait_pod(&cluster, "gated", "unready", |p| !ready(p)).await;
+    })
+    .await;
+}
