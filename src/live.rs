@@ -559,7 +559,7 @@ impl Checker<'_> {
                 };
                 if unresolved {
                     live.notes
-                        .push("dry-run not made: the patch uses outputs of earlier steps".into());
+                        .push("dry-run not made: the patch uses values known only when the run reaches it (outputs of earlier steps, run.id, run.dir)".into());
                 } else if let Some(object) = self.dry_run_patch(f, kind, &namespace).await {
                     live.objects.push(object);
                 }
@@ -920,12 +920,14 @@ impl Checker<'_> {
                 message: None,
             };
             if name.is_empty() {
-                object.message = Some("not dry-run: the manifest has no metadata.name".into());
+                object.message = Some("the manifest has no metadata.name".into());
                 live.objects.push(object);
                 continue;
             }
             if unresolved {
-                object.message = Some("not dry-run: the step uses outputs of earlier steps".into());
+                object.message = Some(
+                    "the manifest uses values known only when the run reaches it (outputs of earlier steps, run.id, run.dir)".into(),
+                );
                 live.objects.push(object);
                 continue;
             }

@@ -562,6 +562,25 @@ impl Action {
         }
     }
 
+    /// The output keys a built-in action sets (documented per action in
+    /// docs/format.md); `None` for `run`, whose outputs are whatever the
+    /// command writes to `$RUNBOOK_OUTPUT`.
+    pub fn output_keys(&self) -> Option<&'static [&'static str]> {
+        Some(match self {
+            Action::Run { .. } => return None,
+            Action::Pause { .. } => &[],
+            Action::Scale(_) => &["previous_replicas", "workloads"],
+            Action::Exec(_) => &["bytes", "sha256"],
+            Action::Copy(_) => &["files", "bytes"],
+            Action::Apply(_) => &["applied", "objects"],
+            Action::Export(_) => &["count", "files"],
+            Action::Rollout(_) => &["revision"],
+            Action::Wait(_) => &["matched"],
+            Action::Patch(_) => &["changed"],
+            Action::Delete(_) => &["deleted"],
+        })
+    }
+
     /// Whether the action talks to a Kubernetes API server.
     pub fn needs_cluster(&self) -> bool {
         !matches!(self, Action::Run { .. } | Action::Pause { .. })

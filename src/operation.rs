@@ -449,8 +449,10 @@ pub fn describe(
                 op.verb = "GET".into();
                 op.name = Some(names.join(", "));
             }
+            let keep_status = f.get("keep_status").and_then(Value::as_bool) == Some(true);
             op.then = Some(format!(
-                "write one clean manifest per object to {}{}",
+                "write one clean manifest per object{} to {}{}",
+                if keep_status { " (status kept)" } else { "" },
                 str_field(f, "to").unwrap_or(""),
                 if is_secret(kind_written) {
                     " (mode 0600; values never shown)"
@@ -461,7 +463,7 @@ pub fn describe(
         }
         "rollout" => {
             let name = op.name.clone().unwrap_or_default();
-            match str_field(f, "mode").unwrap_or("restart") {
+            match redeploy_as(str_field(f, "mode").unwrap_or("restart"), kind_written) {
                 "latest" => {
                     op.verb = "CREATE".into();
                     op.subresource = Some("instantiate".into());
@@ -492,9 +494,19 @@ pub fn describe(
         }
         "wait" => {
             op.verb = "WATCH".into();
+            let fail_if: Vec<String> = f
+                .get("fail_if")
+                .and_then(Value::as_array)
+                .map(|list| list.iter().map(scalar).collect())
+                .unwrap_or_default();
             op.then = Some(format!(
-                "until {}",
-                scalar(f.get("for").unwrap_or(&Value::Null))
+                "until {}{}",
+                scalar(f.get("for").unwrap_or(&Value::Null)),
+                if fail_if.is_empty() {
+                    String::new()
+                } else {
+                    format!("; fails at once if {}", fail_if.join(" or "))
+                }
             ));
         }
         "patch" => {
@@ -906,6 +918,18 @@ fn scalar(value: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
+    }
+}
+
+/// A rollout's mode as the plan shows it: `redeploy` is `latest` for a
+/// DeploymentConfig and `restart` for the others.
+pub fn redeploy_as<'m>(mode: &'m str, kind: &str) -> &'m str {
+    if mode != "redeploy" {
+        return mode;
+    }
+    match crate::spec::raw::RolloutMode::Redeploy.for_kind(kind) {
+        crate::spec::raw::RolloutMode::Latest => "latest",
+        _ => "restart",
     }
 }
 

@@ -592,8 +592,14 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
             let selector = field(f, "selector")
                 .map(|s| format!(" -l {}", q(s)))
                 .unwrap_or_default();
+            let cleaned = if f.get("keep_status").and_then(serde_json::Value::as_bool) == Some(true)
+            {
+                "cleaned but for status"
+            } else {
+                "cleaned"
+            };
             format!(
-                "kubectl get {kind}{}{selector}{ns} -o yaml  # cleaned, one file per object in {}",
+                "kubectl get {kind}{}{selector}{ns} -o yaml  # {cleaned}, one file per object in {}",
                 if names.is_empty() {
                     String::new()
                 } else {
@@ -602,13 +608,17 @@ fn equivalent_command(key: &str, f: &serde_json::Map<String, serde_json::Value>)
                 scalar(f, "to")
             )
         }
-        "rollout" => match field(f, "mode").unwrap_or("restart") {
-            "latest" => format!("oc rollout latest {target}{ns} && oc rollout status {target}{ns}"),
-            "status" => format!("kubectl rollout status {target}{ns}"),
-            _ => format!(
-                "kubectl rollout restart {target}{ns} && kubectl rollout status {target}{ns}"
-            ),
-        },
+        "rollout" => {
+            match crate::operation::redeploy_as(field(f, "mode").unwrap_or("restart"), &kind) {
+                "latest" => {
+                    format!("oc rollout latest {target}{ns} && oc rollout status {target}{ns}")
+                }
+                "status" => format!("kubectl rollout status {target}{ns}"),
+                _ => format!(
+                    "kubectl rollout restart {target}{ns} && kubectl rollout status {target}{ns}"
+                ),
+            }
+        }
         "wait" => {
             let what = match (field(f, "name"), field(f, "selector")) {
                 (Some(name), _) => format!("{kind}/{name}"),

@@ -43,11 +43,31 @@ fn build_environment() -> Environment<'static> {
     env.set_recursion_limit(64);
     env.set_fuel(Some(1_000_000));
     env.add_filter("quote", quote_filter);
+    // booleans print as shells and YAML write them, not as Python does
+    env.set_formatter(|out, state, value| {
+        if value.kind() == minijinja::value::ValueKind::Bool {
+            return out
+                .write_str(if value.is_true() { "true" } else { "false" })
+                .map_err(|e| {
+                    minijinja::Error::new(minijinja::ErrorKind::WriteFailure, e.to_string())
+                });
+        }
+        minijinja::escape_formatter(out, state, value)
+    });
     env
 }
 
+/// A value as text in a command: booleans as `true`/`false`.
+fn text_of(value: &Value) -> String {
+    if value.kind() == minijinja::value::ValueKind::Bool {
+        value.is_true().to_string()
+    } else {
+        value.to_string()
+    }
+}
+
 fn quote_filter(value: Value) -> String {
-    shell_quote(&value.to_string())
+    shell_quote(&text_of(&value))
 }
 
 /// Quotes a string for POSIX `sh` so it is one word with no expansion.
@@ -642,6 +662,18 @@ mod tests {
         assert_eq!(shell_quote("simple/path-1.gz"), "simple/path-1.gz");
         assert_eq!(shell_quote("it's a $HOME"), r"'it'\''s a $HOME'");
         assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn booleans_render_lowercase_plain_and_quoted() {
+        let env = environment();
+        let out = env
+            .render_str(
+                "{{ t }} {{ f }} {{ f | quote }} {% if not f %}no{% endif %}",
+                minijinja::context! { t => true, f => false },
+            )
+            .unwrap();
+        assert_eq!(out, "true false false no");
     }
 
     #[test]

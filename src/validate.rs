@@ -113,6 +113,8 @@ struct OutputUse {
     step: String,
     /// `outputs` or `the status`.
     what: &'static str,
+    /// The output key, when one is written out.
+    key: Option<String>,
     span: Span,
 }
 
@@ -377,6 +379,42 @@ impl Checker<'_> {
             }
         };
 
+        for used in &output_uses {
+            let (Some(&target), Some(key)) = (index.get(used.step.as_str()), &used.key) else {
+                continue;
+            };
+            let Some(keys) =
+                action_of(&raw.steps[target]).and_then(|a| a.output_keys().map(|k| (a.key(), k)))
+            else {
+                continue;
+            };
+            let (action, keys) = keys;
+            if !keys.contains(&key.as_str()) {
+                let user = &raw.steps[used.user].id;
+                let gives = if keys.is_empty() {
+                    format!("`{action}` sets no outputs")
+                } else {
+                    format!(
+                        "`{action}` sets only {}",
+                        keys.iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                self.push(
+                    Problem::new(
+                        "template::unknown-output",
+                        format!(
+                            "step `{user}` uses output `{key}` of `{}`, which it never sets",
+                            used.step
+                        ),
+                    )
+                    .at_labeled(used.span, "no such output")
+                    .help(gives),
+                );
+            }
+        }
         if let Some(graph) = &graph {
             for used in output_uses {
                 let Some(&target) = index.get(used.step.as_str()) else {
@@ -1283,7 +1321,7 @@ impl Checker<'_> {
                 RolloutMode::Restart => is_dc.then_some(
                     "a DeploymentConfig is rolled out with `mode: latest`, not restarted",
                 ),
-                RolloutMode::Status => None,
+                RolloutMode::Status | RolloutMode::Redeploy => None,
             };
             if let Some(why) = wrong {
                 let at = node.get("rollout");
@@ -1296,7 +1334,7 @@ impl Checker<'_> {
                         format!("step `{}`: {why} (kind `{}`)", raw.id, rollout.kind),
                     )
                     .at_labeled(span, "does not fit the kind")
-                    .help("`restart` for Deployment, StatefulSet, DaemonSet; `latest` for DeploymentConfig; `status` waits for any of them"),
+                    .help("`restart` for Deployment, StatefulSet, DaemonSet; `latest` for DeploymentConfig; `redeploy` picks by kind; `status` waits for any of them"),
                 );
             }
         }
@@ -1331,6 +1369,37 @@ impl Checker<'_> {
                 .at_labeled(span, "not understood")
                 .help("write `condition=Available`, `condition=Ready=False`, `jsonpath={.status.phase}=Running`, `exists`, `delete`, `replicas=0` or `ready`"),
             );
+        }
+        let fail_if_node = at.and_then(|n| n.get("fail_if"));
+        if key == "done_if" && !wait.fail_if.is_empty() {
+            let span = fail_if_node.map_or(id_span, |n| n.span);
+            self.push(
+                Problem::new(
+                    "done_if::fail_if",
+                    format!("step `{step}`: `done_if` takes no `fail_if`: it is checked once and either holds or not"),
+                )
+                .at_labeled(span, "only for `wait`")
+                .help("remove `fail_if` here; put it on a `wait` step that waits for the same object"),
+            );
+            return;
+        }
+        for (index, text) in wait.fail_if.iter().enumerate() {
+            if template::is_template(text) {
+                continue;
+            }
+            if let Err(e) = crate::actions::wait::parse_condition(text) {
+                let span = fail_if_node
+                    .and_then(|n| n.as_seq()?.get(index))
+                    .map_or(id_span, |n| n.span);
+                self.push(
+                    Problem::new(
+                        "wait::fail_if",
+                        format!("step `{step}`: `{key}.fail_if[{index}]` is not a condition: {e}"),
+                    )
+                    .at_labeled(span, "not understood")
+                    .help("same grammar as `for`, e.g. `jsonpath={.status.phase}=Failed` or `condition=Failed`"),
+                );
+            }
         }
     }
 
@@ -1462,6 +1531,7 @@ impl Checker<'_> {
                 Reference::StepOutput {
                     step: target,
                     field,
+                    key,
                     ..
                 } => {
                     if !matches!(field.as_deref(), Some("outputs" | "status")) {
@@ -1500,6 +1570,7 @@ impl Checker<'_> {
                             user: ctx.index,
                             step: target.clone(),
                             what,
+                            key: key.clone().filter(|_| what == "outputs"),
                             span,
                         }),
                     }

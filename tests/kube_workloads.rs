@@ -489,6 +489,43 @@ fn rollout_latest_instantiates_a_deploymentconfig_and_waits_for_its_new_pods() {
     assert_eq!(dc["status"]["latestVersion"], 2);
 }
 
+/// `mode: redeploy` with the kind as a param: a DeploymentConfig gets a new
+/// rollout (latest), a Deployment a restart; the plan says which.
+#[test]
+fn redeploy_picks_latest_for_a_deploymentconfig_and_restart_for_a_deployment() {
+    let kube = Kube::start();
+    deployment_config(&kube, "default", "legacy", 1);
+    settle(&kube, "default", "legacy", 1);
+    kube.deployment("default", "web", 1);
+    settle(&kube, "default", "web", 1);
+    let s = Scratch::new();
+    let file = s.runbook(
+        "redeploy",
+        "  legacy_kind: { type: string, default: DeploymentConfig }\n  web_kind: { type: string, default: Deployment }",
+        "  - id: roll-legacy\n    timeout: 20s\n    rollout: { kind: \"{{ params.legacy_kind }}\", name: legacy, mode: redeploy }\n\
+         \x20 - id: roll-web\n    timeout: 20s\n    rollout: { kind: \"{{ params.web_kind }}\", name: web, mode: redeploy }\n",
+    );
+    let plan = s.cmd(&["plan", &file.display().to_string()]);
+    let planned = text(&plan);
+    assert!(
+        planned.contains("oc rollout latest deploymentconfig/legacy"),
+        "{planned}"
+    );
+    assert!(
+        planned.contains("kubectl rollout restart deployment/web"),
+        "{planned}"
+    );
+    let out = run(&s, &file, &kube);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(outputs(&s, "roll-legacy")["revision"], "2");
+    let web = kube.get("apps", "deployments", "default", "web").unwrap();
+    assert!(
+        web["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string(),
+        "{web:#}"
+    );
+}
+
 #[test]
 fn wait_variants_and_what_a_timeout_says() {
     let kube = Kube::start();
@@ -794,7 +831,10 @@ fn validation_catches_targets_and_conditions_before_anything_runs() {
          \x20 - id: grammar\n    wait: { kind: Pod, name: a, for: available }\n\
          \x20 - id: wrong-mode\n    rollout: { kind: Deployment, name: a, mode: latest }\n\
          \x20 - id: check\n    done_if: { kind: Pod, name: a, for: \"jsonpath={.status\" }\n    run: 'true'\n\
-         \x20 - id: typo\n    done_if: { kind: Pod, name: a, fro: exists }\n    run: 'true'\n",
+         \x20 - id: typo\n    done_if: { kind: Pod, name: a, fro: exists }\n    run: 'true'\n\
+         \x20 - id: bad-fail-if\n    wait: { kind: Pod, name: a, for: exists, fail_if: [\"jsonpath={.status.phase}=Failed\", failed] }\n\
+         \x20 - id: once\n    done_if: { kind: Pod, name: a, for: exists, fail_if: [delete] }\n    run: 'true'\n\
+         \x20 - id: uses\n    needs: [grammar]\n    run: echo {{ steps['grammar'].outputs.matched }} {{ steps['grammar'].outputs.phase }}\n",
     );
     let out = s.cmd(&["validate", &file.display().to_string()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -806,6 +846,10 @@ fn validation_catches_targets_and_conditions_before_anything_runs() {
         "step `wrong-mode`: `mode: latest` triggers a new rollout of a DeploymentConfig only",
         "step `check`: `done_if.for` is not a condition",
         "unknown field `fro` in step `typo`, in `done_if`",
+        "step `bad-fail-if`: `wait.fail_if[1]` is not a condition",
+        "step `once`: `done_if` takes no `fail_if`",
+        "step `uses` uses output `phase` of `grammar`, which it never sets",
+        "`wait` sets only `matched`",
     ] {
         assert!(said.contains(expected), "missing {expected:?} in:\n{said}");
     }

@@ -296,13 +296,10 @@ fn three_scale_backup_runs_against_the_fake_cluster_with_postgresql() {
     backup("postgresql");
 }
 
-#[test]
-fn three_scale_restore_runs_against_the_fake_cluster_from_a_backup() {
-    let kube = Kube::start();
-    let s = Scratch::new();
-    let _tools = backup_into(&kube, &s, "mysql");
-    // as after a disaster: the operator recreates the workloads from the
-    // APIManager the restore applies; the Secrets and ConfigMaps are gone
+/// As after a disaster: the APIManager, the Secrets and the ConfigMaps are
+/// gone (the workloads stay: the fake's operator does not recreate them);
+/// redis-config is back as the operator writes it, with redis' save lines.
+fn disaster(kube: &Kube) {
     kube.cluster
         .remove("apps.3scale.net", "apimanagers", NS, "apimanager");
     for name in SECRETS {
@@ -321,6 +318,14 @@ fn three_scale_restore_runs_against_the_fake_cluster_from_a_backup() {
                    "data": {"redis.conf": "save 900 1\nsave 300 10\nsave 60 10000\nappendonly yes\n"}}),
         )
         .unwrap();
+}
+
+#[test]
+fn three_scale_restore_runs_against_the_fake_cluster_from_a_backup() {
+    let kube = Kube::start();
+    let s = Scratch::new();
+    let _tools = backup_into(&kube, &s, "mysql");
+    disaster(&kube);
     let out = s.run(
         Path::new(&common::repo_root().join("runbooks/3scale-restore.yaml")),
         &[
@@ -366,6 +371,83 @@ fn three_scale_restore_runs_against_the_fake_cluster_from_a_backup() {
             .contains("appendonly yes"),
         "{redis}"
     );
+}
+
+/// The template-based restore: no APIManager; `oc new-app` gets the amp
+/// template's parameters read from the restored Secrets (a stand-in `oc`
+/// records them and prints them as oc does), and their values are hidden
+/// from the step log.
+#[test]
+fn three_scale_template_based_restore_reads_the_parameters_from_the_restored_secrets() {
+    let kube = Kube::start();
+    let s = Scratch::new();
+    let _tools = backup_into(&kube, &s, "mysql");
+    disaster(&kube);
+    // the backed-up system-seed holds the admin password (base64 of
+    // "s3cr3t-admin"); the backup's checksums follow the change
+    let seed = s.path("backup/secrets/secret-system-seed.yaml");
+    std::fs::write(
+        &seed,
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: system-seed\n  namespace: {NS}\ntype: Opaque\ndata:\n  ADMIN_PASSWORD: czNjcjN0LWFkbWlu\n  ADMIN_USER: YWRtaW4=\n"
+        ),
+    )
+    .unwrap();
+    let sums = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("find . -type f ! -name SHA256SUMS -exec sha256sum {} + > SHA256SUMS")
+        .current_dir(s.path("backup"))
+        .status()
+        .unwrap();
+    assert!(sums.success());
+    let bin = s.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let record = s.path("new-app.args");
+    std::fs::write(
+        bin.join("oc"),
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n  new-app)\n    printf '%s\\n' \"$@\" > {record}\n    echo '--> Deploying template \"amp\"'\n    for a in \"$@\"; do case \"$a\" in *=*) echo \"     * $a\";; esac; done\n    echo '--> Success' ;;\n  *) exec kubectl \"$@\" ;;\nesac\n",
+            record = record.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("oc"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = common::runbook()
+        .env("PATH", path)
+        .arg("run")
+        .arg(common::repo_root().join("runbooks/3scale-restore.yaml"))
+        .args(["--state-dir", &s.state()])
+        .args(["-p", &format!("backup_dir={}", s.p("backup"))])
+        .args(["-p", &format!("namespace={NS}")])
+        .args(["-p", "deployment_method=template"])
+        .args(["--approve", "confirm-restore"])
+        .args(["--kubeconfig", &kube.kubeconfig.display().to_string()])
+        .timeout(std::time::Duration::from_secs(300))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        kube.get("apps.3scale.net", "apimanagers", NS, "apimanager")
+            .is_none(),
+        "a template-based restore creates no APIManager"
+    );
+    let args = std::fs::read_to_string(&record).unwrap();
+    assert!(
+        args.contains("--file\n/opt/amp/templates/amp.yml\n"),
+        "{args}"
+    );
+    assert!(args.contains("ADMIN_PASSWORD=s3cr3t-admin\n"), "{args}");
+    assert!(args.contains("ADMIN_USERNAME=admin\n"), "{args}");
+    let log = std::fs::read_to_string(s.run_dir().join("logs/deploy-from-template.log")).unwrap();
+    assert!(log.contains("ADMIN_PASSWORD=<hidden>"), "{log}");
+    assert!(!log.contains("s3cr3t-admin"), "{log}");
+    assert!(!text(&out).contains("s3cr3t-admin"));
 }
 
 /// OpsChain's backup: the API and workers stopped and started again at

@@ -91,7 +91,11 @@ pub async fn run(cx: &AttemptCx, spec: &serde_json::Value) -> ActionResult {
         // list items come without apiVersion and kind
         object["apiVersion"] = resolved.resource.api_version.clone().into();
         object["kind"] = resolved.resource.kind.clone().into();
+        let status = object.get("status").cloned();
         manifest::strip_server_fields(&mut object);
+        if let Some(status) = status.filter(|_| action.keep_status) {
+            object["status"] = status;
+        }
         let name = name_of(&object).to_owned();
         let path = dir.join(manifest::export_file_name(&resolved.resource.kind, &name));
         let secret = resolved.resource.kind == "Secret";

@@ -287,8 +287,9 @@ pub async fn run(cx: &AttemptCx, spec: &Value) -> ActionResult {
         generation: int(&current, "/metadata/generation").unwrap_or(0),
         version: int(&current, "/status/latestVersion").unwrap_or(0),
     };
-    match action.mode {
-        RolloutMode::Status => {}
+    match action.mode.for_kind(&kind) {
+        // for_kind turned it into Latest or Restart
+        RolloutMode::Status | RolloutMode::Redeploy => {}
         RolloutMode::Restart => {
             if !["Deployment", "StatefulSet", "DaemonSet"].contains(&kind.as_str()) {
                 return Err(Failure::permanent(format!(

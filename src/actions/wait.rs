@@ -594,12 +594,53 @@ pub fn judge_all(
     }
 }
 
+/// The first of the `fail_if` conditions that holds for any of the objects
+/// (`delete`: for none left), and what was seen.
+pub fn first_failure<'c>(
+    kind: &str,
+    objects: &[DynamicObject],
+    fail_if: &[(&'c str, Condition)],
+) -> Option<(&'c str, String)> {
+    for (text, condition) in fail_if {
+        if matches!(condition, Condition::Delete) {
+            if objects.is_empty() {
+                return Some((text, "gone".into()));
+            }
+            continue;
+        }
+        for object in objects {
+            let value = serde_json::to_value(object).unwrap_or(Value::Null);
+            let (met, seen) = judge(kind, &value, condition);
+            if met {
+                // "(want `Failed`)" reads oddly for a condition that failed
+                let seen = seen.split(" (want `").next().unwrap_or_default().to_owned();
+                let seen = if objects.len() == 1 {
+                    seen
+                } else {
+                    format!("{}: {seen}", object.metadata.name.as_deref().unwrap_or("?"))
+                };
+                return Some((text, seen));
+            }
+        }
+    }
+    None
+}
+
 /// One attempt of a `wait` step: polls until the condition holds, or the
 /// deadline passes (the error says what was seen last).
 pub async fn run(cx: &AttemptCx, spec: &Value) -> ActionResult {
     let action: WaitAction = super::fields(spec)?;
     let condition = parse_condition(&action.condition)
         .map_err(|e| Failure::permanent(format!("`for`: {e}")))?;
+    let fail_if = action
+        .fail_if
+        .iter()
+        .map(|text| {
+            parse_condition(text)
+                .map(|c| (text.as_str(), c))
+                .map_err(|e| Failure::permanent(format!("`fail_if` `{text}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let cluster = cx.ctx.services.cluster()?;
     let namespace = cx.namespace(action.namespace.as_deref())?;
     let resolved = cluster.resolve(&action.kind).await?;
@@ -615,6 +656,14 @@ pub async fn run(cx: &AttemptCx, spec: &Value) -> ActionResult {
     loop {
         match fetch(cluster, &place, name, selector).await {
             Ok(objects) => {
+                if let Some((fail, seen)) =
+                    first_failure(&resolved.resource.kind, &objects, &fail_if)
+                {
+                    return Err(Failure::permanent(format!(
+                        "{what}: `{fail}` holds ({seen}), so `{}` will not: not waiting any longer",
+                        action.condition
+                    )));
+                }
                 let (met, seen) = judge_all(
                     &resolved.resource.kind,
                     &objects,
@@ -796,6 +845,34 @@ mod tests {
         assert!(!seen.contains("c2VjcmV0"), "{seen}");
         let c = parse_condition("jsonpath={.data.password}").unwrap();
         assert!(!judge("Secret", &secret, &c).1.contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn a_fail_if_condition_ends_the_wait_on_any_object() {
+        let object = |name: &str, phase: &str| -> DynamicObject {
+            serde_json::from_value(json!({
+                "apiVersion": "velero.io/v1", "kind": "PodVolumeBackup",
+                "metadata": { "name": name }, "status": { "phase": phase }
+            }))
+            .unwrap()
+        };
+        let fail_if = [
+            (
+                "jsonpath={.status.phase}=Failed",
+                parse_condition("jsonpath={.status.phase}=Failed").unwrap(),
+            ),
+            ("delete", Condition::Delete),
+        ];
+        let two = [object("a", "Completed"), object("b", "Failed")];
+        let (which, seen) = first_failure("PodVolumeBackup", &two, &fail_if).unwrap();
+        assert_eq!(which, "jsonpath={.status.phase}=Failed");
+        assert_eq!(seen, "b: {.status.phase} is `Failed`");
+        assert!(first_failure("PodVolumeBackup", &two[..1], &fail_if).is_none());
+        assert_eq!(
+            first_failure("PodVolumeBackup", &[], &fail_if).unwrap().0,
+            "delete"
+        );
+        assert!(first_failure("PodVolumeBackup", &[], &fail_if[..1]).is_none());
     }
 
     #[test]

@@ -529,6 +529,10 @@ pub struct ExportAction {
     /// Skip names that do not exist instead of failing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignore_missing: bool,
+    /// Keep each object's `status` (for reports: what a Backup or a
+    /// rollout ended as); `apply` drops it again when restoring.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_status: bool,
 }
 
 /// What `rollout` does.
@@ -542,6 +546,26 @@ pub enum RolloutMode {
     Latest,
     /// Only wait for the current rollout to finish.
     Status,
+    /// New pods whatever the kind: `latest` for a DeploymentConfig,
+    /// `restart` for the others (for runbooks whose kind is a param).
+    Redeploy,
+}
+
+impl RolloutMode {
+    /// What `redeploy` does for `kind` (as written or as discovery names
+    /// it): `Latest` for a DeploymentConfig, else `Restart`; other modes
+    /// stay as they are.
+    pub fn for_kind(self, kind: &str) -> RolloutMode {
+        let kind = kind.trim().to_ascii_lowercase();
+        let is_dc = kind == "dc"
+            || kind.starts_with("deploymentconfig")
+            || kind.starts_with("deploymentconfigs.");
+        match self {
+            RolloutMode::Redeploy if is_dc => RolloutMode::Latest,
+            RolloutMode::Redeploy => RolloutMode::Restart,
+            other => other,
+        }
+    }
 }
 
 /// `rollout`: restart or roll out a workload, and wait until it is done.
@@ -555,7 +579,8 @@ pub struct RolloutAction {
     /// Namespace; defaults to the kube context's namespace.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// `restart` (default), `latest` or `status`.
+    /// `restart` (default), `latest`, `status` or `redeploy` (`latest` for
+    /// a DeploymentConfig, `restart` for the others).
     #[serde(default)]
     pub mode: RolloutMode,
 }
@@ -580,6 +605,11 @@ pub struct WaitAction {
     /// `replicas=N` (ready replicas) or `ready`.
     #[serde(rename = "for")]
     pub condition: String,
+    /// Conditions (same grammar as `for`) that end the wait at once with a
+    /// failure, e.g. `jsonpath={.status.phase}=Failed`. Only for `wait`,
+    /// not for a `done_if` condition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fail_if: Vec<String>,
 }
 
 /// Kind of patch.

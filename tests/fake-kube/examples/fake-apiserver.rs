@@ -1,8 +1,10 @@
 //! `cargo run --example fake-apiserver -- --kubeconfig PATH`: serves the fake Kubernetes
 //! API server on a free loopback port, writes a kubeconfig for it to PATH and runs until
-//! killed. Options: `--deny VERB:RESOURCE` (repeatable) to answer 403 for it.
+//! killed. Options: `--deny VERB:RESOURCE` (repeatable) to answer 403 for it;
+//! `--velero DIR` to install the Velero stand-in (restic repositories and saved objects in
+//! DIR), for trying the Velero runbooks.
 
-use fake_kube::FakeCluster;
+use fake_kube::{FakeCluster, VeleroOptions};
 use std::path::PathBuf;
 
 #[tokio::main]
@@ -10,12 +12,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut kubeconfig: Option<PathBuf> = None;
     let mut deny = Vec::new();
+    let mut velero: Option<PathBuf> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--kubeconfig" => kubeconfig = args.next().map(PathBuf::from),
             "--deny" => deny.extend(args.next()),
+            "--velero" => velero = args.next().map(PathBuf::from),
             "-h" | "--help" => {
-                println!("usage: fake-apiserver --kubeconfig PATH [--deny VERB:RESOURCE]...");
+                println!(
+                    "usage: fake-apiserver --kubeconfig PATH [--deny VERB:RESOURCE]... [--velero DIR]"
+                );
                 return Ok(());
             }
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
@@ -28,6 +34,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for d in &deny {
         let (verb, resource) = d.split_once(':').ok_or("--deny takes VERB:RESOURCE")?;
         cluster.deny(verb, resource, None);
+    }
+    if let Some(dir) = &velero {
+        cluster.install_velero(VeleroOptions::new(dir))?;
     }
     cluster.write_kubeconfig(&path)?;
     println!(

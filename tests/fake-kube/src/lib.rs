@@ -28,11 +28,13 @@ pub mod selector;
 pub mod status;
 pub mod store;
 mod table;
+pub mod velero;
 mod watch;
 
 pub use catalog::ResourceDef;
 pub use exec::{ExecConfig, ExecFault, MISSING_PROGRAMS};
 pub use faults::{FaultAction, FaultRule};
+pub use velero::VeleroOptions;
 
 use faults::{Access, Faults};
 use serde_json::Value;
@@ -51,6 +53,8 @@ pub struct Shared {
     pub(crate) access: Mutex<Access>,
     pub(crate) exec: Mutex<ExecConfig>,
     pub(crate) kubelet: Mutex<kubelet::KubeletState>,
+    /// Set when the server is dropped: helper threads (the Velero stand-in) end.
+    pub(crate) stopped: std::sync::atomic::AtomicBool,
 }
 
 /// A cheap, cloneable handle on a running fake server's state: inspect objects, register
@@ -356,6 +360,40 @@ impl ClusterHandle {
             .unwrap_or_default()
     }
 
+    /// The host path that `path` (absolute, e.g. `/var/lib/redis/data`) is inside pod
+    /// `namespace/name`: under the pod's own directory for the per-pod mount it falls in.
+    /// `None` when it is not private to the pod (not under a per-pod mount, or pods are not
+    /// isolated because the server does not run as root). In a pod whose containers run
+    /// (kubelet.rs), a path under one of its volume mounts is in that volume's directory
+    /// (a claim's, an emptyDir's), as its processes see it.
+    pub fn pod_private_path(
+        &self,
+        namespace: &str,
+        name: &str,
+        path: &Path,
+    ) -> Option<std::path::PathBuf> {
+        let in_volume = self
+            .shared
+            .kubelet
+            .lock()
+            .ok()
+            .and_then(|k| k.volume_path(namespace, name, path));
+        if in_volume.is_some() {
+            return in_volume;
+        }
+        let exec = self.shared.exec.lock().ok()?;
+        if !exec.isolate {
+            return None;
+        }
+        let mount = exec
+            .mounts
+            .iter()
+            .filter(|m| path.starts_with(m))
+            .max_by_key(|m| m.components().count())?;
+        let rest = path.strip_prefix(mount).ok()?;
+        Some(exec::pod_dir(&exec.root, namespace, name, mount).join(rest))
+    }
+
     /// Clears the deny list.
     pub fn allow_all(&self) {
         if let Ok(mut a) = self.shared.access.lock() {
@@ -388,6 +426,7 @@ fn new_shared() -> Arc<Shared> {
         access: Mutex::new(Access::default()),
         exec: Mutex::new(ExecConfig::default()),
         kubelet: Mutex::new(kubelet::KubeletState::default()),
+        stopped: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -465,6 +504,10 @@ impl FakeCluster {
 
 impl Drop for FakeCluster {
     fn drop(&mut self) {
+        self.handle
+            .shared
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
