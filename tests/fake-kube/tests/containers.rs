@@ -189,6 +189,11 @@ async fn a_container_runs_with_its_env_volumes_and_user_and_exec_sees_the_same()
         );
         let on_host = std::fs::read_to_string(cluster.pvc_dir("default", "data").join("file")).expect("pvc file");
         assert_eq!(on_host, "written-by-65534\n");
+        // what a helper like the Velero stand-in sees as the pod's path: the claim
+        assert_eq!(
+            cluster.pod_private_path("default", "app", std::path::Path::new("/var/lib/app/data/file")),
+            Some(cluster.pvc_dir("default", "data").join("file"))
+        );
         let pvc = cluster.object("", "persistentvolumeclaims", "default", "data").expect("pvc");
         assert_eq!(pvc["status"]["phase"], "Bound");
         // exec: same user, environment and files, and the container's own /tmp
