@@ -64,6 +64,7 @@ pub fn output_text(out: &std::process::Output) -> String {
 }
 
 pub mod kube;
+pub mod kube_apps;
 pub mod lab;
 pub mod plans;
 pub mod pty;

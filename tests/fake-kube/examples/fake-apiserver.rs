@@ -44,6 +44,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cluster.url(),
         path.display()
     );
-    tokio::signal::ctrl_c().await?;
+    // Ctrl-C or SIGTERM: dropping the cluster stops its pods' processes and removes
+    // their directories.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    drop(cluster);
     Ok(())
 }

@@ -149,6 +149,25 @@ pub async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) -> Respon
         {
             return crate::exec::serve(shared.clone(), ns, pod, &mut parts).await;
         }
+        if let [a, v, n, ns, p, pod, l] = segs.as_slice()
+            && (a, v, n, p, l)
+                == (
+                    &"api".into(),
+                    &"v1".into(),
+                    &"namespaces".into(),
+                    &"pods".into(),
+                    &"log".into(),
+                )
+        {
+            let allowed = shared
+                .access
+                .lock()
+                .is_ok_and(|acc| acc.allowed("get", "pods/log", Some(ns)));
+            if !allowed {
+                return ApiError::forbidden("get", "", "pods/log", Some(ns)).into_response();
+            }
+            return crate::kubelet::serve_log(&shared, ns, pod, parts.uri.query().unwrap_or(""));
+        }
     }
     let body = match axum::body::to_bytes(body, 256 * 1024 * 1024).await {
         Ok(b) => b,
@@ -828,6 +847,9 @@ impl Op<'_> {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        if key == "/pods" && crate::kubelet::runs_processes(&old) {
+            return Ok(self.delete_pod_gracefully(old, &ns, &name));
+        }
         let rv = self.store.next_rv();
         set_rv(&mut old, rv);
         self.store.put(
@@ -872,6 +894,57 @@ impl Op<'_> {
             }
         }
         Ok(old)
+    }
+
+    /// A pod whose containers run processes is not removed at once: it gets
+    /// `deletionTimestamp` and `deletionGracePeriodSeconds` (DeleteOptions'
+    /// `gracePeriodSeconds`, else the pod's `terminationGracePeriodSeconds`, else 30) and
+    /// stays Terminating until the kubelet has stopped its processes (kubelet.rs).
+    fn delete_pod_gracefully(&mut self, mut pod: Value, ns: &str, name: &str) -> Value {
+        let asked = self
+            .r
+            .q("gracePeriodSeconds")
+            .and_then(|g| g.parse::<u64>().ok())
+            .or_else(|| {
+                serde_json::from_slice::<Value>(&self.r.body)
+                    .ok()
+                    .and_then(|o| o["gracePeriodSeconds"].as_u64())
+            });
+        let current = pod
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_u64);
+        let grace = asked
+            .or_else(|| {
+                pod.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_u64)
+            })
+            .unwrap_or(crate::kubelet::DEFAULT_GRACE_SECONDS);
+        if pod.pointer("/metadata/deletionTimestamp").is_some()
+            && current.is_some_and(|c| c <= grace)
+        {
+            return pod;
+        }
+        if pod.pointer("/metadata/deletionTimestamp").is_none() {
+            pod["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+        }
+        pod["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        if let Some(cs) = pod["status"]["conditions"].as_array_mut() {
+            for c in cs {
+                if c["type"] == "Ready" {
+                    c["status"] = json!("False");
+                }
+            }
+        }
+        let rv = self.store.next_rv();
+        set_rv(&mut pod, rv);
+        self.store.put(
+            &self.shared.events,
+            ("/pods", ns, name),
+            pod.clone(),
+            rv,
+            "MODIFIED",
+        );
+        pod
     }
 
     fn delete_collection(mut self) -> Res {

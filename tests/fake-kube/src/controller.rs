@@ -5,6 +5,7 @@
 //! the way a cluster's does. It reconciles everything every [`TICK`].
 
 use crate::Shared;
+use crate::kubelet;
 use crate::store::{Store, now_rfc3339, set_rv};
 use serde_json::{Value, json};
 use std::collections::hash_map::DefaultHasher;
@@ -75,9 +76,11 @@ fn reconcile(shared: &Shared, terminating: &mut std::collections::HashMap<String
         return;
     };
     let pods: Vec<Value> = st.list(PODS, None).cloned().collect();
-    // Terminating pods whose time is up are gone.
+    // Terminating pods whose time is up are gone; pods whose containers run processes
+    // go when the kubelet has stopped them (kubelet.rs).
+    let managed = |uid: &str| shared.kubelet.lock().is_ok_and(|k| k.manages(uid));
     for p in &pods {
-        if p.pointer("/metadata/deletionTimestamp").is_some() {
+        if p.pointer("/metadata/deletionTimestamp").is_some() && !managed(s(p, "/metadata/uid")) {
             let uid = s(p, "/metadata/uid").to_string();
             let since = *terminating.entry(uid.clone()).or_insert_with(Instant::now);
             if since.elapsed() >= TERMINATING {
@@ -99,6 +102,7 @@ fn reconcile(shared: &Shared, terminating: &mut std::collections::HashMap<String
     let pods: Vec<Value> = st.list(PODS, None).cloned().collect();
     for mut p in pods {
         let bare = p.pointer("/metadata/ownerReferences").is_none()
+            && !kubelet::runs_processes(&p)
             && p.pointer("/metadata/deletionTimestamp").is_none()
             && p.get("status")
                 .is_none_or(|st| st.as_object().is_none_or(|o| o.is_empty()));
@@ -129,7 +133,11 @@ fn reconcile(shared: &Shared, terminating: &mut std::collections::HashMap<String
 
 fn terminate(shared: &Shared, st: &mut Store, mut p: Value) {
     p["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-    p["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+    p["metadata"]["deletionGracePeriodSeconds"] = json!(
+        p.pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(kubelet::DEFAULT_GRACE_SECONDS)
+    );
     if let Some(cs) = p["status"]["conditions"].as_array_mut() {
         for c in cs {
             if c["type"] == "Ready" {
@@ -193,8 +201,16 @@ fn workload(shared: &Shared, st: &mut Store, key: &str, kind: &str, w: Value) {
             terminate(shared, st, p);
         }
     }
+    // Recreate strategy: new pods only once the old revision's are gone (Terminating ones
+    // included), so a volume has one writer at a time.
+    let recreate = w.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate");
+    let old_left = owned.iter().any(|p| rev_of(p) != revision);
     // Scale up.
-    let mut n = current.len() as i64;
+    let mut n = if recreate && old_left {
+        desired
+    } else {
+        current.len() as i64
+    };
     let mut ordinal = 0;
     while n < desired {
         let pod_name = match kind {
@@ -223,8 +239,22 @@ fn workload(shared: &Shared, st: &mut Store, key: &str, kind: &str, w: Value) {
         current.push(pod);
         n += 1;
     }
-    // Status.
-    let ready = current.len() as i64;
+    // Status: a pod counts as ready once its Ready condition is True (pods whose
+    // containers run processes get it from the kubelet).
+    let pod_ready = |p: &Value| {
+        p.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+    };
+    let updated = current.len() as i64;
+    let ready = current
+        .iter()
+        .filter_map(|p| st.get(PODS, &ns, s(p, "/metadata/name")))
+        .filter(|p| pod_ready(p))
+        .count() as i64;
     let all_live = st
         .list(PODS, Some(&ns))
         .filter(|p| {
@@ -241,7 +271,7 @@ fn workload(shared: &Shared, st: &mut Store, key: &str, kind: &str, w: Value) {
     status["observedGeneration"] = w["metadata"]["generation"].clone();
     status["replicas"] = json!(all_live);
     status["readyReplicas"] = json!(ready);
-    status["updatedReplicas"] = json!(ready);
+    status["updatedReplicas"] = json!(updated);
     status["availableReplicas"] = json!(ready);
     let avail = ready >= desired;
     let cond = |t: &str, ok: bool, reason: &str, msg: String, old: &Value| {
@@ -367,7 +397,12 @@ fn new_pod(w: &Value, kind: &str, template: &Value, revision: &str, name: &str) 
     annotations["fake-kube/revision"] = json!(revision);
     let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
     spec["nodeName"] = json!("fake-node");
-    let status = running_status(&spec);
+    let status = if kubelet::runs_processes(&json!({ "spec": spec })) {
+        // the kubelet starts the processes and reports
+        json!({"phase": "Pending", "qosClass": "BestEffort"})
+    } else {
+        running_status(&spec)
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Pod",

@@ -11,6 +11,7 @@
 //! dropped) until it ends; only the server's shutdown kills it.
 
 use crate::Shared;
+use crate::sandbox::Sandbox;
 use crate::status::ApiError;
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -244,15 +245,49 @@ pub async fn serve(
     } else {
         vec!["v5.channel.k8s.io", "v4.channel.k8s.io"]
     };
-    let env = container_env(
-        &obj,
-        q.iter()
-            .find(|(k, _)| k == "container")
-            .map(|(_, c)| c.as_str()),
-    );
-    let (ns, pod) = (ns.to_string(), pod.to_string());
+    let container = q
+        .iter()
+        .find(|(k, _)| k == "container")
+        .map(|(_, c)| c.as_str());
+    // A pod whose containers run: the same view, user and environment as the container.
+    let uid = obj
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let running = if crate::kubelet::runs_processes(&obj) {
+        // as on a node: no exec into a container that is not running (starting,
+        // crashed and waiting out its back-off, stopped)
+        match shared
+            .kubelet
+            .lock()
+            .ok()
+            .and_then(|k| k.exec_sandbox(uid, container))
+        {
+            Some(sandbox) => sandbox,
+            None => {
+                let name = container
+                    .map(String::from)
+                    .or_else(|| names.first().cloned())
+                    .unwrap_or_default();
+                return ApiError::new(
+                    500,
+                    "InternalError",
+                    format!("unable to upgrade connection: container not found (\"{name}\")"),
+                )
+                .into_response();
+            }
+        }
+    } else {
+        None
+    };
+    // Commands exec'd into running containers end with them, as in the container's cgroup.
+    let track = running
+        .as_ref()
+        .map(|_| (Arc::downgrade(&shared), uid.to_string()));
+    let sandbox =
+        running.unwrap_or_else(|| plain_sandbox(&cfg, ns, pod, container_env(&obj, container)));
     ws.protocols(protos)
-        .on_upgrade(move |socket| session(socket, argv, flags, cfg, ns, pod, env))
+        .on_upgrade(move |socket| session(socket, argv, flags, cfg, sandbox, track))
 }
 
 /// The literal `env` entries (`name` and `value`) of the exec'd container
@@ -299,77 +334,28 @@ fn frame(ch: u8, data: &[u8]) -> Message {
     Message::Binary(Bytes::from(v))
 }
 
+/// The sandbox exec'd commands of a pod without processes run in: the pod's own
+/// directories and the container's literal `env` (as before pods ran containers).
+fn plain_sandbox(cfg: &ExecConfig, ns: &str, pod: &str, env: Vec<(String, String)>) -> Sandbox {
+    Sandbox {
+        namespace: ns.to_string(),
+        pod: pod.to_string(),
+        root: cfg.root.clone(),
+        pod_paths: cfg.mounts.clone(),
+        isolate: cfg.isolate,
+        env,
+        ..Sandbox::default()
+    }
+}
+
 fn command(
     argv: &[String],
     cfg: &ExecConfig,
-    ns: &str,
-    pod: &str,
-    env: &[(String, String)],
+    sandbox: &Sandbox,
 ) -> std::io::Result<tokio::process::Command> {
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .env("HOSTNAME", pod)
-        .current_dir("/")
-        .kill_on_drop(true);
-    if let Some(path) = &cfg.path {
-        cmd.env("PATH", path);
-    }
-    // the container's own variables win, as over an image's PATH
-    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    if cfg.isolate {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        // Paths that hold the pod root itself are mounted last, so the sources stay visible.
-        let mut mounts = cfg.mounts.clone();
-        mounts.sort_by_key(|m| cfg.root.starts_with(m));
-        let mut pairs = Vec::new();
-        for m in &mounts {
-            let src = pod_dir(&cfg.root, ns, pod, m);
-            std::fs::create_dir_all(&src)?;
-            if m == Path::new("/tmp") {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o1777))?;
-            }
-            let c = |p: &Path| {
-                CString::new(p.as_os_str().as_bytes())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-            };
-            pairs.push((c(&src)?, c(m)?));
-        }
-        let root = CString::new("/").map_err(std::io::Error::other)?;
-        // SAFETY: the closure runs in the forked child before exec and only calls the
-        // async-signal-safe unshare(2) and mount(2) on CStrings built beforehand.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                for (src, dst) in &pairs {
-                    if libc::mount(
-                        src.as_ptr(),
-                        dst.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND | libc::MS_REC,
-                        std::ptr::null(),
-                    ) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-    }
+    let mut cmd =
+        tokio::process::Command::from(sandbox.command(argv, cfg.path.as_deref(), false)?);
+    cmd.kill_on_drop(true);
     Ok(cmd)
 }
 
@@ -398,9 +384,8 @@ async fn session(
     argv: Vec<String>,
     flags: Flags,
     cfg: ExecConfig,
-    ns: String,
-    pod: String,
-    env: Vec<(String, String)>,
+    sandbox: Sandbox,
+    track: Option<(std::sync::Weak<Shared>, String)>,
 ) {
     let (mut tx, mut rx) = socket.split();
     // Kubelet opens with one empty frame per channel in use.
@@ -426,7 +411,13 @@ async fn session(
             "executable file not found in $PATH",
         ))
     } else {
-        command(&argv, &cfg, &ns, &pod, &env)
+        command(&argv, &cfg, &sandbox).map(|mut c| {
+            if track.is_some() {
+                // a group of its own, so that ending it with its pod takes its children
+                c.process_group(0);
+            }
+            c
+        })
     };
     let spawned = spawned.and_then(|mut c| {
         c.stdin(if flags.stdin {
@@ -448,7 +439,15 @@ async fn session(
     });
     let (out_tx, mut out_rx) = mpsc::channel::<(u8, Bytes)>(16);
     let mut child = match spawned {
-        Ok(c) => c,
+        Ok(c) => {
+            if let (Some((shared, uid)), Some(pid)) = (&track, c.id())
+                && let Some(shared) = shared.upgrade()
+                && let Ok(mut k) = shared.kubelet.lock()
+            {
+                k.track_exec(uid, pid);
+            }
+            c
+        }
         Err(e) => {
             let status = json!({"metadata": {}, "status": "Failure",
                 "message": format!("failed to exec in container: {:?}: {e}", argv[0]),

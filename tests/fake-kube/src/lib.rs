@@ -19,9 +19,11 @@ mod controller;
 mod crd;
 pub mod exec;
 pub mod faults;
+pub mod kubelet;
 mod managed;
 pub mod patch;
 mod protobuf;
+pub mod sandbox;
 pub mod selector;
 pub mod status;
 pub mod store;
@@ -50,6 +52,7 @@ pub struct Shared {
     pub(crate) faults: Mutex<Faults>,
     pub(crate) access: Mutex<Access>,
     pub(crate) exec: Mutex<ExecConfig>,
+    pub(crate) kubelet: Mutex<kubelet::KubeletState>,
     /// Set when the server is dropped: helper threads (the Velero stand-in) end.
     pub(crate) stopped: std::sync::atomic::AtomicBool,
 }
@@ -314,16 +317,70 @@ impl ClusterHandle {
         exec::pod_dir(&root, namespace, name, path)
     }
 
+    /// The host directory behind PersistentVolumeClaim `namespace/claim` (what every pod
+    /// mounting the claim sees; it outlives pods, until the server is dropped), to load or
+    /// compare data from a test. Made when missing, so data can be put there before a pod
+    /// using the claim starts.
+    pub fn pvc_dir(&self, namespace: &str, claim: &str) -> std::path::PathBuf {
+        let dir = sandbox::pvc_dir(&self.root(), namespace, claim);
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
+    /// Everything container `container` of pod `namespace/name` wrote to stdout and stderr
+    /// so far, all its runs (restarts) appended; kept after the pod is gone.
+    pub fn container_logs(&self, namespace: &str, pod: &str, container: &str) -> String {
+        std::fs::read_to_string(kubelet::log_path(&self.root(), namespace, pod, container))
+            .unwrap_or_default()
+    }
+
+    /// The pid of the running process of a container (also its process group), if any.
+    pub fn container_pid(&self, namespace: &str, pod: &str, container: &str) -> Option<u32> {
+        self.shared
+            .kubelet
+            .lock()
+            .ok()
+            .and_then(|k| k.pid(namespace, pod, container))
+    }
+
+    /// The pids of every running container process of this server.
+    pub fn container_pids(&self) -> Vec<u32> {
+        self.shared
+            .kubelet
+            .lock()
+            .map(|k| k.pids())
+            .unwrap_or_default()
+    }
+
+    fn root(&self) -> std::path::PathBuf {
+        self.shared
+            .exec
+            .lock()
+            .map(|e| e.root.clone())
+            .unwrap_or_default()
+    }
+
     /// The host path that `path` (absolute, e.g. `/var/lib/redis/data`) is inside pod
     /// `namespace/name`: under the pod's own directory for the per-pod mount it falls in.
     /// `None` when it is not private to the pod (not under a per-pod mount, or pods are not
-    /// isolated because the server does not run as root).
+    /// isolated because the server does not run as root). In a pod whose containers run
+    /// (kubelet.rs), a path under one of its volume mounts is in that volume's directory
+    /// (a claim's, an emptyDir's), as its processes see it.
     pub fn pod_private_path(
         &self,
         namespace: &str,
         name: &str,
         path: &Path,
     ) -> Option<std::path::PathBuf> {
+        let in_volume = self
+            .shared
+            .kubelet
+            .lock()
+            .ok()
+            .and_then(|k| k.volume_path(namespace, name, path));
+        if in_volume.is_some() {
+            return in_volume;
+        }
         let exec = self.shared.exec.lock().ok()?;
         if !exec.isolate {
             return None;
@@ -368,6 +425,7 @@ fn new_shared() -> Arc<Shared> {
         faults: Mutex::new(Faults::default()),
         access: Mutex::new(Access::default()),
         exec: Mutex::new(ExecConfig::default()),
+        kubelet: Mutex::new(kubelet::KubeletState::default()),
         stopped: std::sync::atomic::AtomicBool::new(false),
     })
 }
@@ -387,6 +445,7 @@ impl FakeCluster {
         let (tx, rx) = oneshot::channel::<()>();
         let app = router(shared.clone());
         tokio::spawn(controller::run(shared.clone()));
+        tokio::spawn(kubelet::run(Arc::downgrade(&shared)));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -417,6 +476,7 @@ impl FakeCluster {
             .build()?;
         let thread = std::thread::spawn(move || {
             rt.block_on(async move {
+                tokio::spawn(kubelet::run(Arc::downgrade(&shared_c)));
                 tokio::spawn(controller::run(shared_c));
                 let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
                     return;
@@ -450,6 +510,10 @@ impl Drop for FakeCluster {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        // No container process outlives the cluster.
+        if let Ok(mut k) = self.handle.shared.kubelet.lock() {
+            k.kill_all();
         }
         if let Ok(e) = self.handle.shared.exec.lock()
             && e.root.exists()

@@ -124,6 +124,15 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             });
             let status = if o.pointer("/metadata/deletionTimestamp").is_some() {
                 "Terminating".to_string()
+            } else if let Some(reason) = statuses.and_then(|a| {
+                // as kubectl prints it: a container's waiting (or terminated) reason
+                a.iter().find_map(|c| {
+                    c.pointer("/state/waiting/reason")
+                        .or_else(|| c.pointer("/state/terminated/reason"))
+                        .and_then(Value::as_str)
+                })
+            }) {
+                reason.to_string()
             } else {
                 text(o, "/status/phase", "Pending")
             };
