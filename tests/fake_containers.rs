@@ -418,11 +418,18 @@ fn the_seeds_redis_restore_sequence_needs_save_off_to_keep_the_backup() {
             ],
         );
     };
+    // kubectl's restartedAt has whole seconds: it refuses a second restart within the
+    // same second ("please wait before attempting to trigger another")
+    let last_restart = std::cell::Cell::new(None::<Instant>);
     let rollout = || {
+        if let Some(at) = last_restart.get() {
+            std::thread::sleep(Duration::from_millis(1100).saturating_sub(at.elapsed()));
+        }
         kubectl(
             &kube,
             &["rollout", "restart", "-n", NS, "deployment/system-redis"],
         );
+        last_restart.set(Some(Instant::now()));
         kubectl(
             &kube,
             &[
@@ -477,4 +484,43 @@ fn the_seeds_redis_restore_sequence_needs_save_off_to_keep_the_backup() {
     // with save "" the copied dump survives the shutdown and is loaded
     let fixed = restore("#save 900 1\n#save 300 10\n#save 60 10000\nsave \"\"\n");
     assert_eq!(fixed, backed_up);
+}
+
+/// OpsChain's database layout (CloudNativePG: PGDATA /var/lib/postgresql/data/pgdata on
+/// claim `opschain-db-1`), for the OpsChain end-to-end tests.
+#[test]
+fn postgresql_in_the_cloudnative_layout_keeps_pgdata_on_its_claim() {
+    require_root();
+    let kube = Kube::start();
+    let layout = kube_apps::PgLayout::cloudnative("opschain-db");
+    let db =
+        kube_apps::postgresql_with(NS, "opschain-db", Workload::Deployment, "opschain", &layout);
+    db.apply(&kube.cluster);
+    let pod = db.wait_ready(&kube.cluster);
+    kube_apps::psql(
+        &db,
+        "opschain",
+        "CREATE TABLE events (id int); INSERT INTO events VALUES (1), (2)",
+    );
+    let on_claim = kube.cluster.pvc_dir(NS, "opschain-db-1").join("pgdata");
+    assert_eq!(
+        std::fs::read_to_string(on_claim.join("PG_VERSION"))
+            .unwrap()
+            .trim(),
+        "15"
+    );
+    let control = kubectl(
+        &kube,
+        &[
+            "exec",
+            "-n",
+            NS,
+            &pod,
+            "--",
+            "sh",
+            "-c",
+            "pg_controldata \"$PGDATA\" | grep 'cluster state'",
+        ],
+    );
+    assert!(control.contains("in production"), "{control}");
 }

@@ -79,7 +79,7 @@ fn a_param_without_default_or_value_is_an_error_naming_every_one_unless_optional
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
         lab.read("ran.txt"),
-        "rm -rf /nonexistent/ x\n[] 0 False []\n"
+        "rm -rf /nonexistent/ x\n[] 0 false []\n"
     );
 }
 

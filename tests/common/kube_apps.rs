@@ -372,11 +372,58 @@ pub fn redis(
 /// password, the socket in the pod's /tmp (local trust, as the image's `postgres` user).
 /// `PGHOST`/`PGPORT`/`PGUSER` are set, so `pg_dumpall` or `psql` exec'd in the pod work.
 pub fn postgresql(namespace: &str, name: &str, kind: Workload, database: &str) -> App {
+    postgresql_with(namespace, name, kind, database, &PgLayout::red_hat(name))
+}
+
+/// Where a PostgreSQL image keeps its data: the claim, where it is mounted, and PGDATA
+/// below it.
+#[derive(Debug, Clone)]
+pub struct PgLayout {
+    pub claim: String,
+    pub mount_path: String,
+    pub pgdata: String,
+    /// `HOME` of the image's user.
+    pub home: String,
+}
+
+impl PgLayout {
+    /// Red Hat's image (3scale's system-postgresql, zync-database): claim `NAME-data` at
+    /// /var/lib/pgsql/data, PGDATA /var/lib/pgsql/data/userdata, HOME /var/lib/pgsql.
+    pub fn red_hat(name: &str) -> PgLayout {
+        PgLayout {
+            claim: format!("{name}-data"),
+            mount_path: "/var/lib/pgsql/data".into(),
+            pgdata: "/var/lib/pgsql/data/userdata".into(),
+            home: "/var/lib/pgsql".into(),
+        }
+    }
+
+    /// CloudNativePG's (OpsChain's `opschain-db`): claim `NAME-1` at
+    /// /var/lib/postgresql/data, PGDATA /var/lib/postgresql/data/pgdata. The image's uid
+    /// 26 does not exist on the host: the server runs as `postgres` instead.
+    pub fn cloudnative(name: &str) -> PgLayout {
+        PgLayout {
+            claim: format!("{name}-1"),
+            mount_path: "/var/lib/postgresql/data".into(),
+            pgdata: "/var/lib/postgresql/data/pgdata".into(),
+            home: "/var/lib/postgresql".into(),
+        }
+    }
+}
+
+/// [`postgresql`] with the data where `layout` says.
+pub fn postgresql_with(
+    namespace: &str,
+    name: &str,
+    kind: Workload,
+    database: &str,
+    layout: &PgLayout,
+) -> App {
     require(&format!("{PG_BIN}/postgres"), "postgresql");
     let port = free_port();
     let (uid, gid) = ids_of("postgres");
     let password = format!("pg-{}", port);
-    let claim_name = format!("{name}-data");
+    let claim_name = layout.claim.clone();
     let script = "set -e\n\
          if [ ! -s \"$PGDATA/PG_VERSION\" ]; then\n\
          \x20 pwfile=$(mktemp)\n\
@@ -395,8 +442,8 @@ pub fn postgresql(namespace: &str, name: &str, kind: Workload, database: &str) -
             "command": ["sh", "-c", script],
             "env": [
                 {"name": "PATH", "value": format!("{PG_BIN}:/usr/local/bin:/usr/bin:/bin")},
-                {"name": "PGDATA", "value": "/var/lib/pgsql/data/userdata"},
-                {"name": "HOME", "value": "/var/lib/pgsql"},
+                {"name": "PGDATA", "value": layout.pgdata},
+                {"name": "HOME", "value": layout.home},
                 {"name": "PGPORT", "value": port.to_string()},
                 {"name": "PGHOST", "value": "/tmp"},
                 {"name": "PGUSER", "value": "postgres"},
@@ -405,7 +452,7 @@ pub fn postgresql(namespace: &str, name: &str, kind: Workload, database: &str) -
                  "valueFrom": {"secretKeyRef": {"name": name, "key": "password"}}}],
             "ports": [{"name": "postgresql", "containerPort": port}],
             "readinessProbe": {"exec": {"command": ["pg_isready", "-h", "127.0.0.1"]}, "periodSeconds": 1},
-            "volumeMounts": [{"name": "postgresql-data", "mountPath": "/var/lib/pgsql/data"}]}]});
+            "volumeMounts": [{"name": "postgresql-data", "mountPath": layout.mount_path}]}]});
     App {
         namespace: namespace.into(),
         name: name.into(),

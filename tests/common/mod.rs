@@ -69,4 +69,5 @@ pub mod lab;
 pub mod plans;
 pub mod pty;
 pub mod scratch;
+pub mod services;
 pub mod zfs;

@@ -143,6 +143,26 @@ impl KubeletState {
         c.child.as_ref().map(|_| c.sandbox.clone())
     }
 
+    /// The host path of `path` inside pod `namespace/name` when it falls under one of the
+    /// volume mounts of its containers (the deepest one): the volume's directory joined
+    /// with the rest.
+    pub fn volume_path(&self, namespace: &str, name: &str, path: &Path) -> Option<PathBuf> {
+        let run = self
+            .pods
+            .values()
+            .filter(|r| r.namespace == namespace && r.name == name)
+            .min_by_key(|r| r.termination.is_some())?;
+        let mount = run
+            .containers
+            .iter()
+            .filter_map(|c| c.sandbox.as_ref())
+            .flat_map(|sb| sb.volumes.iter())
+            .filter(|m| path.starts_with(&m.target) && m.source.is_dir())
+            .max_by_key(|m| m.target.components().count())?;
+        let rest = path.strip_prefix(&mount.target).ok()?;
+        Some(mount.source.join(rest))
+    }
+
     /// The pid (and process group) of the live process of a container.
     pub fn pid(&self, namespace: &str, pod: &str, container: &str) -> Option<u32> {
         self.pods

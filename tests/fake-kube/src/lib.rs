@@ -363,13 +363,24 @@ impl ClusterHandle {
     /// The host path that `path` (absolute, e.g. `/var/lib/redis/data`) is inside pod
     /// `namespace/name`: under the pod's own directory for the per-pod mount it falls in.
     /// `None` when it is not private to the pod (not under a per-pod mount, or pods are not
-    /// isolated because the server does not run as root).
+    /// isolated because the server does not run as root). In a pod whose containers run
+    /// (kubelet.rs), a path under one of its volume mounts is in that volume's directory
+    /// (a claim's, an emptyDir's), as its processes see it.
     pub fn pod_private_path(
         &self,
         namespace: &str,
         name: &str,
         path: &Path,
     ) -> Option<std::path::PathBuf> {
+        let in_volume = self
+            .shared
+            .kubelet
+            .lock()
+            .ok()
+            .and_then(|k| k.volume_path(namespace, name, path));
+        if in_volume.is_some() {
+            return in_volume;
+        }
         let exec = self.shared.exec.lock().ok()?;
         if !exec.isolate {
             return None;

@@ -189,6 +189,11 @@ async fn a_container_runs_with_its_env_volumes_and_user_and_exec_sees_the_same()
         );
         let on_host = std::fs::read_to_string(cluster.pvc_dir("default", "data").join("file")).expect("pvc file");
         assert_eq!(on_host, "written-by-65534\n");
+        // what a helper like the Velero stand-in sees as the pod's path: the claim
+        assert_eq!(
+            cluster.pod_private_path("default", "app", std::path::Path::new("/var/lib/app/data/file")),
+            Some(cluster.pvc_dir("default", "data").join("file"))
+        );
         let pvc = cluster.object("", "persistentvolumeclaims", "default", "data").expect("pvc");
         assert_eq!(pvc["status"]["phase"], "Bound");
         // exec: same user, environment and files, and the container's own /tmp
@@ -503,6 +508,57 @@ async fn secret_files_empty_dirs_and_hosts_are_the_pods_own() {
         assert_eq!(hosts, "127.0.0.1 system-mysql\n127.0.0.1 db\n127.0.0.1 one\n");
         let host_file = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
         assert!(!host_file.contains("system-mysql"), "the host's /etc/hosts changed");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_once_the_readiness_probe_passes() {
+    require_root();
+    let redis = ["/usr/bin/redis-server", "/usr/sbin/redis-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect(
+            "redis-server is not installed: install the Debian package `redis-server` (CI does)",
+        );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let cluster = FakeCluster::start().await.expect("start");
+    let c = client(&cluster);
+    bounded(async {
+        create(&cluster, "pods", json!({"metadata": {"name": "gated"}, "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "x", "command": ["sleep", "infinity"],
+                "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/go"]},
+                    "periodSeconds": 1, "failureThreshold": 1}}]}})).await;
+        create(&cluster, "pods", json!({"metadata": {"name": "listener"}, "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "x",
+                "command": ["sh", "-c", format!("sleep 2; exec {redis} --port {port} --save '' --bind 127.0.0.1")],
+                "ports": [{"name": "db", "containerPort": port}],
+                "readinessProbe": {"tcpSocket": {"port": "db"}, "periodSeconds": 1}}]}})).await;
+        let started = |p: &Value| {
+            p.pointer("/status/containerStatuses/0/started") == Some(&json!(true))
+        };
+        wait_pod(&cluster, "gated", "started", started).await;
+        wait_pod(&cluster, "listener", "started", started).await;
+        // running, but not Ready while the probe fails
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        for name in ["gated", "listener"] {
+            let p = cluster.object("", "pods", "default", name).expect("pod");
+            assert_eq!(p["status"]["phase"], "Running", "{name}");
+            assert!(!ready(&p), "{name} is Ready before its probe passed: {:#}", p["status"]);
+            assert_eq!(p["status"]["containerStatuses"][0]["ready"], false);
+        }
+        let pods: Api<Pod> = Api::default_namespaced(c.clone());
+        exec_out(&pods, "gated", "touch /tmp/go").await;
+        wait_pod(&cluster, "gated", "Ready", ready).await;
+        wait_pod(&cluster, "listener", "Ready once redis listens", ready).await;
+        // a failing probe makes it unready again (failureThreshold 1)
+        exec_out(&pods, "gated", "rm /tmp/go").await;
+        wait_pod(&cluster, "gated", "unready", |p| !ready(p)).await;
     })
     .await;
 }
