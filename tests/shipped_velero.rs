@@ -16,7 +16,6 @@ use common::kube::Kube;
 use common::scratch::Scratch;
 use fake_kube::VeleroOptions;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 const NS: &str = "shop";
 const POD: &str = "files-0";
@@ -92,26 +91,9 @@ fn load_data(dirs: &[PathBuf; 2]) {
     }
 }
 
-/// Every file and directory under `dir`: relative path -> (mode, sha256).
-fn tree(dir: &Path) -> BTreeMap<String, (u32, String)> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, String)>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            let rel = path.strip_prefix(root).unwrap().display().to_string();
-            let mode = meta.permissions().mode() & 0o7777;
-            if meta.is_dir() {
-                out.insert(rel, (mode, "dir".into()));
-                walk(root, &path, out);
-            } else {
-                let hash = hex::encode(Sha256::digest(std::fs::read(&path).unwrap()));
-                out.insert(rel, (mode, hash));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
+/// Every entry under `dir`: kind, mode, size, owner and sha256.
+fn tree(dir: &Path) -> BTreeMap<String, String> {
+    common::services::tree_fingerprint(dir)
 }
 
 struct Lab {
