@@ -117,12 +117,6 @@ fn copy_step(id: &str, direction: &str, remote: &str, local: &str, extra: &str) 
     )
 }
 
-fn run(s: &Scratch, file: &Path, kube: &Kube) -> std::process::Output {
-    let args = kube.args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    s.run(file, &args)
-}
-
 fn outputs(s: &Scratch, step: &str) -> Value {
     events(&s.journal(), "step_succeeded")
         .into_iter()
@@ -175,7 +169,7 @@ fn trees_cross_both_ways_with_modes_times_empty_dirs_and_inner_links() {
     ]
     .concat();
     let file = s.runbook("copy-tree", "  {}", &steps);
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_tree(&s.path("out/files"));
     assert_tree(&in_pod(&kube, &pod, "/opt").join("new/deeper/restored"));
@@ -200,7 +194,7 @@ fn trees_cross_both_ways_with_modes_times_empty_dirs_and_inner_links() {
         &copy_step("up", "to-pod", "/opt/restored-v4", &s.p("local/upload"), ""),
     );
     let started = Instant::now();
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_tree(&in_pod(&kube, &pod, "/opt").join("restored-v4"));
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -229,9 +223,7 @@ fn links_and_crafted_archives_that_escape_are_refused_by_name() {
             "",
         ),
     );
-    let out = run(&s, &file, &kube);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let said = text(&out);
+    let said = kube.run_failing(&s, &file);
     assert!(said.contains("`files/etc-link`"), "{said}");
     assert!(said.contains("outside the destination"), "{said}");
     assert!(fs::symlink_metadata(s.path("out/files/etc-link")).is_err());
@@ -245,9 +237,7 @@ fn links_and_crafted_archives_that_escape_are_refused_by_name() {
         "  {}",
         &copy_step("up", "to-pod", "/opt/up", &s.p("up"), ""),
     );
-    let out = run(&s, &file, &kube);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let said = text(&out);
+    let said = kube.run_failing(&s, &file);
     assert!(
         said.contains("up/passwd") && said.contains("outside the copied tree"),
         "{said}"
@@ -277,9 +267,7 @@ fn links_and_crafted_archives_that_escape_are_refused_by_name() {
             "",
         ),
     );
-    let out = run(&s, &file, &kube);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let said = text(&out);
+    let said = kube.run_failing(&s, &file);
     assert!(
         said.contains("`files/../../evil.txt`") && said.contains("`..`"),
         "{said}"
@@ -350,7 +338,7 @@ fn delete_swaps_in_only_a_complete_copy_both_ways() {
             "",
         ),
     );
-    let out = run(&s, &merge, &kube);
+    let out = kube.run(&s, &merge, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         s.path("out/files/stale.txt").exists(),
@@ -367,7 +355,7 @@ fn delete_swaps_in_only_a_complete_copy_both_ways() {
             ", delete: true",
         ),
     );
-    let out = run(&s, &mirror, &kube);
+    let out = kube.run(&s, &mirror, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!s.path("out/files/stale.txt").exists());
     assert_tree(&s.path("out/files"));
@@ -382,7 +370,7 @@ fn delete_swaps_in_only_a_complete_copy_both_ways() {
         1,
         10,
     );
-    let out = run(&s, &mirror, &kube);
+    let out = kube.run(&s, &mirror, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("broke"), "{}", text(&out));
     kube.cluster.exec_fault(None);
@@ -405,7 +393,7 @@ fn delete_swaps_in_only_a_complete_copy_both_ways() {
         "  {}",
         &copy_step("up", "to-pod", "/opt/site", &s.p("site"), ", delete: true"),
     );
-    let out = run(&s, &up, &kube);
+    let out = kube.run(&s, &up, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!dest.join("stale.txt").exists());
     assert_tree(&dest);
@@ -413,7 +401,7 @@ fn delete_swaps_in_only_a_complete_copy_both_ways() {
     let before = listing(&dest);
     // the last entry sent leaves the tree: refused after the rest was sent
     std::os::unix::fs::symlink("/etc", s.path("site/zz-escape")).unwrap();
-    let out = run(&s, &up, &kube);
+    let out = kube.run(&s, &up, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("zz-escape"), "{}", text(&out));
     assert_eq!(listing(&dest), before);
@@ -451,9 +439,7 @@ fn an_image_without_tar_is_named_and_exec_refusals_say_where() {
         "  {}",
         &copy_step("down", "from-pod", "/var/data", &s.p("out"), ""),
     );
-    let out = run(&s, &file, &kube);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let said = text(&out);
+    let said = kube.run_failing(&s, &file);
     assert!(
         said.contains(&format!("no `tar` in container `main` of pod `{pod}`"))
             && said.contains("as kubectl cp does"),
@@ -463,9 +449,7 @@ fn an_image_without_tar_is_named_and_exec_refusals_say_where() {
 
     // 403 on exec names the verb, resource and namespace
     kube.cluster.deny("create", "pods/exec", None);
-    let out = run(&s, &file, &kube);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let said = text(&out);
+    let said = kube.run_failing(&s, &file);
     assert!(
         said.contains(&format!(
             "forbidden (403): not allowed to create pods/exec `{pod}` in namespace `default`"
@@ -482,7 +466,7 @@ fn an_image_without_tar_is_named_and_exec_refusals_say_where() {
             .times(2),
     );
     fs::write(in_pod(&kube, &pod, "/var").join("data/x"), "x").unwrap();
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(s.read("out/x"), "x");
     assert!(kube.cluster.faults_injected() >= 2);

@@ -18,19 +18,6 @@ use common::scratch::Scratch;
 use fake_kube::{FaultAction, FaultRule, ResourceDef};
 use serde_json::{Value, json};
 
-/// `runbook run FILE --kubeconfig K ARGS`.
-fn run(s: &Scratch, kube: &Kube, file: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let kubeconfig = kube.kubeconfig.display().to_string();
-    let mut all = vec!["--kubeconfig", &kubeconfig];
-    all.extend_from_slice(args);
-    s.run(file, &all)
-}
-
-/// The outputs of step `id` in the latest run.
-fn outputs(s: &Scratch, id: &str) -> Value {
-    s.status()["steps"][id]["outputs"].clone()
-}
-
 /// The log of step `id` in the latest run.
 fn step_log(s: &Scratch, id: &str) -> String {
     // the latest run as `status` knows it (run ids of one second sort randomly)
@@ -158,7 +145,7 @@ fn apply_takes_files_globs_directories_and_inline_documents_custom_resources_inc
             dir = s.path("").display()
         ),
     );
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // the Namespace went first although the inline text names it last
     assert_eq!(
@@ -194,7 +181,7 @@ fn apply_takes_files_globs_directories_and_inline_documents_custom_resources_inc
             s.path("").display()
         ),
     );
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("/m/*.xml` matches no file"),
@@ -229,7 +216,7 @@ fn an_exported_object_with_server_fields_applies_cleanly() {
             s.p("system.json")
         ),
     );
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let live = kube.get("", "configmaps", "default", "system").unwrap();
     assert_eq!(live["data"]["a"], "2");
@@ -253,11 +240,11 @@ fn a_field_owned_by_another_manager_is_a_clear_conflict_unless_forced() {
         "  {}",
         &step("own", "field_manager: operator", "a"),
     );
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     let file = s.runbook("take", "  {}", &step("take", "force: false", "b"));
-    let out = run(&s, &kube, &file, &["-n", "default"]);
+    let out = kube.run(&s, &file, &["-n", "default"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);
     assert!(
@@ -273,7 +260,7 @@ fn a_field_owned_by_another_manager_is_a_clear_conflict_unless_forced() {
     assert_eq!(live["data"]["mode"], "a");
 
     let file = s.runbook("force", "  {}", &step("take", "force: true", "b"));
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let live = kube
         .get("", "configmaps", "default", "operator-owned")
@@ -369,9 +356,9 @@ fn export_then_apply_restores_13_secrets_and_7_configmaps_and_secret_values_stay
             backup.display()
         ),
     );
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let exported = outputs(&s, "export-secrets");
+    let exported = s.outputs("export-secrets");
     assert_eq!(exported["count"], "13", "{exported}");
     let files: Vec<&str> = exported["files"].as_str().unwrap().lines().collect();
     assert_eq!(files.len(), 13);
@@ -382,7 +369,7 @@ fn export_then_apply_restores_13_secrets_and_7_configmaps_and_secret_values_stay
             .display()
             .to_string()
     );
-    assert_eq!(outputs(&s, "export-configmaps")["count"], "7");
+    assert_eq!(s.outputs("export-configmaps")["count"], "7");
     for name in SECRETS {
         let path = backup.join(format!("secrets/secret-{name}.yaml"));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -443,9 +430,9 @@ fn export_then_apply_restores_13_secrets_and_7_configmaps_and_secret_values_stay
             backup.display()
         ),
     );
-    let out = run(&s, &kube, &restore, &[]);
+    let out = kube.run(&s, &restore, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(outputs(&s, "restore")["applied"], "20");
+    assert_eq!(s.outputs("restore")["applied"], "20");
     let after: Vec<Value> = SECRETS
         .iter()
         .map(|n| original("secrets", n))
@@ -491,7 +478,7 @@ fn export_of_a_missing_name_fails_naming_it_unless_told_to_skip_it() {
         )
     };
     let file = s.runbook("missing", "  {}", &step(""));
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);
     assert!(
@@ -502,10 +489,10 @@ fn export_of_a_missing_name_fails_naming_it_unless_told_to_skip_it() {
     assert!(!s.path("out/configmap-present.yaml").exists());
 
     let file = s.runbook("skip", "  {}", &step(", ignore_missing: true"));
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(s.path("out/configmap-present.yaml").exists());
-    assert_eq!(outputs(&s, "export")["count"], "1");
+    assert_eq!(s.outputs("export")["count"], "1");
 }
 
 #[test]
@@ -535,7 +522,7 @@ fn merge_json_and_strategic_patches_and_their_changed_output() {
       patch: { spec: { template: { spec: { containers: [ { name: sidecar, image: envoy } ] } } } }
 "#;
     let file = s.runbook("patches", "  {}", steps);
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let web = kube.get("apps", "deployments", "default", "web").unwrap();
     assert_eq!(
@@ -547,7 +534,7 @@ fn merge_json_and_strategic_patches_and_their_changed_output() {
     assert_eq!(containers[0]["securityContext"]["privileged"], true);
     assert_eq!(containers[1]["name"], "sidecar", "{containers}");
     for id in ["merge", "json", "strategic"] {
-        assert_eq!(outputs(&s, id)["changed"], "true", "{id}");
+        assert_eq!(s.outputs(id)["changed"], "true", "{id}");
     }
     // the merge patch again: already in place
     let again = s.runbook(
@@ -555,16 +542,16 @@ fn merge_json_and_strategic_patches_and_their_changed_output() {
         "  {}",
         "  - id: merge\n    patch: { kind: Deployment, name: web, patch: { metadata: { annotations: { backup.velero.io/backup-volumes: data } } } }\n",
     );
-    let out = run(&s, &kube, &again, &[]);
+    let out = kube.run(&s, &again, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(outputs(&s, "merge")["changed"], "false");
+    assert_eq!(s.outputs("merge")["changed"], "false");
     // a missing object is named
     let missing = s.runbook(
         "missing",
         "  {}",
         "  - id: merge\n    patch: { kind: Deployment, name: gone, patch: { metadata: { labels: { a: b } } } }\n",
     );
-    let out = run(&s, &kube, &missing, &[]);
+    let out = kube.run(&s, &missing, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("not found (404): deployments.apps `gone` in namespace `default`"),
@@ -618,21 +605,21 @@ fn edits_change_the_text_once_and_a_second_run_writes_nothing() {
     );
     let s = Scratch::new();
     let file = s.runbook("edit", "  {}", EDIT_STEPS);
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let (conf, rv) = redis_conf(&kube);
     assert_eq!(
         conf,
         "#bind 0.0.0.0\n#save 900 1\n#save 300 10\n#save 60 10000\nsave \"\"\nappendonly no\nmaxmemory 1gb\n"
     );
-    assert_eq!(outputs(&s, "persistence-off")["changed"], "true");
-    assert_eq!(outputs(&s, "old-form")["changed"], "true");
+    assert_eq!(s.outputs("persistence-off")["changed"], "true");
+    assert_eq!(s.outputs("old-form")["changed"], "true");
 
     // the same runbook again: every edit is in place, nothing is written
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(outputs(&s, "persistence-off")["changed"], "false");
-    assert_eq!(outputs(&s, "old-form")["changed"], "false");
+    assert_eq!(s.outputs("persistence-off")["changed"], "false");
+    assert_eq!(s.outputs("old-form")["changed"], "false");
     assert_eq!(redis_conf(&kube), (conf, rv), "no write on the second run");
     assert!(
         step_log(&s, "persistence-off").contains("already in place"),
@@ -646,7 +633,7 @@ fn edits_change_the_text_once_and_a_second_run_writes_nothing() {
         "  {}",
         "  - id: edit\n    patch: { kind: ConfigMap, name: redis-config, key: redis.conf, edit: [ { find: appendfsync always, replace: appendfsync no } ] }\n",
     );
-    let out = run(&s, &kube, &bad, &[]);
+    let out = kube.run(&s, &bad, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);
     assert!(
@@ -732,7 +719,7 @@ fn refusals_name_the_verb_the_resource_and_the_namespace() {
             s.p("out")
         ),
     );
-    let out = run(&s, &kube, &file, &["-n", "team"]);
+    let out = kube.run(&s, &file, &["-n", "team"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);
     assert!(
@@ -781,15 +768,15 @@ fn injected_server_errors_on_a_fraction_of_requests_do_not_fail_the_steps() {
             out = s.p("out")
         ),
     );
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         kube.cluster.faults_injected() > 3,
         "{}",
         kube.cluster.faults_injected()
     );
-    assert_eq!(outputs(&s, "export")["count"], "5");
-    assert_eq!(outputs(&s, "restore")["applied"], "5");
+    assert_eq!(s.outputs("export")["count"], "5");
+    assert_eq!(s.outputs("restore")["applied"], "5");
     let (conf, _) = redis_conf(&kube);
     assert!(conf.contains("appendonly no"), "{conf}");
     assert_eq!(
@@ -841,7 +828,7 @@ fn an_inline_secret_from_a_secret_param_is_applied_and_its_value_stays_out_of_th
         "  token: { secret: true }",
         "  - id: apply\n    apply:\n      inline: |\n        apiVersion: v1\n        kind: Secret\n        metadata: { name: api-token }\n        stringData: { token: \"{{ params.token }}\" }\n        ---\n        apiVersion: v1\n        kind: Secret\n        metadata: { name: api-token-copy }\n        stringData: { token: \"{{ params.token }}\" }\n",
     );
-    let out = run(&s, &kube, &file, &["-p", &format!("token={token}")]);
+    let out = kube.run(&s, &file, &["-p", &format!("token={token}")]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stored = kube.get("", "secrets", "default", "api-token").unwrap();
     assert_eq!(stored["stringData"]["token"], token, "{stored}");
@@ -851,7 +838,7 @@ fn an_inline_secret_from_a_secret_param_is_applied_and_its_value_stays_out_of_th
         "{log}"
     );
     assert_eq!(
-        outputs(&s, "apply")["objects"],
+        s.outputs("apply")["objects"],
         "Secret/api-token\nSecret/api-token-copy"
     );
     let mut run_files = Vec::new();
@@ -872,10 +859,10 @@ fn a_crd_and_its_custom_resource_apply_in_one_step_whatever_their_order() {
         "  {}",
         "  - id: apply\n    apply:\n      inline: |\n        apiVersion: apps.3scale.net/v1alpha1\n        kind: APIManager\n        metadata: { name: apimanager, namespace: threescale }\n        spec: { wildcardDomain: example.com }\n        ---\n        apiVersion: apiextensions.k8s.io/v1\n        kind: CustomResourceDefinition\n        metadata: { name: apimanagers.apps.3scale.net }\n        spec:\n          group: apps.3scale.net\n          scope: Namespaced\n          names: { plural: apimanagers, singular: apimanager, kind: APIManager }\n          versions: [ { name: v1alpha1, served: true, storage: true } ]\n",
     );
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
-        outputs(&s, "apply")["objects"],
+        s.outputs("apply")["objects"],
         "CustomResourceDefinition/apimanagers.apps.3scale.net\nAPIManager/apimanager"
     );
     let cr = kube
@@ -889,7 +876,7 @@ fn a_crd_and_its_custom_resource_apply_in_one_step_whatever_their_order() {
         "  {}",
         "  - id: apply\n    apply:\n      inline: |\n        apiVersion: example.com/v1\n        kind: Widget\n        metadata: { name: w }\n",
     );
-    let out = run(&s, &kube, &file, &[]);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("inline#1: the cluster at")

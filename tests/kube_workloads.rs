@@ -16,7 +16,7 @@ use common::kube::Kube;
 use common::lab::{Lab, status_of, wait_until};
 use common::scratch::Scratch;
 use fake_kube::{FaultAction, FaultRule};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Pods of `app` in `ns`: (name, terminating).
 fn pods(kube: &Kube, ns: &str, app: &str) -> Vec<(String, bool)> {
@@ -91,22 +91,10 @@ fn replicas_of(kube: &Kube, group: &str, plural: &str, ns: &str, name: &str) -> 
         .unwrap()
 }
 
-/// `runbook run FILE --kubeconfig KUBE`.
-fn run(s: &Scratch, file: &std::path::Path, kube: &Kube) -> std::process::Output {
-    s.run(
-        file,
-        &["--kubeconfig", &kube.kubeconfig.display().to_string()],
-    )
-}
-
 /// The step's log in the latest run.
 fn log(s: &Scratch, step: &str) -> String {
     std::fs::read_to_string(s.run_dir().join("logs").join(format!("{step}.log")))
         .unwrap_or_default()
-}
-
-fn outputs(s: &Scratch, step: &str) -> Value {
-    s.status()["steps"][step]["outputs"].clone()
 }
 
 #[test]
@@ -135,10 +123,10 @@ fn scale_to_zero_leaves_no_pod_and_previous_replicas_brings_them_back() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(s.read("down.txt").trim(), "0", "pods left after scale to 0");
     assert_eq!(s.read("up.txt").trim(), "3", "ready pods after scale up");
-    assert_eq!(outputs(&s, "down")["previous_replicas"], "3");
-    assert_eq!(outputs(&s, "up")["previous_replicas"], "0");
+    assert_eq!(s.outputs("down")["previous_replicas"], "3");
+    assert_eq!(s.outputs("up")["previous_replicas"], "0");
     // scaling to the count it has changes nothing
-    assert_eq!(outputs(&s, "again")["previous_replicas"], "3");
+    assert_eq!(s.outputs("again")["previous_replicas"], "3");
     assert_eq!(replicas_of(&kube, "apps", "deployments", "shop", "web"), 3);
     assert_eq!(live_pod_names(&kube, "shop", "web").len(), 3);
     let said = log(&s, "again");
@@ -157,7 +145,7 @@ fn scale_waits_for_terminating_pods_and_exact_ready_counts() {
         "  - id: down\n    timeout: 20s\n    scale: { kind: Deployment, name: api, replicas: 1 }\n",
     );
     let started = Instant::now();
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert!(out.status.success(), "{}", text(&out));
     // three pods had to pass their 300 ms Terminating phase: the step
     // waited for them, and none is left when it succeeded
@@ -190,9 +178,7 @@ fn scale_waits_for_terminating_pods_and_exact_ready_counts() {
         "  {}",
         "  - id: stop\n    timeout: 1s\n    retry: { attempts: 1 }\n    scale: { kind: Deployment, name: api, replicas: 0 }\n",
     );
-    let out = run(&s, &file, &kube);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let said = text(&out);
+    let said = kube.run_failing(&s, &file);
     assert!(
         said.contains("deployment/api in namespace `default` was scaled to 0 but its pods did not settle within the step's timeout (1s): 1 pod(s) match `app=api`, 0 Running and Ready"),
         "{said}"
@@ -227,10 +213,10 @@ fn deploymentconfigs_and_statefulsets_scale_through_the_scale_subresource() {
          \x20 - id: down\n    needs: [up]\n    timeout: 20s\n    scale: { kind: dc, name: billing, namespace: legacy, replicas: 0 }\n\
          \x20 - id: queue-up\n    timeout: 20s\n    scale: { kind: sts, name: queue, namespace: legacy, replicas: 3 }\n",
     );
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(outputs(&s, "up")["previous_replicas"], "1");
-    assert_eq!(outputs(&s, "down")["previous_replicas"], "3");
+    assert_eq!(s.outputs("up")["previous_replicas"], "1");
+    assert_eq!(s.outputs("down")["previous_replicas"], "3");
     assert_eq!(
         replicas_of(
             &kube,
@@ -242,7 +228,7 @@ fn deploymentconfigs_and_statefulsets_scale_through_the_scale_subresource() {
         0
     );
     assert!(pods(&kube, "legacy", "billing").is_empty());
-    assert_eq!(outputs(&s, "queue-up")["previous_replicas"], "2");
+    assert_eq!(s.outputs("queue-up")["previous_replicas"], "2");
     assert_eq!(
         live_pod_names(&kube, "legacy", "queue"),
         ["queue-0", "queue-1", "queue-2"]
@@ -264,9 +250,9 @@ fn scale_by_selector_takes_every_match_and_refuses_mixed_counts() {
         "  - id: stop-workers\n    timeout: 20s\n    scale: { kind: Deployment, selector: tier=workers, namespace: ops, replicas: 0 }\n\
          \x20 - id: start-workers\n    needs: [stop-workers]\n    timeout: 20s\n    scale: { kind: Deployment, selector: tier=workers, namespace: ops, replicas: \"{{ steps['stop-workers'].outputs.previous_replicas }}\" }\n",
     );
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let stopped = outputs(&s, "stop-workers");
+    let stopped = s.outputs("stop-workers");
     assert_eq!(stopped["previous_replicas"], "2");
     assert_eq!(stopped["workloads"], "indexer,mailer");
     assert_eq!(live_pod_names(&kube, "ops", "mailer").len(), 2);
@@ -278,9 +264,7 @@ fn scale_by_selector_takes_every_match_and_refuses_mixed_counts() {
         "  {}",
         "  - id: stop-mixed\n    retry: { attempts: 1 }\n    scale: { kind: Deployment, selector: tier=mixed, namespace: ops, replicas: 0 }\n",
     );
-    let out = run(&s, &file, &kube);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let said = text(&out);
+    let said = kube.run_failing(&s, &file);
     assert!(
         said.contains("different replica counts (back=2, front=1)"),
         "{said}"
@@ -304,9 +288,7 @@ fn a_403_names_the_verb_resource_and_namespace_and_a_resume_keeps_the_first_coun
         "  - id: down\n    retry: { attempts: 1 }\n    scale: { kind: Deployment, name: api, namespace: prod, replicas: 0 }\n\
          \x20 - id: up\n    needs: [down]\n    scale: { kind: Deployment, name: api, namespace: prod, replicas: \"{{ steps['down'].outputs.previous_replicas }}\" }\n",
     );
-    let out = run(&s, &file, &kube);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let said = text(&out);
+    let said = kube.run_failing(&s, &file);
     assert!(
         said.contains("forbidden (403): not allowed to list pods in namespace `prod`"),
         "{said}"
@@ -322,7 +304,7 @@ fn a_403_names_the_verb_resource_and_namespace_and_a_resume_keeps_the_first_coun
         &kube.kubeconfig.display().to_string(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(outputs(&s, "down")["previous_replicas"], "3");
+    assert_eq!(s.outputs("down")["previous_replicas"], "3");
     assert_eq!(replicas_of(&kube, "apps", "deployments", "prod", "api"), 3);
     assert_eq!(live_pod_names(&kube, "prod", "api").len(), 3);
 
@@ -335,9 +317,7 @@ fn a_403_names_the_verb_resource_and_namespace_and_a_resume_keeps_the_first_coun
         "  {}",
         "  - id: down\n    retry: { attempts: 1 }\n    scale: { kind: Deployment, name: api, namespace: prod, replicas: 1 }\n",
     );
-    let out = run(&s, &file, &kube);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let said = text(&out);
+    let said = kube.run_failing(&s, &file);
     assert!(
         said.contains(
             "forbidden (403): not allowed to patch deployments.apps/scale `api` in namespace `prod`"
@@ -359,7 +339,7 @@ fn rollout_restart_replaces_the_pods_and_a_stuck_rollout_times_out_naming_its_st
         "  - id: restart\n    timeout: 20s\n    rollout: { kind: Deployment, name: web }\n\
          \x20 - id: settled\n    needs: [restart]\n    rollout: { kind: Deployment, name: web, mode: status }\n",
     );
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert!(out.status.success(), "{}", text(&out));
     // when the step succeeded the new pods were there: none of the old
     // names is among the live pods
@@ -403,7 +383,7 @@ fn rollout_restart_replaces_the_pods_and_a_stuck_rollout_times_out_naming_its_st
         "  - id: restart-agent\n    timeout: 2s\n    retry: { attempts: 1 }\n    rollout: { kind: DaemonSet, name: agent }\n",
     );
     let started = Instant::now();
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(15));
     let said = text(&out);
@@ -449,7 +429,7 @@ fn rollout_restart_replaces_the_pods_and_a_stuck_rollout_times_out_naming_its_st
         "  {}",
         "  - id: agent-status\n    timeout: 5s\n    rollout: { kind: ds, name: agent, mode: status }\n",
     );
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert!(out.status.success(), "{}", text(&out));
 }
 
@@ -469,9 +449,9 @@ fn rollout_latest_instantiates_a_deploymentconfig_and_waits_for_its_new_pods() {
         "  {}",
         "  - id: roll\n    timeout: 20s\n    rollout: { kind: DeploymentConfig, name: legacy, mode: latest }\n",
     );
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(outputs(&s, "roll")["revision"], "2");
+    assert_eq!(s.outputs("roll")["revision"], "2");
     let after = live_pod_names(&kube, "default", "legacy");
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(
@@ -515,9 +495,9 @@ fn redeploy_picks_latest_for_a_deploymentconfig_and_restart_for_a_deployment() {
         planned.contains("kubectl rollout restart deployment/web"),
         "{planned}"
     );
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(outputs(&s, "roll-legacy")["revision"], "2");
+    assert_eq!(s.outputs("roll-legacy")["revision"], "2");
     let web = kube.get("apps", "deployments", "default", "web").unwrap();
     assert!(
         web["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
@@ -553,9 +533,9 @@ fn wait_variants_and_what_a_timeout_says() {
          \x20 - id: pods-gone\n    needs: [down]\n    timeout: 10s\n    wait: { kind: Pod, selector: app=web, for: delete }\n\
          \x20 - id: no-ready\n    needs: [down]\n    timeout: 10s\n    wait: { kind: Deployment, name: web, for: replicas=0 }\n",
     );
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(outputs(&s, "running")["matched"], "2");
+    assert_eq!(s.outputs("running")["matched"], "2");
 
     // a condition the object does not have is not met: the timeout says so
     let file = s.runbook(
@@ -566,7 +546,7 @@ fn wait_variants_and_what_a_timeout_says() {
          \x20 - id: ghost\n    timeout: 1s\n    retry: { attempts: 1 }\n    wait: { kind: ConfigMap, name: ghost, for: exists }\n",
     );
     let started = Instant::now();
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(10));
     let said = text(&out);
@@ -617,13 +597,13 @@ fn delete_waits_until_gone_counts_a_recreated_pod_as_gone_and_ignores_missing_on
          \x20 - id: bounce-db\n    timeout: 10s\n    delete: { kind: Pod, name: db-0 }\n\
          \x20 - id: maybe\n    delete: { kind: ConfigMap, name: never-was, ignore_missing: true }\n",
     );
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         kube.get("", "configmaps", "default", "old-settings")
             .is_none()
     );
-    assert_eq!(outputs(&s, "maybe")["deleted"], "0");
+    assert_eq!(s.outputs("maybe")["deleted"], "0");
     // the StatefulSet brings db-0 back under the same name: a new object
     wait_until("db-0 back", Duration::from_secs(10), || {
         kube.get("", "pods", "default", "db-0").is_some()
@@ -647,7 +627,7 @@ fn delete_waits_until_gone_counts_a_recreated_pod_as_gone_and_ignores_missing_on
         "  {}",
         "  - id: drop-flags\n    retry: { attempts: 1 }\n    delete: { kind: ConfigMap, name: feature-flags }\n",
     );
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out)
@@ -677,9 +657,7 @@ fn delete_waits_until_gone_counts_a_recreated_pod_as_gone_and_ignores_missing_on
         "  {}",
         "  - id: drop-ghost\n    retry: { attempts: 1 }\n    delete: { kind: ConfigMap, name: ghost, namespace: team }\n",
     );
-    let out = run(&s, &file, &kube);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let said = text(&out);
+    let said = kube.run_failing(&s, &file);
     assert!(
         said.contains(
             "configmap/ghost in namespace `team` does not exist; set `ignore_missing: true`"
@@ -732,17 +710,17 @@ fn injected_500s_and_429s_on_a_fraction_of_requests_do_not_fail_the_steps() {
          \x20 - id: available\n    needs: [restart]\n    timeout: 30s\n    wait: { kind: Deployment, name: web, for: condition=Available }\n\
          \x20 - id: drop-caches\n    timeout: 30s\n    delete: { kind: ConfigMap, selector: gen=old }\n",
     );
-    let out = run(&s, &file, &kube);
+    let out = kube.run(&s, &file, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(kube.cluster.faults_injected() > 0);
-    assert_eq!(outputs(&s, "drop-caches")["deleted"], "3");
+    assert_eq!(s.outputs("drop-caches")["deleted"], "3");
     assert!(
         kube.cluster
             .objects("", "configmaps", Some("default"))
             .iter()
             .all(|c| c["metadata"]["labels"]["gen"] != "old")
     );
-    assert_eq!(outputs(&s, "down")["previous_replicas"], "2");
+    assert_eq!(s.outputs("down")["previous_replicas"], "2");
     assert_eq!(live_pod_names(&kube, "default", "web").len(), 2);
     // one instantiate, even when a POST failed: the version moved by one
     let dc = kube

@@ -67,6 +67,27 @@ impl Kube {
             .unwrap();
     }
 
+    /// `runbook run FILE --state-dir ... --kubeconfig KUBECONFIG EXTRA...` in
+    /// the scratch lab `s`.
+    pub fn run(
+        &self,
+        s: &super::scratch::Scratch,
+        file: &std::path::Path,
+        extra: &[&str],
+    ) -> std::process::Output {
+        let kubeconfig = self.kubeconfig.display().to_string();
+        let mut args = vec!["--kubeconfig", &kubeconfig];
+        args.extend_from_slice(extra);
+        s.run(file, &args)
+    }
+
+    /// Runs `file` as [`Kube::run`] does, which must fail (exit 1); what it said.
+    pub fn run_failing(&self, s: &super::scratch::Scratch, file: &std::path::Path) -> String {
+        let out = self.run(s, file, &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", super::output_text(&out));
+        super::output_text(&out)
+    }
+
     /// A stored object.
     pub fn get(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
         self.cluster.object(group, plural, namespace, name)

@@ -88,6 +88,11 @@ impl Scratch {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The outputs of step `id` in the latest run, as `status` gives them.
+    pub fn outputs(&self, id: &str) -> serde_json::Value {
+        self.status()["steps"][id]["outputs"].clone()
+    }
+
     /// A file's text (empty when missing).
     pub fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(name)).unwrap_or_default()
