@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::kube::Kube;
 use common::scratch::{BOUND, Scratch};
 use fake_kube::{ExecFault, FaultAction, FaultRule};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 fn events(journal: &str, kind: &str) -> Vec<Value> {
@@ -412,6 +412,76 @@ fn delete_swaps_in_only_a_complete_copy_both_ways() {
         .filter(|n| n.starts_with("site"))
         .collect();
     assert_eq!(siblings, ["site"], "no staging copy is left in the pod");
+}
+
+/// `oc rsync --delete` into a volume: the destination is the `mountPath` of a claim
+/// (3scale's system-storage at /opt/system/public/system), which cannot be renamed. The
+/// copy is staged inside it and replaces its entries; the mount and its mode stay.
+#[test]
+fn delete_into_a_volume_mount_point_replaces_its_contents() {
+    let kube = Kube::start();
+    if skip_without_isolation(&kube) {
+        return;
+    }
+    let s = Scratch::new();
+    kube.cluster
+        .upsert(
+            "",
+            "persistentvolumeclaims",
+            "default",
+            json!({"metadata": {"name": "storage"}, "spec": {"accessModes": ["ReadWriteOnce"]}}),
+        )
+        .unwrap();
+    kube.cluster
+        .upsert(
+            "",
+            "pods",
+            "default",
+            json!({"metadata": {"name": "web", "labels": {"app": "app"}},
+                "spec": {"terminationGracePeriodSeconds": 1,
+                    "volumes": [{"name": "storage", "persistentVolumeClaim": {"claimName": "storage"}}],
+                    "containers": [{"name": "web", "image": "x", "command": ["sleep", "infinity"],
+                        "volumeMounts": [{"name": "storage", "mountPath": "/opt/site"}]}]}}),
+        )
+        .unwrap();
+    let claim = kube.cluster.pvc_dir("default", "storage");
+    common::lab::wait_until("the pod to run", Duration::from_secs(20), || {
+        kube.get("", "pods", "default", "web")
+            .is_some_and(|p| p["status"]["phase"] == "Running")
+    });
+    fs::write(claim.join("stale.txt"), "old").unwrap();
+    fs::write(claim.join(".hidden-stale"), "old").unwrap();
+    fs::create_dir_all(claim.join("old-dir/deep")).unwrap();
+    fs::set_permissions(&claim, fs::Permissions::from_mode(0o2775)).unwrap();
+    fs::create_dir_all(s.path("site")).unwrap();
+    make_tree(&s.path("site"));
+    fs::write(s.path("site/.dotfile"), "dot").unwrap();
+    fs::set_permissions(s.path("site"), fs::Permissions::from_mode(0o700)).unwrap();
+    let up = s.runbook(
+        "up",
+        "  {}",
+        &copy_step("up", "to-pod", "/opt/site", &s.p("site"), ", delete: true"),
+    );
+    let out = kube.run(&s, &up, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_tree(&claim);
+    assert_eq!(fs::read_to_string(claim.join(".dotfile")).unwrap(), "dot");
+    let mut entries: Vec<String> = fs::read_dir(&claim)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        [".dotfile", "big.bin", "bin", "conf"],
+        "extra files and the staging copy are gone"
+    );
+    assert_eq!(mode(&claim), 0o2775, "the volume's own mode stays");
+    // a second run finds the mount again and is a no-op in effect
+    let out = kube.run(&s, &up, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_tree(&claim);
 }
 
 #[test]

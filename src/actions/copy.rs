@@ -223,7 +223,14 @@ fn swap_in(staging: &Path, local: &Path, attempt: u32) -> io::Result<()> {
 
 /// Whether the remote path is a regular file big enough to copy in chunks.
 async fn probe(target: &Target, remote: &RemotePath) -> Option<chunked::RemoteFile> {
-    let argv = strings(&["sh", "-c", chunked::PROBE, "sh", &remote.full]);
+    let answer = answer_of(target, chunked::PROBE, &remote.full).await?;
+    chunked::parse_probe(&remote.full, &answer)
+}
+
+/// What `sh -c SCRIPT sh ARG` printed in the pod when it succeeded; `None`
+/// otherwise (no shell in the image, or anything else).
+async fn answer_of(target: &Target, script: &str, arg: &str) -> Option<String> {
+    let argv = strings(&["sh", "-c", script, "sh", arg]);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(DEPTH);
     let collect = async {
         let mut answer = Vec::new();
@@ -237,13 +244,17 @@ async fn probe(target: &Target, remote: &RemotePath) -> Option<chunked::RemoteFi
     let quiet = |_: &str| {};
     let (finished, answer) = tokio::join!(target.run(&argv, None, Some(tx), &quiet), collect);
     match finished {
-        Ok(f) if f.ended == Ended::Success => {
-            chunked::parse_probe(&remote.full, &String::from_utf8_lossy(&answer))
-        }
-        // no shell in the image, or anything else: tar decides
+        Ok(f) if f.ended == Ended::Success => Some(String::from_utf8_lossy(&answer).into_owned()),
         _ => None,
     }
 }
+
+/// Prints `mount` when the directory `$1` is a mount point in the pod (a
+/// volume's `mountPath`), which cannot be renamed.
+const MOUNT_PROBE: &str = r#"d=$(cd -- "$1" 2>/dev/null && pwd -P) || exit 0
+while read -r _ _ _ _ mp _; do
+  if [ "$mp" = "$d" ]; then echo mount; exit 0; fi
+done < /proc/self/mountinfo"#;
 
 async fn from_pod(
     cx: &AttemptCx,
@@ -345,6 +356,31 @@ for s in "$2".runbook-staging-* "$2".runbook-old-*; do
   if [ -e "$s" ] || [ -L "$s" ]; then rm -rf -- "$s"; fi
 done"#;
 
+/// The swap in a destination that is a mount point, staged inside it:
+/// everything but the staging directory removed (stale staging copies
+/// too), then the staged entries moved up and the staging directory
+/// removed. A swap cut short is finished by the next attempt's, which
+/// again removes everything but its own staging copy.
+const REMOTE_SWAP_IN_PLACE: &str = r#"set -e
+cd -- "$1"
+for e in * .[!.]* ..?*; do
+  if [ "$e" = "$2" ]; then continue; fi
+  if [ -e "$e" ] || [ -L "$e" ]; then rm -rf -- "$e"; fi
+done
+for e in "$2"/* "$2"/.[!.]* "$2"/..?*; do
+  if [ -e "$e" ] || [ -L "$e" ]; then mv -- "$e" .; fi
+done
+rmdir -- "$2""#;
+
+/// Where a `delete` copy is staged in the pod.
+enum Staging {
+    /// `REMOTE.runbook-staging-N` beside the destination, renamed over it.
+    Beside(String),
+    /// `REMOTE/.runbook-staging-N` inside a destination that is a mount
+    /// point, whose entries replace the destination's.
+    Inside(String),
+}
+
 async fn to_pod(
     cx: &AttemptCx,
     target: &Target,
@@ -373,14 +409,29 @@ async fn to_pod(
             )));
         }
     }
-    let name = if delete {
-        format!("{}.runbook-staging-{}", remote.name, cx.attempt)
+    let staging = if !delete {
+        None
+    } else if answer_of(target, MOUNT_PROBE, &remote.full)
+        .await
+        .as_deref()
+        == Some("mount\n")
+    {
+        Some(Staging::Inside(format!(".runbook-staging-{}", cx.attempt)))
     } else {
-        remote.name.clone()
+        Some(Staging::Beside(format!(
+            "{}.runbook-staging-{}",
+            remote.name, cx.attempt
+        )))
     };
     // the archive names the whole path below `/` (or the working
     // directory), so tar creates missing parent directories (a new pod)
-    let (base, archive_name) = remote.extraction(&name);
+    let (base, archive_name) = match &staging {
+        None => remote.extraction(&remote.name),
+        Some(Staging::Beside(name)) => remote.extraction(name),
+        Some(Staging::Inside(name)) => {
+            RemotePath::parse(&format!("{}/{name}", remote.full))?.extraction(name)
+        }
+    };
     let argv = strings(&["tar", "-x", "-p", "--no-same-owner", "-f", "-", "-C", &base]);
     let (tx, rx) = mpsc::channel::<Vec<u8>>(DEPTH);
     let src = local.to_owned();
@@ -393,7 +444,11 @@ async fn to_pod(
     let packed = packing
         .await
         .map_err(|e| Failure::permanent(format!("internal: the archive thread failed: {e}")));
-    let staging = format!("{}/{name}", remote.parent);
+    let staged_at = match &staging {
+        None => String::new(),
+        Some(Staging::Beside(name)) => format!("{}/{name}", remote.parent),
+        Some(Staging::Inside(name)) => format!("{}/{name}", remote.full),
+    };
     let outcome = (|| {
         let finished = finished?;
         let packed = packed?;
@@ -419,7 +474,7 @@ async fn to_pod(
         Ok(p) => p,
         Err(failure) => {
             if delete {
-                remove_remote(target, &staging).await;
+                remove_remote(target, &staged_at).await;
             }
             return Err(failure);
         }
@@ -427,21 +482,28 @@ async fn to_pod(
     for note in &packed.notes {
         cx.say(note);
     }
-    if delete {
-        let old = format!("{}.runbook-old-{}", remote.name, cx.attempt);
-        let argv = strings(&[
-            "sh",
-            "-c",
-            REMOTE_SWAP,
-            "sh",
-            &remote.parent,
-            &remote.name,
-            &name,
-            &old,
-        ]);
+    if let Some(staging) = &staging {
+        let argv = match staging {
+            Staging::Beside(name) => {
+                let old = format!("{}.runbook-old-{}", remote.name, cx.attempt);
+                strings(&[
+                    "sh",
+                    "-c",
+                    REMOTE_SWAP,
+                    "sh",
+                    &remote.parent,
+                    &remote.name,
+                    name,
+                    &old,
+                ])
+            }
+            Staging::Inside(name) => {
+                strings(&["sh", "-c", REMOTE_SWAP_IN_PLACE, "sh", &remote.full, name])
+            }
+        };
         let finished = target.run(&argv, None, None, &log).await?;
         if finished.ended != Ended::Success {
-            remove_remote(target, &staging).await;
+            remove_remote(target, &staged_at).await;
             let mut f = command_failure(target, "sh", "the swap of the staged copy", &finished);
             f.uncertain = true;
             return Err(f);
