@@ -8,7 +8,10 @@
 //! Grammar of `for`:
 //! - `condition=Type`: the object's condition `Type` has status `True`;
 //!   `condition=Type=Value` another status (case-insensitive). A missing
-//!   condition is not met.
+//!   condition is not met, nor is one of an object whose controller has not
+//!   yet observed its latest spec (`status.observedGeneration` below
+//!   `metadata.generation`: a workload just scaled up still says
+//!   `Available` from before).
 //! - `jsonpath={.status.phase}=Running`: the field's value, as text
 //!   (numbers and booleans as written in JSON), equals `Running`;
 //!   `jsonpath={.status.loadBalancer}` alone: the field is present and not
@@ -275,16 +278,21 @@ pub fn judge(kind: &str, object: &Value, condition: &Condition) -> (bool, String
                 "still exists".into()
             },
         ),
-        Condition::Status { kind: ty, status } => match condition_of(object, ty) {
-            None => (false, format!("condition {ty} is missing")),
-            Some(c) => {
-                let actual = c.get("status").and_then(Value::as_str).unwrap_or("");
-                (
-                    actual.eq_ignore_ascii_case(status),
-                    format!("condition {}", describe_condition(c)),
-                )
+        Condition::Status { kind: ty, status } => {
+            if let Some(stale) = stale_status(object) {
+                return (false, stale);
             }
-        },
+            match condition_of(object, ty) {
+                None => (false, format!("condition {ty} is missing")),
+                Some(c) => {
+                    let actual = c.get("status").and_then(Value::as_str).unwrap_or("");
+                    (
+                        actual.eq_ignore_ascii_case(status),
+                        format!("condition {}", describe_condition(c)),
+                    )
+                }
+            }
+        }
         Condition::JsonPath { text, path, value } => {
             // a Secret's values never reach a log or an error
             let shown = |v: &Value| {
@@ -319,6 +327,19 @@ pub fn judge(kind: &str, object: &Value, condition: &Condition) -> (bool, String
         }
         Condition::Ready => judge_ready(kind, object),
     }
+}
+
+/// Why an object's conditions are not yet about its current spec: its
+/// controller reports `status.observedGeneration` below
+/// `metadata.generation` (a Deployment just scaled up still says
+/// Available from before). `None` when current, or when the object does not
+/// report an observed generation.
+fn stale_status(object: &Value) -> Option<String> {
+    let generation = int_at(object, "/metadata/generation")?;
+    let observed = int_at(object, "/status/observedGeneration")?;
+    (observed < generation).then(|| {
+        format!("status not yet updated for the latest change (observedGeneration {observed} < generation {generation})")
+    })
 }
 
 fn ready_replicas(kind: &str, object: &Value) -> i64 {
@@ -896,6 +917,34 @@ mod tests {
         );
         let progressing_false = parse_condition("condition=Progressing=False").unwrap();
         assert!(!judge("Deployment", &object, &progressing_false).0);
+    }
+
+    #[test]
+    fn a_condition_from_before_the_latest_change_is_not_met() {
+        // scaled from 0 to 1: the controller has not looked yet, Available is
+        // still the True it was for 0 replicas
+        let scaled = json!({"metadata": {"generation": 3}, "spec": {"replicas": 1},
+            "status": {"observedGeneration": 2, "conditions": [
+                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}});
+        let available = parse_condition("condition=Available").unwrap();
+        assert_eq!(
+            judge("Deployment", &scaled, &available),
+            (
+                false,
+                "status not yet updated for the latest change (observedGeneration 2 < generation 3)"
+                    .into()
+            )
+        );
+        let mut observed = scaled.clone();
+        observed["status"]["observedGeneration"] = json!(3);
+        assert!(judge("Deployment", &observed, &available).0);
+        // a custom resource that reports no observedGeneration is judged on its conditions
+        let mut no_observed = scaled;
+        no_observed["status"]
+            .as_object_mut()
+            .unwrap()
+            .remove("observedGeneration");
+        assert!(judge("APIManager", &no_observed, &available).0);
     }
 
     #[test]
