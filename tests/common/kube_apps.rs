@@ -85,6 +85,24 @@ pub enum Workload {
     DeploymentConfig,
 }
 
+impl Workload {
+    /// The API group and plural of this kind.
+    pub fn resource(self) -> (&'static str, &'static str) {
+        match self {
+            Workload::Deployment => ("apps", "deployments"),
+            Workload::DeploymentConfig => ("apps.openshift.io", "deploymentconfigs"),
+        }
+    }
+
+    /// The kind as `runbook`'s params and manifests spell it.
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            Workload::Deployment => "Deployment",
+            Workload::DeploymentConfig => "DeploymentConfig",
+        }
+    }
+}
+
 /// One object to create: API group, plural, the object.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -207,6 +225,48 @@ impl App {
         }
     }
 
+    /// Sets the workload's `spec.replicas` in the store, as an operator reconciling it
+    /// would.
+    pub fn set_replicas(&self, cluster: &ClusterHandle, replicas: i64) {
+        set_replicas(cluster, self.kind, &self.namespace, &self.name, replicas);
+    }
+
+    /// Reads the server's password from key `key` of Secret `secret` (as 3scale's
+    /// workloads read theirs from the installation's Secrets, e.g. `system-database`
+    /// `DB_ROOT_PASSWORD`) instead of the app's own Secret, which is dropped: the test
+    /// creates `secret` with [`App::password`] under `key`.
+    pub fn password_from(mut self, secret: &str, key: &str) -> App {
+        let own = self.name.clone();
+        self.manifests
+            .retain(|m| !(m.plural == "secrets" && m.object["metadata"]["name"] == own.as_str()));
+        for m in &mut self.manifests {
+            let Some(containers) = m
+                .object
+                .pointer_mut("/spec/template/spec/containers")
+                .and_then(Value::as_array_mut)
+            else {
+                continue;
+            };
+            for c in containers {
+                for var in c["env"].as_array_mut().into_iter().flatten() {
+                    let from = &mut var["valueFrom"]["secretKeyRef"];
+                    if from["name"] == own.as_str() {
+                        *from = json!({"name": secret, "key": key});
+                    }
+                }
+            }
+        }
+        self
+    }
+
+    /// A RESP client for this Redis (from the test, over its loopback port).
+    pub fn redis_endpoint(&self) -> super::services::RedisEndpoint {
+        super::services::RedisEndpoint {
+            port: self.port,
+            password: None,
+        }
+    }
+
     fn answers(&self) -> bool {
         let out = match self.container.as_str() {
             "redis" => Command::new("redis-cli")
@@ -239,6 +299,24 @@ impl App {
     }
 }
 
+/// Sets `spec.replicas` of workload `name` of `kind` in the store.
+pub fn set_replicas(
+    cluster: &ClusterHandle,
+    kind: Workload,
+    namespace: &str,
+    name: &str,
+    replicas: i64,
+) {
+    let (group, plural) = kind.resource();
+    let mut object = cluster
+        .object(group, plural, namespace, name)
+        .unwrap_or_else(|| panic!("no {plural} {namespace}/{name}"));
+    object["spec"]["replicas"] = json!(replicas);
+    cluster
+        .upsert(group, plural, namespace, object)
+        .unwrap_or_else(|| panic!("cannot scale {plural} {namespace}/{name}"));
+}
+
 /// Whether the pod's Ready condition is True.
 pub fn pod_ready(p: &Value) -> bool {
     p["status"]["conditions"].as_array().is_some_and(|cs| {
@@ -247,7 +325,7 @@ pub fn pod_ready(p: &Value) -> bool {
     })
 }
 
-fn claim(name: &str) -> Manifest {
+pub fn claim(name: &str) -> Manifest {
     Manifest {
         group: "",
         plural: "persistentvolumeclaims",
@@ -259,7 +337,7 @@ fn claim(name: &str) -> Manifest {
 
 /// The Deployment (strategy Recreate) or DeploymentConfig (strategy Recreate) around
 /// `pod_spec`, pods labelled `app=NAME` and `deploymentConfig=NAME`.
-fn workload(kind: Workload, name: &str, pod_spec: Value) -> Manifest {
+pub fn workload(kind: Workload, name: &str, pod_spec: Value) -> Manifest {
     let labels = json!({"app": name, "deploymentConfig": name});
     let template = json!({"metadata": {"labels": labels}, "spec": pod_spec});
     match kind {

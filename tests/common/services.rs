@@ -542,9 +542,53 @@ impl Redis {
         panic!("redis-server did not start:\n{last}");
     }
 
+    /// Where it listens, to talk to it.
+    pub fn endpoint(&self) -> RedisEndpoint {
+        RedisEndpoint {
+            port: self.port,
+            password: self.password.clone(),
+        }
+    }
+
     /// A connection, authenticated.
     pub fn connect(&self) -> BufReader<TcpStream> {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        self.endpoint().connect()
+    }
+
+    /// One command.
+    pub fn cmd(&self, args: &[&[u8]]) -> Resp {
+        self.endpoint().cmd(args)
+    }
+
+    /// Many commands on one connection, pipelined (see [`RedisEndpoint::pipeline`]).
+    pub fn pipeline(&self, commands: &[Vec<Vec<u8>>]) -> Vec<Resp> {
+        self.endpoint().pipeline(commands)
+    }
+
+    /// Every key of every database (see [`RedisEndpoint::fingerprint`]).
+    pub fn fingerprint(&self) -> BTreeMap<String, String> {
+        self.endpoint().fingerprint()
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+/// A Redis on a loopback port (one of these tests' own, or one in a fake pod), with its
+/// password if it has one.
+#[derive(Clone, Debug)]
+pub struct RedisEndpoint {
+    pub port: u16,
+    pub password: Option<String>,
+}
+
+impl RedisEndpoint {
+    /// A connection, authenticated.
+    pub fn connect(&self) -> BufReader<TcpStream> {
+        let stream = TcpStream::connect(("127.0.0.1", self.port))
+            .unwrap_or_else(|e| panic!("redis on 127.0.0.1:{}: {e}", self.port));
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
@@ -634,11 +678,6 @@ impl Redis {
             }
         }
         print
-    }
-
-    /// The server's pid.
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
     }
 }
 
