@@ -5,9 +5,12 @@
 //! `pg_basebackup` the way opschain-backup does, damages the data, and runs the restore
 //! with "Helm" played by `kubectl scale`. Every table's row count and checksum must be the
 //! backup's afterwards, also when `runbook` is SIGKILLed in the middle of the restore and
-//! resumed.
+//! resumed. The scene (the database configured as CloudNativePG does it, TLS included,
+//! the API, workers and vault) is tests/common/opschain.rs, shared with
+//! tests/opschain_backup_e2e.rs, which proves the backup runbook itself.
 //!
-//! Needs root (pods' own filesystems) and the Debian package postgresql (15) and kubectl.
+//! Needs root (pods' own filesystems) and the Debian packages postgresql (15), kubectl
+//! and openssl.
 
 mod common;
 
