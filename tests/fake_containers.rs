@@ -524,3 +524,92 @@ fn postgresql_in_the_cloudnative_layout_keeps_pgdata_on_its_claim() {
     );
     assert!(control.contains("in production"), "{control}");
 }
+
+/// The fake's stand-ins for cluster DNS and an image's environment: every Service is on
+/// 127.0.0.1 in a pod's /etc/hosts (short name in its namespace, `NAME.NS`,
+/// `NAME.NS.svc`, `NAME.NS.svc.cluster.local`), and `image_env` gives containers of an
+/// image its variables, below the container's own `env`.
+#[test]
+fn pods_resolve_services_and_get_their_images_environment() {
+    require_root();
+    let kube = Kube::start();
+    kube.cluster
+        .image_env("example/db:", &[("PGPORT", "6543"), ("IMAGE_ONLY", "yes")]);
+    let service = |ns: &str, name: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"ports": [{"port": 5432}]}})
+    };
+    kube.cluster
+        .upsert("", "services", NS, service(NS, "db-rw"))
+        .unwrap();
+    kube.cluster
+        .upsert("", "services", "elsewhere", service("elsewhere", "cache"))
+        .unwrap();
+    let pod = |name: &str, image: &str, env: Value| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"containers": [{"name": "main", "image": image,
+                "command": ["sleep", "infinity"], "env": env}]}})
+    };
+    kube.cluster
+        .upsert(
+            "",
+            "pods",
+            NS,
+            pod("helper", "example/db:15", serde_json::json!([])),
+        )
+        .unwrap();
+    kube.cluster
+        .upsert(
+            "",
+            "pods",
+            NS,
+            pod(
+                "own-port",
+                "example/db:15",
+                serde_json::json!([{"name": "PGPORT", "value": "7000"}]),
+            ),
+        )
+        .unwrap();
+    kube.cluster
+        .upsert(
+            "",
+            "pods",
+            NS,
+            pod("other-image", "busybox", serde_json::json!([])),
+        )
+        .unwrap();
+    for name in ["helper", "own-port", "other-image"] {
+        wait_for(
+            &format!("{name} to be ready"),
+            Duration::from_secs(20),
+            || kube_apps::pod_ready(&pod_json(&kube, name)),
+        );
+    }
+    let in_pod = |name: &str, script: &str| {
+        kubectl(&kube, &["exec", "-n", NS, name, "--", "sh", "-c", script])
+    };
+    let hosts = in_pod("helper", "cat /etc/hosts");
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l
+                == "127.0.0.1\tdb-rw\tdb-rw.apps\tdb-rw.apps.svc\tdb-rw.apps.svc.cluster.local"),
+        "{hosts}"
+    );
+    assert!(
+        hosts.lines().any(|l| l
+            == "127.0.0.1\tcache.elsewhere\tcache.elsewhere.svc\tcache.elsewhere.svc.cluster.local"),
+        "{hosts}"
+    );
+    // the name resolves for programs in the pod (getent goes through nsswitch)
+    assert_eq!(
+        in_pod("helper", "getent hosts db-rw.apps.svc | cut -d' ' -f1").trim(),
+        "127.0.0.1"
+    );
+    let vars = "echo \"${PGPORT:-unset} ${IMAGE_ONLY:-unset}\"";
+    assert_eq!(in_pod("helper", vars).trim(), "6543 yes");
+    assert_eq!(in_pod("own-port", vars).trim(), "7000 yes");
+    assert_eq!(in_pod("other-image", vars).trim(), "unset unset");
+}

@@ -4,6 +4,8 @@
 //! that print a dump or write a `dump.rdb`; the real servers come with the
 //! runbooks proven on real data. What is real: every scale, wait, exec,
 //! copy and export the runbook makes, its order, and the files it leaves.
+//! (OpsChain's backup, which ran here with a stand-in `pg_basebackup`, is
+//! proven with the real one in tests/opschain_backup_e2e.rs.)
 
 mod common;
 
@@ -448,100 +450,4 @@ fn three_scale_template_based_restore_reads_the_parameters_from_the_restored_sec
     assert!(log.contains("ADMIN_PASSWORD=<hidden>"), "{log}");
     assert!(!log.contains("s3cr3t-admin"), "{log}");
     assert!(!text(&out).contains("s3cr3t-admin"));
-}
-
-/// OpsChain's backup: the API and workers stopped and started again at
-/// their replicas, the helper pod applied from its rendered manifest and
-/// deleted at the end, `pg_basebackup` run in it (a stand-in writing the
-/// three files), the files copied out and verified. The pod's command (it
-/// copies the client certificates to `~/.postgresql`) does not run in the
-/// fake: the test puts the certificate where it would land.
-#[test]
-fn opschain_backup_runs_against_the_fake_cluster() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: the helper pod's own ~ needs per-pod filesystems (root)");
-        return;
-    }
-    const OPS: &str = "opschain";
-    let kube = Kube::start();
-    let s = Scratch::new();
-    let tools_root = common::kube::host_dir_visible_in_pods();
-    let tools = tools_root.path().join("tools");
-    std::fs::create_dir_all(&tools).unwrap();
-    let basebackup = tools.join("pg_basebackup");
-    std::fs::write(
-        &basebackup,
-        "#!/bin/sh\nset -e\nwhile [ $# -gt 0 ]; do case \"$1\" in -D) dir=$2; shift;; esac; shift; done\n\
-         cd \"$dir\"\nmkdir -p base wal && echo data > base/PG_VERSION && echo wal > wal/000000010000000000000001\n\
-         tar -czf base.tar.gz base && tar -czf pg_wal.tar.gz wal && rm -rf base wal\n\
-         printf '{ \"PostgreSQL-Backup-Manifest-Version\": 1 }\\n' > backup_manifest\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&basebackup, std::fs::Permissions::from_mode(0o755)).unwrap();
-    kube.cluster.exec_path(Some(format!(
-        "{}:/usr/local/bin:/usr/bin:/bin",
-        tools.display()
-    )));
-    kube.deployment(OPS, "opschain-api", 2);
-    kube.deployment(OPS, "opschain-api-worker", 3);
-    for name in [
-        "opschain-db-replication",
-        "opschain-db-ca",
-        "opschain-db-credentials",
-    ] {
-        kube.cluster
-            .upsert(
-                "",
-                "secrets",
-                OPS,
-                json!({"apiVersion": "v1", "kind": "Secret",
-                       "metadata": {"name": name, "namespace": OPS},
-                       "data": {"password": "c2VjcmV0"}}),
-            )
-            .unwrap();
-    }
-    // where the pod's command would have copied the client certificate
-    let home = kube
-        .cluster
-        .pod_dir(OPS, "backup-helper", Path::new("/root"));
-    std::fs::create_dir_all(home.join(".postgresql")).unwrap();
-    std::fs::write(home.join(".postgresql/postgresql.key"), "key").unwrap();
-    let values = s.path("values.yaml");
-    std::fs::write(&values, "opschain:\n  encryptionKey: abc\n").unwrap();
-    let out = s.run(
-        Path::new(&common::repo_root().join("runbooks/opschain-backup.yaml")),
-        &[
-            "-p",
-            "image_tag=2024-01-01",
-            "-p",
-            &format!("values_file={}", values.display()),
-            "-p",
-            &format!("backup_root={}", s.p("backups")),
-            "--kubeconfig",
-            &kube.kubeconfig.display().to_string(),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let stamps: Vec<_> = std::fs::read_dir(s.path("backups"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    assert_eq!(stamps.len(), 1, "{stamps:?}");
-    for f in [
-        "backup_manifest",
-        "base.tar.gz",
-        "pg_wal.tar.gz",
-        "SHA256SUMS",
-    ] {
-        assert!(stamps[0].join(f).is_file(), "{f}");
-    }
-    // the API and workers are back, the helper pod is gone
-    for (name, replicas) in [("opschain-api", 2), ("opschain-api-worker", 3)] {
-        let d = kube.get("apps", "deployments", OPS, name).unwrap();
-        assert_eq!(d["spec"]["replicas"], replicas, "{name}");
-    }
-    assert!(kube.get("", "pods", OPS, "backup-helper").is_none());
 }

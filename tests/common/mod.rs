@@ -66,6 +66,7 @@ pub fn output_text(out: &std::process::Output) -> String {
 pub mod kube;
 pub mod kube_apps;
 pub mod lab;
+pub mod opschain;
 pub mod plans;
 pub mod pty;
 pub mod scratch;

@@ -63,6 +63,10 @@ pub struct ExecConfig {
     pub fault_times: Option<usize>,
     /// Exec sessions accepted so far.
     pub sessions: u64,
+    /// Variables an image would set (`ENV` in its Dockerfile), by image prefix: a running
+    /// pod's container whose `image` starts with the prefix gets them before its own `env`
+    /// (which wins), in its process and in what is exec'd in it.
+    pub image_env: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl Default for ExecConfig {
@@ -80,6 +84,7 @@ impl Default for ExecConfig {
             fault_skip: 0,
             fault_times: None,
             sessions: 0,
+            image_env: Vec::new(),
         }
     }
 }

@@ -307,8 +307,14 @@ fn put(shared: &Shared, st: &mut Store, key: &str, mut obj: Value, kind: &'stati
 }
 
 fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
-    let (root, pod_paths, isolate, path_var) = match shared.exec.lock() {
-        Ok(e) => (e.root.clone(), e.mounts.clone(), e.isolate, e.path.clone()),
+    let (root, pod_paths, isolate, path_var, image_env) = match shared.exec.lock() {
+        Ok(e) => (
+            e.root.clone(),
+            e.mounts.clone(),
+            e.isolate,
+            e.path.clone(),
+            e.image_env.clone(),
+        ),
         Err(_) => return,
     };
     let Ok(mut st) = shared.store.lock() else {
@@ -464,8 +470,14 @@ fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
                 let due = !c.idle && c.next_start.is_some_and(|t| now >= t);
                 // an idle container (no command) is set up once, whatever the outcome
                 if (c.sandbox.is_none() && !(c.idle && c.ever_started)) || due {
-                    let built =
-                        build_sandbox(&st, &pod, &c.spec, &vols, (&root, &pod_paths, isolate));
+                    let built = build_sandbox(
+                        &st,
+                        &pod,
+                        &c.spec,
+                        &vols,
+                        (&root, &pod_paths, isolate),
+                        &image_env,
+                    );
                     match built {
                         Ok(sb) => {
                             c.sandbox = Some(sb);
@@ -580,8 +592,18 @@ fn build_sandbox(
     container: &Value,
     volumes: &PodVolumes,
     (root, pod_paths, isolate): (&Path, &[PathBuf], bool),
+    image_env: &[(String, Vec<(String, String)>)],
 ) -> Result<Sandbox, Waiting> {
-    let env = sandbox::resolve_env(st, pod, container)?;
+    let own = sandbox::resolve_env(st, pod, container)?;
+    // the image's variables first: the container's own win (later entries do)
+    let image = container["image"].as_str().unwrap_or("");
+    let mut env: Vec<(String, String)> = image_env
+        .iter()
+        .filter(|(prefix, _)| image.starts_with(prefix.as_str()))
+        .flat_map(|(_, vars)| vars.iter().cloned())
+        .filter(|(k, _)| !own.iter().any(|(o, _)| o == k))
+        .collect();
+    env.extend(own);
     let mounts = sandbox::container_mounts(pod, container, volumes)?;
     if !isolate && (!mounts.is_empty() || !crate::exec::is_root()) {
         return Err(Waiting {

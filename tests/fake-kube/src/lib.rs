@@ -279,6 +279,25 @@ impl ClusterHandle {
         }
     }
 
+    /// Variables the image would set (its Dockerfile's `ENV`) for every container whose
+    /// `image` starts with `image_prefix` (say `limepoint/opschain-db:`), in pods that run
+    /// processes: they come before the container's own `env`, which wins, and apply to its
+    /// process and to commands exec'd in it. Set before the pod starts. Use it for what
+    /// the fake cannot give otherwise, e.g. `PGPORT` standing for a Service's port mapping
+    /// (every server here has a port of its own). Calling it again for a prefix replaces
+    /// that prefix's variables.
+    pub fn image_env(&self, image_prefix: &str, vars: &[(&str, &str)]) {
+        if let Ok(mut e) = self.shared.exec.lock() {
+            e.image_env.retain(|(p, _)| p != image_prefix);
+            e.image_env.push((
+                image_prefix.to_string(),
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ));
+        }
+    }
+
     /// With `true`, exec offers only the `v4.channel.k8s.io` subprotocol (an older server).
     pub fn exec_v4_only(&self, on: bool) {
         if let Ok(mut e) = self.shared.exec.lock() {

@@ -578,6 +578,37 @@ pub fn etc_hosts(pod: &Value) -> String {
     text
 }
 
+/// What the cluster's DNS would answer for Services, as /etc/hosts lines (pods share the
+/// host's network, so every Service is on 127.0.0.1): each Service of the pod's namespace
+/// `ns` by its short name, and every Service as `NAME.NS`, `NAME.NS.svc` and
+/// `NAME.NS.svc.cluster.local`. Written when the pod starts: a Service created later is
+/// not seen until the pod restarts.
+pub fn service_hosts(store: &Store, ns: &str) -> String {
+    let mut lines = Vec::new();
+    for svc in store.list("/services", None) {
+        let name = str_at(svc, "/metadata/name");
+        let svc_ns = str_at(svc, "/metadata/namespace");
+        if name.is_empty() {
+            continue;
+        }
+        let mut names = Vec::new();
+        if svc_ns == ns {
+            names.push(name.to_string());
+        }
+        for suffix in ["", ".svc", ".svc.cluster.local"] {
+            names.push(format!("{name}.{svc_ns}{suffix}"));
+        }
+        lines.push(format!("127.0.0.1\t{}\n", names.join("\t")));
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n# Services (cluster DNS in fake-kube).\n{}",
+        lines.concat()
+    )
+}
+
 fn file_mode(v: &Value, default: u32) -> u32 {
     v.as_u64().map(|m| m as u32 & 0o7777).unwrap_or(default)
 }
@@ -716,7 +747,7 @@ pub fn prepare_volumes(store: &Store, pod: &Value, root: &Path) -> Result<PodVol
     if let Some(parent) = hosts.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    std::fs::write(&hosts, etc_hosts(pod)).map_err(io)?;
+    std::fs::write(&hosts, etc_hosts(pod) + &service_hosts(store, ns)).map_err(io)?;
     out.hosts = Some(hosts);
     Ok(out)
 }
