@@ -1,9 +1,11 @@
-//! The shipped runbooks that use Kubernetes actions, run against the fake
-//! cluster. The data steps are thin for now: the pods' database and redis
-//! tools are small stand-in scripts (put first on the containers' `PATH`)
-//! that print a dump or write a `dump.rdb`; the real servers come with the
-//! runbooks proven on real data. What is real: every scale, wait, exec,
-//! copy and export the runbook makes, its order, and the files it leaves.
+//! The shipped 3scale runbooks against the fake cluster with stand-in tools:
+//! the pods' database and redis tools are small scripts (put first on the
+//! containers' `PATH`) that print a dump or write a `dump.rdb`, and `oc` is
+//! a script that records `oc new-app`. What is real: every scale, wait,
+//! exec, copy and export the runbook makes, its order, and the files it
+//! leaves. They need no servers (and, but for system-storage, no root); the
+//! same runbooks on real servers, wiped, restored and killed, are
+//! tests/three_scale_e2e.rs. The template-based restore is proven only here.
 //! (OpsChain's backup, which ran here with a stand-in `pg_basebackup`, is
 //! proven with the real one in tests/opschain_backup_e2e.rs.)
 

@@ -43,6 +43,11 @@ fn threescale_backup_plan_text_snapshot() {
 }
 
 #[test]
+fn threescale_backup_plan_markdown_snapshot() {
+    insta::assert_snapshot!(plan(THREESCALE_BACKUP, "markdown", &THREESCALE_PARAMS));
+}
+
+#[test]
 fn threescale_backup_postgresql_plan_text_snapshot() {
     let mut params = THREESCALE_PARAMS.to_vec();
     params.push("database=postgresql");
