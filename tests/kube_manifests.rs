@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::three_scale::{CONFIGMAPS, SECRETS};
+
 use common::output_text as text;
 
 use std::os::unix::fs::PermissionsExt;
@@ -252,32 +254,6 @@ fn a_field_owned_by_another_manager_is_a_clear_conflict_unless_forced() {
     assert_eq!(live["data"]["mode"], "b");
     assert!(managers(&live).contains(&"runbook".to_owned()), "{live}");
 }
-
-const SECRETS: [&str; 13] = [
-    "system-smtp",
-    "system-seed",
-    "system-database",
-    "backend-internal-api",
-    "system-events-hook",
-    "system-app",
-    "system-recaptcha",
-    "system-redis",
-    "zync",
-    "backend-listener",
-    "backend-redis",
-    "system-master-apicast",
-    "system-memcache",
-];
-
-const CONFIGMAPS: [&str; 7] = [
-    "system-environment",
-    "apicast-environment",
-    "backend-environment",
-    "mysql-extra-conf",
-    "mysql-main-conf",
-    "redis-config",
-    "system",
-];
 
 fn secret_value(i: usize) -> String {
     format!("pa55-{i}-never-in-logs-Qx7")

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use common::kube::Kube;
 use common::kube_apps::{self, App, PG_BIN};
-use common::lab::Lab;
+use common::lab::{Lab, events, runs};
 use common::opschain::{
-    NS, Tables, assert_restored, backup_runbook, can_run, disaster, events, load_data, opschain,
-    opschain_running, restore_args, runbook, runs, tables, text,
+    NS, Tables, assert_restored, backup_runbook, can_run, disaster, load_data, opschain,
+    opschain_running, restore_args, runbook, tables, text,
 };
 
 const VALUES: &str = "opschain:\n  image:\n    tag: \"2026-01-01\"\n  encryptionKey: abc\n";

@@ -19,11 +19,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::kube::Kube;
-use common::kube_apps::{App, PG_BIN};
-use common::lab::Lab;
+use common::kube_apps::{App, PG_BIN, processes_with_arg_containing};
+use common::lab::{Lab, events, runs};
 use common::opschain::{
-    NS, Tables, assert_restored, can_run, disaster, events, load_data, opschain,
-    processes_with_arg_containing, restore_args, runbook, runs, tables, text,
+    NS, Tables, assert_restored, can_run, disaster, load_data, opschain, restore_args, runbook,
+    tables, text,
 };
 
 /// `pg_basebackup -Ft -z --wal-method=stream --checkpoint=fast` as the seed and

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::three_scale::{CONFIGMAPS, SECRETS};
+
 use common::output_text as text;
 
 use std::path::Path;
@@ -21,32 +23,6 @@ use fake_kube::ResourceDef;
 use serde_json::json;
 
 const NS: &str = "threescale";
-
-const SECRETS: [&str; 13] = [
-    "system-smtp",
-    "system-seed",
-    "system-database",
-    "backend-internal-api",
-    "system-events-hook",
-    "system-app",
-    "system-recaptcha",
-    "system-redis",
-    "zync",
-    "system-master-apicast",
-    "backend-listener",
-    "backend-redis",
-    "system-memcache",
-];
-
-const CONFIGMAPS: [&str; 7] = [
-    "system-environment",
-    "apicast-environment",
-    "backend-environment",
-    "mysql-extra-conf",
-    "mysql-main-conf",
-    "redis-config",
-    "system",
-];
 
 /// Stand-ins for the tools in the 3scale images.
 fn stand_ins(dir: &Path) {

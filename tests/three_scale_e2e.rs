@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use common::kube::Kube;
 use common::kube_apps::{self, App, Manifest, PG_BIN, Workload};
-use common::lab::Lab;
+use common::lab::{Lab, events, runs};
+use common::three_scale::{CONFIGMAPS, SECRETS};
 use fake_kube::ResourceDef;
 use serde_json::{Value, json};
 
@@ -38,32 +39,6 @@ const NS: &str = "3scale";
 const OPERATOR: &str = "threescale-operator-controller-manager-v2";
 /// A run's own deadline in a test (servers start on empty claims, rollouts restart them).
 const RUN_WITHIN: Duration = Duration::from_secs(300);
-
-const SECRETS: [&str; 13] = [
-    "system-smtp",
-    "system-seed",
-    "system-database",
-    "backend-internal-api",
-    "system-events-hook",
-    "system-app",
-    "system-recaptcha",
-    "system-redis",
-    "zync",
-    "system-master-apicast",
-    "backend-listener",
-    "backend-redis",
-    "system-memcache",
-];
-
-const CONFIGMAPS: [&str; 7] = [
-    "system-environment",
-    "apicast-environment",
-    "backend-environment",
-    "mysql-extra-conf",
-    "mysql-main-conf",
-    "redis-config",
-    "system",
-];
 
 /// Workloads without a server, with their replicas.
 const STATELESS: [(&str, i64); 7] = [
@@ -807,40 +782,11 @@ fn runbook_file(name: &str) -> String {
 
 /// `runbook ARGS --state-dir STATE` in `lab` to its end, within [`RUN_WITHIN`].
 fn runbook(lab: &Lab, args: &[String]) -> std::process::Output {
-    common::runbook()
-        .current_dir(lab.tmp.path())
-        .env(common::lab::TAG_VAR, lab.tag_value())
-        .args(args)
-        .arg("--state-dir")
-        .arg(lab.state())
-        .timeout(RUN_WITHIN)
-        .output()
-        .unwrap()
+    common::lab::run_within(lab, args, RUN_WITHIN)
 }
 
 fn text(out: &std::process::Output) -> String {
     common::output_text(out)
-}
-
-fn runs(lab: &Lab) -> Vec<String> {
-    let mut ids: Vec<String> = std::fs::read_dir(lab.state().join("runs"))
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    ids.sort();
-    ids
-}
-
-/// Journal records of `event` for `step`.
-fn events(lab: &Lab, id: &str, event: &str, step: &str) -> usize {
-    std::fs::read_to_string(lab.journal(id))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == event && v["step"] == step)
-        .count()
 }
 
 /// Backs the installation up with the shipped runbook into `backup`; checks what the
@@ -966,20 +912,6 @@ fn three_scale_postgresql_with_deployments_backup_wipe_restore_brings_every_data
     round_trip(SystemDb::Postgresql, Workload::Deployment);
 }
 
-/// Live processes with an argument containing `text` (a command exec'd into a pod).
-fn processes_with_arg_containing(text: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(text))
-                && kube_apps::alive(*pid)
-        })
-        .collect()
-}
-
 /// Database loads that are not safe to repeat.
 const UNSAFE_TO_REPEAT: [&str; 2] = ["restore-system-mysql", "restore-zync-database"];
 
@@ -1037,8 +969,9 @@ fn three_scale_restore_killed_at_several_points_and_resumed_brings_every_data_se
     let _operator = install.operator();
     let at_once = || true;
     // the killed attempt's client is loading the dump in the system-mysql pod
-    let loading =
-        || !processes_with_arg_containing("mysql -hsystem-mysql -uroot system").is_empty();
+    let loading = || {
+        !kube_apps::processes_with_arg_containing("mysql -hsystem-mysql -uroot system").is_empty()
+    };
     let first = restore_args(&install, &backup);
     // MariaDB is installing itself on the empty claim
     let id = kill_in(&lab, &first, None, "wait-system-mysql", &at_once);

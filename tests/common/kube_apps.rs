@@ -829,3 +829,17 @@ pub fn processes_named(program: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Live processes with an argument containing `text` (a command exec'd into a pod).
+pub fn processes_with_arg_containing(text: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(text))
+                && alive(*pid)
+        })
+        .collect()
+}

@@ -408,3 +408,39 @@ pub fn status_of(status: &Value, step: &str) -> String {
         .unwrap_or("<none>")
         .to_owned()
 }
+
+/// The run ids in `lab`'s state dir, oldest first.
+pub fn runs(lab: &Lab) -> Vec<String> {
+    let mut ids: Vec<String> = fs::read_dir(lab.state().join("runs"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// How many journal records of run `id` are `event` for `step`.
+pub fn events(lab: &Lab, id: &str, event: &str, step: &str) -> usize {
+    fs::read_to_string(lab.journal(id))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == event && v["step"] == step)
+        .count()
+}
+
+/// `runbook ARGS --state-dir STATE` in `lab` to its end, within `patience`.
+pub fn run_within(lab: &Lab, args: &[String], patience: Duration) -> Output {
+    super::runbook()
+        .current_dir(lab.tmp.path())
+        .env(TAG_VAR, lab.tag_value())
+        .args(args)
+        .arg("--state-dir")
+        .arg(lab.state())
+        .timeout(patience)
+        .output()
+        .unwrap()
+}

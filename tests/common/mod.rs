@@ -71,6 +71,7 @@ pub mod plans;
 pub mod pty;
 pub mod scratch;
 pub mod services;
+pub mod three_scale;
 pub mod zfs;
 
 /// Standard base64 with padding (a Secret's `data` values).

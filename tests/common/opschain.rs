@@ -379,53 +379,11 @@ pub fn restore_args(kube: &Kube, db: &App, backup: &Path, extra: &[&str]) -> Vec
 
 /// `runbook ARGS --state-dir STATE` in `lab` to its end, within [`RUN_WITHIN`].
 pub fn runbook(lab: &Lab, args: &[String]) -> std::process::Output {
-    super::runbook()
-        .current_dir(lab.tmp.path())
-        .env(super::lab::TAG_VAR, lab.tag_value())
-        .args(args)
-        .arg("--state-dir")
-        .arg(lab.state())
-        .timeout(RUN_WITHIN)
-        .output()
-        .unwrap()
+    super::lab::run_within(lab, args, RUN_WITHIN)
 }
 
 pub fn text(out: &std::process::Output) -> String {
     super::output_text(out)
-}
-
-/// The run ids in `lab`'s state dir.
-pub fn runs(lab: &Lab) -> Vec<String> {
-    std::fs::read_dir(lab.state().join("runs"))
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Live processes with an argument containing `text` (a script exec'd into a pod).
-pub fn processes_with_arg_containing(text: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(text))
-                && kube_apps::alive(*pid)
-        })
-        .collect()
-}
-
-/// Journal records of `event` for `step`.
-pub fn events(lab: &Lab, id: &str, event: &str, step: &str) -> usize {
-    std::fs::read_to_string(lab.journal(id))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == event && v["step"] == step)
-        .count()
 }
 
 /// Whether the API runs at 2 replicas and the workers at 3, all ready.
