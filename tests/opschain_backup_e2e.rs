@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::kube::Kube;
 use common::kube_apps::{self, App, PG_BIN};
-use common::lab::{Lab, events, runs};
+use common::lab::{Lab, events, kill_in, runs};
 use common::opschain::{
     NS, Tables, assert_restored, backup_runbook, can_run, disaster, load_data, opschain,
     opschain_running, restore_args, runbook, tables, text,
@@ -287,33 +287,7 @@ fn killed_and_resumed(
     kill_now: impl Fn() -> bool,
     after_kill: impl FnOnce(),
 ) -> String {
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut proc = lab.spawn(&argv);
-    common::lab::wait_until(
-        &format!("the backup to start {step}"),
-        Duration::from_secs(120),
-        || {
-            runs(lab)
-                .first()
-                .is_some_and(|id| events(lab, id, "step_started", step) > 0)
-        },
-    );
-    common::lab::wait_until(
-        &format!("the moment to kill the backup in {step}"),
-        Duration::from_secs(60),
-        &kill_now,
-    );
-    assert!(
-        proc.kill9().is_none(),
-        "runbook ended before the kill in {step}: {}",
-        proc.describe()
-    );
-    let id = runs(lab).pop().unwrap();
-    assert_eq!(
-        events(lab, &id, "step_succeeded", step),
-        0,
-        "the kill came after {step} ended"
-    );
+    let id = kill_in(lab, Duration::from_secs(120), args, None, step, &kill_now);
     after_kill();
     let out = runbook(
         lab,

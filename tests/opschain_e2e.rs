@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::kube::Kube;
 use common::kube_apps::{App, PG_BIN, processes_with_arg_containing};
-use common::lab::{Lab, events, runs};
+use common::lab::{Lab, events, kill_in, runs};
 use common::opschain::{
     NS, Tables, assert_restored, can_run, disaster, load_data, opschain, restore_args, runbook,
     tables, text,
@@ -173,31 +173,7 @@ fn killed_and_resumed(
     step: &str,
     kill_now: impl Fn() -> bool,
 ) -> String {
-    let before = runs(lab);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut proc = lab.spawn(&argv);
-    let new_run = || runs(lab).into_iter().find(|id| !before.contains(id));
-    common::lab::wait_until(
-        &format!("the restore to start {step}"),
-        Duration::from_secs(120),
-        || new_run().is_some_and(|id| events(lab, &id, "step_started", step) > 0),
-    );
-    common::lab::wait_until(
-        &format!("the moment to kill the restore in {step}"),
-        Duration::from_secs(60),
-        &kill_now,
-    );
-    assert!(
-        proc.kill9().is_none(),
-        "runbook ended before the kill in {step}: {}",
-        proc.describe()
-    );
-    let id = new_run().unwrap();
-    assert_eq!(
-        events(lab, &id, "step_succeeded", step),
-        0,
-        "the kill came after {step} ended"
-    );
+    let id = kill_in(lab, Duration::from_secs(120), args, None, step, &kill_now);
     if step == "recover-files" {
         // the killed attempt goes on in the recovery pod (an exec'd command outlives its
         // client): the resumed one must wait for it (the runbook's flock)

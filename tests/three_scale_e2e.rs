@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use common::kube::Kube;
 use common::kube_apps::{self, App, Manifest, PG_BIN, Workload};
-use common::lab::{Lab, events, runs};
+use common::lab::{Lab, events, kill_in};
 use common::three_scale::{CONFIGMAPS, SECRETS};
 use fake_kube::ResourceDef;
 use serde_json::{Value, json};
@@ -915,50 +915,6 @@ fn three_scale_postgresql_with_deployments_backup_wipe_restore_brings_every_data
 /// Database loads that are not safe to repeat.
 const UNSAFE_TO_REPEAT: [&str; 2] = ["restore-system-mysql", "restore-zync-database"];
 
-/// Starts `args` in `lab` (a new run, or a resume of run `resumed`), SIGKILLs `runbook`
-/// once `step` started in this attempt and `kill_now()` holds; returns the run id.
-fn kill_in(
-    lab: &Lab,
-    args: &[String],
-    resumed: Option<&str>,
-    step: &str,
-    kill_now: &dyn Fn() -> bool,
-) -> String {
-    let before = runs(lab);
-    let started_before = resumed.map_or(0, |id| events(lab, id, "step_started", step));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut proc = lab.spawn(&argv);
-    let id = || {
-        resumed
-            .map(String::from)
-            .or_else(|| runs(lab).into_iter().find(|id| !before.contains(id)))
-    };
-    common::lab::wait_until(&format!("the restore to start {step}"), RUN_WITHIN, || {
-        if proc.exited() {
-            panic!("runbook ended before {step} started: {}", proc.describe());
-        }
-        id().is_some_and(|id| events(lab, &id, "step_started", step) > started_before)
-    });
-    common::lab::wait_until(
-        &format!("the moment to kill the restore in {step}"),
-        Duration::from_secs(60),
-        kill_now,
-    );
-    assert!(
-        proc.kill9().is_none(),
-        "runbook ended before the kill in {step}: {}",
-        proc.describe()
-    );
-    let id = id().unwrap();
-    assert_eq!(
-        events(lab, &id, "step_succeeded", step),
-        0,
-        "the kill came after {step} ended"
-    );
-    eprintln!("killed in {step}");
-    id
-}
-
 #[test]
 fn three_scale_restore_killed_at_several_points_and_resumed_brings_every_data_set_back() {
     if !can_run() {
@@ -974,7 +930,14 @@ fn three_scale_restore_killed_at_several_points_and_resumed_brings_every_data_se
     };
     let first = restore_args(&install, &backup);
     // MariaDB is installing itself on the empty claim
-    let id = kill_in(&lab, &first, None, "wait-system-mysql", &at_once);
+    let id = kill_in(
+        &lab,
+        RUN_WITHIN,
+        &first,
+        None,
+        "wait-system-mysql",
+        &at_once,
+    );
     let resume = |extra: &[&str]| {
         let mut args = vec!["resume".to_string(), id.clone()];
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -983,6 +946,7 @@ fn three_scale_restore_killed_at_several_points_and_resumed_brings_every_data_se
     };
     kill_in(
         &lab,
+        RUN_WITHIN,
         &resume(&[]),
         Some(&id),
         "restore-system-mysql",
@@ -1017,7 +981,7 @@ fn three_scale_restore_killed_at_several_points_and_resumed_brings_every_data_se
         let mut extra = vec![];
         decide(&mut extra);
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        kill_in(&lab, &resume(&extra), Some(&id), step, kill_now);
+        kill_in(&lab, RUN_WITHIN, &resume(&extra), Some(&id), step, kill_now);
     }
     let mut extra = vec![];
     decide(&mut extra);

@@ -444,3 +444,49 @@ pub fn run_within(lab: &Lab, args: &[String], patience: Duration) -> Output {
         .output()
         .unwrap()
 }
+
+/// Starts `args` in `lab` (a new run, or a resume of run `resumed`), SIGKILLs `runbook`
+/// once `step` started in this attempt (within `patience`) and `kill_now()` holds
+/// (within a minute); checks that `step` had not succeeded; returns the run id.
+pub fn kill_in(
+    lab: &Lab,
+    patience: Duration,
+    args: &[String],
+    resumed: Option<&str>,
+    step: &str,
+    kill_now: &dyn Fn() -> bool,
+) -> String {
+    let before = runs(lab);
+    let started_before = resumed.map_or(0, |id| events(lab, id, "step_started", step));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut proc = lab.spawn(&argv);
+    let id = || {
+        resumed
+            .map(String::from)
+            .or_else(|| runs(lab).into_iter().find(|id| !before.contains(id)))
+    };
+    wait_until(&format!("the run to start {step}"), patience, || {
+        if proc.exited() {
+            panic!("runbook ended before {step} started: {}", proc.describe());
+        }
+        id().is_some_and(|id| events(lab, &id, "step_started", step) > started_before)
+    });
+    wait_until(
+        &format!("the moment to kill the run in {step}"),
+        Duration::from_secs(60),
+        kill_now,
+    );
+    assert!(
+        proc.kill9().is_none(),
+        "runbook ended before the kill in {step}: {}",
+        proc.describe()
+    );
+    let id = id().unwrap();
+    assert_eq!(
+        events(lab, &id, "step_succeeded", step),
+        0,
+        "the kill came after {step} ended"
+    );
+    eprintln!("killed in {step}");
+    id
+}
