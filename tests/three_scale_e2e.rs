@@ -912,87 +912,90 @@ fn three_scale_postgresql_with_deployments_backup_wipe_restore_brings_every_data
     round_trip(SystemDb::Postgresql, Workload::Deployment);
 }
 
-/// Database loads that are not safe to repeat.
-const UNSAFE_TO_REPEAT: [&str; 2] = ["restore-system-mysql", "restore-zync-database"];
+/// A kill: the step, and the moment within it.
+type Kill<'a> = (&'a str, &'a dyn Fn() -> bool);
 
-#[test]
-fn three_scale_restore_killed_at_several_points_and_resumed_brings_every_data_set_back() {
-    if !can_run() {
-        return;
-    }
+/// Restores a wiped installation with `runbook` SIGKILLed at each of `kills` in turn: the
+/// first in the run, each next one in the resume after the previous kill; a last resume
+/// runs to the end. Before each resume the operator's decision is checked and made: a
+/// database load (`unsafe_loads`, `idempotent: false`) that a kill interrupted is not run
+/// again by a plain resume, which refuses naming it and `--rerun`; the resume is then
+/// given `--rerun` for it (the clients are stopped: nothing was written since, so the
+/// same dump is loaded again). Then everything must be the backup's, and each load must
+/// have run once plus once per rerun decided.
+fn killed_restore(database: SystemDb, kind: Workload, kills: &[Kill], unsafe_loads: [&str; 2]) {
     let started = Instant::now();
-    let (install, lab, backup, before) = scene(SystemDb::Mysql, Workload::DeploymentConfig);
+    let (install, lab, backup, before) = scene(database, kind);
     let _operator = install.operator();
-    let at_once = || true;
-    // the killed attempt's client is loading the dump in the system-mysql pod
-    let loading = || {
-        !kube_apps::processes_with_arg_containing("mysql -hsystem-mysql -uroot system").is_empty()
-    };
-    let first = restore_args(&install, &backup);
-    // MariaDB is installing itself on the empty claim
-    let id = kill_in(
-        &lab,
-        RUN_WITHIN,
-        &first,
-        None,
-        "wait-system-mysql",
-        &at_once,
-    );
-    let resume = |extra: &[&str]| {
-        let mut args = vec!["resume".to_string(), id.clone()];
-        args.extend(extra.iter().map(|s| s.to_string()));
+    let mut id: Option<String> = None;
+    let mut reruns: BTreeMap<&str, usize> = BTreeMap::new();
+    let resume_args = |id: &str, extra: &[String]| {
+        let mut args = vec!["resume".to_string(), id.to_string()];
+        args.extend(extra.iter().cloned());
         args.extend(install.kube.args());
         args
     };
-    kill_in(
-        &lab,
-        RUN_WITHIN,
-        &resume(&[]),
-        Some(&id),
-        "restore-system-mysql",
-        &loading,
-    );
-    // a load the kill interrupted is not repeated blindly: the resume asks
-    let out = runbook(&lab, &resume(&[]));
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let said = text(&out);
-    assert!(
-        said.contains("restore-system-mysql") && said.contains("--rerun"),
-        "{said}"
-    );
-    // the operator reloads the same dumps (the clients are stopped: nothing was written
-    // since); every later kill may interrupt a load again, and each resume decides again
-    let mut reruns: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut decide = |extra: &mut Vec<String>| {
-        let status = lab.status(&id);
-        for step in UNSAFE_TO_REPEAT {
-            if events(&lab, &id, "step_started", step) > 0
-                && common::lab::status_of(&status, step) != "succeeded"
-            {
-                extra.extend(["--rerun".to_string(), step.to_string()]);
-                *reruns.entry(step).or_default() += 1;
-            }
+    // the resume's decision after a kill: --rerun for each load it interrupted, once a
+    // plain resume has refused
+    let mut decide = |id: &str| -> Vec<String> {
+        let status = lab.status(id);
+        let interrupted: Vec<&str> = unsafe_loads
+            .into_iter()
+            .filter(|step| {
+                events(&lab, id, "step_started", step) > 0
+                    && common::lab::status_of(&status, step) != "succeeded"
+            })
+            .collect();
+        if interrupted.is_empty() {
+            return vec![];
         }
+        let out = runbook(&lab, &resume_args(id, &[]));
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let said = text(&out);
+        for step in &interrupted {
+            assert!(
+                said.contains(step) && said.contains("--rerun"),
+                "the refusal names {step}: {said}"
+            );
+            *reruns.entry(step).or_default() += 1;
+        }
+        interrupted
+            .iter()
+            .flat_map(|step| ["--rerun".to_string(), step.to_string()])
+            .collect()
     };
-    for (step, kill_now) in [
-        ("load-backend-redis-dump", &at_once as &dyn Fn() -> bool),
-        ("zync-resync-domains", &at_once),
-    ] {
-        let mut extra = vec![];
-        decide(&mut extra);
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        kill_in(&lab, RUN_WITHIN, &resume(&extra), Some(&id), step, kill_now);
+    for (step, kill_now) in kills {
+        id = Some(match &id {
+            None => kill_in(
+                &lab,
+                RUN_WITHIN,
+                &restore_args(&install, &backup),
+                None,
+                step,
+                kill_now,
+            ),
+            Some(id) => {
+                let extra = decide(id);
+                kill_in(
+                    &lab,
+                    RUN_WITHIN,
+                    &resume_args(id, &extra),
+                    Some(id),
+                    step,
+                    kill_now,
+                )
+            }
+        });
     }
-    let mut extra = vec![];
-    decide(&mut extra);
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let out = runbook(&lab, &resume(&extra));
+    let id = id.expect("at least one kill");
+    let extra = decide(&id);
+    let out = runbook(&lab, &resume_args(&id, &extra));
     assert_eq!(out.status.code(), Some(0), "last resume: {}", text(&out));
     assert_restored(&install, &before);
     let status = lab.status(&id);
     assert_eq!(status["state"], "succeeded", "{status:#}");
-    assert!(reruns.contains_key("restore-system-mysql"), "{reruns:?}");
-    for step in UNSAFE_TO_REPEAT {
+    assert!(!reruns.is_empty(), "no kill interrupted a load");
+    for step in unsafe_loads {
         let runs = events(&lab, &id, "step_started", step);
         let decided = reruns.get(step).copied().unwrap_or(0);
         assert_eq!(
@@ -1002,7 +1005,54 @@ fn three_scale_restore_killed_at_several_points_and_resumed_brings_every_data_se
         );
         assert_eq!(events(&lab, &id, "step_succeeded", step), 1, "{step}");
     }
-    eprintln!("reruns decided: {reruns:?}");
     assert!(install.resyncs() >= 1, "zync resync ran");
-    eprintln!("test {:?}", started.elapsed());
+    eprintln!("reruns decided: {reruns:?}; test {:?}", started.elapsed());
+}
+
+#[test]
+fn three_scale_mysql_restore_killed_at_four_points_and_resumed_brings_every_data_set_back() {
+    if !can_run() {
+        return;
+    }
+    let at_once = || true;
+    // the killed attempt's client is loading the dump in the system-mysql pod
+    let loading = || {
+        !kube_apps::processes_with_arg_containing("mysql -hsystem-mysql -uroot system").is_empty()
+    };
+    killed_restore(
+        SystemDb::Mysql,
+        Workload::DeploymentConfig,
+        &[
+            // MariaDB is installing itself on the empty claim
+            ("wait-system-mysql", &at_once),
+            ("restore-system-mysql", &loading),
+            // redis restarts on the uploaded dump
+            ("load-backend-redis-dump", &at_once),
+            // the stand-in rake task takes 2 s
+            ("zync-resync-domains", &at_once),
+        ],
+        ["restore-system-mysql", "restore-zync-database"],
+    );
+}
+
+#[test]
+fn three_scale_postgresql_restore_killed_at_four_points_and_resumed_brings_every_data_set_back() {
+    if !can_run() {
+        return;
+    }
+    let at_once = || true;
+    // a psql is loading a dump (system's or zync's: the same command)
+    let loading = || !kube_apps::processes_with_arg_containing("psql -d template1").is_empty();
+    killed_restore(
+        SystemDb::Postgresql,
+        Workload::Deployment,
+        &[
+            // PostgreSQL is initdb'ing the empty claim
+            ("wait-zync-database", &at_once),
+            ("restore-system-postgresql", &loading),
+            ("load-system-redis-dump", &at_once),
+            ("zync-resync-domains", &at_once),
+        ],
+        ["restore-system-postgresql", "restore-zync-database"],
+    );
 }
