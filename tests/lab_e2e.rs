@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::lab::*;
+use common::plans::{Graph, graph_of, precedes};
 use common::repo_root;
 use common::services::*;
 
@@ -878,44 +879,11 @@ fn lab_restore_markdown_plan_snapshot() {
     insta::assert_snapshot!(plan("runbooks/lab-restore.yaml", "markdown"));
 }
 
-/// The plan's graph as `step -> needs`, and the steps as JSON.
-fn graph(file: &str) -> (BTreeMap<String, Vec<String>>, Vec<Value>) {
-    let plan: Value = serde_json::from_str(&plan(file, "json")).unwrap();
-    let steps = plan["steps"].as_array().unwrap().clone();
-    let needs = steps
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().unwrap().to_owned(),
-                s["needs"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|n| n.as_str().unwrap().to_owned())
-                    .collect(),
-            )
-        })
-        .collect();
-    (needs, steps)
-}
-
-/// Whether `before` is upstream of `step` (reachable through needs).
-fn precedes(needs: &BTreeMap<String, Vec<String>>, before: &str, step: &str) -> bool {
-    assert!(needs.contains_key(before), "no step {before}");
-    assert!(needs.contains_key(step), "no step {step}");
-    let mut stack = vec![step.to_owned()];
-    let mut seen = std::collections::BTreeSet::new();
-    while let Some(s) = stack.pop() {
-        for n in &needs[&s] {
-            if n == before {
-                return true;
-            }
-            if seen.insert(n.clone()) {
-                stack.push(n.clone());
-            }
-        }
-    }
-    false
+/// The plan's graph, and the steps as JSON.
+fn graph(file: &str) -> (Graph, Vec<Value>) {
+    let json = plan(file, "json");
+    let plan: Value = serde_json::from_str(&json).unwrap();
+    (graph_of(&json), plan["steps"].as_array().unwrap().clone())
 }
 
 /// The order the restore demands: the manifest is checked before every

@@ -27,7 +27,12 @@ pub fn plan(file: &str, format: &str, params: &[&str]) -> String {
 
 /// The plan's graph.
 pub fn graph(file: &str, params: &[&str]) -> Graph {
-    let plan: Value = serde_json::from_str(&self::plan(file, "json", params)).unwrap();
+    graph_of(&self::plan(file, "json", params))
+}
+
+/// The graph of a plan rendered with `-o json`.
+pub fn graph_of(plan_json: &str) -> Graph {
+    let plan: Value = serde_json::from_str(plan_json).unwrap();
     plan["steps"]
         .as_array()
         .unwrap()
