@@ -252,6 +252,9 @@ pub fn opschain(kube: &Kube) -> App {
     let db = opschain_db();
     let port = db.port.to_string();
     kube.cluster.image_env(IMAGE_PREFIX, &[("PGPORT", &port)]);
+    // the backup helper's init container chowns what the image has there
+    kube.cluster
+        .image_dirs(IMAGE_PREFIX, &["/var/lib/postgresql"]);
     for s in [
         secret(&format!("{DB}-ca"), &[("ca.crt", &certs.ca_crt)]),
         secret(

@@ -67,6 +67,10 @@ pub struct ExecConfig {
     /// pod's container whose `image` starts with the prefix gets them before its own `env`
     /// (which wins), in its process and in what is exec'd in it.
     pub image_env: Vec<(String, Vec<(String, String)>)>,
+    /// Directories an image has (say /var/lib/postgresql), by image prefix: made in the
+    /// pod's own filesystem (/var, /opt, ...) before such a container (or init container)
+    /// starts.
+    pub image_dirs: Vec<(String, Vec<PathBuf>)>,
 }
 
 impl Default for ExecConfig {
@@ -85,6 +89,7 @@ impl Default for ExecConfig {
             fault_times: None,
             sessions: 0,
             image_env: Vec::new(),
+            image_dirs: Vec::new(),
         }
     }
 }

@@ -36,13 +36,18 @@ pub const DEFAULT_GRACE_SECONDS: u64 = 30;
 
 const PODS: &str = "/pods";
 
-/// Whether any container of `pod` has a `command`: only such pods get processes.
+/// Whether any container (or init container) of `pod` has a `command`: only such pods
+/// get processes.
 pub fn runs_processes(pod: &Value) -> bool {
-    pod.pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["command"].as_array().is_some_and(|a| !a.is_empty()))
+    ["/spec/containers", "/spec/initContainers"]
+        .iter()
+        .any(|list| {
+            pod.pointer(list)
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["command"].as_array().is_some_and(|a| !a.is_empty()))
+                })
         })
 }
 
@@ -86,6 +91,8 @@ struct PodRun {
     started_at: String,
     volumes: Option<PodVolumes>,
     pending: Option<Waiting>,
+    /// `initContainers`, run one after the other to completion before `containers`.
+    init: Vec<ContainerRun>,
     containers: Vec<ContainerRun>,
     termination: Option<Termination>,
     /// type -> (status, lastTransitionTime)
@@ -115,6 +122,67 @@ struct ContainerRun {
     probe_due: Option<Instant>,
     probe_inflight: bool,
     probe_failures: u64,
+}
+
+impl ContainerRun {
+    fn new(c: &Value, now: Instant) -> ContainerRun {
+        ContainerRun {
+            name: c["name"].as_str().unwrap_or("").to_string(),
+            spec: c.clone(),
+            idle: c["command"].as_array().is_none_or(|a| a.is_empty()),
+            child: None,
+            pid: None,
+            sandbox: None,
+            started_at: None,
+            started: None,
+            ever_started: false,
+            restarts: 0,
+            backoff_step: 0,
+            last: None,
+            finished: None,
+            waiting: Some(Waiting {
+                reason: "ContainerCreating",
+                message: String::new(),
+            }),
+            next_start: Some(now),
+            ready: false,
+            probe_due: None,
+            probe_inflight: false,
+            probe_failures: 0,
+        }
+    }
+
+    /// An init container that has run to completion (exit 0), or has nothing to run.
+    fn completed(&self) -> bool {
+        self.idle
+            || self
+                .finished
+                .as_ref()
+                .and_then(|f| f.pointer("/terminated/exitCode"))
+                .and_then(Value::as_i64)
+                == Some(0)
+    }
+
+    /// An init container that failed for good (`restartPolicy: Never`).
+    fn failed(&self) -> bool {
+        self.finished.is_some() && !self.completed()
+    }
+}
+
+impl PodRun {
+    /// Every container, init containers first.
+    fn all(&self) -> impl Iterator<Item = &ContainerRun> {
+        self.init.iter().chain(self.containers.iter())
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut ContainerRun> {
+        self.init.iter_mut().chain(self.containers.iter_mut())
+    }
+
+    /// Whether every init container has completed: the containers may start.
+    fn initialized(&self) -> bool {
+        self.init.iter().all(ContainerRun::completed)
+    }
 }
 
 impl KubeletState {
@@ -163,12 +231,21 @@ impl KubeletState {
         Some(mount.source.join(rest))
     }
 
+    /// The host directory of volume `volume` of pod `namespace/name` once its volumes
+    /// are prepared (the pod is being started by the kubelet), else `None`.
+    pub fn volume_dir(&self, namespace: &str, name: &str, volume: &str) -> Option<PathBuf> {
+        self.pods
+            .values()
+            .filter(|r| r.namespace == namespace && r.name == name && r.termination.is_none())
+            .find_map(|r| r.volumes.as_ref()?.dirs.get(volume).cloned())
+    }
+
     /// The pid (and process group) of the live process of a container.
     pub fn pid(&self, namespace: &str, pod: &str, container: &str) -> Option<u32> {
         self.pods
             .values()
             .filter(|r| r.namespace == namespace && r.name == pod)
-            .flat_map(|r| r.containers.iter())
+            .flat_map(|r| r.all())
             .find(|c| c.name == container && c.child.is_some())
             .and_then(|c| c.pid)
     }
@@ -177,7 +254,7 @@ impl KubeletState {
     pub fn pids(&self) -> Vec<u32> {
         self.pods
             .values()
-            .flat_map(|r| r.containers.iter())
+            .flat_map(|r| r.all())
             .filter(|c| c.child.is_some())
             .filter_map(|c| c.pid)
             .collect()
@@ -219,7 +296,7 @@ impl KubeletState {
             self.kill_execs(&uid);
         }
         for run in self.pods.values_mut() {
-            for c in &mut run.containers {
+            for c in run.all_mut() {
                 if let Some(mut child) = c.child.take() {
                     signal_group(child.id(), libc::SIGKILL);
                     let _ = child.kill();
@@ -307,13 +384,13 @@ fn put(shared: &Shared, st: &mut Store, key: &str, mut obj: Value, kind: &'stati
 }
 
 fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
-    let (root, pod_paths, isolate, path_var, image_env) = match shared.exec.lock() {
+    let (root, pod_paths, isolate, path_var, image) = match shared.exec.lock() {
         Ok(e) => (
             e.root.clone(),
             e.mounts.clone(),
             e.isolate,
             e.path.clone(),
-            e.image_env.clone(),
+            (e.image_env.clone(), e.image_dirs.clone()),
         ),
         Err(_) => return,
     };
@@ -342,35 +419,15 @@ fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
         if kl.pods.contains_key(uid) || p.pointer("/metadata/deletionTimestamp").is_some() {
             continue;
         }
-        let containers = p["spec"]["containers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| ContainerRun {
-                name: c["name"].as_str().unwrap_or("").to_string(),
-                spec: c.clone(),
-                idle: c["command"].as_array().is_none_or(|a| a.is_empty()),
-                child: None,
-                pid: None,
-                sandbox: None,
-                started_at: None,
-                started: None,
-                ever_started: false,
-                restarts: 0,
-                backoff_step: 0,
-                last: None,
-                finished: None,
-                waiting: Some(Waiting {
-                    reason: "ContainerCreating",
-                    message: String::new(),
-                }),
-                next_start: Some(now),
-                ready: false,
-                probe_due: None,
-                probe_inflight: false,
-                probe_failures: 0,
-            })
-            .collect();
+        let runs = |list: &str| -> Vec<ContainerRun> {
+            p["spec"][list]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| ContainerRun::new(c, now))
+                .collect()
+        };
+        let (init, containers) = (runs("initContainers"), runs("containers"));
         kl.pods.insert(
             uid.to_string(),
             PodRun {
@@ -380,6 +437,7 @@ fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
                 started_at: now_rfc3339(),
                 volumes: None,
                 pending: None,
+                init,
                 containers,
                 termination: None,
                 conditions: HashMap::new(),
@@ -402,7 +460,7 @@ fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
         if let Some(grace) = deleting
             && run.termination.is_none()
         {
-            for c in &mut run.containers {
+            for c in run.all_mut() {
                 c.next_start = None;
                 if let Some(child) = &c.child {
                     signal_group(
@@ -425,7 +483,7 @@ fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
             && now >= t.deadline
         {
             t.killed = true;
-            for c in &run.containers {
+            for c in run.init.iter().chain(run.containers.iter()) {
                 if let Some(child) = &c.child {
                     signal_group(child.id(), libc::SIGKILL);
                 }
@@ -450,6 +508,24 @@ fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
             .unwrap_or("Always")
             .to_string();
         let terminating = run.termination.is_some();
+        // init containers run to completion: retried on failure unless the pod's policy
+        // is Never
+        let init_policy = if policy == "Never" {
+            "Never"
+        } else {
+            "OnFailure"
+        };
+        for c in &mut run.init {
+            reap(
+                c,
+                init_policy,
+                terminating,
+                now,
+                &run.name,
+                &run.namespace,
+                &uid,
+            );
+        }
         for c in &mut run.containers {
             reap(
                 c,
@@ -465,8 +541,18 @@ fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
             && !terminating
         {
             let pod = stored.cloned().unwrap_or_else(|| run.pod.clone());
-            for i in 0..run.containers.len() {
-                let c = &mut run.containers[i];
+            // the first init container not yet completed, alone; then the containers
+            let targets: Vec<(bool, usize)> = match run.init.iter().position(|c| !c.completed()) {
+                Some(i) if run.init[i].failed() => vec![],
+                Some(i) => vec![(true, i)],
+                None => (0..run.containers.len()).map(|i| (false, i)).collect(),
+            };
+            for (is_init, i) in targets {
+                let c = if is_init {
+                    &mut run.init[i]
+                } else {
+                    &mut run.containers[i]
+                };
                 let due = !c.idle && c.next_start.is_some_and(|t| now >= t);
                 // an idle container (no command) is set up once, whatever the outcome
                 if (c.sandbox.is_none() && !(c.idle && c.ever_started)) || due {
@@ -476,7 +562,7 @@ fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
                         &c.spec,
                         &vols,
                         (&root, &pod_paths, isolate),
-                        &image_env,
+                        &image,
                     );
                     match built {
                         Ok(sb) => {
@@ -526,7 +612,7 @@ fn tick(shared: &Arc<Shared>, weak: &Weak<Shared>) {
                 probe(c, weak, &uid, now);
             }
         }
-        if terminating && run.containers.iter().all(|c| c.child.is_none()) {
+        if terminating && run.all().all(|c| c.child.is_none()) {
             finished.push(uid.clone());
             continue;
         }
@@ -586,17 +672,41 @@ fn bind_claim(shared: &Shared, st: &mut Store, ns: &str, claim: &str) {
     put(shared, st, "/persistentvolumeclaims", pvc, "MODIFIED");
 }
 
+/// What the fake knows of images: their variables and directories, by image prefix.
+type ImageStandIn = (
+    Vec<(String, Vec<(String, String)>)>,
+    Vec<(String, Vec<PathBuf>)>,
+);
+
 fn build_sandbox(
     st: &Store,
     pod: &Value,
     container: &Value,
     volumes: &PodVolumes,
     (root, pod_paths, isolate): (&Path, &[PathBuf], bool),
-    image_env: &[(String, Vec<(String, String)>)],
+    (image_env, image_dirs): &ImageStandIn,
 ) -> Result<Sandbox, Waiting> {
     let own = sandbox::resolve_env(st, pod, container)?;
     // the image's variables first: the container's own win (later entries do)
     let image = container["image"].as_str().unwrap_or("");
+    // the image's directories, in the pod's own filesystem
+    for dir in image_dirs
+        .iter()
+        .filter(|(prefix, _)| image.starts_with(prefix.as_str()))
+        .flat_map(|(_, dirs)| dirs.iter())
+    {
+        if let Some(mount) = pod_paths.iter().find(|m| dir.starts_with(m))
+            && let Ok(rest) = dir.strip_prefix(mount)
+        {
+            let own_dir = crate::exec::pod_dir(
+                root,
+                str_at(pod, "/metadata/namespace"),
+                str_at(pod, "/metadata/name"),
+                mount,
+            );
+            let _ = std::fs::create_dir_all(own_dir.join(rest));
+        }
+    }
     let mut env: Vec<(String, String)> = image_env
         .iter()
         .filter(|(prefix, _)| image.starts_with(prefix.as_str()))
@@ -920,12 +1030,15 @@ fn pod_status(run: &mut PodRun, stored: &Value) -> Value {
         .as_ref()
         .filter(|w| w.reason == "Unschedulable")
         .cloned();
-    let mut statuses = Vec::new();
-    for c in &run.containers {
+    let initialized = run.initialized();
+    let init_failed = run.init.iter().any(ContainerRun::failed);
+    let status_of = |c: &ContainerRun, held: bool| {
         let state = if c.child.is_some() || (c.idle && c.ever_started) {
             json!({"running": {"startedAt": c.started_at}})
         } else if let Some(f) = &c.finished {
             f.clone()
+        } else if held {
+            json!({"waiting": {"reason": "PodInitializing"}})
         } else {
             let w = run.pending.as_ref().or(c.waiting.as_ref());
             let (reason, message) = w
@@ -948,7 +1061,7 @@ fn pod_status(run: &mut PodRun, stored: &Value) -> Value {
             "name": c.name,
             "image": c.spec["image"],
             "imageID": "",
-            "ready": c.ready && (c.child.is_some() || c.idle),
+            "ready": c.ready && (c.child.is_some() || c.idle) && !held,
             "started": c.child.is_some() || (c.idle && c.ever_started),
             "restartCount": c.restarts,
             "state": state,
@@ -957,8 +1070,21 @@ fn pod_status(run: &mut PodRun, stored: &Value) -> Value {
         if let Some(pid) = c.pid {
             s["containerID"] = json!(format!("fake://{pid}"));
         }
-        statuses.push(s);
-    }
+        s
+    };
+    // an init container not reached yet waits as PodInitializing; so do the containers
+    let first_open = run.init.iter().position(|c| !c.completed());
+    let init_statuses: Vec<Value> = run
+        .init
+        .iter()
+        .enumerate()
+        .map(|(i, c)| status_of(c, first_open.is_some_and(|f| i > f)))
+        .collect();
+    let statuses: Vec<Value> = run
+        .containers
+        .iter()
+        .map(|c| status_of(c, !initialized))
+        .collect();
     let all_ready = !run.containers.is_empty()
         && run
             .containers
@@ -968,21 +1094,28 @@ fn pod_status(run: &mut PodRun, stored: &Value) -> Value {
         .containers
         .iter()
         .all(|c| c.finished.is_some() || c.idle);
-    let phase =
-        if run.pending.is_some() || !run.containers.iter().any(|c| c.ever_started && !c.idle) {
-            "Pending"
-        } else if done && run.containers.iter().any(|c| !c.idle) {
-            let failed = run.containers.iter().any(|c| {
-                c.finished
-                    .as_ref()
-                    .and_then(|f| f.pointer("/terminated/exitCode"))
-                    .and_then(Value::as_i64)
-                    .is_some_and(|code| code != 0)
-            });
-            if failed { "Failed" } else { "Succeeded" }
-        } else {
-            "Running"
-        };
+    let phase = if init_failed {
+        "Failed"
+    } else if run.pending.is_some()
+        || !initialized
+        || !run.containers.iter().any(|c| c.ever_started)
+        || (!run.containers.iter().any(|c| c.ever_started && !c.idle)
+            && run.containers.iter().any(|c| !c.idle))
+    {
+        "Pending"
+    } else if done && run.containers.iter().any(|c| !c.idle) {
+        let failed = run.containers.iter().any(|c| {
+            c.finished
+                .as_ref()
+                .and_then(|f| f.pointer("/terminated/exitCode"))
+                .and_then(Value::as_i64)
+                .is_some_and(|code| code != 0)
+        });
+        if failed { "Failed" } else { "Succeeded" }
+    } else {
+        "Running"
+    };
+    let all_ready = all_ready && initialized;
     let ready = all_ready && !deleting;
     let scheduled = condition(
         run,
@@ -992,7 +1125,7 @@ fn pod_status(run: &mut PodRun, stored: &Value) -> Value {
     );
     let mut conditions = vec![scheduled];
     if unschedulable.is_none() {
-        conditions.insert(0, condition(run, "Initialized", true, None));
+        conditions.insert(0, condition(run, "Initialized", initialized, None));
         conditions.insert(1, condition(run, "Ready", ready, None));
         conditions.insert(2, condition(run, "ContainersReady", all_ready, None));
     }
@@ -1007,6 +1140,9 @@ fn pod_status(run: &mut PodRun, stored: &Value) -> Value {
         status["podIPs"] = json!([{"ip": "127.0.0.1"}]);
         status["startTime"] = json!(run.started_at);
         status["containerStatuses"] = json!(statuses);
+        if !run.init.is_empty() {
+            status["initContainerStatuses"] = json!(init_statuses);
+        }
     }
     status
 }

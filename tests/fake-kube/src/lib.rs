@@ -279,6 +279,21 @@ impl ClusterHandle {
         }
     }
 
+    /// Directories the image has (its filesystem's, e.g. `/var/lib/postgresql` in
+    /// limepoint/opschain-db) for every container whose `image` starts with
+    /// `image_prefix`: made (empty, owned by root) in the pod's own /var, /opt, /home,
+    /// /root or /tmp before the container or init container starts, since pods start
+    /// with those empty. Calling it again for a prefix replaces that prefix's directories.
+    pub fn image_dirs(&self, image_prefix: &str, dirs: &[&str]) {
+        if let Ok(mut e) = self.shared.exec.lock() {
+            e.image_dirs.retain(|(p, _)| p != image_prefix);
+            e.image_dirs.push((
+                image_prefix.to_string(),
+                dirs.iter().map(std::path::PathBuf::from).collect(),
+            ));
+        }
+    }
+
     /// Variables the image would set (its Dockerfile's `ENV`) for every container whose
     /// `image` starts with `image_prefix` (say `limepoint/opschain-db:`), in pods that run
     /// processes: they come before the container's own `env`, which wins, and apply to its
@@ -377,6 +392,22 @@ impl ClusterHandle {
             .lock()
             .map(|e| e.root.clone())
             .unwrap_or_default()
+    }
+
+    /// The host directory of volume `volume` (by its name in `spec.volumes`) of a pod the
+    /// kubelet runs, once its volumes are prepared (a claim's directory, the pod's own
+    /// emptyDir, ...); `None` before that, or for a pod without processes.
+    pub fn pod_volume_dir(
+        &self,
+        namespace: &str,
+        name: &str,
+        volume: &str,
+    ) -> Option<std::path::PathBuf> {
+        self.shared
+            .kubelet
+            .lock()
+            .ok()?
+            .volume_dir(namespace, name, volume)
     }
 
     /// The host path that `path` (absolute, e.g. `/var/lib/redis/data`) is inside pod

@@ -562,3 +562,76 @@ async fn ready_only_once_the_readiness_probe_passes() {
     })
     .await;
 }
+
+/// `initContainers` run one after the other, each to completion, before the containers
+/// start: meanwhile the pod is Pending, `Initialized` False, the containers waiting as
+/// `PodInitializing`, and nothing can be exec'd into them. A failed init container is
+/// retried; with `restartPolicy: Never` it fails the pod, and the containers never start.
+#[tokio::test]
+async fn init_containers_run_to_completion_before_the_containers() {
+    require_root();
+    let cluster = FakeCluster::start().await.expect("start");
+    bounded(async {
+        create(&cluster, "pods", json!({"metadata": {"name": "gated"}, "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "work", "emptyDir": {}}],
+            "initContainers": [
+                {"name": "first", "image": "x", "command": ["sh", "-c", "echo first >> /work/order"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                // fails once, then waits for a file the test writes, as Velero's restore-wait does
+                {"name": "wait", "image": "x", "command": ["sh", "-c",
+                    "if [ ! -e /work/tried ]; then touch /work/tried; exit 3; fi; until [ -e /work/go ]; do sleep 0.1; done; echo wait >> /work/order"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+            "containers": [
+                {"name": "main", "image": "x", "command": ["sh", "-c", "echo main >> /work/order; exec sleep infinity"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]}]}})).await;
+        let waiting = wait_pod(&cluster, "gated", "the second init container to run again", |p| {
+            let second = &p["status"]["initContainerStatuses"][1];
+            second["state"]["running"].is_object() && second["restartCount"] == 1
+        })
+        .await;
+        let status = &waiting["status"];
+        assert_eq!(status["phase"], "Pending", "{status:#}");
+        let initialized = status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Initialized").cloned())
+            .expect("Initialized condition");
+        assert_eq!(initialized["status"], "False");
+        assert_eq!(
+            status["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+            "Completed"
+        );
+        assert_eq!(
+            status["initContainerStatuses"][1]["lastState"]["terminated"]["exitCode"],
+            3
+        );
+        assert_eq!(
+            status["containerStatuses"][0]["state"]["waiting"]["reason"],
+            "PodInitializing"
+        );
+        assert!(cluster.container_pid("default", "gated", "main").is_none());
+        let work = cluster
+            .pod_volume_dir("default", "gated", "work")
+            .expect("the emptyDir is prepared");
+        assert_eq!(std::fs::read_to_string(work.join("order")).unwrap(), "first\n");
+        std::fs::write(work.join("go"), "").unwrap();
+        wait_pod(&cluster, "gated", "Ready", ready).await;
+        assert_eq!(
+            std::fs::read_to_string(work.join("order")).unwrap(),
+            "first\nwait\nmain\n"
+        );
+
+        // restartPolicy Never: a failed init container fails the pod
+        create(&cluster, "pods", json!({"metadata": {"name": "doomed"}, "spec": {
+            "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+            "initContainers": [{"name": "check", "image": "x", "command": ["sh", "-c", "exit 7"]}],
+            "containers": [{"name": "main", "image": "x", "command": ["sleep", "infinity"]}]}})).await;
+        let failed = wait_pod(&cluster, "doomed", "Failed", |p| p["status"]["phase"] == "Failed").await;
+        assert_eq!(
+            failed["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+            7
+        );
+        assert!(cluster.container_pid("default", "doomed", "main").is_none());
+    })
+    .await;
+}
