@@ -11,6 +11,7 @@ use common::output_text as text;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::kube::Kube;
 use common::scratch::Scratch;
@@ -270,6 +271,116 @@ fn velero_backup_and_restore_bring_back_every_file_of_the_pods_volumes() {
     assert_eq!(
         pod["metadata"]["annotations"]["backup.velero.io/backup-volumes"], "data,uploads",
         "the failed run must not annotate the pod"
+    );
+}
+
+/// A pod that runs a server: Redis with its data on a claim. Velero restores the pod
+/// with its `restore-wait` init container first, so Redis starts only once restic has put
+/// dump.rdb back, and loads it (without that hold it would start empty, and the file
+/// restored under it would be overwritten at its next save).
+#[test]
+fn a_restored_server_pod_starts_only_once_its_volume_is_back() {
+    if !can_run() {
+        return;
+    }
+    common::kube_apps::require("redis-server", "redis-server");
+    let lab = lab();
+    let port = common::kube_apps::free_port();
+    lab.kube
+        .cluster
+        .upsert(
+            "",
+            "persistentvolumeclaims",
+            NS,
+            json!({"metadata": {"name": "cache-data"}, "spec": {"accessModes": ["ReadWriteOnce"]}}),
+        )
+        .unwrap();
+    lab.kube
+        .cluster
+        .upsert(
+            "",
+            "pods",
+            NS,
+            json!({"metadata": {"name": "cache", "labels": {"app": "cache"}},
+                "spec": {"terminationGracePeriodSeconds": 5,
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "cache-data"}}],
+                    "containers": [{"name": "redis", "image": "redis",
+                        "command": ["redis-server", "--port", port.to_string(), "--bind", "127.0.0.1",
+                            "--dir", "/data", "--save", "", "--appendonly", "no"],
+                        "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 1},
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}}),
+        )
+        .unwrap();
+    let redis = common::services::RedisEndpoint {
+        port,
+        password: None,
+    };
+    let ready = || {
+        lab.kube.get("", "pods", NS, "cache").is_some_and(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+    };
+    common::lab::wait_until("redis to be ready", Duration::from_secs(30), ready);
+    let fill = "for i = 1, 5000 do redis.call('SET', 'key:' .. i, string.rep('v', i % 97)) \
+        if i % 10 == 0 then redis.call('HSET', 'hash:' .. i, 'a', i, 'b', 'x') end end return 1";
+    redis.cmd(&[b"EVAL", fill.as_bytes(), b"0"]);
+    // what a pre-backup hook would do: the dump on the volume is current
+    assert_eq!(redis.cmd(&[b"SAVE"]).text(), "OK");
+    let before = redis.fingerprint();
+    assert_eq!(before.len(), 5500);
+
+    let mut args: Vec<String> = [
+        format!("namespace={NS}"),
+        "pod=cache".into(),
+        "volumes=data".into(),
+        "backup_name=cache-1".into(),
+    ]
+    .into_iter()
+    .flat_map(|p| ["-p".to_string(), p])
+    .collect();
+    args.extend(kube_args(&lab.kube));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.s.run(&backup_runbook(), &argv);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // disaster: the pod and its data are gone
+    assert!(lab.kube.cluster.remove("", "pods", NS, "cache"));
+    common::lab::wait_until("redis to stop", Duration::from_secs(30), || {
+        lab.kube
+            .cluster
+            .container_pid(NS, "cache", "redis")
+            .is_none()
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
+    let claim = lab.kube.cluster.pvc_dir(NS, "cache-data");
+    for entry in std::fs::read_dir(&claim).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+
+    let out = restore(&lab, "cache-1", "cache-1-restore", "data");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    common::lab::wait_until(
+        "the restored redis to be ready",
+        Duration::from_secs(30),
+        ready,
+    );
+    let after = redis.fingerprint();
+    assert!(
+        after == before,
+        "redis did not load the restored dump: {} keys of {}",
+        after.len(),
+        before.len()
+    );
+    let pod = lab.kube.get("", "pods", NS, "cache").unwrap();
+    let wait = &pod["status"]["initContainerStatuses"][0];
+    assert_eq!(wait["name"], "restore-wait", "{pod:#}");
+    assert_eq!(wait["state"]["terminated"]["exitCode"], 0, "{pod:#}");
+    assert!(
+        !claim.join(".velero").exists(),
+        "restore-wait removes its markers"
     );
 }
 

@@ -16,9 +16,14 @@
 //! then restores each volume of the pods it created with `restic restore`, recording a
 //! PodVolumeRestore, and ends `Completed` or `PartiallyFailed`.
 //!
+//! A restored pod whose containers run processes gets Velero's `restore-wait` init
+//! container first (mounting each volume to restore at `/restores/<volume>`, waiting for
+//! `.velero/<restore uid>` in each): its containers start only once restic has put the
+//! volumes back and the stand-in has written that file, as with Velero. (Pods without
+//! processes are objects only: nothing to hold.)
+//!
 //! Not modelled: backup hooks, label selectors and resource filters, TTL expiry, plugins,
-//! volume snapshots, the init container that holds a restored pod until its volumes are
-//! back (the pod may start before its data is restored).
+//! volume snapshots.
 
 use crate::ClusterHandle;
 use crate::catalog::ResourceDef;
@@ -571,7 +576,20 @@ fn run_restore(handle: &ClusterHandle, options: &VeleroOptions, restore: Value) 
             warnings += 1;
             continue;
         }
-        let fresh = restorable(obj.clone(), &backup_name, &name);
+        let mut fresh = restorable(obj.clone(), &backup_name, &name);
+        if plural == "pods" && crate::kubelet::runs_processes(&fresh) {
+            let volumes: Vec<&str> = volume_backups
+                .iter()
+                .filter(|pvb| {
+                    text(pvb, "/spec/pod/namespace") == obj_ns
+                        && text(pvb, "/spec/pod/name") == obj_name
+                        && text(pvb, "/status/phase") == "Completed"
+                        && !text(pvb, "/status/snapshotID").is_empty()
+                })
+                .map(|pvb| text(pvb, "/spec/volume"))
+                .collect();
+            add_restore_wait(&mut fresh, &volumes, text(&restore, "/metadata/uid"));
+        }
         match handle.upsert(group, plural, obj_ns, fresh) {
             Some(created) if plural == "pods" => created_pods.push(created),
             Some(_) => {}
@@ -618,6 +636,54 @@ fn run_restore(handle: &ClusterHandle, options: &VeleroOptions, restore: Value) 
     );
 }
 
+/// Velero's `restore-wait` init container, first in the pod: it mounts each volume to
+/// restore at `/restores/<volume>` and waits until `.velero/<restore uid>` exists in each
+/// (the stand-in writes it after `restic restore`), then removes those markers.
+fn add_restore_wait(pod: &mut Value, volumes: &[&str], restore_uid: &str) {
+    if volumes.is_empty() {
+        return;
+    }
+    let mounts: Vec<Value> = volumes
+        .iter()
+        .map(|v| json!({"name": v, "mountPath": format!("/restores/{v}")}))
+        .collect();
+    let wait = json!({
+        "name": "restore-wait",
+        "image": "velero/velero-restore-helper",
+        "command": ["sh", "-c",
+            "for d in /restores/*/; do until [ -e \"$d.velero/$0\" ]; do sleep 0.1; done; done; \
+             rm -rf /restores/*/.velero || true",
+            restore_uid],
+        "volumeMounts": mounts,
+    });
+    let spec = &mut pod["spec"];
+    let mut init = spec["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    init.insert(0, wait);
+    spec["initContainers"] = Value::Array(init);
+}
+
+/// Waits (up to 30 s) until the kubelet has prepared `pod`'s volumes, for a pod it runs;
+/// `None` for a pod without processes or when it does not come.
+fn prepared_volume(handle: &ClusterHandle, pod: &Value, volume: &str) -> Option<PathBuf> {
+    if !crate::kubelet::runs_processes(pod) {
+        return None;
+    }
+    let (ns, name) = (text(pod, "/metadata/namespace"), name_of(pod));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(dir) = handle.pod_volume_dir(ns, &name, volume) {
+            return Some(dir);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn restore_volume(
     handle: &ClusterHandle,
     options: &VeleroOptions,
@@ -631,11 +697,20 @@ fn restore_volume(
     let pod_ns = text(pod, "/metadata/namespace");
     let repo = repo_dir(options, pod_ns);
     let started = now_rfc3339();
-    let outcome = volume_dir(handle, pod, volume).and_then(|dir| {
+    let dir = match prepared_volume(handle, pod, volume) {
+        Some(dir) => Ok(dir),
+        None => volume_dir(handle, pod, volume),
+    };
+    let outcome = dir.and_then(|dir| {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut command = restic(&repo);
         command.args(["restore", snapshot, "--target"]).arg(&dir);
-        run_restic(command).map(|_| ())
+        run_restic(command)?;
+        // what restore-wait waits for
+        let done = dir.join(".velero");
+        std::fs::create_dir_all(&done)
+            .and_then(|_| std::fs::write(done.join(text(restore, "/metadata/uid")), ""))
+            .map_err(|e| format!("{}: {e}", done.display()))
     });
     let status = match outcome {
         Ok(()) => json!({
