@@ -697,7 +697,11 @@ fn restore_volume(
     let pod_ns = text(pod, "/metadata/namespace");
     let repo = repo_dir(options, pod_ns);
     let started = now_rfc3339();
-    let dir = match prepared_volume(handle, pod, volume) {
+    // a pod the kubelet runs waits in restore-wait for the marker; others have no helper
+    // to remove it
+    let prepared = prepared_volume(handle, pod, volume);
+    let held = prepared.is_some();
+    let dir = match prepared {
         Some(dir) => Ok(dir),
         None => volume_dir(handle, pod, volume),
     };
@@ -706,6 +710,9 @@ fn restore_volume(
         let mut command = restic(&repo);
         command.args(["restore", snapshot, "--target"]).arg(&dir);
         run_restic(command)?;
+        if !held {
+            return Ok(());
+        }
         // what restore-wait waits for
         let done = dir.join(".velero");
         std::fs::create_dir_all(&done)
