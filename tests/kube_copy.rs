@@ -4,7 +4,12 @@
 //! that would escape the destination refused by name; `delete` swapping in
 //! only a complete copy; an image without tar; 403 and retried 500s; a
 //! large file resumed from its last verified chunk after a cut stream and
-//! after SIGKILL + resume.
+//! after SIGKILL + resume. `delete` into a volume's mount point (staged
+//! inside it): odd names and links out of the volume (removed, not
+//! followed), a source holding a staging name, a volume mounted below the
+//! destination and a file onto a mount point (refused, nothing changed), a
+//! link to the mount point and a relative path, an image without `sh`, and
+//! a runner killed mid-swap then resumed.
 
 mod common;
 
@@ -976,4 +981,95 @@ fn delete_onto_a_single_file_mount_or_of_a_file_onto_a_mount_point_changes_nothi
     );
     let after = (contents(&dirs[0]), contents(&dirs[1]), contents(&web_opt));
     assert_eq!(after, before);
+}
+
+#[test]
+fn a_runner_killed_during_the_swap_inside_a_mount_point_is_resumed_to_the_exact_copy() {
+    let kube = Kube::start();
+    if skip_without_isolation(&kube) {
+        return;
+    }
+    let s = Scratch::new();
+    let claim = pod_with_claims(&kube, &[("storage", "/opt/site", None)]).remove(0);
+    // enough entries that the swap (one rm, one mv per entry) takes a while
+    const N: usize = 1500;
+    for i in 0..N {
+        fs::write(claim.join(format!("a-{i:04}")), "old").unwrap();
+    }
+    let src = s.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..N {
+        fs::write(src.join(format!("b-{i:04}")), format!("new {i}")).unwrap();
+    }
+    let file = s.runbook(
+        "up",
+        "  {}",
+        &copy_step("up", "to-pod", "/opt/site", &s.p("src"), ", delete: true"),
+    );
+    let mut child = common::runbook_process()
+        .args(["run", file.to_str().unwrap(), "--state-dir", &s.state()])
+        .args(kube.args())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    // killed once the old entries are gone and some new ones moved up
+    loop {
+        let moved = fs::read_dir(&claim)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("b-"))
+            .count();
+        if moved > 0 {
+            assert!(moved < N / 2, "killed too late to tell: {moved} moved");
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the swap did not start");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // at once: the swap in the pod outlives the runner's stream, as on a node
+    let run_id = s.run_id();
+    let mut resume = vec!["resume", run_id.as_str()];
+    let args = kube.args();
+    resume.extend(args.iter().map(String::as_str));
+    let out = s.resume(&resume[1..]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(contents(&claim), contents(&src), "exactly the source");
+}
+
+#[test]
+fn delete_into_a_mount_point_of_an_image_without_sh_fails_and_changes_nothing() {
+    let kube = Kube::start();
+    if skip_without_isolation(&kube) {
+        return;
+    }
+    let s = Scratch::new();
+    let claim = pod_with_claims(&kube, &[("storage", "/opt/site", None)]).remove(0);
+    let mut pod = kube.get("", "pods", "default", "web").unwrap();
+    pod["metadata"]["annotations"] = json!({fake_kube::MISSING_PROGRAMS: "sh"});
+    kube.cluster.upsert("", "pods", "default", pod).unwrap();
+    fs::write(claim.join("old"), "old").unwrap();
+    fs::create_dir_all(s.path("src")).unwrap();
+    fs::write(s.path("src/new"), "new").unwrap();
+    let web_opt = kube.cluster.pod_dir("default", "web", Path::new("/opt"));
+    let before = contents(&web_opt);
+    let file = s.runbook(
+        "up",
+        "  {}",
+        &copy_step("up", "to-pod", "/opt/site", &s.p("src"), ", delete: true"),
+    );
+    let said = kube.run_failing(&s, &file);
+    assert!(
+        said.contains("no `sh` in container `web` of pod `web`"),
+        "{said}"
+    );
+    assert_eq!(contents(&claim), ["old: old"]);
+    assert_eq!(contents(&web_opt), before, "no staging copy left");
 }
