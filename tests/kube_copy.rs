@@ -4,7 +4,12 @@
 //! that would escape the destination refused by name; `delete` swapping in
 //! only a complete copy; an image without tar; 403 and retried 500s; a
 //! large file resumed from its last verified chunk after a cut stream and
-//! after SIGKILL + resume.
+//! after SIGKILL + resume. `delete` into a volume's mount point (staged
+//! inside it): odd names and links out of the volume (removed, not
+//! followed), a source holding a staging name, a volume mounted below the
+//! destination and a file onto a mount point (refused, nothing changed), a
+//! link to the mount point and a relative path, an image without `sh`, and
+//! a runner killed mid-swap then resumed.
 
 mod common;
 
@@ -710,4 +715,361 @@ fn a_large_file_resumes_after_the_runner_is_killed() {
         (resumed_at..9).map(|i| i * CHUNK).collect::<Vec<_>>()
     );
     assert!(!s.path("out/dump.rdb.partial").exists());
+}
+
+/// Pod `web` (label app=app) with one PersistentVolumeClaim per
+/// `(claim, mountPath, subPath)`, Running; the claims' host directories.
+/// A claim mounted below another needs its mount point made in the outer
+/// claim first, as a container runtime does.
+fn pod_with_claims(kube: &Kube, mounts: &[(&str, &str, Option<&str>)]) -> Vec<PathBuf> {
+    let mut volumes = Vec::new();
+    let mut volume_mounts = Vec::new();
+    let mut dirs = Vec::new();
+    for (claim, at, sub) in mounts {
+        kube.cluster
+            .upsert(
+                "",
+                "persistentvolumeclaims",
+                "default",
+                json!({"metadata": {"name": claim}, "spec": {"accessModes": ["ReadWriteOnce"]}}),
+            )
+            .unwrap();
+        dirs.push(kube.cluster.pvc_dir("default", claim));
+        volumes.push(json!({"name": claim, "persistentVolumeClaim": {"claimName": claim}}));
+        let mut m = json!({"name": claim, "mountPath": at});
+        if let Some(sub) = sub {
+            m["subPath"] = json!(sub);
+        }
+        volume_mounts.push(m);
+    }
+    kube.cluster
+        .upsert(
+            "",
+            "pods",
+            "default",
+            json!({"metadata": {"name": "web", "labels": {"app": "app"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "volumes": volumes,
+                    "containers": [{"name": "web", "image": "x", "command": ["sleep", "infinity"],
+                        "volumeMounts": volume_mounts}]}}),
+        )
+        .unwrap();
+    common::lab::wait_until("the pod to run", Duration::from_secs(20), || {
+        kube.get("", "pods", "default", "web")
+            .is_some_and(|p| p["status"]["phase"] == "Running")
+    });
+    dirs
+}
+
+/// Every path below `root` with its content (files), target (links) or `/`
+/// (directories), links not followed.
+fn contents(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let meta = fs::symlink_metadata(&p).unwrap();
+            if meta.file_type().is_symlink() {
+                out.push(format!("{rel} -> {}", fs::read_link(&p).unwrap().display()));
+            } else if meta.is_dir() {
+                out.push(format!("{rel}/"));
+                stack.push(p);
+            } else {
+                out.push(format!("{rel}: {}", fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn delete_into_a_mount_point_handles_odd_names_and_never_follows_links_out() {
+    let kube = Kube::start();
+    if skip_without_isolation(&kube) {
+        return;
+    }
+    let s = Scratch::new();
+    let claim = pod_with_claims(&kube, &[("storage", "/opt/site", None)]).remove(0);
+    // outside the volume, reachable through links in it
+    let web_opt = kube.cluster.pod_dir("default", "web", Path::new("/opt"));
+    fs::create_dir_all(web_opt.join("outside")).unwrap();
+    fs::write(web_opt.join("outside/precious"), "keep").unwrap();
+    for name in ["-x", "..x", ".x", "a b", "new\nline", "*", "-rf"] {
+        fs::write(claim.join(name), "old").unwrap();
+    }
+    fs::create_dir_all(claim.join("-d/.inner")).unwrap();
+    std::os::unix::fs::symlink("/opt/outside", claim.join("abs-link")).unwrap();
+    std::os::unix::fs::symlink("../outside", claim.join(".rel-link")).unwrap();
+    std::os::unix::fs::symlink("/opt/outside/precious", claim.join("file-link")).unwrap();
+    std::os::unix::fs::symlink("/nowhere", claim.join("dangling")).unwrap();
+    let src = s.path("src");
+    fs::create_dir_all(src.join("-y/.z")).unwrap();
+    for name in ["-y/.z/..w", "..y", ".y", "c d", "tab\there", "nl\nz", "-x"] {
+        fs::write(src.join(name), "new").unwrap();
+    }
+    let up = s.runbook(
+        "up",
+        "  {}",
+        &copy_step("up", "to-pod", "/opt/site", &s.p("src"), ", delete: true"),
+    );
+    let out = kube.run(&s, &up, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(contents(&claim), contents(&src), "exactly the source");
+    assert_eq!(
+        fs::read_to_string(web_opt.join("outside/precious")).unwrap(),
+        "keep",
+        "links out of the volume were removed, not followed"
+    );
+}
+
+#[test]
+fn delete_into_a_mount_point_copies_a_source_holding_a_staging_name() {
+    let kube = Kube::start();
+    if skip_without_isolation(&kube) {
+        return;
+    }
+    let s = Scratch::new();
+    let claim = pod_with_claims(&kube, &[("storage", "/opt/site", None)]).remove(0);
+    fs::write(claim.join("old"), "old").unwrap();
+    // say a backup of a volume that a crashed copy had left a staging copy in
+    let src = s.path("src");
+    fs::create_dir_all(src.join(".runbook-staging-1/deep")).unwrap();
+    fs::write(src.join(".runbook-staging-1/deep/f"), "inner").unwrap();
+    fs::write(src.join("top"), "top").unwrap();
+    let up = s.runbook(
+        "up",
+        "  {}",
+        &copy_step("up", "to-pod", "/opt/site", &s.p("src"), ", delete: true"),
+    );
+    let out = kube.run(&s, &up, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(contents(&claim), contents(&src));
+    // again: the copied `.runbook-staging-1` is content, not a staging copy to merge into
+    fs::write(src.join("top"), "top 2").unwrap();
+    fs::remove_file(src.join(".runbook-staging-1/deep/f")).unwrap();
+    let out = kube.run(&s, &up, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(contents(&claim), contents(&src));
+}
+
+#[test]
+fn delete_over_a_volume_mounted_below_the_destination_is_refused_before_anything_changes() {
+    let kube = Kube::start();
+    if skip_without_isolation(&kube) {
+        return;
+    }
+    let s = Scratch::new();
+    // the outer claim holds the inner one's mount point, as a runtime makes it
+    let outer = kube.cluster.pvc_dir("default", "storage");
+    fs::create_dir_all(outer.join("uploads")).unwrap();
+    let dirs = pod_with_claims(
+        &kube,
+        &[
+            ("storage", "/opt/app/site", None),
+            ("uploads", "/opt/app/site/uploads", None),
+        ],
+    );
+    let (outer, inner) = (&dirs[0], &dirs[1]);
+    fs::write(outer.join("old"), "old").unwrap();
+    fs::write(inner.join("photo"), "irreplaceable").unwrap();
+    fs::create_dir_all(s.path("src")).unwrap();
+    fs::write(s.path("src/index.html"), "new").unwrap();
+    let before = (contents(outer), contents(inner));
+    // the destination is the mount point, or a directory above it that is
+    // not one
+    for remote in ["/opt/app/site", "/opt/app"] {
+        let up = s.runbook(
+            "up",
+            "  {}",
+            &copy_step("up", "to-pod", remote, &s.p("src"), ", delete: true"),
+        );
+        let said = kube.run_failing(&s, &up);
+        assert!(
+            said.contains("has a volume mounted below it at `/opt/app/site")
+                && said.contains("nothing was changed"),
+            "{said}"
+        );
+        assert_eq!((contents(outer), contents(inner)), before, "{remote}");
+    }
+}
+
+#[test]
+fn delete_through_a_link_to_a_mount_point_and_by_a_relative_path() {
+    let kube = Kube::start();
+    if skip_without_isolation(&kube) {
+        return;
+    }
+    let s = Scratch::new();
+    let claim = pod_with_claims(&kube, &[("storage", "/opt/site", None)]).remove(0);
+    let web_opt = kube.cluster.pod_dir("default", "web", Path::new("/opt"));
+    std::os::unix::fs::symlink("/opt/site", web_opt.join("current")).unwrap();
+    fs::write(claim.join("old"), "old").unwrap();
+    fs::create_dir_all(s.path("src/d")).unwrap();
+    fs::write(s.path("src/d/f"), "new").unwrap();
+    for remote in ["/opt/current", "opt/site"] {
+        let up = s.runbook(
+            "up",
+            "  {}",
+            &copy_step("up", "to-pod", remote, &s.p("src"), ", delete: true"),
+        );
+        let out = kube.run(&s, &up, &[]);
+        assert_eq!(out.status.code(), Some(0), "{remote}: {}", text(&out));
+        assert_eq!(contents(&claim), contents(&s.path("src")), "{remote}");
+        fs::write(claim.join("old"), "old").unwrap();
+    }
+    assert_eq!(
+        fs::read_link(web_opt.join("current")).unwrap(),
+        Path::new("/opt/site")
+    );
+}
+
+#[test]
+fn delete_onto_a_single_file_mount_or_of_a_file_onto_a_mount_point_changes_nothing() {
+    let kube = Kube::start();
+    if skip_without_isolation(&kube) {
+        return;
+    }
+    let s = Scratch::new();
+    let files = kube.cluster.pvc_dir("default", "files");
+    fs::write(files.join("app.conf"), "old").unwrap();
+    let dirs = pod_with_claims(
+        &kube,
+        &[
+            ("files", "/opt/app.conf", Some("app.conf")),
+            ("storage", "/opt/site", None),
+        ],
+    );
+    fs::write(dirs[1].join("old"), "old").unwrap();
+    fs::write(s.path("app.conf"), "new").unwrap();
+    let web_opt = kube.cluster.pod_dir("default", "web", Path::new("/opt"));
+    let before = (contents(&dirs[0]), contents(&dirs[1]), contents(&web_opt));
+    // a file mounted by subPath cannot be renamed over: the swap fails and
+    // the staged copy is removed
+    let file_mount = s.runbook(
+        "file-mount",
+        "  {}",
+        &copy_step(
+            "up",
+            "to-pod",
+            "/opt/app.conf",
+            &s.p("app.conf"),
+            ", delete: true",
+        ),
+    );
+    let said = kube.run_failing(&s, &file_mount);
+    assert!(said.contains("Device or resource busy"), "{said}");
+    // a file cannot replace a directory that is a mount point: refused
+    // before the destination is emptied
+    let onto_mount = s.runbook(
+        "onto-mount",
+        "  {}",
+        &copy_step(
+            "up",
+            "to-pod",
+            "/opt/site",
+            &s.p("app.conf"),
+            ", delete: true",
+        ),
+    );
+    let said = kube.run_failing(&s, &onto_mount);
+    assert!(
+        said.contains("is a volume's mount point, which a file")
+            && said.contains("nothing was changed"),
+        "{said}"
+    );
+    let after = (contents(&dirs[0]), contents(&dirs[1]), contents(&web_opt));
+    assert_eq!(after, before);
+}
+
+#[test]
+fn a_runner_killed_during_the_swap_inside_a_mount_point_is_resumed_to_the_exact_copy() {
+    let kube = Kube::start();
+    if skip_without_isolation(&kube) {
+        return;
+    }
+    let s = Scratch::new();
+    let claim = pod_with_claims(&kube, &[("storage", "/opt/site", None)]).remove(0);
+    // enough entries that the swap (one rm, one mv per entry) takes a while
+    const N: usize = 1500;
+    for i in 0..N {
+        fs::write(claim.join(format!("a-{i:04}")), "old").unwrap();
+    }
+    let src = s.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..N {
+        fs::write(src.join(format!("b-{i:04}")), format!("new {i}")).unwrap();
+    }
+    let file = s.runbook(
+        "up",
+        "  {}",
+        &copy_step("up", "to-pod", "/opt/site", &s.p("src"), ", delete: true"),
+    );
+    let mut child = common::runbook_process()
+        .args(["run", file.to_str().unwrap(), "--state-dir", &s.state()])
+        .args(kube.args())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    // killed once the old entries are gone and some new ones moved up
+    loop {
+        let moved = fs::read_dir(&claim)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("b-"))
+            .count();
+        if moved > 0 {
+            assert!(moved < N / 2, "killed too late to tell: {moved} moved");
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the swap did not start");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // at once: the swap in the pod outlives the runner's stream, as on a node
+    let run_id = s.run_id();
+    let mut resume = vec!["resume", run_id.as_str()];
+    let args = kube.args();
+    resume.extend(args.iter().map(String::as_str));
+    let out = s.resume(&resume[1..]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(contents(&claim), contents(&src), "exactly the source");
+}
+
+#[test]
+fn delete_into_a_mount_point_of_an_image_without_sh_fails_and_changes_nothing() {
+    let kube = Kube::start();
+    if skip_without_isolation(&kube) {
+        return;
+    }
+    let s = Scratch::new();
+    let claim = pod_with_claims(&kube, &[("storage", "/opt/site", None)]).remove(0);
+    let mut pod = kube.get("", "pods", "default", "web").unwrap();
+    pod["metadata"]["annotations"] = json!({fake_kube::MISSING_PROGRAMS: "sh"});
+    kube.cluster.upsert("", "pods", "default", pod).unwrap();
+    fs::write(claim.join("old"), "old").unwrap();
+    fs::create_dir_all(s.path("src")).unwrap();
+    fs::write(s.path("src/new"), "new").unwrap();
+    let web_opt = kube.cluster.pod_dir("default", "web", Path::new("/opt"));
+    let before = contents(&web_opt);
+    let file = s.runbook(
+        "up",
+        "  {}",
+        &copy_step("up", "to-pod", "/opt/site", &s.p("src"), ", delete: true"),
+    );
+    let said = kube.run_failing(&s, &file);
+    assert!(
+        said.contains("no `sh` in container `web` of pod `web`"),
+        "{said}"
+    );
+    assert_eq!(contents(&claim), ["old: old"]);
+    assert_eq!(contents(&web_opt), before, "no staging copy left");
 }

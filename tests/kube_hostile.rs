@@ -419,3 +419,67 @@ fn a_local_link_leaving_the_tree_stops_a_copy_to_a_pod_before_anything_is_sent()
         .pod_dir("default", &pod, std::path::Path::new("/opt"));
     assert!(!in_pod.join("up").exists(), "a partial copy is in the pod");
 }
+
+/// A custom resource `Widget` named `w` in `default`, its spec changed once
+/// (generation 2), with `status` as given.
+fn widget(kube: &Kube, spec_size: u32, status: serde_json::Value) {
+    kube.cluster
+        .upsert(
+            "example.com",
+            "widgets",
+            "default",
+            json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                   "metadata": {"name": "w", "namespace": "default"},
+                   "spec": {"size": spec_size}, "status": status}),
+        )
+        .unwrap();
+}
+
+#[test]
+fn a_wait_on_a_custom_resource_does_not_take_a_condition_about_an_older_spec() {
+    let kube = Kube::start();
+    kube.cluster.register(fake_kube::ResourceDef::new(
+        "example.com",
+        "v1",
+        "widgets",
+        "Widget",
+        true,
+    ));
+    let s = Scratch::new();
+    let file = s.runbook(
+        "wait-widget",
+        "  {}",
+        "  - id: ready\n    timeout: 2s\n    wait: { kind: Widget, name: w, for: condition=Ready }\n",
+    );
+    let ready = |observed: i64| {
+        json!({"conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled",
+                               "observedGeneration": observed}]})
+    };
+    widget(&kube, 1, ready(1));
+    // the spec changes: generation 2, the controller has not reconciled yet
+    widget(&kube, 2, ready(1));
+    assert_eq!(
+        kube.get("example.com", "widgets", "default", "w").unwrap()["metadata"]["generation"],
+        2
+    );
+    let said = kube.run_failing(&s, &file);
+    assert!(
+        said.contains(
+            "condition Ready is True (Reconciled), but for an older change (its observedGeneration 1 < generation 2)"
+        ),
+        "{said}"
+    );
+    // reconciled
+    widget(&kube, 2, ready(2));
+    let out = kube.run(&s, &file, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // a status.observedGeneration that is not a number is as good as none:
+    // the conditions decide
+    widget(
+        &kube,
+        2,
+        json!({"observedGeneration": "1", "conditions": [{"type": "Ready", "status": "True"}]}),
+    );
+    let out = kube.run(&s, &file, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -250,11 +250,55 @@ async fn answer_of(target: &Target, script: &str, arg: &str) -> Option<String> {
 }
 
 /// Prints `mount` when the directory `$1` is a mount point in the pod (a
-/// volume's `mountPath`), which cannot be renamed.
+/// volume's `mountPath`), which cannot be renamed, and `below PATH` for each
+/// mount point inside it (another volume), which `delete` must not empty.
 const MOUNT_PROBE: &str = r#"d=$(cd -- "$1" 2>/dev/null && pwd -P) || exit 0
 while read -r _ _ _ _ mp _; do
-  if [ "$mp" = "$d" ]; then echo mount; exit 0; fi
+  case $mp in
+    "$d") echo mount ;;
+    "$d"/*) printf 'below %s\n' "$mp" ;;
+  esac
 done < /proc/self/mountinfo"#;
+
+/// What [`MOUNT_PROBE`] found at a destination.
+#[derive(Debug, Default, PartialEq)]
+struct Mounts {
+    /// The destination itself is a mount point.
+    is_mount: bool,
+    /// Mount points inside the destination.
+    below: Vec<String>,
+}
+
+impl Mounts {
+    /// `None` (the probe's answer unreadable) means none known.
+    fn parse(answer: Option<&str>) -> Mounts {
+        let mut found = Mounts::default();
+        for line in answer.unwrap_or("").lines() {
+            if line == "mount" {
+                found.is_mount = true;
+            } else if let Some(path) = line.strip_prefix("below ") {
+                found.below.push(path.to_owned());
+            }
+        }
+        found
+    }
+}
+
+/// The staging directory inside a mount-point destination for `attempt`: a
+/// name the source's own top-level entries do not use, so that a source
+/// holding a `.runbook-staging-N` (a backup of a volume that a crashed copy
+/// left one in) is copied, not mistaken for the staging copy.
+fn staging_inside(local: &Path, attempt: u32) -> String {
+    let base = format!(".runbook-staging-{attempt}");
+    let taken = |name: &str| fs::symlink_metadata(local.join(name)).is_ok();
+    if !taken(&base) {
+        return base;
+    }
+    (1u32..)
+        .map(|k| format!("{base}.{k}"))
+        .find(|name| !taken(name))
+        .unwrap_or(base)
+}
 
 async fn from_pod(
     cx: &AttemptCx,
@@ -409,14 +453,35 @@ async fn to_pod(
             )));
         }
     }
+    let mounts = if delete {
+        Mounts::parse(
+            answer_of(target, MOUNT_PROBE, &remote.full)
+                .await
+                .as_deref(),
+        )
+    } else {
+        Mounts::default()
+    };
+    if let Some(inner) = mounts.below.first() {
+        return Err(Failure::permanent(format!(
+            "`{}` in container `{}` of pod `{}` in namespace `{}` has a volume mounted below it at `{inner}`: `delete: true` would remove that volume's files and cannot remove its mount point; copy into a directory without mounts below it, or without `delete`; nothing was changed",
+            remote.full, target.container, target.pod, target.namespace
+        )));
+    }
     let staging = if !delete {
         None
-    } else if answer_of(target, MOUNT_PROBE, &remote.full)
-        .await
-        .as_deref()
-        == Some("mount\n")
-    {
-        Some(Staging::Inside(format!(".runbook-staging-{}", cx.attempt)))
+    } else if mounts.is_mount {
+        if !fs::metadata(local).is_ok_and(|m| m.is_dir()) {
+            return Err(Failure::permanent(format!(
+                "`{}` in container `{}` of pod `{}` in namespace `{}` is a volume's mount point, which a file (`{}`) cannot replace; nothing was changed",
+                remote.full,
+                target.container,
+                target.pod,
+                target.namespace,
+                local.display()
+            )));
+        }
+        Some(Staging::Inside(staging_inside(local, cx.attempt)))
     } else {
         Some(Staging::Beside(format!(
             "{}.runbook-staging-{}",
@@ -432,6 +497,16 @@ async fn to_pod(
             RemotePath::parse(&format!("{}/{name}", remote.full))?.extraction(name)
         }
     };
+    let staged_at = match &staging {
+        None => String::new(),
+        Some(Staging::Beside(name)) => format!("{}/{name}", remote.parent),
+        Some(Staging::Inside(name)) => format!("{}/{name}", remote.full),
+    };
+    if let Some(Staging::Inside(_)) = &staging {
+        // a staging copy left by a runner killed mid-swap is partly moved
+        // up already: extracting into it would merge, so start afresh
+        remove_remote(target, &staged_at).await;
+    }
     let argv = strings(&["tar", "-x", "-p", "--no-same-owner", "-f", "-", "-C", &base]);
     let (tx, rx) = mpsc::channel::<Vec<u8>>(DEPTH);
     let src = local.to_owned();
@@ -444,11 +519,6 @@ async fn to_pod(
     let packed = packing
         .await
         .map_err(|e| Failure::permanent(format!("internal: the archive thread failed: {e}")));
-    let staged_at = match &staging {
-        None => String::new(),
-        Some(Staging::Beside(name)) => format!("{}/{name}", remote.parent),
-        Some(Staging::Inside(name)) => format!("{}/{name}", remote.full),
-    };
     let outcome = (|| {
         let finished = finished?;
         let packed = packed?;
@@ -526,6 +596,19 @@ async fn remove_remote(target: &Target, path: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mount_probe_answer_and_the_staging_name_inside() {
+        assert_eq!(Mounts::parse(None), Mounts::default());
+        let found = Mounts::parse(Some("mount\nbelow /data/up loads\nbelow /data/x\n"));
+        assert!(found.is_mount);
+        assert_eq!(found.below, ["/data/up loads", "/data/x"]);
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(staging_inside(dir.path(), 2), ".runbook-staging-2");
+        fs::create_dir(dir.path().join(".runbook-staging-2")).unwrap();
+        fs::write(dir.path().join(".runbook-staging-2.1"), "").unwrap();
+        assert_eq!(staging_inside(dir.path(), 2), ".runbook-staging-2.2");
+    }
 
     #[test]
     fn remote_paths_split_into_the_directory_and_the_name_tar_needs() {

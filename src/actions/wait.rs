@@ -11,7 +11,8 @@
 //!   condition is not met, nor is one of an object whose controller has not
 //!   yet observed its latest spec (`status.observedGeneration` below
 //!   `metadata.generation`: a workload just scaled up still says
-//!   `Available` from before).
+//!   `Available` from before), nor a condition whose own
+//!   `observedGeneration` is below `metadata.generation`.
 //! - `jsonpath={.status.phase}=Running`: the field's value, as text
 //!   (numbers and booleans as written in JSON), equals `Running`;
 //!   `jsonpath={.status.loadBalancer}` alone: the field is present and not
@@ -285,6 +286,9 @@ pub fn judge(kind: &str, object: &Value, condition: &Condition) -> (bool, String
             match condition_of(object, ty) {
                 None => (false, format!("condition {ty} is missing")),
                 Some(c) => {
+                    if let Some(stale) = stale_condition(object, c) {
+                        return (false, stale);
+                    }
                     let actual = c.get("status").and_then(Value::as_str).unwrap_or("");
                     (
                         actual.eq_ignore_ascii_case(status),
@@ -339,6 +343,23 @@ fn stale_status(object: &Value) -> Option<String> {
     let observed = int_at(object, "/status/observedGeneration")?;
     (observed < generation).then(|| {
         format!("status not yet updated for the latest change (observedGeneration {observed} < generation {generation})")
+    })
+}
+
+/// Why a condition is about an older spec: it carries its own
+/// `observedGeneration` (as `metav1.Condition` does; custom resources often
+/// report no `status.observedGeneration` at all) below
+/// `metadata.generation`.
+fn stale_condition(object: &Value, condition: &Value) -> Option<String> {
+    let generation = int_at(object, "/metadata/generation")?;
+    let observed = condition
+        .get("observedGeneration")
+        .and_then(Value::as_i64)?;
+    (observed < generation).then(|| {
+        format!(
+            "condition {}, but for an older change (its observedGeneration {observed} < generation {generation})",
+            describe_condition(condition)
+        )
     })
 }
 
@@ -945,6 +966,21 @@ mod tests {
             .unwrap()
             .remove("observedGeneration");
         assert!(judge("APIManager", &no_observed, &available).0);
+        // an observedGeneration that is not a number is as good as none
+        let mut text = no_observed.clone();
+        text["status"]["observedGeneration"] = json!("2");
+        assert!(judge("APIManager", &text, &available).0);
+        // a custom resource whose conditions carry their own observedGeneration
+        let mut per_condition = no_observed;
+        per_condition["status"]["conditions"][0]["observedGeneration"] = json!(2);
+        let (met, seen) = judge("Widget", &per_condition, &available);
+        assert!(!met);
+        assert!(
+            seen.ends_with(", but for an older change (its observedGeneration 2 < generation 3)"),
+            "{seen}"
+        );
+        per_condition["status"]["conditions"][0]["observedGeneration"] = json!(3);
+        assert!(judge("Widget", &per_condition, &available).0);
     }
 
     #[test]
