@@ -661,41 +661,26 @@ fn a_large_file_resumes_after_the_runner_is_killed() {
     // slow enough to be killed mid-way: every exec holds its output back
     kube.cluster
         .exec_fault(Some(ExecFault::Stall(Duration::from_millis(150))));
-    let mut child = common::runbook_process()
-        .args(["run", file.to_str().unwrap(), "--state-dir", &s.state()])
-        .args(kube.args())
-        .env("RUNBOOK_COPY_CHUNK_BYTES", CHUNK.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
+    let mut child = spawn_run(
+        &s,
+        &kube,
+        &file,
+        &[("RUNBOOK_COPY_CHUNK_BYTES", CHUNK.to_string())],
+    );
+    kill_at(&mut child, "the copy to get going", || {
         let journal = fs::read_dir(s.path("state/runs"))
             .ok()
             .and_then(|mut d| d.next())
             .and_then(|e| fs::read_to_string(e.ok()?.path().join("journal.jsonl")).ok())
             .unwrap_or_default();
-        if verified_offsets(&journal).len() >= 3 {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the copy did not get going: {journal}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+        verified_offsets(&journal).len() >= 3
+    });
     let before = verified_offsets(&s.journal()).len();
     assert!(before < 9, "killed too late to tell: {before} chunks");
     kube.cluster.exec_fault(None);
 
-    let run_id = s.run_id();
-    let mut resume = vec!["resume", run_id.as_str()];
-    let args = kube.args();
-    resume.extend(args.iter().map(String::as_str));
+    let resume = resume_args(&s, &kube);
+    let resume: Vec<&str> = resume.iter().map(String::as_str).collect();
     let out = runbook_with_chunks(&s, &resume);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let got = fs::read(s.path("out/dump.rdb")).unwrap();
@@ -715,6 +700,40 @@ fn a_large_file_resumes_after_the_runner_is_killed() {
         (resumed_at..9).map(|i| i * CHUNK).collect::<Vec<_>>()
     );
     assert!(!s.path("out/dump.rdb.partial").exists());
+}
+
+/// Starts `runbook run FILE` against `kube` in `s` (output discarded), with `env`.
+fn spawn_run(s: &Scratch, kube: &Kube, file: &Path, env: &[(&str, String)]) -> std::process::Child {
+    common::runbook_process()
+        .args(["run", file.to_str().unwrap(), "--state-dir", &s.state()])
+        .args(kube.args())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGKILLs `child` once `moment()` holds (polled every 2 ms, for at most a minute).
+fn kill_at(child: &mut std::process::Child, what: &str, mut moment: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !moment() {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gave up waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// `runbook resume RUN --kubeconfig ...` of the only run in `s`.
+fn resume_args(s: &Scratch, kube: &Kube) -> Vec<String> {
+    let mut args = vec!["resume".to_string(), s.run_id()];
+    args.extend(kube.args());
+    args
 }
 
 /// Pod `web` (label app=app) with one PersistentVolumeClaim per
@@ -1006,39 +1025,20 @@ fn a_runner_killed_during_the_swap_inside_a_mount_point_is_resumed_to_the_exact_
         "  {}",
         &copy_step("up", "to-pod", "/opt/site", &s.p("src"), ", delete: true"),
     );
-    let mut child = common::runbook_process()
-        .args(["run", file.to_str().unwrap(), "--state-dir", &s.state()])
-        .args(kube.args())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
+    let mut child = spawn_run(&s, &kube, &file, &[]);
     // killed once the old entries are gone and some new ones moved up
-    loop {
+    kill_at(&mut child, "the swap to start", || {
         let moved = fs::read_dir(&claim)
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with("b-"))
             .count();
-        if moved > 0 {
-            assert!(moved < N / 2, "killed too late to tell: {moved} moved");
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the swap did not start");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+        assert!(moved < N / 2, "killed too late to tell: {moved} moved");
+        moved > 0
+    });
     // at once: the swap in the pod outlives the runner's stream, as on a node
-    let run_id = s.run_id();
-    let mut resume = vec!["resume", run_id.as_str()];
-    let args = kube.args();
-    resume.extend(args.iter().map(String::as_str));
+    let resume = resume_args(&s, &kube);
+    let resume: Vec<&str> = resume.iter().map(String::as_str).collect();
     let out = s.resume(&resume[1..]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(contents(&claim), contents(&src), "exactly the source");
