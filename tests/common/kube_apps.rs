@@ -793,13 +793,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 
 /// Whether process `pid` is alive (not a zombie).
 pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| !r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    i32::try_from(pid).is_ok_and(super::lab::alive)
 }
 
 /// The real uid of process `pid`.
@@ -817,29 +811,21 @@ pub fn uid_of_process(pid: u32) -> Option<u32> {
 /// Live processes whose command line's first word ends with `program` (e.g. `postgres`),
 /// whatever started them.
 pub fn processes_named(program: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let first = c.split(|b| *b == 0).next().unwrap_or(&[]);
-                String::from_utf8_lossy(first).ends_with(program)
-            }) && alive(*pid)
-        })
-        .collect()
+    pids_of(super::lab::live_pids_where("cmdline", |c| {
+        let first = c.split(|b| *b == 0).next().unwrap_or(&[]);
+        String::from_utf8_lossy(first).ends_with(program)
+    }))
 }
 
 /// Live processes with an argument containing `text` (a command exec'd into a pod).
 pub fn processes_with_arg_containing(text: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(text))
-                && alive(*pid)
-        })
+    pids_of(super::lab::live_pids_where("cmdline", |c| {
+        String::from_utf8_lossy(c).contains(text)
+    }))
+}
+
+fn pids_of(pids: Vec<i32>) -> Vec<u32> {
+    pids.into_iter()
+        .filter_map(|p| u32::try_from(p).ok())
         .collect()
 }

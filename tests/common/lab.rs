@@ -47,7 +47,7 @@ pub fn alive(pid: i32) -> bool {
 
 /// Live processes other than this one for which `matches(pid, file)`
 /// holds, `file` being the bytes of `/proc/PID/<name>`.
-fn live_pids_where(name: &str, matches: impl Fn(&[u8]) -> bool) -> Vec<i32> {
+pub fn live_pids_where(name: &str, matches: impl Fn(&[u8]) -> bool) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
